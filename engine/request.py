@@ -1,0 +1,67 @@
+"""A request's host-side state, shared by the scheduler and the KV cache managers."""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+
+from engine.sampling_params import SamplingParams
+
+
+class RequestStatus(enum.Enum):
+  WAITING = "waiting"        # not yet admitted, or preempted and requeued
+  RUNNING = "running"        # holds KV blocks; prefilling or decoding
+  FINISHED = "finished"
+
+
+@dataclasses.dataclass(eq=False)
+class Request:
+  """One generation request.
+
+  NOTE: `all_token_ids` is prompt + every token generated so far. Preemption
+  frees the blocks and resets `num_computed_tokens` to 0 but keeps
+  `output_token_ids`, so the request recomputes prompt + outputs and goes on
+  where it stopped: no token is lost or produced twice.
+  """
+  request_id: str
+  prompt_token_ids: list[int]
+  sampling_params: SamplingParams
+  eos_token_ids: tuple[int, ...] = ()
+  cache_salt: str | None = None
+  priority: int = 0                      # lower value = more important (vLLM convention)
+  arrival_time: float = dataclasses.field(default_factory=time.monotonic)
+  prompt: str | None = None
+
+  output_token_ids: list[int] = dataclasses.field(default_factory=list)
+  output_logprobs: list[float] = dataclasses.field(default_factory=list)
+  num_computed_tokens: int = 0           # tokens whose K/V are in the cache
+  num_cached_prompt_tokens: int = 0      # of those, served from the prefix cache at admission
+  status: RequestStatus = RequestStatus.WAITING
+  num_preemptions: int = 0
+  first_token_time: float | None = None
+  finish_reason: object | None = None    # engine.outputs.FinishReason once finished
+
+  @property
+  def num_prompt_tokens(self) -> int:
+    return len(self.prompt_token_ids)
+
+  @property
+  def num_output_tokens(self) -> int:
+    return len(self.output_token_ids)
+
+  @property
+  def num_tokens(self) -> int:
+    return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+  @property
+  def all_token_ids(self) -> list[int]:
+    return self.prompt_token_ids + self.output_token_ids
+
+  @property
+  def max_total_tokens(self) -> int:
+    """Prompt plus the most tokens this request may ever generate."""
+    return self.num_prompt_tokens + self.sampling_params.max_tokens
+
+  @property
+  def is_finished(self) -> bool:
+    return self.status == RequestStatus.FINISHED
