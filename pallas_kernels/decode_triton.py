@@ -1,0 +1,154 @@
+"""Paged decode attention as a Pallas kernel lowered through Triton.
+
+Grid: (batch, num_kv_heads, num_splits). One program handles all query heads
+of one KV head (GQA: the group is padded to 16 rows so the QK^T and PV
+products run on tensor cores) for one split of one row's pages. It walks its
+pages `pages_per_step` blocks at a time; each block's K (and V) is one
+contiguous [block_size, head_dim] tile of the cache. Online softmax in
+float32. With one split the kernel normalises and writes the output itself;
+with several it writes (acc, max, sum) and `combine_splits` merges them.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+# NOTE: finite "minus infinity" so that exp(m_old - m_new) never sees inf-inf.
+NEG_BIG = -1e30
+MIN_DOT_ROWS = 16
+
+
+def padded_group(group: int) -> int:
+  """Rows of the per-KV-head query tile: a power of two, at least 16."""
+  return max(MIN_DOT_ROWS, pl.next_power_of_2(group))
+
+
+def _decode_kernel(len_ref, bt_ref, q_ref, k_ref, v_ref, *out_refs, scale,
+                   pages_per_step, pages_per_split, final):
+  """One (row, kv head, split) program; see the module docstring."""
+  split = pl.program_id(2)
+  _, block_size, head_dim = k_ref.shape
+  rows = q_ref.shape[0]
+  block_k = pages_per_step * block_size
+  length = len_ref[0]
+  first_page = split * pages_per_split
+  end_page = jnp.minimum(pl.cdiv(length, block_size), first_page + pages_per_split)
+  num_pages = jnp.maximum(end_page - first_page, 0)
+  q = q_ref[...]  # [rows, head_dim]
+  exact = k_ref.dtype == jnp.float32
+
+  def body(step, carry):
+    acc, m_prev, l_prev = carry
+    local = step * pages_per_step + jnp.arange(pages_per_step)
+    # NOTE: pages past the sequence's end re-read its last page (masked
+    # below), so no block outside the sequence is ever touched.
+    local = jnp.minimum(local, num_pages - 1)
+    ids = bt_ref[local]  # [pages_per_step]
+    k = k_ref[ids].reshape(block_k, head_dim)
+    v = v_ref[ids].reshape(block_k, head_dim)
+    pos = (first_page + step * pages_per_step) * block_size + jnp.arange(block_k)
+    valid = pos < length  # [block_k]
+    s = plgpu.dot(q.astype(k.dtype), k, trans_b=True, allow_tf32=not exact)
+    s = jnp.where(valid[None, :], s * scale, NEG_BIG)  # [rows, block_k]
+    m_new = jnp.maximum(m_prev, s.max(axis=1))
+    alpha = jnp.exp(m_prev - m_new)
+    p = jnp.exp(s - m_new[:, None])
+    v = jnp.where(valid[:, None], v, jnp.zeros_like(v))
+    pv = plgpu.dot(p.astype(v.dtype), v, allow_tf32=not exact)  # [rows, head_dim]
+    return acc * alpha[:, None] + pv, m_new, l_prev * alpha + p.sum(axis=1)
+
+  acc = jnp.zeros((rows, head_dim), jnp.float32)
+  m = jnp.full((rows,), NEG_BIG, jnp.float32)
+  l = jnp.zeros((rows,), jnp.float32)
+  acc, m, l = lax.fori_loop(
+      0, pl.cdiv(num_pages, pages_per_step), body, (acc, m, l)
+  )
+  if final:
+    (o_ref,) = out_refs
+    inv = jnp.where(l > 0, 1.0 / jnp.where(l > 0, l, 1.0), 0.0)
+    o_ref[...] = (acc * inv[:, None]).astype(o_ref.dtype)
+  else:
+    o_ref, m_ref, l_ref = out_refs
+    o_ref[...] = acc
+    m_ref[...] = m
+    l_ref[...] = l
+
+
+def combine_splits(acc, m, l):
+  """Merges per-split partial softmax results along axis 2.
+
+  acc [b, hkv, splits, rows, d], m/l [b, hkv, splits, rows] -> [b, hkv, rows, d].
+  """
+  m_max = m.max(axis=2, keepdims=True)
+  w = jnp.exp(m - m_max) * (l > 0)  # [b, hkv, splits, rows]
+  num = (acc * w[..., None]).sum(axis=2)
+  den = (l * w).sum(axis=2)
+  return jnp.where(den[..., None] > 0, num / jnp.where(den > 0, den, 1.0)[..., None], 0.0)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("scale", "num_splits", "pages_per_step", "num_warps",
+                     "num_stages", "interpret"),
+)
+def decode_triton(q, kv_cache, block_tables, lengths, *, scale, num_splits,
+                  pages_per_step, num_warps=4, num_stages=2, interpret=False):
+  """Runs the kernel; arguments as `paged_decode_attention`, pre-validated."""
+  batch, hq, d = q.shape
+  num_blocks, hkv, _, block_size, _ = kv_cache.shape
+  group = hq // hkv
+  rows = padded_group(group)
+  max_blocks = block_tables.shape[1]
+  pages_per_split = pl.cdiv(pl.cdiv(max_blocks, num_splits), pages_per_step)
+  pages_per_split *= pages_per_step
+  padded_blocks = pages_per_split * num_splits
+  tables = jnp.pad(block_tables, ((0, 0), (0, padded_blocks - max_blocks)))
+  qg = q.reshape(batch, hkv, group, d)
+  qg = jnp.pad(qg, ((0, 0), (0, 0), (0, rows - group), (0, 0)))
+  final = num_splits == 1
+  kernel = functools.partial(
+      _decode_kernel, scale=scale, pages_per_step=pages_per_step,
+      pages_per_split=pages_per_split, final=final)
+  kv_spec = lambda which: pl.BlockSpec(
+      (num_blocks, None, None, block_size, d),
+      lambda b, h, s: (0, h, which, 0, 0))
+  if final:
+    out_shape = [jax.ShapeDtypeStruct((batch, hkv, rows, d), q.dtype)]
+    out_specs = [pl.BlockSpec((None, None, rows, d), lambda b, h, s: (b, h, 0, 0))]
+  else:
+    part = (batch, hkv, num_splits, rows)
+    out_shape = [jax.ShapeDtypeStruct(part + (d,), jnp.float32),
+                 jax.ShapeDtypeStruct(part, jnp.float32),
+                 jax.ShapeDtypeStruct(part, jnp.float32)]
+    row_spec = pl.BlockSpec((None, None, None, rows), lambda b, h, s: (b, h, s, 0))
+    out_specs = [pl.BlockSpec((None, None, None, rows, d),
+                              lambda b, h, s: (b, h, s, 0, 0)), row_spec, row_spec]
+  outs = pl.pallas_call(
+      kernel,
+      grid=(batch, hkv, num_splits),
+      in_specs=[
+          pl.BlockSpec((None, 1), lambda b, h, s: (b, 0)),  # lengths
+          pl.BlockSpec((None, padded_blocks), lambda b, h, s: (b, 0)),  # tables
+          pl.BlockSpec((None, None, rows, d), lambda b, h, s: (b, h, 0, 0)),
+          kv_spec(0),  # K of kv head h: [num_blocks, block_size, d]
+          kv_spec(1),  # V
+      ],
+      out_specs=out_specs,
+      out_shape=out_shape,
+      compiler_params=plgpu.CompilerParams(num_warps=num_warps,
+                                           num_stages=num_stages),
+      interpret=interpret,
+      name="paged_decode_triton",
+  )(lengths.reshape(batch, 1), tables, qg, kv_cache, kv_cache)
+  if final:
+    o = outs[0].astype(jnp.float32)
+  else:
+    o = combine_splits(*outs)
+  o = o[:, :, :group, :].reshape(batch, hq, d)
+  return o.astype(q.dtype)

@@ -1,0 +1,36 @@
+"""Static tiling choices for the GPU kernels, derived from shapes alone."""
+
+from __future__ import annotations
+
+# NOTE: H100/H200 have 132 SMs; two programs per SM hide most load latency.
+TARGET_PROGRAMS = 264
+DECODE_TOKENS_PER_STEP = 128
+MAX_SPLITS = 16
+
+
+def decode_pages_per_step(block_size: int) -> int:
+  """Blocks loaded per inner-loop step: about 128 tokens, at least 1 block."""
+  return max(1, DECODE_TOKENS_PER_STEP // block_size)
+
+
+def decode_num_splits(batch: int, num_kv_heads: int, max_blocks: int,
+                      block_size: int) -> int:
+  """Split-K factor: enough programs to fill the GPU, >= one step per split."""
+  programs = batch * num_kv_heads
+  steps = -(-max_blocks // decode_pages_per_step(block_size))
+  splits = -(-TARGET_PROGRAMS // programs)
+  return max(1, min(splits, steps, MAX_SPLITS))
+
+
+PREFILL_ROWS = 128
+PREFILL_TOKENS_PER_STEP = 64
+
+
+def prefill_block_q(group_pad: int) -> int:
+  """Tokens per query tile: ~128 rows once query heads are folded in."""
+  return max(16, PREFILL_ROWS // group_pad)
+
+
+def prefill_pages_per_step(block_size: int) -> int:
+  """Blocks loaded per inner-loop step: about 64 tokens, at least 1 block."""
+  return max(1, PREFILL_TOKENS_PER_STEP // block_size)
