@@ -29,6 +29,7 @@ class Request:
   eos_token_ids: tuple[int, ...] = ()
   cache_salt: str | None = None
   priority: int = 0                      # lower value = more important (vLLM convention)
+  seed: int = 0                          # sampling seed (the engine draws one when the caller gives none)
   arrival_time: float = dataclasses.field(default_factory=time.monotonic)
   prompt: str | None = None
 

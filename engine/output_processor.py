@@ -1,0 +1,96 @@
+"""Turns sampled tokens into text deltas: detokenization, stop conditions, usage.
+
+NOTE: text that might be the start of a stop string is held back until it is
+known not to be one, so streamed text never contains any part of a stop string.
+"""
+from __future__ import annotations
+
+import time
+
+from engine.outputs import FinishReason, TokenDelta, Usage
+from engine.request import Request
+from models.tokenizer import IncrementalDetokenizer
+
+
+class RequestTextState:
+  """Per-request detokenizer plus the stop-string hold-back buffer."""
+
+  def __init__(self, request: Request, tokenizer):
+    self.request = request
+    self.detok = IncrementalDetokenizer(tokenizer) if tokenizer is not None else None
+    self.text = ""          # all visible text so far (stop string excluded)
+    self.emitted = 0        # characters of `text` already handed out
+    self.stopped = False
+
+  def push(self, token_id: int) -> None:
+    """Adds a generated (non-EOS) token; sets `stopped` if a stop string appeared."""
+    if self.detok is None or self.stopped:
+      return
+    self.text += self.detok.push([token_id])
+    stops = self.request.sampling_params.stop
+    if not stops:
+      return
+    hits = [i for i in (self.text.find(s) for s in stops) if i >= 0]
+    if hits:
+      self.text = self.text[:min(hits)]
+      self.stopped = True
+
+  def take(self, final: bool) -> str:
+    """Text that is safe to hand out now."""
+    end = len(self.text)
+    if not final and self.request.sampling_params.stop:
+      end = max(self.emitted, end - _held_back(self.text, self.request.sampling_params.stop))
+    delta = self.text[self.emitted:end]
+    self.emitted = end
+    return delta
+
+
+def _held_back(text: str, stops) -> int:
+  """Length of the longest suffix of `text` that is a proper prefix of a stop string."""
+  best = 0
+  for s in stops:
+    for k in range(min(len(s) - 1, len(text)), best, -1):
+      if text.endswith(s[:k]):
+        best = k
+        break
+  return best
+
+
+def check_stop(request: Request, token_id: int, max_model_len: int) -> FinishReason | None:
+  """Stop conditions that depend on token ids only (stop strings are checked on text)."""
+  params = request.sampling_params
+  if not params.ignore_eos and token_id in request.eos_token_ids:
+    return FinishReason.STOP
+  if token_id in params.stop_token_ids:
+    return FinishReason.STOP
+  if request.num_output_tokens >= params.max_tokens or request.num_tokens >= max_model_len:
+    return FinishReason.LENGTH
+  return None
+
+
+def is_stop_token(request: Request, token_id: int) -> bool:
+  params = request.sampling_params
+  return token_id in params.stop_token_ids or (
+      not params.ignore_eos and token_id in request.eos_token_ids)
+
+
+def usage_of(request: Request) -> Usage:
+  ttft = None
+  if request.first_token_time is not None:
+    ttft = request.first_token_time - request.arrival_time
+  return Usage(prompt_tokens=request.num_prompt_tokens,
+               cached_prompt_tokens=request.num_cached_prompt_tokens,
+               completion_tokens=request.num_output_tokens,
+               time_to_first_token_s=ttft)
+
+
+def make_delta(state: RequestTextState, token_ids: list[int], logprobs: list[float] | None,
+               reason: FinishReason | None, error: str | None = None) -> TokenDelta:
+  request = state.request
+  finished = reason is not None
+  if request.first_token_time is None and token_ids:
+    request.first_token_time = time.monotonic()
+  return TokenDelta(request_id=request.request_id, token_ids=token_ids,
+                    text=state.take(final=finished), logprobs=logprobs, finished=finished,
+                    finish_reason=reason, usage=usage_of(request) if finished else None,
+                    error=error)

@@ -1,0 +1,125 @@
+"""The only place that touches device arrays: the KV cache and the jitted steps.
+
+`execute()` pads a schedule to its buckets, dispatches the decode step and the
+prefill step (both run asynchronously on the device, the cache donated from
+one to the next) and returns a `PendingStep` whose sampled tokens are copied
+back to the host asynchronously; the engine collects them after it has done
+its own host work.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from engine import step_inputs
+from engine.buckets import Buckets
+from engine.scheduler import ScheduledRequest, ScheduleOutput
+from engine.steps import make_steps
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheConfig:
+  num_blocks: int            # including the null block 0
+  block_size: int
+  dtype: str = "float32"
+
+
+def cache_shape(model_config, cache: CacheConfig) -> tuple[int, ...]:
+  # [num_blocks, kv_heads, 2 (K, V), block_size, head_dim] per layer.
+  return (cache.num_blocks, model_config.num_kv_heads, 2, cache.block_size,
+          model_config.head_dim)
+
+
+def bytes_per_block(model_config, block_size: int, dtype: str) -> int:
+  per_layer = model_config.num_kv_heads * 2 * block_size * model_config.head_dim
+  return per_layer * model_config.num_layers * jnp.dtype(dtype).itemsize
+
+
+@dataclasses.dataclass
+class PendingStep:
+  """Sampled tokens of one step, still on their way from the device."""
+  groups: list[tuple[list[ScheduledRequest], tuple]]   # (rows, (token_ids, logprobs) on device)
+
+  def result(self) -> dict[str, tuple[int, float]]:
+    """Blocks until the tokens are on the host; {request_id: (token, logprob)} of sampling rows."""
+    host = jax.device_get([arrays for _, arrays in self.groups])
+    out = {}
+    for (rows, _), (tokens, logprobs) in zip(self.groups, host):
+      for i, s in enumerate(rows):
+        if s.samples:
+          out[s.request.request_id] = (int(tokens[i]), float(logprobs[i]))
+    return out
+
+
+class ModelRunner:
+  """Holds params, the paged KV cache and the bucketed jitted steps of one engine."""
+
+  def __init__(self, model, cache: CacheConfig, buckets: Buckets, backend: str | None = None):
+    self.model = model
+    self.config = model.config
+    self.cache_config = cache
+    self.buckets = buckets
+    self.kv_cache = tuple(jnp.zeros(cache_shape(self.config, cache), cache.dtype)
+                          for _ in range(self.config.num_layers))
+    self._decode, self._prefill = make_steps(self.config, backend)
+    self._compiled: set[tuple] = set()
+    self.compile_seconds = 0.0
+
+  @property
+  def num_compilations(self) -> int:
+    return len(self._compiled)
+
+  def execute(self, out: ScheduleOutput) -> PendingStep:
+    groups = []
+    if out.decodes:
+      inputs = step_inputs.build_decode(out.decodes, self.buckets, self.cache_config.block_size)
+      groups.append((out.decodes, self._run_decode(inputs)))
+    if out.prefills:
+      inputs = step_inputs.build_prefill(out.prefills, self.buckets, self.cache_config.block_size)
+      groups.append((out.prefills, self._run_prefill(inputs)))
+    for _, arrays in groups:
+      for a in arrays:
+        a.copy_to_host_async()     # NOTE: no blocking transfer here
+    return PendingStep(groups)
+
+  def warmup(self) -> None:
+    """Compiles every bucket now, so that serving never compiles."""
+    t0 = time.perf_counter()
+    for rows, width in self.buckets.decode_shapes():
+      jax.block_until_ready(self._run_decode(step_inputs.empty_decode(rows, width)))
+    for tokens, seqs, width in self.buckets.prefill_shapes():
+      jax.block_until_ready(self._run_prefill(step_inputs.empty_prefill(tokens, seqs, width)))
+    logging.info("warmup: %d compilations in %.1fs", self.num_compilations,
+                 time.perf_counter() - t0)
+
+  def _run_decode(self, x: step_inputs.DecodeInputs):
+    key = ("decode", len(x.tokens), x.block_tables.shape[1])
+    with self._track(key):
+      self.kv_cache, token_ids, logprobs = self._decode(
+          self.model.params, self.kv_cache, x.tokens, x.positions, x.slots, x.block_tables,
+          x.lengths, x.sampling)
+    return token_ids, logprobs
+
+  def _run_prefill(self, x: step_inputs.PrefillInputs):
+    key = ("prefill", len(x.tokens), len(x.kv_lens), x.block_tables.shape[1])
+    with self._track(key):
+      self.kv_cache, token_ids, logprobs = self._prefill(
+          self.model.params, self.kv_cache, x.tokens, x.positions, x.slots, x.block_tables,
+          x.cu_q_lens, x.kv_lens, x.logits_indices, x.sampling)
+    return token_ids, logprobs
+
+  @contextlib.contextmanager
+  def _track(self, key):
+    new = key not in self._compiled
+    t0 = time.perf_counter()
+    yield
+    if new:
+      self._compiled.add(key)
+      self.compile_seconds += time.perf_counter() - t0
+      logging.info("compiled %s in %.2fs", key, time.perf_counter() - t0)

@@ -1,0 +1,116 @@
+"""Host-side packing of a schedule into padded, bucket-shaped numpy arrays.
+
+NOTE: padded rows and tokens write their K/V into the null block 0 (slot 0)
+and have length 0, so the kernels read nothing for them.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from engine.buckets import Buckets, pick
+from engine.sampler import SamplingTensors
+from engine.scheduler import ScheduledRequest
+
+
+@dataclasses.dataclass
+class DecodeInputs:
+  tokens: np.ndarray         # [rows] int32
+  positions: np.ndarray      # [rows] int32
+  slots: np.ndarray          # [rows] int32
+  block_tables: np.ndarray   # [rows, width] int32
+  lengths: np.ndarray        # [rows] int32 (0 = padding row)
+  sampling: SamplingTensors  # [rows] each
+
+
+@dataclasses.dataclass
+class PrefillInputs:
+  tokens: np.ndarray         # [tokens] int32
+  positions: np.ndarray      # [tokens] int32
+  slots: np.ndarray          # [tokens] int32
+  block_tables: np.ndarray   # [seqs, width] int32
+  cu_q_lens: np.ndarray      # [seqs + 1] int32
+  kv_lens: np.ndarray        # [seqs] int32
+  logits_indices: np.ndarray  # [seqs] int32: each sequence's last token in the packed axis
+  sampling: SamplingTensors  # [seqs] each
+
+
+def _slots(block_table: list[int], start: int, n: int, block_size: int) -> np.ndarray:
+  pos = np.arange(start, start + n)
+  table = np.asarray(block_table, dtype=np.int64)
+  return (table[pos // block_size] * block_size + pos % block_size).astype(np.int32)
+
+
+def _tables(scheduled: list[ScheduledRequest], rows: int, width: int) -> np.ndarray:
+  tables = np.zeros((rows, width), np.int32)
+  for i, s in enumerate(scheduled):
+    tables[i, :len(s.block_table)] = s.block_table
+  return tables
+
+
+def _sampling(scheduled: list[ScheduledRequest], rows: int) -> SamplingTensors:
+  return SamplingTensors.from_params(
+      [s.request.sampling_params for s in scheduled],
+      seeds=[s.request.seed for s in scheduled],
+      steps=[s.request.num_output_tokens for s in scheduled],
+      pad_to=rows)
+
+
+def _width(scheduled: list[ScheduledRequest], buckets: Buckets) -> int:
+  return pick(buckets.table_widths, max(len(s.block_table) for s in scheduled))
+
+
+def build_decode(scheduled: list[ScheduledRequest], buckets: Buckets,
+                 block_size: int) -> DecodeInputs:
+  rows = pick(buckets.decode_rows, len(scheduled))
+  n = len(scheduled)
+  positions = np.zeros(rows, np.int32)
+  positions[:n] = [s.start for s in scheduled]
+  tokens = np.zeros(rows, np.int32)
+  tokens[:n] = [s.request.all_token_ids[s.start] for s in scheduled]
+  slots = np.zeros(rows, np.int32)
+  for i, s in enumerate(scheduled):
+    slots[i] = _slots(s.block_table, s.start, 1, block_size)[0]
+  lengths = np.zeros(rows, np.int32)
+  lengths[:n] = positions[:n] + 1
+  return DecodeInputs(tokens, positions, slots, _tables(scheduled, rows, _width(scheduled, buckets)),
+                      lengths, _sampling(scheduled, rows))
+
+
+def build_prefill(scheduled: list[ScheduledRequest], buckets: Buckets,
+                  block_size: int) -> PrefillInputs:
+  total = sum(s.num_new_tokens for s in scheduled)
+  num_tokens = pick(buckets.prefill_tokens, total)
+  seqs = pick(buckets.prefill_seqs, len(scheduled))
+  tokens = np.zeros(num_tokens, np.int32)
+  positions = np.zeros(num_tokens, np.int32)
+  slots = np.zeros(num_tokens, np.int32)
+  cu = np.full(seqs + 1, total, np.int32)
+  kv_lens = np.zeros(seqs, np.int32)
+  logits_indices = np.zeros(seqs, np.int32)
+  offset = 0
+  for i, s in enumerate(scheduled):
+    n, end = s.num_new_tokens, offset + s.num_new_tokens
+    tokens[offset:end] = s.token_ids
+    positions[offset:end] = np.arange(s.start, s.start + n)
+    slots[offset:end] = _slots(s.block_table, s.start, n, block_size)
+    cu[i], kv_lens[i], logits_indices[i] = offset, s.start + n, end - 1
+    offset = end
+  return PrefillInputs(tokens, positions, slots, _tables(scheduled, seqs, _width(scheduled, buckets)),
+                       cu, kv_lens, logits_indices, _sampling(scheduled, seqs))
+
+
+def empty_decode(rows: int, width: int) -> DecodeInputs:
+  """All-padding decode inputs of one bucket (for warm-up)."""
+  z = np.zeros(rows, np.int32)
+  return DecodeInputs(z, z, z, np.zeros((rows, width), np.int32), z,
+                      SamplingTensors.from_params([], seeds=[], steps=[], pad_to=rows))
+
+
+def empty_prefill(num_tokens: int, seqs: int, width: int) -> PrefillInputs:
+  """All-padding prefill inputs of one bucket (for warm-up)."""
+  z = np.zeros(num_tokens, np.int32)
+  zs = np.zeros(seqs, np.int32)
+  return PrefillInputs(z, z, z, np.zeros((seqs, width), np.int32), np.zeros(seqs + 1, np.int32),
+                       zs, zs, SamplingTensors.from_params([], seeds=[], steps=[], pad_to=seqs))

@@ -1,0 +1,73 @@
+"""The jitted prefill and decode steps: model forward over the paged cache + sampling.
+
+Both take the KV cache (a tuple with one `[num_blocks, kv_heads, 2,
+block_size, head_dim]` array per layer) as a donated argument and return the
+updated cache, so XLA writes the new K/V in place.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+import pallas_kernels
+from engine.sampler import SamplingTensors, sample
+from models import llama
+
+
+def decode_attention(q, k, v, layer_cache, meta, *, backend):
+  """Attention seam for a decode step: write this token's K/V, attend over the cache."""
+  layer_cache = pallas_kernels.write_kv(layer_cache, k, v, meta["slots"], backend=backend)
+  out = pallas_kernels.paged_decode_attention(
+      q, layer_cache, meta["block_tables"], meta["lengths"], backend=backend)
+  return out, layer_cache
+
+
+def prefill_attention(q, k, v, layer_cache, meta, *, backend):
+  """Attention seam for a prefill step: write the chunk's K/V, attend causally over cache + chunk."""
+  layer_cache = pallas_kernels.write_kv(layer_cache, k, v, meta["slots"], backend=backend)
+  out = pallas_kernels.paged_prefill_attention(
+      q, layer_cache, meta["block_tables"], meta["cu_q_lens"], meta["kv_lens"], backend=backend)
+  return out, layer_cache
+
+
+def _decode_step(params, kv_cache, tokens, positions, slots, block_tables, lengths,
+                 sampling: SamplingTensors, *, config, attention_fn):
+  meta = {"slots": slots, "block_tables": block_tables, "lengths": lengths}
+  with jax.named_scope("decode_forward"):
+    hidden, kv_cache = llama.forward(params, config, tokens, positions, kv_cache, meta,
+                                     attention_fn)          # hidden [rows, hidden]
+  with jax.named_scope("sample"):
+    logits = llama.compute_logits(params, config, hidden)   # [rows, vocab]
+    token_ids, logprobs = sample(logits, sampling)
+  return kv_cache, token_ids, logprobs
+
+
+def _prefill_step(params, kv_cache, tokens, positions, slots, block_tables, cu_q_lens, kv_lens,
+                  logits_indices, sampling: SamplingTensors, *, config, attention_fn):
+  meta = {"slots": slots, "block_tables": block_tables, "cu_q_lens": cu_q_lens,
+          "kv_lens": kv_lens}
+  with jax.named_scope("prefill_forward"):
+    hidden, kv_cache = llama.forward(params, config, tokens, positions, kv_cache, meta,
+                                     attention_fn)          # hidden [tokens, hidden]
+  with jax.named_scope("sample"):
+    last = jnp.take(hidden, logits_indices, axis=0)         # [seqs, hidden]
+    logits = llama.compute_logits(params, config, last)     # [seqs, vocab]
+    token_ids, logprobs = sample(logits, sampling)
+  return kv_cache, token_ids, logprobs
+
+
+def make_steps(config, backend: str | None):
+  """Returns (decode_step, prefill_step), jitted with the cache donated.
+
+  Built per runner, so two engines with different settings live side by side.
+  """
+  backend = pallas_kernels.resolve_backend(backend)
+  decode_attn = functools.partial(decode_attention, backend=backend)
+  prefill_attn = functools.partial(prefill_attention, backend=backend)
+  decode = jax.jit(functools.partial(_decode_step, config=config, attention_fn=decode_attn),
+                   donate_argnames=("kv_cache",))
+  prefill = jax.jit(functools.partial(_prefill_step, config=config, attention_fn=prefill_attn),
+                    donate_argnames=("kv_cache",))
+  return decode, prefill
