@@ -49,7 +49,7 @@ def _decode_kernel(len_ref, bt_ref, q_ref, k_ref, v_ref, *out_refs, scale,
     # NOTE: pages past the sequence's end re-read its last page (masked
     # below), so no block outside the sequence is ever touched.
     local = jnp.minimum(local, num_pages - 1)
-    ids = bt_ref[local]  # [pages_per_step]
+    ids = bt_ref[first_page + local]  # [pages_per_step]
     k = k_ref[ids].reshape(block_k, head_dim)
     v = v_ref[ids].reshape(block_k, head_dim)
     pos = (first_page + step * pages_per_step) * block_size + jnp.arange(block_k)
