@@ -69,17 +69,28 @@ def _bucket(n: int) -> int:
 
 def reference_logits(config: ModelConfig, params: Params,
                      token_ids: Sequence[int]) -> np.ndarray:
-  """Full causal forward; returns float32 logits [len(token_ids), vocab]."""
+  """Full causal forward; returns float32 logits [len(token_ids), vocab].
+
+  NOTE: the input is padded to a power-of-two bucket (fewer compiles); padding
+  sits after the real tokens, so causality keeps it out of their rows.
+  """
   n = len(token_ids)
   if n == 0:
     raise ValueError("token_ids must not be empty")
-  tokens = jnp.asarray(token_ids, jnp.int32)
-  positions = jnp.arange(n, dtype=jnp.int32)
-  caches = empty_caches(config, n, params_dtype(params))
-  hidden, _ = jax.jit(forward, static_argnames=("config", "attention_fn"))(
-      params, config, tokens, positions, caches, {"positions": positions},
-      dense_attention)
-  return np.asarray(compute_logits(params, config, hidden))
+  bucket = _bucket(n)
+  tokens = np.zeros(bucket, np.int32)
+  tokens[:n] = token_ids
+  caches = empty_caches(config, bucket, params_dtype(params))
+  hidden = _full_forward(params, config, jnp.asarray(tokens), caches)
+  return np.asarray(compute_logits(params, config, hidden[:n]))
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _full_forward(params: Params, config: ModelConfig, tokens, caches):
+  positions = jnp.arange(tokens.shape[0], dtype=jnp.int32)
+  hidden, _ = forward(params, config, tokens, positions, caches,
+                      {"positions": positions}, dense_attention)
+  return hidden
 
 
 def dense_generate(config: ModelConfig, params: Params, prompt_token_ids: Sequence[int],
