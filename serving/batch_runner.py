@@ -29,6 +29,7 @@ class BatchSummary:
   cached_prompt_tokens: int = 0
   generation_tokens: int = 0
   elapsed_s: float = 0.0
+  interrupted: bool = False  # stopped by Ctrl-C; a rerun finishes the rest
 
   @property
   def tokens_per_s(self) -> float:
@@ -39,7 +40,8 @@ class BatchSummary:
     return self.cached_prompt_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
   def describe(self) -> str:
-    return (f"batch: {self.requests} requests ({self.skipped} already done, "
+    head = "batch (interrupted)" if self.interrupted else "batch"
+    return (f"{head}: {self.requests} requests ({self.skipped} already done, "
             f"{self.completed} generated, {self.errors} errors) in {self.elapsed_s:.1f}s; "
             f"{self.prompt_tokens} prompt + {self.generation_tokens} generated tokens, "
             f"{self.tokens_per_s:.1f} generated tok/s, "
@@ -76,26 +78,47 @@ def run_batch(engine, input_path: str, output_path: str,
   with batch_io.ResultWriter(output_path) as out, tqdm(
       total=len(todo), unit="req", desc="batch", disable=not progress,
       file=progress_file) as bar:
-    while todo or running:
-      while todo and len(running) < window:
-        item = todo.pop()
-        error = _add(engine, item, default_sampling or {}, running)
-        if error is not None:
-          out.write(batch_io.error_result(item, error))
-          summary.errors += 1
-          bar.update(1)
-      if not running:
-        continue
-      for d in engine.step():
-        if d.finished and d.request_id in running:
-          _finish(running.pop(d.request_id), d, out, summary)
-          bar.update(1)
-          summary.elapsed_s = time.monotonic() - start
-          bar.set_postfix_str(f"{summary.tokens_per_s:.1f} tok/s")
-        elif d.request_id in running:
-          _accumulate(running[d.request_id], d)
+    try:
+      _drive(engine, todo, running, default_sampling or {}, window, out, bar, summary, start)
+    except KeyboardInterrupt:
+      # NOTE: finished results are already flushed; in-flight ones rerun next time.
+      summary.interrupted = True
+      _abort_all(engine, running)
   summary.elapsed_s = time.monotonic() - start
   return summary
+
+
+def _drive(engine, todo, running, defaults, window, out, bar, summary, start) -> None:
+  """Feeds the engine a window at a time and writes each result as it finishes."""
+  while todo or running:
+    while todo and len(running) < window:
+      item = todo.pop()
+      error = _add(engine, item, defaults, running)
+      if error is not None:
+        out.write(batch_io.error_result(item, error))
+        summary.errors += 1
+        bar.update(1)
+    if not running:
+      continue
+    for d in engine.step():
+      if d.request_id not in running:
+        continue
+      if not d.finished:
+        _accumulate(running[d.request_id], d)
+        continue
+      _finish(running.pop(d.request_id), d, out, summary)
+      bar.update(1)
+      summary.elapsed_s = time.monotonic() - start
+      bar.set_postfix_str(f"{summary.tokens_per_s:.1f} tok/s")
+
+
+def _abort_all(engine, running: dict) -> None:
+  """Drops the unfinished requests so the engine is idle again (no results)."""
+  for rid in running:
+    engine.abort(rid)
+  while engine.has_unfinished_requests():
+    engine.step()
+  running.clear()
 
 
 def _add(engine, item, defaults: dict[str, Any], running: dict[str, _Running]) -> str | None:

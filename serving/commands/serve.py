@@ -32,7 +32,6 @@ def run(args: argparse.Namespace) -> int:
   from engine import LLMEngine                      # NOTE: lazy: JAX import
   from serving.server import InferenceServer, ServerConfig
 
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
   try:
     config = ServerConfig(host=args.host, port=args.port,
                           metrics_port=None if args.metrics_port < 0 else args.metrics_port,
