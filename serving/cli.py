@@ -14,6 +14,8 @@ COMMANDS = [
     "serving.commands.generate",
     "serving.commands.convert",
     "serving.commands.serve",
+    "serving.commands.client",
+    "serving.commands.batch",
 ]
 
 _DESCRIPTION = """\
