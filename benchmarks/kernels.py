@@ -28,6 +28,7 @@ DECODE_SHAPES = (  # (batch, context, q_heads, kv_heads, head_dim)
     (64, 2048, 32, 8, 128), (8, 8192, 32, 8, 128), (256, 1024, 32, 8, 128),
     (32, 4096, 32, 8, 128), (64, 4096, 32, 8, 128), (64, 2048, 9, 3, 64))
 BLOCK_SIZE = 16
+DEADLINE = [float("inf")]  # wall-clock time after which sections are skipped
 
 
 def timed(f, *args, iters=20):
@@ -44,6 +45,14 @@ def timed(f, *args, iters=20):
       out = f(*args)
     jax.block_until_ready(out)
     return (time.perf_counter() - t0) / iters * 1e6
+
+
+def guarded(fn):
+  """fn() or the exception's short text, so one failure doesn't end the run."""
+  try:
+    return fn()
+  except Exception as e:  # pylint: disable=broad-except
+    return f"{type(e).__name__}: {str(e)[:300]}"
 
 
 def rel_err(out, ref):
@@ -79,6 +88,16 @@ def builtin_decode(q, kv, tables, lengths, ppcb, splits):
 
 def bench_decode(rows, key):
   for shape in DECODE_SHAPES:
+    if time.time() > DEADLINE[0]:
+      print("deadline: skipping decode", shape)
+      continue
+    r = guarded(lambda: _bench_decode_shape(rows, key, shape))
+    if r is not None:
+      print("decode failed", shape, r, flush=True)
+
+
+def _bench_decode_shape(rows, key, shape):
+  if True:
     batch, ctx, hq, hkv, d = shape
     q, kv, tables, lengths = make_decode(key, *shape, jnp.bfloat16)
     kv_bytes = batch * ctx * hkv * 2 * d * 2
@@ -140,6 +159,8 @@ def causal_flops(q_len, prefix, hq=32, d=128):
 
 def bench_prefill(rows, key, q_len=4096):
   for prefix in (0, 2048):
+    if time.time() > DEADLINE[0]:
+      continue
     args = prefill_problem(key, q_len, prefix)
     ours = functools.partial(pk.paged_prefill_attention, backend="triton")
     err = rel_err(ours(*args), pk.paged_prefill_attention_reference(*args))
@@ -185,6 +206,39 @@ def bench_prefill(rows, key, q_len=4096):
   print(json.dumps(rows[-1]), flush=True)
 
 
+def tune(rows, key):
+  """Sweeps the kernels' static tiling on the headline shapes."""
+  from pallas_kernels.decode_triton import decode_triton  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.prefill_triton import prefill_triton  # pylint: disable=g-import-not-at-top
+  for shape in ((64, 4096, 32, 8, 128), (8, 8192, 32, 8, 128)):
+    q, kv, tables, lengths = make_decode(key, *shape, jnp.bfloat16)
+    for pages in (4, 8, 16):
+      for warps in (4, 8):
+        for stages in (2, 3):
+          for ns in ((1,) if shape[0] == 64 else (4, 8)):
+            if time.time() > DEADLINE[0]:
+              return
+            f = functools.partial(decode_triton, scale=0.1, num_splits=ns,
+                                  pages_per_step=pages, num_warps=warps,
+                                  num_stages=stages)
+            t = guarded(lambda: timed(f, q, kv, tables, lengths))
+            rows.append(dict(what=f"decode {shape[:2]}", us=t if isinstance(
+                t, float) else 1e9, cfg=f"pages={pages} w={warps} st={stages} ns={ns}"))
+  args = prefill_problem(key, 4096, 0)
+  for block_q in (16, 32, 64):
+    for pages in (4, 8):
+      for warps in (4, 8):
+        for stages in (2, 3):
+          if time.time() > DEADLINE[0]:
+            return
+          f = functools.partial(prefill_triton, scale=0.1, block_q=block_q,
+                                pages_per_step=pages, num_warps=warps,
+                                num_stages=stages)
+          t = guarded(lambda: timed(f, *args, iters=5))
+          rows.append(dict(what="prefill 4096", us=t if isinstance(
+              t, float) else 1e9, cfg=f"bq={block_q} pages={pages} w={warps} st={stages}"))
+
+
 def check_small(key):
   """Compiled kernels vs references on varied small shapes (f32 and bf16)."""
   errs = []
@@ -196,16 +250,18 @@ def check_small(key):
       tables = (jax.random.permutation(sub, nb - 1) + 1).reshape(5, -1).astype(jnp.int32)
       q = jax.random.normal(jax.random.fold_in(sub, 1), (5, hq, d), dtype)
       lengths = jnp.array([1, 0, 511, 512, 77], jnp.int32)
-      out = pk.paged_decode_attention(q, kv, tables, lengths, backend="triton")
-      errs.append(("decode", str(dtype.dtype), bs, hq, hkv, d, rel_err(
-          out, pk.paged_decode_attention_reference(q, kv, tables, lengths))))
+      errs.append(("decode", str(dtype.dtype), bs, hq, hkv, d, guarded(
+          lambda: rel_err(pk.paged_decode_attention(
+              q, kv, tables, lengths, backend="triton"),
+              pk.paged_decode_attention_reference(q, kv, tables, lengths)))))
       tq = jax.random.normal(jax.random.fold_in(sub, 2), (300, hq, d), dtype)
       cu = jnp.array([0, 100, 100, 290], jnp.int32)
       kvl = jnp.array([400, 0, 190], jnp.int32)
       t3 = tables[:3]
-      out = pk.paged_prefill_attention(tq, kv, t3, cu, kvl, backend="triton")
-      ref = pk.paged_prefill_attention_reference(tq, kv, t3, cu, kvl)
-      errs.append(("prefill", str(dtype.dtype), bs, hq, hkv, d, rel_err(out, ref)))
+      errs.append(("prefill", str(dtype.dtype), bs, hq, hkv, d, guarded(
+          lambda: rel_err(pk.paged_prefill_attention(
+              tq, kv, t3, cu, kvl, backend="triton"),
+              pk.paged_prefill_attention_reference(tq, kv, t3, cu, kvl)))))
   for e in errs:
     print("check", e, flush=True)
   return errs
@@ -233,8 +289,10 @@ def to_markdown(decode_rows, prefill_rows):
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--out", default=None)
-  parser.add_argument("--skip", default="", help="comma list: check,decode,prefill")
+  parser.add_argument("--skip", default="", help="comma list: check,decode,prefill,tune")
+  parser.add_argument("--budget_s", type=float, default=1e9)
   args = parser.parse_args()
+  DEADLINE[0] = time.time() + args.budget_s
   skip = set(args.skip.split(","))
   print(jax.devices(), jax.__version__, flush=True)
   key = jax.random.key(0)
@@ -244,11 +302,17 @@ def main():
     bench_decode(decode_rows, key)
   if "prefill" not in skip:
     bench_prefill(prefill_rows, key)
+  tune_rows = []
+  if "tune" not in skip:
+    tune(tune_rows, key)
   md = to_markdown(decode_rows, prefill_rows)
   print(md)
+  for r in sorted(tune_rows, key=lambda r: (r["what"], r["us"])):
+    print("tune", json.dumps(r))
   if args.out:
     with open(f"{args.out}/kernels.json", "w") as f:
       json.dump(dict(check=errs, decode=decode_rows, prefill=prefill_rows,
+                     tune=tune_rows,
                      device=str(jax.devices()[0].device_kind)), f, indent=1)
     with open(f"{args.out}/kernels.md", "w") as f:
       f.write(md + "\n")

@@ -53,8 +53,10 @@ def paged_decode_attention(
   if num_splits is None:
     num_splits = heuristics.decode_num_splits(
         q.shape[0], hkv, block_tables.shape[1], block_size)
+  pages = heuristics.decode_pages_per_step(block_size)
   return decode_triton(
       q, kv_cache, block_tables, lengths, scale=float(scale),
-      num_splits=num_splits,
-      pages_per_step=heuristics.decode_pages_per_step(block_size),
+      num_splits=num_splits, pages_per_step=pages,
+      num_stages=heuristics.num_stages(
+          pages * block_size, q.shape[-1], kv_cache.dtype.itemsize),
       interpret=interpret)

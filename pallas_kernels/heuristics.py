@@ -26,11 +26,22 @@ PREFILL_ROWS = 128
 PREFILL_TOKENS_PER_STEP = 64
 
 
-def prefill_block_q(group_pad: int) -> int:
-  """Tokens per query tile: ~128 rows once query heads are folded in."""
-  return max(16, PREFILL_ROWS // group_pad)
+def prefill_block_q(group_pad: int, itemsize: int) -> int:
+  """Tokens per query tile: ~128 rows (64 for float32) with heads folded in."""
+  rows = PREFILL_ROWS if itemsize <= 2 else PREFILL_ROWS // 2
+  return max(16, rows // group_pad)
 
 
-def prefill_pages_per_step(block_size: int) -> int:
-  """Blocks loaded per inner-loop step: about 64 tokens, at least 1 block."""
-  return max(1, PREFILL_TOKENS_PER_STEP // block_size)
+def prefill_pages_per_step(block_size: int, itemsize: int) -> int:
+  """Blocks per inner-loop step: ~64 tokens (32 for float32), >= 1 block."""
+  tokens = PREFILL_TOKENS_PER_STEP if itemsize <= 2 else PREFILL_TOKENS_PER_STEP // 2
+  return max(1, tokens // block_size)
+
+
+def num_stages(tokens_per_step: int, head_dim: int, itemsize: int) -> int:
+  """Software-pipelining depth: 2, or 1 when a K tile exceeds 32 KiB.
+
+  Each stage buffers a K and a V tile in shared memory (228 KiB per SM on
+  Hopper, shared with the dot operands' layout conversions).
+  """
+  return 2 if tokens_per_step * head_dim * itemsize <= 32 * 1024 else 1

@@ -52,8 +52,13 @@ def paged_prefill_attention(
         q, kv_cache, block_tables, cu_q_lens, kv_lens, scale=scale)
   _, hkv, _, block_size, _ = kv_cache.shape
   group_pad = pl.next_power_of_2(q.shape[1] // hkv)
+  itemsize = kv_cache.dtype.itemsize
+  pages = heuristics.prefill_pages_per_step(block_size, itemsize)
   return prefill_triton(
       q, kv_cache, block_tables, cu_q_lens, kv_lens, scale=float(scale),
-      block_q=heuristics.prefill_block_q(group_pad),
-      pages_per_step=heuristics.prefill_pages_per_step(block_size),
+      block_q=heuristics.prefill_block_q(group_pad, itemsize),
+      pages_per_step=pages,
+      num_warps=4 if itemsize > 2 else 8,
+      num_stages=heuristics.num_stages(
+          pages * block_size, q.shape[-1], itemsize),
       interpret=interpret)
