@@ -26,6 +26,7 @@ class EngineConfig:
   warmup: bool = False                   # compile every shape bucket at start-up
   seed: int = 0                          # draws seeds for requests that give none
   attention_backend: str | None = None   # None: pallas_kernels decides from the platform
+  tensor_parallel: int = 1               # devices the weights and KV heads are split over
 
   def __post_init__(self):
     if self.block_size not in _BLOCK_SIZES:
@@ -40,6 +41,8 @@ class EngineConfig:
       raise ValueError("kv_cache_memory_fraction must be in (0, 1]")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+    if not isinstance(self.tensor_parallel, int) or self.tensor_parallel < 1:
+      raise ValueError(f"tensor_parallel must be a positive int, got {self.tensor_parallel!r}")
 
   @property
   def cache_dtype(self) -> str:
