@@ -64,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(verbose: bool) -> None:
-  from absl import logging
+  from absl import flags, logging
+  # NOTE: we never parse absl flags; marking them parsed silences absl's
+  # "Logging before flag parsing" warning.
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
   logging.use_absl_handler()
   logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
 

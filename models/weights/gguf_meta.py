@@ -47,10 +47,9 @@ def config_from_gguf(reader_or_path) -> ModelConfig:
   try:
     hidden, heads = int(a("embedding_length")), int(a("attention.head_count"))
     tensor_names = {t.name for t in reader.tensors}
-    tokens = field(reader, "tokenizer.ggml.tokens") or ()
     eos = field(reader, "tokenizer.ggml.eos_token_id")
     return ModelConfig(
-        vocab_size=int(a("vocab_size") or len(tokens)),
+        vocab_size=int(a("vocab_size") or len(field(reader, "tokenizer.ggml.tokens") or ())),
         hidden_size=hidden,
         intermediate_size=int(a("feed_forward_length")),
         num_layers=int(a("block_count")),
