@@ -7,9 +7,9 @@ Writes OUT_PREFIX.json (ids, text, generations) and OUT_PREFIX.npz (logits).
     reports tokenization of `texts`, chat template renderings of `chats`,
     last-position logits of `prompts` (texts), and greedy continuations
     (`generate`: token id lists, `steps` tokens, never stopping at EOS).
-  tiny: builds a random tiny Llama/Qwen2 from `config` (seeded), saves it with
-    save_pretrained (safetensors) into `out_dir`, and reports full logits of
-    `prompts` (token id lists).
+  tiny: for each of `models`, builds a random tiny Llama/Qwen2 from `config`
+    (seeded), saves it with save_pretrained (safetensors) into `out_dir`, and
+    reports full logits of `prompts` (token id lists) as NAME_full_I.
 """
 import json
 import os
@@ -58,6 +58,14 @@ def run_gguf(spec):
 
 
 def run_tiny(spec):
+  out, logits = {}, {}
+  for m in spec["models"]:
+    out[m["name"]], model_logits = _tiny_model(m)
+    logits.update({f"{m['name']}_{k}": v for k, v in model_logits.items()})
+  return out, logits
+
+
+def _tiny_model(spec):
   import transformers
   torch.manual_seed(spec.get("seed", 0))
   cls_name = {"llama": "LlamaConfig", "qwen2": "Qwen2Config"}[spec["arch"]]
