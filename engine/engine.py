@@ -11,6 +11,7 @@ import random
 from absl import logging
 
 from engine import output_processor as op
+from engine import parallel
 from engine.buckets import Buckets
 from engine.config import EngineConfig
 from engine.memory import build_kv_manager, resolve_num_blocks
@@ -40,9 +41,12 @@ class LLMEngine:
   """Continuous-batching engine over a paged (or contiguous) KV cache."""
 
   def __init__(self, config: EngineConfig = EngineConfig(), model=None):
-    from models import load_model     # heavy import kept off module import time
     self.config = config
-    self.model = model if model is not None else load_model(config.model, dtype=config.dtype)
+    # NOTE: None for tensor_parallel=1; else the per-engine ("tp",) mesh, and
+    # the params are placed shard by shard on it before the KV cache is sized.
+    self.mesh = parallel.make_mesh(config.tensor_parallel)
+    self.model = (parallel.load_model_sharded(config.model, config.dtype, self.mesh)
+                  if model is None else parallel.place_model(model, self.mesh))
     self.tokenizer = self.model.tokenizer
     mc = self.model.config
     self.max_model_len = min(config.max_model_len or min(mc.max_position_embeddings, 4096),
@@ -55,7 +59,7 @@ class LLMEngine:
                              max_model_len=self.max_model_len, block_size=config.block_size)
     self.runner = ModelRunner(self.model, CacheConfig(num_blocks, config.block_size,
                                                       config.cache_dtype),
-                              buckets, backend=config.attention_backend)
+                              buckets, backend=config.attention_backend, mesh=self.mesh)
     self._requests: dict[str, Request] = {}
     self._text: dict[str, op.RequestTextState] = {}
     self._aborts: list[str] = []

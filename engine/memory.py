@@ -18,7 +18,10 @@ def resolve_num_blocks(config: EngineConfig, model_config, params) -> int:
   """`config.num_blocks`, or as many blocks as the memory budget holds (+ the null block)."""
   if config.num_blocks is not None:
     return config.num_blocks
-  per_block = bytes_per_block(model_config, config.block_size, config.cache_dtype)
+  # NOTE: per device: with tensor parallelism each device holds 1/N of the kv
+  # heads of every block, and the budget below is one device's.
+  per_block = (bytes_per_block(model_config, config.block_size, config.cache_dtype)
+               // config.tensor_parallel)
   device = jax.devices()[0]
   stats = device.memory_stats() if device.platform != "cpu" else None
   if stats and "bytes_limit" in stats:

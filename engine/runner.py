@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from engine import step_inputs
+from engine import parallel, step_inputs
 from engine.buckets import Buckets
 from engine.scheduler import ScheduledRequest, ScheduleOutput
 from engine.steps import make_steps
@@ -60,14 +60,18 @@ class PendingStep:
 class ModelRunner:
   """Holds params, the paged KV cache and the bucketed jitted steps of one engine."""
 
-  def __init__(self, model, cache: CacheConfig, buckets: Buckets, backend: str | None = None):
+  def __init__(self, model, cache: CacheConfig, buckets: Buckets, backend: str | None = None,
+               mesh=None):
     self.model = model
     self.config = model.config
     self.cache_config = cache
     self.buckets = buckets
-    self.kv_cache = tuple(jnp.zeros(cache_shape(self.config, cache), cache.dtype)
+    self.mesh = mesh
+    # NOTE: with a tensor-parallel mesh each device allocates only its kv heads' slice.
+    device = parallel.cache_sharding(mesh) if mesh is not None else None
+    self.kv_cache = tuple(jnp.zeros(cache_shape(self.config, cache), cache.dtype, device=device)
                           for _ in range(self.config.num_layers))
-    self._decode, self._prefill = make_steps(self.config, backend)
+    self._decode, self._prefill = make_steps(self.config, backend, mesh)
     self._compiled: set[tuple] = set()
     self.compile_seconds = 0.0
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 import pallas_kernels
+from engine import parallel
 from engine.sampler import SamplingTensors, sample
 from models import llama
 
@@ -66,14 +67,20 @@ def _prefill_step(params, kv_cache, tokens, positions, slots, block_tables, cu_q
   return kv_cache, token_ids, logprobs
 
 
-def make_steps(config, backend: str | None):
+def make_steps(config, backend: str | None, mesh=None):
   """Returns (decode_step, prefill_step), jitted with the cache donated.
 
   Built per runner, so two engines with different settings live side by side.
+  With a tensor-parallel `mesh` the attention seams run per shard inside
+  `shard_map` (see engine/parallel.py); XLA partitions the rest.
   """
   backend = pallas_kernels.resolve_backend(backend)
   decode_attn = functools.partial(decode_attention, backend=backend)
   prefill_attn = functools.partial(prefill_attention, backend=backend)
+  if mesh is not None:
+    decode_attn = parallel.shard_attention(decode_attn, mesh, ("slots", "block_tables", "lengths"))
+    prefill_attn = parallel.shard_attention(
+        prefill_attn, mesh, ("slots", "block_tables", "cu_q_lens", "kv_lens"))
   decode = jax.jit(functools.partial(_decode_step, config=config, attention_fn=decode_attn),
                    donate_argnames=("kv_cache",))
   prefill = jax.jit(functools.partial(_prefill_step, config=config, attention_fn=prefill_attn),
