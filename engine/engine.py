@@ -59,10 +59,12 @@ class LLMEngine:
                              max_model_len=self.max_model_len, block_size=config.block_size)
     self.runner = ModelRunner(self.model, CacheConfig(num_blocks, config.block_size,
                                                       config.cache_dtype),
-                              buckets, backend=config.attention_backend, mesh=self.mesh)
+                              buckets, backend=config.attention_backend, mesh=self.mesh,
+                              max_num_seqs=config.max_num_seqs)
     self._requests: dict[str, Request] = {}
     self._text: dict[str, op.RequestTextState] = {}
     self._aborts: list[str] = []
+    self._in_flight: tuple[ScheduleOutput, object] | None = None   # dispatched, not yet read
     self._rng = random.Random(config.seed)
     self._prompt_tokens_total = 0
     self._prefill_tokens_computed = 0
@@ -134,34 +136,47 @@ class LLMEngine:
       self._aborts.append(request_id)
 
   def has_unfinished_requests(self) -> bool:
-    return bool(self._requests)
+    return bool(self._requests) or self._in_flight is not None
 
   # -- the step ------------------------------------------------------------------
 
   def step(self) -> list[TokenDelta]:
+    """Schedules and dispatches step N, then reads back step N-1's tokens.
+
+    NOTE: step N is on the device before the host blocks on step N-1's tokens,
+    so host work (scheduling, detokenizing, stop checks) overlaps device work.
+    Tokens of step N-1 that step N needs are read on the device (runner's token
+    buffer). A request that stopped at N-1 wastes its row in step N; that
+    row's token is dropped.
+    """
     deltas = [self._finish(self._requests[rid], FinishReason.ABORT)
               for rid in dict.fromkeys(self._aborts) if rid in self._requests]
     self._aborts.clear()
     out = self.scheduler.schedule()
+    for r in out.preempted:
+      self.runner.release(r.request_id)
     deltas += [self._finish(r, FinishReason.ERROR,
                             error="prompt needs more KV blocks than the whole cache holds")
                for r in out.rejected]
-    if out.is_empty:
-      return deltas
-    pending = self.runner.execute(out)        # dispatched; runs on the device
-    self._prefill_tokens_computed += sum(s.num_new_tokens for s in out.prefills)
-    sampled = pending.result()                # waits for this step's tokens
-    self.scheduler.update(out)
-    return deltas + self._postprocess(out, sampled)
+    previous, self._in_flight = self._in_flight, None
+    if not out.is_empty:
+      self._in_flight = (out, self.runner.execute(out))     # dispatched; runs on the device
+      self.scheduler.update(out)
+      self._prefill_tokens_computed += sum(s.num_new_tokens for s in out.prefills)
+    if previous is not None:
+      deltas += self._postprocess(previous[0], previous[1].result())
+    return deltas
 
   def _postprocess(self, out: ScheduleOutput, sampled) -> list[TokenDelta]:
     deltas = []
     for s in out.decodes + out.prefills:
-      if not s.samples:
-        continue
       request = s.request
+      if not s.samples or request.is_finished:
+        continue                     # mid-prompt chunk, or stopped/aborted meanwhile
       token, logprob = sampled[request.request_id]
+      request.num_pending_tokens = 0
       request.output_token_ids.append(token)
+      self.kv.cache_full_blocks(request)     # the block holding this token may be full now
       self._generation_tokens_total += 1
       if request.sampling_params.logprobs:
         request.output_logprobs.append(logprob)
@@ -181,6 +196,7 @@ class LLMEngine:
   def _finish(self, request: Request, reason: FinishReason, token_ids=(), logprobs=None,
               error: str | None = None) -> TokenDelta:
     self.scheduler.finish(request, reason)
+    self.runner.release(request.request_id)
     state = self._text.pop(request.request_id)
     del self._requests[request.request_id]
     return op.make_delta(state, list(token_ids), logprobs, reason, error)

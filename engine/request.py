@@ -36,6 +36,10 @@ class Request:
   output_token_ids: list[int] = dataclasses.field(default_factory=list)
   output_logprobs: list[float] = dataclasses.field(default_factory=list)
   num_computed_tokens: int = 0           # tokens whose K/V are in the cache
+  # NOTE: 1 while the token sampled by the step in flight is still on the
+  # device: it counts towards the request's length but is not in
+  # output_token_ids yet. Only a decode row can consume it (from the device).
+  num_pending_tokens: int = 0
   num_cached_prompt_tokens: int = 0      # of those, served from the prefix cache at admission
   status: RequestStatus = RequestStatus.WAITING
   num_preemptions: int = 0
@@ -53,6 +57,10 @@ class Request:
   @property
   def num_tokens(self) -> int:
     return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+  @property
+  def num_tokens_with_pending(self) -> int:
+    return self.num_tokens + self.num_pending_tokens
 
   @property
   def all_token_ids(self) -> list[int]:

@@ -1,10 +1,11 @@
-"""The only place that touches device arrays: the KV cache and the jitted steps.
+"""The only place that touches device arrays: the KV cache, the token buffer
+and the jitted steps.
 
 `execute()` pads a schedule to its buckets, dispatches the decode step and the
 prefill step (both run asynchronously on the device, the cache donated from
 one to the next) and returns a `PendingStep` whose sampled tokens are copied
-back to the host asynchronously; the engine collects them after it has done
-its own host work.
+back to the host asynchronously; the engine collects them one step later,
+after it has dispatched the next step.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec
 
 from engine import parallel, step_inputs
 from engine.buckets import Buckets
@@ -61,7 +63,7 @@ class ModelRunner:
   """Holds params, the paged KV cache and the bucketed jitted steps of one engine."""
 
   def __init__(self, model, cache: CacheConfig, buckets: Buckets, backend: str | None = None,
-               mesh=None):
+               mesh=None, max_num_seqs: int | None = None):
     self.model = model
     self.config = model.config
     self.cache_config = cache
@@ -71,6 +73,13 @@ class ModelRunner:
     device = parallel.cache_sharding(mesh) if mesh is not None else None
     self.kv_cache = tuple(jnp.zeros(cache_shape(self.config, cache), cache.dtype, device=device)
                           for _ in range(self.config.num_layers))
+    # One token-buffer slot per running request, plus a trash slot for padding rows.
+    num_slots = (max_num_seqs or max(buckets.decode_rows)) + 1
+    self.trash_slot = num_slots - 1
+    replicated = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
+    self.token_buffer = jnp.zeros((num_slots,), jnp.int32, device=replicated)
+    self._free_slots = list(range(num_slots - 1))
+    self._slot_of: dict[str, int] = {}
     self._decode, self._prefill = make_steps(self.config, backend, mesh)
     self._compiled: set[tuple] = set()
     self.compile_seconds = 0.0
@@ -79,13 +88,33 @@ class ModelRunner:
   def num_compilations(self) -> int:
     return len(self._compiled)
 
+  def token_slot(self, request) -> int:
+    """The request's slot in the device token buffer (None: the trash slot)."""
+    if request is None:
+      return self.trash_slot
+    slot = self._slot_of.get(request.request_id)
+    if slot is None:
+      slot = self._slot_of[request.request_id] = self._free_slots.pop()
+    return slot
+
+  def release(self, request_id: str) -> None:
+    """Frees a finished or preempted request's token slot.
+
+    NOTE: a step still in flight may write the slot; any later step that reuses
+    it runs after that one on the device, so the new owner never sees it.
+    """
+    slot = self._slot_of.pop(request_id, None)
+    if slot is not None:
+      self._free_slots.append(slot)
+
   def execute(self, out: ScheduleOutput) -> PendingStep:
     groups = []
+    bs = self.cache_config.block_size
     if out.decodes:
-      inputs = step_inputs.build_decode(out.decodes, self.buckets, self.cache_config.block_size)
+      inputs = step_inputs.build_decode(out.decodes, self.buckets, bs, self.token_slot)
       groups.append((out.decodes, self._run_decode(inputs)))
     if out.prefills:
-      inputs = step_inputs.build_prefill(out.prefills, self.buckets, self.cache_config.block_size)
+      inputs = step_inputs.build_prefill(out.prefills, self.buckets, bs, self.token_slot)
       groups.append((out.prefills, self._run_prefill(inputs)))
     for _, arrays in groups:
       for a in arrays:
@@ -95,27 +124,29 @@ class ModelRunner:
   def warmup(self) -> None:
     """Compiles every bucket now, so that serving never compiles."""
     t0 = time.perf_counter()
+    trash = self.trash_slot
     for rows, width in self.buckets.decode_shapes():
-      jax.block_until_ready(self._run_decode(step_inputs.empty_decode(rows, width)))
+      jax.block_until_ready(self._run_decode(step_inputs.empty_decode(rows, width, trash)))
     for tokens, seqs, width in self.buckets.prefill_shapes():
-      jax.block_until_ready(self._run_prefill(step_inputs.empty_prefill(tokens, seqs, width)))
+      jax.block_until_ready(
+          self._run_prefill(step_inputs.empty_prefill(tokens, seqs, width, trash)))
     logging.info("warmup: %d compilations in %.1fs", self.num_compilations,
                  time.perf_counter() - t0)
 
   def _run_decode(self, x: step_inputs.DecodeInputs):
     key = ("decode", len(x.tokens), x.block_tables.shape[1])
     with self._track(key):
-      self.kv_cache, token_ids, logprobs = self._decode(
-          self.model.params, self.kv_cache, x.tokens, x.positions, x.slots, x.block_tables,
-          x.lengths, x.sampling)
+      self.kv_cache, self.token_buffer, token_ids, logprobs = self._decode(
+          self.model.params, self.kv_cache, self.token_buffer, x.tokens, x.input_slots,
+          x.sample_slots, x.positions, x.slots, x.block_tables, x.lengths, x.sampling)
     return token_ids, logprobs
 
   def _run_prefill(self, x: step_inputs.PrefillInputs):
     key = ("prefill", len(x.tokens), len(x.kv_lens), x.block_tables.shape[1])
     with self._track(key):
-      self.kv_cache, token_ids, logprobs = self._prefill(
-          self.model.params, self.kv_cache, x.tokens, x.positions, x.slots, x.block_tables,
-          x.cu_q_lens, x.kv_lens, x.logits_indices, x.sampling)
+      self.kv_cache, self.token_buffer, token_ids, logprobs = self._prefill(
+          self.model.params, self.kv_cache, self.token_buffer, x.tokens, x.positions, x.slots,
+          x.block_tables, x.cu_q_lens, x.kv_lens, x.logits_indices, x.sample_slots, x.sampling)
     return token_ids, logprobs
 
   @contextlib.contextmanager

@@ -47,12 +47,10 @@ class ScheduledRequest:
 
   @property
   def token_ids(self) -> list[int]:
+    """The chunk's token ids (a decode whose token is pending has none on the host)."""
     return self.request.all_token_ids[self.start:self.start + self.num_new_tokens]
 
-  @property
-  def samples(self) -> bool:
-    """True when this chunk reaches the request's last token: its logits give the next token."""
-    return self.start + self.num_new_tokens == self.request.num_tokens
+  samples: bool = False      # the chunk reaches the request's last token: sample the next
 
 
 @dataclasses.dataclass
@@ -69,6 +67,11 @@ class ScheduleOutput:
   @property
   def is_empty(self) -> bool:
     return not self.decodes and not self.prefills
+
+
+def _remaining(request: Request) -> int:
+  """Tokens not yet in the cache, counting a token still pending on the device."""
+  return request.num_tokens_with_pending - request.num_computed_tokens
 
 
 class Scheduler:
@@ -118,8 +121,8 @@ class Scheduler:
     for request in list(self.running):
       if request not in self.running or budget < 1:
         continue                       # preempted meanwhile, or budget spent
-      if request.num_tokens - request.num_computed_tokens != 1:
-        continue                       # still prefilling
+      if _remaining(request) != 1 or self._at_limit(request):
+        continue                       # still prefilling, or about to finish
       if self._allocate_or_preempt(request, 1, out):
         out.decodes.append(self._scheduled(request, 1))
         budget -= 1
@@ -127,7 +130,7 @@ class Scheduler:
 
   def _schedule_running_prefills(self, out: ScheduleOutput, budget: int) -> int:
     for request in list(self.running):
-      remaining = request.num_tokens - request.num_computed_tokens
+      remaining = _remaining(request)
       if request not in self.running or remaining <= 1 or budget < 1:
         continue                       # preempted, decoding (handled above), or no budget
       n = min(remaining, budget)
@@ -139,12 +142,14 @@ class Scheduler:
   def _schedule_waiting(self, out: ScheduleOutput, budget: int) -> None:
     while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
       request = self.waiting[0]
+      if request.num_pending_tokens:
+        break                          # preempted with a token in flight: wait for it
       if self._never_fits(request):
         self.waiting.popleft()
         out.rejected.append(request)
         continue
       blocks, num_hit = self.kv.get_computed_blocks(request)
-      remaining = request.num_tokens - num_hit
+      remaining = _remaining(request) - num_hit
       n = min(remaining, budget) if self.config.enable_chunked_prefill else remaining
       if n > budget and (out.prefills or out.decodes):
         break                          # whole prompt does not fit this step's budget
@@ -204,13 +209,25 @@ class Scheduler:
     self.waiting.appendleft(request)
 
   def _scheduled(self, request: Request, n: int) -> ScheduledRequest:
-    return ScheduledRequest(request, request.num_computed_tokens, n,
-                            list(self.kv.block_table(request.request_id)))
+    start = request.num_computed_tokens
+    return ScheduledRequest(request, start, n, list(self.kv.block_table(request.request_id)),
+                            samples=start + n == request.num_tokens_with_pending)
+
+  def _at_limit(self, request: Request) -> bool:
+    """Its pending token is its last one: it finishes when that token lands."""
+    produced = request.num_output_tokens + request.num_pending_tokens
+    return (produced >= request.sampling_params.max_tokens
+            or request.num_tokens_with_pending >= self.config.max_model_len)
 
   # -- after the step --------------------------------------------------------
 
   def update(self, out: ScheduleOutput) -> None:
-    """Marks the scheduled tokens as computed and registers newly full blocks."""
+    """Called once the step is dispatched: its tokens count as computed, and each
+    sampling row has one token pending until `ScheduleOutput`'s results land."""
     for s in out.decodes + out.prefills:
       s.request.num_computed_tokens += s.num_new_tokens
+      if s.samples:
+        s.request.num_pending_tokens = 1
+      # NOTE: blocks whose tokens are all known get hashed; the block holding a
+      # pending token is hashed once that token lands (see LLMEngine).
       self.kv.cache_full_blocks(s.request)

@@ -16,7 +16,9 @@ from engine.scheduler import ScheduledRequest
 
 @dataclasses.dataclass
 class DecodeInputs:
-  tokens: np.ndarray         # [rows] int32
+  tokens: np.ndarray         # [rows] int32 (host-known tokens)
+  input_slots: np.ndarray    # [rows] int32: token-buffer slot of a pending token, -1 = use `tokens`
+  sample_slots: np.ndarray   # [rows] int32: token-buffer slot the sampled token goes to
   positions: np.ndarray      # [rows] int32
   slots: np.ndarray          # [rows] int32
   block_tables: np.ndarray   # [rows, width] int32
@@ -33,6 +35,7 @@ class PrefillInputs:
   cu_q_lens: np.ndarray      # [seqs + 1] int32
   kv_lens: np.ndarray        # [seqs] int32
   logits_indices: np.ndarray  # [seqs] int32: each sequence's last token in the packed axis
+  sample_slots: np.ndarray   # [seqs] int32: token-buffer slot the sampled token goes to
   sampling: SamplingTensors  # [seqs] each
 
 
@@ -53,7 +56,7 @@ def _sampling(scheduled: list[ScheduledRequest], rows: int) -> SamplingTensors:
   return SamplingTensors.from_params(
       [s.request.sampling_params for s in scheduled],
       seeds=[s.request.seed for s in scheduled],
-      steps=[s.request.num_output_tokens for s in scheduled],
+      steps=[s.request.num_output_tokens + s.request.num_pending_tokens for s in scheduled],
       pad_to=rows)
 
 
@@ -61,25 +64,40 @@ def _width(scheduled: list[ScheduledRequest], buckets: Buckets) -> int:
   return pick(buckets.table_widths, max(len(s.block_table) for s in scheduled))
 
 
-def build_decode(scheduled: list[ScheduledRequest], buckets: Buckets,
-                 block_size: int) -> DecodeInputs:
+def _sample_slots(scheduled: list[ScheduledRequest], rows: int, token_slot) -> np.ndarray:
+  out = np.full(rows, token_slot(None), np.int32)        # padding → the trash slot
+  for i, s in enumerate(scheduled):
+    if s.samples:
+      out[i] = token_slot(s.request)
+  return out
+
+
+def build_decode(scheduled: list[ScheduledRequest], buckets: Buckets, block_size: int,
+                 token_slot) -> DecodeInputs:
+  """`token_slot(request | None)` names a request's slot in the device token buffer."""
   rows = pick(buckets.decode_rows, len(scheduled))
   n = len(scheduled)
   positions = np.zeros(rows, np.int32)
   positions[:n] = [s.start for s in scheduled]
   tokens = np.zeros(rows, np.int32)
-  tokens[:n] = [s.request.all_token_ids[s.start] for s in scheduled]
+  input_slots = np.full(rows, -1, np.int32)
+  for i, s in enumerate(scheduled):
+    if s.start < s.request.num_tokens:
+      tokens[i] = s.request.all_token_ids[s.start]
+    else:                                  # NOTE: sampled by the step in flight
+      input_slots[i] = token_slot(s.request)
   slots = np.zeros(rows, np.int32)
   for i, s in enumerate(scheduled):
     slots[i] = _slots(s.block_table, s.start, 1, block_size)[0]
   lengths = np.zeros(rows, np.int32)
   lengths[:n] = positions[:n] + 1
-  return DecodeInputs(tokens, positions, slots, _tables(scheduled, rows, _width(scheduled, buckets)),
-                      lengths, _sampling(scheduled, rows))
+  return DecodeInputs(tokens, input_slots, _sample_slots(scheduled, rows, token_slot), positions,
+                      slots, _tables(scheduled, rows, _width(scheduled, buckets)), lengths,
+                      _sampling(scheduled, rows))
 
 
-def build_prefill(scheduled: list[ScheduledRequest], buckets: Buckets,
-                  block_size: int) -> PrefillInputs:
+def build_prefill(scheduled: list[ScheduledRequest], buckets: Buckets, block_size: int,
+                  token_slot) -> PrefillInputs:
   total = sum(s.num_new_tokens for s in scheduled)
   num_tokens = pick(buckets.prefill_tokens, total)
   seqs = pick(buckets.prefill_seqs, len(scheduled))
@@ -98,19 +116,21 @@ def build_prefill(scheduled: list[ScheduledRequest], buckets: Buckets,
     cu[i], kv_lens[i], logits_indices[i] = offset, s.start + n, end - 1
     offset = end
   return PrefillInputs(tokens, positions, slots, _tables(scheduled, seqs, _width(scheduled, buckets)),
-                       cu, kv_lens, logits_indices, _sampling(scheduled, seqs))
+                       cu, kv_lens, logits_indices, _sample_slots(scheduled, seqs, token_slot),
+                       _sampling(scheduled, seqs))
 
 
-def empty_decode(rows: int, width: int) -> DecodeInputs:
+def empty_decode(rows: int, width: int, trash_slot: int) -> DecodeInputs:
   """All-padding decode inputs of one bucket (for warm-up)."""
   z = np.zeros(rows, np.int32)
-  return DecodeInputs(z, z, z, np.zeros((rows, width), np.int32), z,
+  return DecodeInputs(z, z - 1, z + trash_slot, z, z, np.zeros((rows, width), np.int32), z,
                       SamplingTensors.from_params([], seeds=[], steps=[], pad_to=rows))
 
 
-def empty_prefill(num_tokens: int, seqs: int, width: int) -> PrefillInputs:
+def empty_prefill(num_tokens: int, seqs: int, width: int, trash_slot: int) -> PrefillInputs:
   """All-padding prefill inputs of one bucket (for warm-up)."""
   z = np.zeros(num_tokens, np.int32)
   zs = np.zeros(seqs, np.int32)
   return PrefillInputs(z, z, z, np.zeros((seqs, width), np.int32), np.zeros(seqs + 1, np.int32),
-                       zs, zs, SamplingTensors.from_params([], seeds=[], steps=[], pad_to=seqs))
+                       zs, zs, zs + trash_slot,
+                       SamplingTensors.from_params([], seeds=[], steps=[], pad_to=seqs))

@@ -2,7 +2,10 @@
 
 Both take the KV cache (a tuple with one `[num_blocks, kv_heads, 2,
 block_size, head_dim]` array per layer) as a donated argument and return the
-updated cache, so XLA writes the new K/V in place.
+updated cache, so XLA writes the new K/V in place. Both also carry a small
+device token buffer (one slot per running request): each step writes its
+sampled tokens there, and the next decode step reads them back on the device,
+so the host can schedule step N+1 before step N's tokens have reached it.
 """
 from __future__ import annotations
 
@@ -41,8 +44,13 @@ def prefill_attention(q, k, v, layer_cache, meta, *, backend):
   return out, layer_cache
 
 
-def _decode_step(params, kv_cache, tokens, positions, slots, block_tables, lengths,
-                 sampling: SamplingTensors, *, config, attention_fn):
+def _decode_step(params, kv_cache, token_buffer, tokens, input_slots, sample_slots, positions,
+                 slots, block_tables, lengths, sampling: SamplingTensors, *, config,
+                 attention_fn):
+  # NOTE: a row whose input token was sampled by the previous step (not yet on
+  # the host) reads it from the device token buffer.
+  pending = jnp.take(token_buffer, jnp.maximum(input_slots, 0))     # [rows]
+  tokens = jnp.where(input_slots >= 0, pending, tokens)
   meta = {"slots": slots, "block_tables": block_tables, "lengths": lengths}
   with jax.named_scope("decode_forward"):
     hidden, kv_cache = llama.forward(params, config, tokens, positions, kv_cache, meta,
@@ -50,11 +58,12 @@ def _decode_step(params, kv_cache, tokens, positions, slots, block_tables, lengt
   with jax.named_scope("sample"):
     logits = llama.compute_logits(params, config, hidden)   # [rows, vocab]
     token_ids, logprobs = sample(logits, sampling)
-  return kv_cache, token_ids, logprobs
+  return kv_cache, token_buffer.at[sample_slots].set(token_ids), token_ids, logprobs
 
 
-def _prefill_step(params, kv_cache, tokens, positions, slots, block_tables, cu_q_lens, kv_lens,
-                  logits_indices, sampling: SamplingTensors, *, config, attention_fn):
+def _prefill_step(params, kv_cache, token_buffer, tokens, positions, slots, block_tables,
+                  cu_q_lens, kv_lens, logits_indices, sample_slots, sampling: SamplingTensors, *,
+                  config, attention_fn):
   meta = {"slots": slots, "block_tables": block_tables, "cu_q_lens": cu_q_lens,
           "kv_lens": kv_lens}
   with jax.named_scope("prefill_forward"):
@@ -64,7 +73,7 @@ def _prefill_step(params, kv_cache, tokens, positions, slots, block_tables, cu_q
     last = jnp.take(hidden, logits_indices, axis=0)         # [seqs, hidden]
     logits = llama.compute_logits(params, config, last)     # [seqs, vocab]
     token_ids, logprobs = sample(logits, sampling)
-  return kv_cache, token_ids, logprobs
+  return kv_cache, token_buffer.at[sample_slots].set(token_ids), token_ids, logprobs
 
 
 def make_steps(config, backend: str | None, mesh=None):
@@ -81,8 +90,9 @@ def make_steps(config, backend: str | None, mesh=None):
     decode_attn = parallel.shard_attention(decode_attn, mesh, ("slots", "block_tables", "lengths"))
     prefill_attn = parallel.shard_attention(
         prefill_attn, mesh, ("slots", "block_tables", "cu_q_lens", "kv_lens"))
+  donate = ("kv_cache", "token_buffer")
   decode = jax.jit(functools.partial(_decode_step, config=config, attention_fn=decode_attn),
-                   donate_argnames=("kv_cache",))
+                   donate_argnames=donate)
   prefill = jax.jit(functools.partial(_prefill_step, config=config, attention_fn=prefill_attn),
-                    donate_argnames=("kv_cache",))
+                    donate_argnames=donate)
   return decode, prefill

@@ -32,6 +32,7 @@ def run_step(s: Scheduler, token=7):
   for x in out.decodes + out.prefills:
     if x.samples:
       x.request.output_token_ids.append(token)
+      x.request.num_pending_tokens = 0
   return out
 
 
