@@ -41,6 +41,8 @@ _ENGINE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--engine-seed", "seed", int, "draws the seeds of requests that give none"),
     ("--attention-backend", "attention_backend", str,
      "attention implementation (default: chosen for the platform)"),
+    ("--tensor-parallel", "tensor_parallel", int,
+     "devices to split weights and KV heads over (must divide the KV heads)"),
 )
 
 
