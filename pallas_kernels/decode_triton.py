@@ -12,6 +12,7 @@ with several it writes (acc, max, sum) and `combine_splits` merges them.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ from jax.experimental.pallas import triton as plgpu
 
 # NOTE: finite "minus infinity" so that exp(m_old - m_new) never sees inf-inf.
 NEG_BIG = -1e30
+LOG2E = math.log2(math.e)
 MIN_DOT_ROWS = 16
 
 
@@ -55,10 +57,10 @@ def _decode_kernel(len_ref, bt_ref, q_ref, k_ref, v_ref, *out_refs, scale,
     pos = (first_page + step * pages_per_step) * block_size + jnp.arange(block_k)
     valid = pos < length  # [block_k]
     s = plgpu.dot(q.astype(k.dtype), k, trans_b=True, allow_tf32=not exact)
-    s = jnp.where(valid[None, :], s * scale, NEG_BIG)  # [rows, block_k]
+    s = jnp.where(valid[None, :], s * (scale * LOG2E), NEG_BIG)  # log2 domain
     m_new = jnp.maximum(m_prev, s.max(axis=1))
-    alpha = jnp.exp(m_prev - m_new)
-    p = jnp.exp(s - m_new[:, None])
+    alpha = jnp.exp2(m_prev - m_new)
+    p = jnp.exp2(s - m_new[:, None])
     v = jnp.where(valid[:, None], v, jnp.zeros_like(v))
     pv = plgpu.dot(p.astype(v.dtype), v, allow_tf32=not exact)  # [rows, head_dim]
     return acc * alpha[:, None] + pv, m_new, l_prev * alpha + p.sum(axis=1)
@@ -83,10 +85,12 @@ def _decode_kernel(len_ref, bt_ref, q_ref, k_ref, v_ref, *out_refs, scale,
 def combine_splits(acc, m, l):
   """Merges per-split partial softmax results along axis 2.
 
+  m is in the log2 domain (the kernel's exp2-based softmax).
+
   acc [b, hkv, splits, rows, d], m/l [b, hkv, splits, rows] -> [b, hkv, rows, d].
   """
   m_max = m.max(axis=2, keepdims=True)
-  w = jnp.exp(m - m_max) * (l > 0)  # [b, hkv, splits, rows]
+  w = jnp.exp2(m - m_max) * (l > 0)  # [b, hkv, splits, rows]
   num = (acc * w[..., None]).sum(axis=2)
   den = (l * w).sum(axis=2)
   return jnp.where(den[..., None] > 0, num / jnp.where(den > 0, den, 1.0)[..., None], 0.0)

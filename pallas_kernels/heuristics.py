@@ -4,22 +4,32 @@ from __future__ import annotations
 
 # NOTE: H100/H200 have 132 SMs; two programs per SM hide most load latency.
 TARGET_PROGRAMS = 264
-DECODE_TOKENS_PER_STEP = 128
+DECODE_TOKENS_PER_STEP = 64
 MAX_SPLITS = 16
 
 
 def decode_pages_per_step(block_size: int) -> int:
-  """Blocks loaded per inner-loop step: about 128 tokens, at least 1 block."""
+  """Blocks loaded per inner-loop step: about 64 tokens, at least 1 block.
+
+  Measured on H100 (bf16, 16-token blocks, 64 x 4096): 64 tokens/step 373 µs,
+  128 tokens 392 µs, 256 tokens 444 µs.
+  """
   return max(1, DECODE_TOKENS_PER_STEP // block_size)
 
 
 def decode_num_splits(batch: int, num_kv_heads: int, max_blocks: int,
                       block_size: int) -> int:
-  """Split-K factor: enough programs to fill the GPU, >= one step per split."""
+  """Split-K factor: enough programs to fill the GPU, >= one step per split.
+
+  A power of two (measured on H100, 8 x 8192: 8 splits 103 µs, 5 splits
+  153 µs, 4 splits 110 µs).
+  """
   programs = batch * num_kv_heads
   steps = -(-max_blocks // decode_pages_per_step(block_size))
-  splits = -(-TARGET_PROGRAMS // programs)
-  return max(1, min(splits, steps, MAX_SPLITS))
+  splits = 1
+  while splits * programs < TARGET_PROGRAMS and splits * 2 <= min(steps, MAX_SPLITS):
+    splits *= 2
+  return splits
 
 
 PREFILL_ROWS = 128
@@ -39,9 +49,10 @@ def prefill_pages_per_step(block_size: int, itemsize: int) -> int:
 
 
 def num_stages(tokens_per_step: int, head_dim: int, itemsize: int) -> int:
-  """Software-pipelining depth: 2, or 1 when a K tile exceeds 32 KiB.
+  """Software-pipelining depth: 3 for K tiles <= 16 KiB, 2 <= 32 KiB, else 1.
 
   Each stage buffers a K and a V tile in shared memory (228 KiB per SM on
   Hopper, shared with the dot operands' layout conversions).
   """
-  return 2 if tokens_per_step * head_dim * itemsize <= 32 * 1024 else 1
+  return 3 if tokens_per_step * head_dim * itemsize <= 16 * 1024 else (
+      2 if tokens_per_step * head_dim * itemsize <= 32 * 1024 else 1)

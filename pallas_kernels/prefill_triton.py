@@ -12,6 +12,7 @@ then the diagonal chunks with the causal mask. Online softmax in float32.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ from jax.experimental.pallas import triton as plgpu
 from pallas_kernels import prefill_tiles
 
 NEG_BIG = -1e30
+LOG2E = math.log2(math.e)
 
 
 def _prefill_kernel(rows_ref, pos_ref, kvlen_ref, seq_ref, bt_ref, q_ref,
@@ -48,15 +50,15 @@ def _prefill_kernel(rows_ref, pos_ref, kvlen_ref, seq_ref, bt_ref, q_ref,
     k = k_ref[ids].reshape(block_k, head_dim)
     v = v_ref[ids].reshape(block_k, head_dim)
     s = plgpu.dot(q.astype(k.dtype), k, trans_b=True, allow_tf32=not exact)
-    s = s * scale  # [num_rows, block_k]
+    s = s * (scale * LOG2E)  # [num_rows, block_k], log2 domain
     if masked:
       pos = step * block_k + jnp.arange(block_k)  # [block_k]
       ok = (pos[None, :] <= row_pos[:, None]) & (pos[None, :] < end)
       s = jnp.where(ok, s, NEG_BIG)
       v = jnp.where((pos < end)[:, None], v, jnp.zeros_like(v))
     m_new = jnp.maximum(m_prev, s.max(axis=1))
-    alpha = jnp.exp(m_prev - m_new)
-    p = jnp.exp(s - m_new[:, None])
+    alpha = jnp.exp2(m_prev - m_new)
+    p = jnp.exp2(s - m_new[:, None])
     pv = plgpu.dot(p.astype(v.dtype), v, allow_tf32=not exact)
     return acc * alpha[:, None] + pv, m_new, l_prev * alpha + p.sum(axis=1)
 
@@ -98,10 +100,14 @@ def prefill_triton(q, kv_cache, block_tables, cu_q_lens, kv_lens, *, scale,
   kernel = functools.partial(
       _prefill_kernel, scale=scale, group_pad=group_pad,
       pages_per_step=pages_per_step, max_blocks=max_blocks)
-  scalar = pl.BlockSpec((1,), lambda t, h: (t,))
+  # NOTE: programs visit tiles last-first: later tiles of a sequence see more
+  # context, and starting the longest programs first shortens the tail.
+  rev = lambda t: n_tiles - 1 - t
+  scalar = pl.BlockSpec((1,), lambda t, h: (rev(t),))
   kv_spec = lambda which: pl.BlockSpec(
       (num_blocks, None, None, block_size, d), lambda t, h: (0, h, which, 0, 0))
-  tile_spec = pl.BlockSpec((None, None, num_rows, d), lambda t, h: (t, h, 0, 0))
+  tile_spec = pl.BlockSpec((None, None, num_rows, d),
+                           lambda t, h: (rev(t), h, 0, 0))
   out = pl.pallas_call(
       kernel,
       grid=(n_tiles, hkv),

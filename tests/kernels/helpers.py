@@ -1,0 +1,114 @@
+"""Shared builders for the kernel tests: paged problems and a numpy oracle.
+
+Caches are filled with NaN first and only the slots a sequence owns (below
+its length) get finite values, so any kernel that reads an unused block, the
+null block 0 or a slot past a sequence's length produces NaN and fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+# Interpret mode on CPU; the same tests run compiled on a GPU machine.
+INTERPRET = jax.default_backend() != "gpu"
+BACKEND = "triton"
+
+
+@dataclasses.dataclass(frozen=True)
+class Paged:
+  """A paged cache plus per-sequence dense copies of its valid K/V."""
+  kv_cache: np.ndarray  # [num_blocks, hkv, 2, bs, d], NaN outside owned slots
+  block_tables: np.ndarray  # int32 [num_seqs, max_blocks]
+  dense_k: list  # per sequence [kv_len, hkv, d] float64
+  dense_v: list
+
+
+def make_paged(rng, kv_lens, num_kv_heads, head_dim, block_size, dtype,
+               extra_cols=1):
+  """Random cache for sequences of `kv_lens` tokens in shuffled blocks."""
+  need = [-(-n // block_size) for n in kv_lens]
+  max_blocks = max(max(need), 1) + extra_cols
+  num_blocks = 1 + sum(need) + 3  # null block + used + spare poisoned ones
+  cache = np.full((num_blocks, num_kv_heads, 2, block_size, head_dim), np.nan,
+                  np.float32)
+  ids = rng.permutation(np.arange(1, num_blocks))
+  tables = np.zeros((len(kv_lens), max_blocks), np.int32)
+  dense_k, dense_v, used = [], [], 0
+  for s, n in enumerate(kv_lens):
+    own = ids[used:used + need[s]]
+    used += need[s]
+    # Unused table entries point at poisoned spare blocks (or block 0).
+    spare = ids[-3:] if rng.random() < 0.5 else np.zeros(3, np.int64)
+    tables[s] = np.concatenate([own, np.resize(spare, max_blocks - need[s])])
+    kv = rng.standard_normal((n, num_kv_heads, 2, head_dim)).astype(np.float32)
+    kv = kv.astype(dtype).astype(np.float32)  # exactly representable
+    for t in range(n):
+      cache[own[t // block_size], :, :, t % block_size, :] = kv[t]
+    dense_k.append(kv[:, :, 0].astype(np.float64))
+    dense_v.append(kv[:, :, 1].astype(np.float64))
+  return Paged(cache.astype(dtype), tables, dense_k, dense_v)
+
+
+def naive_attention(q, k, v, positions, scale, *, swap_kv=False,
+                    causal_shift=0):
+  """Dense float64 attention of q [n, hq, d] to k/v [ctx, hkv, d].
+
+  Row i sees keys 0..positions[i] + causal_shift. `swap_kv` and
+  `causal_shift` exist to build deliberately broken oracles.
+  """
+  if swap_kv:
+    k, v = v, k
+  n, hq, d = q.shape
+  group = hq // k.shape[1]
+  out = np.zeros((n, hq, d))
+  for i in range(n):
+    visible = positions[i] + 1 + causal_shift
+    if visible <= 0:
+      continue  # a mutated mask may leave nothing visible
+    for h in range(hq):
+      kh, vh = k[:visible, h // group], v[:visible, h // group]
+      s = kh @ q[i, h].astype(np.float64) * scale
+      p = np.exp(s - s.max())
+      out[i, h] = p @ vh / p.sum()
+  return out
+
+
+def naive_decode(q, paged, lengths, scale, **mutation):
+  """Oracle for decode: row b's token sits at position lengths[b] - 1."""
+  out = np.zeros(q.shape)
+  for b, n in enumerate(lengths):
+    if n:
+      out[b] = naive_attention(q[b:b + 1], paged.dense_k[b], paged.dense_v[b],
+                               [n - 1], scale, **mutation)[0]
+  return out
+
+
+def naive_prefill(q, paged, q_lens, kv_lens, scale, **mutation):
+  """Oracle for packed prefill; padding rows are zero."""
+  out = np.zeros(q.shape)
+  start = 0
+  for s, (ql, kl) in enumerate(zip(q_lens, kv_lens)):
+    if ql:
+      pos = [kl - ql + i for i in range(ql)]
+      out[start:start + ql] = naive_attention(
+          q[start:start + ql], paged.dense_k[s], paged.dense_v[s], pos, scale,
+          **mutation)
+    start += ql
+  return out
+
+
+def rel_err(out, ref) -> float:
+  """‖out - ref‖ / ‖ref‖ in float64; NaN anywhere gives inf."""
+  out = np.asarray(out, np.float64)
+  ref = np.asarray(ref, np.float64)
+  if not np.isfinite(out).all():
+    return float("inf")
+  return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def tolerance(dtype) -> float:
+  """Relative-norm tolerance: bf16 operands ~2e-3 measured, f32 ~1e-7."""
+  return 1e-2 if np.dtype(dtype).itemsize == 2 else 1e-5
