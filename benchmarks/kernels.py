@@ -28,6 +28,7 @@ DECODE_SHAPES = (  # (batch, context, q_heads, kv_heads, head_dim)
     (64, 2048, 32, 8, 128), (8, 8192, 32, 8, 128), (256, 1024, 32, 8, 128),
     (32, 4096, 32, 8, 128), (64, 4096, 32, 8, 128), (64, 2048, 9, 3, 64))
 BLOCK_SIZE = 16
+TUNE_SKIP = {"decode"}  # tuned on 2026-11-22; the chosen values are defaults
 DEADLINE = [float("inf")]  # wall-clock time after which sections are skipped
 
 
@@ -128,7 +129,9 @@ def _bench_decode_shape(rows, key, shape):
         if best is None or t < best[0]:
           best = (t, ppcb, splits)
     fn, args = builtin_decode(q, kv, tables, lengths, best[1], best[2])
-    err_builtin = rel_err(jax.jit(fn)(*args), ref)
+    # NOTE: the built-in applies no softmax scale, so compare at scale 1.
+    err_builtin = rel_err(jax.jit(fn)(*args), pk.paged_decode_attention_reference(
+        q, kv, tables, lengths, scale=1.0))
     tb = lambda t: kv_bytes / t / 1e6
     rows.append(dict(
         shape=f"{batch}x{ctx} {hq}/{hkv}x{d}", ours_us=t_ours,
@@ -186,8 +189,11 @@ def bench_prefill(rows, key, q_len=4096):
     from jax.experimental.pallas.ops.gpu import attention_mgpu as am  # pylint: disable=g-import-not-at-top
     cfg = am.TuningConfig(block_q=64, block_kv=128, max_concurrent_steps=2,
                           causal=True)
-    return functools.partial(am.attention, config=cfg), (q, k, v)
-  dense["Pallas Mosaic GPU attention_mgpu (dense)"] = mgpu
+    # NOTE: attention_mgpu in JAX 0.11.2 fails on bf16 (dtype mismatch in its
+    # epilogue), so it runs in float16, as in its own benchmark.
+    f16 = lambda x: x.astype(jnp.float16)
+    return functools.partial(am.attention, config=cfg), (f16(q), f16(k), f16(v))
+  dense["Pallas Mosaic GPU attention_mgpu (dense, float16)"] = mgpu
   for name, make in dense.items():
     try:
       fn, a = make()
@@ -210,7 +216,7 @@ def tune(rows, key):
   """Sweeps the kernels' static tiling on the headline shapes."""
   from pallas_kernels.decode_triton import decode_triton  # pylint: disable=g-import-not-at-top
   from pallas_kernels.prefill_triton import prefill_triton  # pylint: disable=g-import-not-at-top
-  for shape in ((64, 4096, 32, 8, 128), (8, 8192, 32, 8, 128)):
+  for shape in () if "decode" in TUNE_SKIP else ((64, 4096, 32, 8, 128), (8, 8192, 32, 8, 128)):
     q, kv, tables, lengths = make_decode(key, *shape, jnp.bfloat16)
     for pages in (4, 8, 16):
       for warps in (4, 8):
@@ -225,7 +231,7 @@ def tune(rows, key):
             rows.append(dict(what=f"decode {shape[:2]}", us=t if isinstance(
                 t, float) else 1e9, cfg=f"pages={pages} w={warps} st={stages} ns={ns}"))
   args = prefill_problem(key, 4096, 0)
-  for block_q in (16, 32, 64):
+  for block_q in (32, 64):
     for pages in (4, 8):
       for warps in (4, 8):
         for stages in (2, 3):

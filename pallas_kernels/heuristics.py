@@ -33,7 +33,7 @@ def decode_num_splits(batch: int, num_kv_heads: int, max_blocks: int,
 
 
 PREFILL_ROWS = 128
-PREFILL_TOKENS_PER_STEP = 64
+PREFILL_TOKENS_PER_STEP = 128
 
 
 def prefill_block_q(group_pad: int, itemsize: int) -> int:
@@ -43,8 +43,14 @@ def prefill_block_q(group_pad: int, itemsize: int) -> int:
 
 
 def prefill_pages_per_step(block_size: int, itemsize: int) -> int:
-  """Blocks per inner-loop step: ~64 tokens (32 for float32), >= 1 block."""
-  tokens = PREFILL_TOKENS_PER_STEP if itemsize <= 2 else PREFILL_TOKENS_PER_STEP // 2
+  """Blocks per inner-loop step: ~128 tokens (32 for float32), >= 1 block.
+
+  Measured on H100 (bf16, 4096-token chunk, 32 rows x 4 heads per tile):
+  128 tokens/step 697-713 µs, 64 tokens/step 745-778 µs.
+  """
+  # NOTE: float32 keeps the 64-row x 32-token tile verified on H100 (a
+  # 128 x 64 float32 tile asked for 353 KiB of shared memory).
+  tokens = PREFILL_TOKENS_PER_STEP if itemsize <= 2 else PREFILL_TOKENS_PER_STEP // 4
   return max(1, tokens // block_size)
 
 
