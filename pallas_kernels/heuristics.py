@@ -39,7 +39,7 @@ PREFILL_TOKENS_PER_STEP = 128
 def prefill_block_q(group_pad: int, itemsize: int) -> int:
   """Tokens per query tile: ~128 rows (64 for float32) with heads folded in."""
   rows = PREFILL_ROWS if itemsize <= 2 else PREFILL_ROWS // 2
-  return max(16, rows // group_pad)
+  return max(1, rows // group_pad)
 
 
 def prefill_pages_per_step(block_size: int, itemsize: int) -> int:
