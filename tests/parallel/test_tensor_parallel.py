@@ -1,0 +1,148 @@
+"""Tensor parallelism on 4 CPU devices: greedy output equal to one device, shardings as asked.
+
+The scenarios run once, in a subprocess that sees 4 devices (tp_worker.py);
+the tests below check its report. The cheap config checks run in-process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from engine import EngineConfig, parallel
+from models import ModelConfig
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tp_worker.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(WORKER)))
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, WORKER], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return json.loads(proc.stdout)
+
+
+def _spec(entry: dict, ndim: int) -> list[str]:
+  """A spec as reported, padded with the trailing Nones JAX drops."""
+  return entry["spec"] + ["None"] * (ndim - len(entry["spec"]))
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_tiny_llama_greedy_equals_single_device(report, tp):
+  one, many = report["tiny"]["tp1"], report["tiny"][f"tp{tp}"]
+  assert many["tokens"] == one["tokens"]
+  assert len({t for seq in one["tokens"] for t in seq}) > 10    # not a degenerate output
+  np.testing.assert_allclose(np.array(many["logprobs"]), np.array(one["logprobs"]),
+                             rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_tiny_llama_kv_cache_sharded_by_kv_head(report, tp):
+  cache = report["tiny"][f"tp{tp}"]["cache"]
+  num_blocks, kv_heads, two, block_size, head_dim = cache["shape"]
+  assert _spec(cache, 5) == ["None", "tp", "None", "None", "None"]
+  assert cache["num_devices"] == tp
+  assert sorted(s["device"] for s in cache["shards"]) == list(range(tp))
+  per = kv_heads // tp
+  for i, shard in enumerate(cache["shards"]):
+    assert shard["shape"] == [num_blocks, per, two, block_size, head_dim]
+    assert shard["heads"] == [i * per, (i + 1) * per]
+    # Each device holds exactly the K/V the one-device engine wrote for those heads.
+    assert shard["nonzero"]
+    assert shard["max_diff"] < 1e-4
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_tiny_llama_params_sharded_megatron_style(report, tp):
+  params = report["tiny"][f"tp{tp}"]["params"]
+  for name in ("q", "k", "gate"):
+    assert _spec(params[name], 2) == ["None", "tp"], name
+  for name in ("o", "down"):
+    assert _spec(params[name], 2) == ["tp", "None"], name
+  assert params["q"]["shard"] == [64, 8 * 16 // tp]
+  assert params["k"]["shard"] == [64, 4 * 16 // tp]
+  assert params["down"]["shard"] == [128 // tp, 64]
+  for name in ("norm", "embed"):
+    assert params[name]["spec"] == [] and params[name]["devices"] == tp, name
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_two_all_reduces_per_layer_and_no_other_collective(report, tp):
+  # Megatron: one all-reduce after attention's o_proj, one after the MLP's
+  # down_proj, 2 layers; the KV cache is never gathered.
+  assert report["tiny"][f"tp{tp}"]["collectives"] == {
+      "all-reduce": 4, "all-gather": 0, "all-to-all": 0, "collective-permute": 0,
+      "reduce-scatter": 0}
+
+
+def test_smollm2_tp3_greedy_equals_single_device(report):
+  one, three = report["smollm"]["tp1"]["tokens"], report["smollm"]["tp3"]["tokens"]
+  assert three == one
+  assert all(len(seq) >= 4 for seq in one)
+
+
+def test_smollm2_tp3_kv_cache_holds_one_kv_head_per_device(report):
+  cache = report["smollm"]["tp3"]["cache"]
+  assert cache["shape"][1] == 3 and cache["num_devices"] == 3
+  assert _spec(cache, 5) == ["None", "tp", "None", "None", "None"]
+  assert [s["heads"] for s in cache["shards"]] == [[0, 1], [1, 2], [2, 3]]
+  assert all(s["shape"][1] == 1 and s["nonzero"] and s["max_diff"] < 1e-4
+             for s in cache["shards"])
+  assert report["smollm"]["tp3"]["params"]["q"]["shard"] == [576, 192]   # 3 of 9 heads
+
+
+def test_smollm2_bad_tensor_parallel_errors(report):
+  assert "does not divide the model's num_kv_heads (3)" in report["smollm"]["tp2_error"]
+  assert "exceeds the 4 device(s)" in report["smollm"]["tp8_error"]
+
+
+# -- in-process checks (no devices needed) ----------------------------------------------
+
+
+def _config(**kw) -> ModelConfig:
+  base = dict(vocab_size=64, hidden_size=32, intermediate_size=96, num_layers=1, num_heads=8,
+              num_kv_heads=4, head_dim=8)
+  return ModelConfig(**{**base, **kw})
+
+
+def test_validate_tensor_parallel_errors():
+  parallel.validate_tensor_parallel(_config(), 4, num_devices=4)
+  with pytest.raises(ValueError, match="num_kv_heads"):
+    parallel.validate_tensor_parallel(_config(), 8, num_devices=8)
+  with pytest.raises(ValueError, match="intermediate_size"):
+    parallel.validate_tensor_parallel(_config(intermediate_size=90), 4, num_devices=4)
+  with pytest.raises(ValueError, match="exceeds the 2 device"):
+    parallel.validate_tensor_parallel(_config(), 4, num_devices=2)
+  with pytest.raises(ValueError, match=">= 1"):
+    parallel.validate_tensor_parallel(_config(), 0, num_devices=2)
+
+
+def test_engine_config_rejects_bad_tensor_parallel():
+  assert EngineConfig(tensor_parallel=4).tensor_parallel == 4
+  for bad in (0, -2, 1.5):
+    with pytest.raises(ValueError, match="tensor_parallel"):
+      EngineConfig(tensor_parallel=bad)
+  assert parallel.make_mesh(1) is None
+
+
+@pytest.mark.parametrize("path,ndim,want", [
+    (("layers_0", "attn", "q_proj", "kernel"), 2, P(None, "tp")),
+    (("layers_0", "attn", "k_proj", "bias"), 1, P("tp")),
+    (("layers_3", "attn", "o_proj", "kernel"), 2, P("tp", None)),
+    (("layers_3", "mlp", "up_proj", "kernel"), 2, P(None, "tp")),
+    (("layers_3", "mlp", "down_proj", "kernel"), 2, P("tp", None)),
+    (("layers_3", "attn_norm", "scale"), 1, P()),
+    (("embed",), 2, P()),
+    (("lm_head",), 2, P()),
+])
+def test_param_spec(path, ndim, want):
+  assert parallel.param_spec(path, ndim) == want
