@@ -21,7 +21,7 @@ def oracle_python() -> str:
   return py
 
 
-def run_oracle(command: str, spec: dict, workdir: str, timeout: float = 300.0
+def run_oracle(command: str, spec: dict, workdir: str, timeout: float = 1200.0
                ) -> tuple[dict, dict[str, np.ndarray]]:
   """Runs one oracle subcommand; returns (json result, logits arrays)."""
   spec_path = os.path.join(workdir, f"{command}_in.json")
