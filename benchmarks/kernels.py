@@ -98,50 +98,49 @@ def bench_decode(rows, key):
 
 
 def _bench_decode_shape(rows, key, shape):
-  if True:
-    batch, ctx, hq, hkv, d = shape
-    q, kv, tables, lengths = make_decode(key, *shape, jnp.bfloat16)
-    kv_bytes = batch * ctx * hkv * 2 * d * 2
-    ref = pk.paged_decode_attention_reference(q, kv, tables, lengths)
-    ours = functools.partial(pk.paged_decode_attention, backend="triton")
-    err = rel_err(ours(q, kv, tables, lengths), ref)
-    t_ours = timed(ours, q, kv, tables, lengths)
-    best_split = None
-    for ns in (1, 2, 4, 8):
-      f = functools.partial(pk.paged_decode_attention, backend="triton",
-                            num_splits=ns)
-      t = timed(f, q, kv, tables, lengths)
-      if best_split is None or t < best_split[0]:
-        best_split = (t, ns)
-    t_xla = timed(pk.paged_decode_attention_reference, q, kv, tables, lengths)
-    t_read = timed(lambda x: jnp.max(x, axis=(1, 2, 3, 4)), kv)
-    best = None
-    for ppcb in (4, 8, 16):
-      for splits in (1, 4, 16):
-        if (ctx // BLOCK_SIZE) % (splits * ppcb):
-          continue
-        try:
-          fn, args = builtin_decode(q, kv, tables, lengths, ppcb, splits)
-          t = timed(fn, *args)
-        except Exception as e:  # pylint: disable=broad-except
-          print("builtin failed", shape, ppcb, splits, type(e).__name__)
-          continue
-        if best is None or t < best[0]:
-          best = (t, ppcb, splits)
-    fn, args = builtin_decode(q, kv, tables, lengths, best[1], best[2])
-    # NOTE: the built-in applies no softmax scale, so compare at scale 1.
-    err_builtin = rel_err(jax.jit(fn)(*args), pk.paged_decode_attention_reference(
-        q, kv, tables, lengths, scale=1.0))
-    tb = lambda t: kv_bytes / t / 1e6
-    rows.append(dict(
-        shape=f"{batch}x{ctx} {hq}/{hkv}x{d}", ours_us=t_ours,
-        ours_tbs=tb(t_ours), ours_pct=100 * t_read / t_ours,
-        best_split_us=best_split[0], best_split=best_split[1],
-        builtin_us=best[0], builtin_cfg=f"ppcb={best[1]},k={best[2]}",
-        builtin_pct=100 * t_read / best[0], xla_us=t_xla, read_us=t_read,
-        read_tbs=tb(t_read), speedup=best[0] / t_ours, err=err,
-        err_builtin=err_builtin))
-    print(json.dumps(rows[-1]), flush=True)
+  batch, ctx, hq, hkv, d = shape
+  q, kv, tables, lengths = make_decode(key, *shape, jnp.bfloat16)
+  kv_bytes = batch * ctx * hkv * 2 * d * 2
+  ref = pk.paged_decode_attention_reference(q, kv, tables, lengths)
+  ours = functools.partial(pk.paged_decode_attention, backend="triton")
+  err = rel_err(ours(q, kv, tables, lengths), ref)
+  t_ours = timed(ours, q, kv, tables, lengths)
+  best_split = None
+  for ns in (1, 2, 4, 8):
+    f = functools.partial(pk.paged_decode_attention, backend="triton",
+                          num_splits=ns)
+    t = timed(f, q, kv, tables, lengths)
+    if best_split is None or t < best_split[0]:
+      best_split = (t, ns)
+  t_xla = timed(pk.paged_decode_attention_reference, q, kv, tables, lengths)
+  t_read = timed(lambda x: jnp.max(x, axis=(1, 2, 3, 4)), kv)
+  best = None
+  for ppcb in (4, 8, 16):
+    for splits in (1, 4, 16):
+      if (ctx // BLOCK_SIZE) % (splits * ppcb):
+        continue
+      try:
+        fn, args = builtin_decode(q, kv, tables, lengths, ppcb, splits)
+        t = timed(fn, *args)
+      except Exception as e:  # pylint: disable=broad-except
+        print("builtin failed", shape, ppcb, splits, type(e).__name__)
+        continue
+      if best is None or t < best[0]:
+        best = (t, ppcb, splits)
+  fn, args = builtin_decode(q, kv, tables, lengths, best[1], best[2])
+  # NOTE: the built-in applies no softmax scale, so compare at scale 1.
+  err_builtin = rel_err(jax.jit(fn)(*args), pk.paged_decode_attention_reference(
+      q, kv, tables, lengths, scale=1.0))
+  tb = lambda t: kv_bytes / t / 1e6
+  rows.append(dict(
+      shape=f"{batch}x{ctx} {hq}/{hkv}x{d}", ours_us=t_ours,
+      ours_tbs=tb(t_ours), ours_pct=100 * t_read / t_ours,
+      best_split_us=best_split[0], best_split=best_split[1],
+      builtin_us=best[0], builtin_cfg=f"ppcb={best[1]},k={best[2]}",
+      builtin_pct=100 * t_read / best[0], xla_us=t_xla, read_us=t_read,
+      read_tbs=tb(t_read), speedup=best[0] / t_ours, err=err,
+      err_builtin=err_builtin))
+  print(json.dumps(rows[-1]), flush=True)
 
 
 def prefill_problem(key, q_len, prefix, hq=32, hkv=8, d=128):

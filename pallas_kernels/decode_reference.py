@@ -6,8 +6,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from pallas_kernels import validation
+
+
+# NOTE: float32 math in full precision (XLA on GPU would otherwise use TF32).
+HIGHEST = lax.Precision.HIGHEST
 
 
 def gather_sequence_kv(
@@ -35,13 +40,15 @@ def _decode_row(q, kv_cache, block_table, length, scale):
   k = jnp.where(valid[:, None, None], k, 0).astype(jnp.float32)
   v = jnp.where(valid[:, None, None], v, 0).astype(jnp.float32)
   qg = q.astype(jnp.float32).reshape(hkv, hq // hkv, d)  # [hkv, group, d]
-  s = jnp.einsum("kgd,tkd->kgt", qg, k) * scale  # [hkv, group, ctx]
+  # [hkv, group, ctx]
+  s = jnp.einsum("kgd,tkd->kgt", qg, k, precision=HIGHEST) * scale
   s = jnp.where(valid[None, None, :], s, -jnp.inf)
   m = jnp.max(s, axis=-1, keepdims=True)
   m = jnp.where(jnp.isfinite(m), m, 0.0)
   p = jnp.exp(s - m)
   denom = jnp.sum(p, axis=-1, keepdims=True)
-  o = jnp.einsum("kgt,tkd->kgd", p, v) / jnp.where(denom > 0, denom, 1.0)
+  o = jnp.einsum("kgt,tkd->kgd", p, v, precision=HIGHEST)
+  o = o / jnp.where(denom > 0, denom, 1.0)
   return o.reshape(hq, d)
 
 

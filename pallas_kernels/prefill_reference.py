@@ -19,6 +19,10 @@ from pallas_kernels import validation
 from pallas_kernels.decode_reference import gather_sequence_kv
 
 
+# NOTE: float32 math in full precision (XLA on GPU would otherwise use TF32).
+HIGHEST = lax.Precision.HIGHEST
+
+
 def _attend_sequence(q_win, k, v, q_len, kv_len, scale):
   """Causal attention of a query window to one sequence's context.
 
@@ -35,13 +39,15 @@ def _attend_sequence(q_win, k, v, q_len, kv_len, scale):
   allowed = jnp.arange(ctx)[None, :] <= q_pos[:, None]  # [t, ctx]
   allowed &= kv_valid[None, :]
   qg = q_win.reshape(t, hkv, hq // hkv, d)
-  s = jnp.einsum("tkgd,ckd->tkgc", qg, k) * scale  # [t, hkv, group, ctx]
+  # [t, hkv, group, ctx]
+  s = jnp.einsum("tkgd,ckd->tkgc", qg, k, precision=HIGHEST) * scale
   s = jnp.where(allowed[:, None, None, :], s, -jnp.inf)
   m = jnp.max(s, axis=-1, keepdims=True)
   m = jnp.where(jnp.isfinite(m), m, 0.0)
   p = jnp.exp(s - m)
   denom = jnp.sum(p, axis=-1, keepdims=True)
-  o = jnp.einsum("tkgc,ckd->tkgd", p, v) / jnp.where(denom > 0, denom, 1.0)
+  o = jnp.einsum("tkgc,ckd->tkgd", p, v, precision=HIGHEST)
+  o = o / jnp.where(denom > 0, denom, 1.0)
   return o.reshape(t, hq, d)
 
 
