@@ -40,7 +40,8 @@ def _decode_kernel(len_ref, bt_ref, q_ref, k_ref, v_ref, *out_refs, scale,
   block_k = pages_per_step * block_size
   length = len_ref[0]
   first_page = split * pages_per_split
-  end_page = jnp.minimum(pl.cdiv(length, block_size), first_page + pages_per_split)
+  end_page = jnp.minimum(pl.cdiv(length, block_size),
+                         first_page + pages_per_split)
   num_pages = jnp.maximum(end_page - first_page, 0)
   q = q_ref[...]  # [rows, head_dim]
   exact = k_ref.dtype == jnp.float32
@@ -54,7 +55,8 @@ def _decode_kernel(len_ref, bt_ref, q_ref, k_ref, v_ref, *out_refs, scale,
     ids = bt_ref[first_page + local]  # [pages_per_step]
     k = k_ref[ids].reshape(block_k, head_dim)
     v = v_ref[ids].reshape(block_k, head_dim)
-    pos = (first_page + step * pages_per_step) * block_size + jnp.arange(block_k)
+    first_token = (first_page + step * pages_per_step) * block_size
+    pos = first_token + jnp.arange(block_k)  # [block_k]
     valid = pos < length  # [block_k]
     s = plgpu.dot(q.astype(k.dtype), k, trans_b=True, allow_tf32=not exact)
     s = jnp.where(valid[None, :], s * (scale * LOG2E), NEG_BIG)  # log2 domain
@@ -62,7 +64,8 @@ def _decode_kernel(len_ref, bt_ref, q_ref, k_ref, v_ref, *out_refs, scale,
     alpha = jnp.exp2(m_prev - m_new)
     p = jnp.exp2(s - m_new[:, None])
     v = jnp.where(valid[:, None], v, jnp.zeros_like(v))
-    pv = plgpu.dot(p.astype(v.dtype), v, allow_tf32=not exact)  # [rows, head_dim]
+    # [rows, head_dim]
+    pv = plgpu.dot(p.astype(v.dtype), v, allow_tf32=not exact)
     return acc * alpha[:, None] + pv, m_new, l_prev * alpha + p.sum(axis=1)
 
   acc = jnp.zeros((rows, head_dim), jnp.float32)
@@ -87,13 +90,15 @@ def combine_splits(acc, m, l):
 
   m is in the log2 domain (the kernel's exp2-based softmax).
 
-  acc [b, hkv, splits, rows, d], m/l [b, hkv, splits, rows] -> [b, hkv, rows, d].
+  acc [b, hkv, splits, rows, d], m/l [b, hkv, splits, rows]
+  -> [b, hkv, rows, d].
   """
   m_max = m.max(axis=2, keepdims=True)
   w = jnp.exp2(m - m_max) * (l > 0)  # [b, hkv, splits, rows]
   num = (acc * w[..., None]).sum(axis=2)
   den = (l * w).sum(axis=2)
-  return jnp.where(den[..., None] > 0, num / jnp.where(den > 0, den, 1.0)[..., None], 0.0)
+  safe = jnp.where(den > 0, den, 1.0)[..., None]
+  return jnp.where(den[..., None] > 0, num / safe, 0.0)
 
 
 @functools.partial(
@@ -124,15 +129,18 @@ def decode_triton(q, kv_cache, block_tables, lengths, *, scale, num_splits,
       lambda b, h, s: (0, h, which, 0, 0))
   if final:
     out_shape = [jax.ShapeDtypeStruct((batch, hkv, rows, d), q.dtype)]
-    out_specs = [pl.BlockSpec((None, None, rows, d), lambda b, h, s: (b, h, 0, 0))]
+    out_specs = [pl.BlockSpec((None, None, rows, d),
+                              lambda b, h, s: (b, h, 0, 0))]
   else:
     part = (batch, hkv, num_splits, rows)
     out_shape = [jax.ShapeDtypeStruct(part + (d,), jnp.float32),
                  jax.ShapeDtypeStruct(part, jnp.float32),
                  jax.ShapeDtypeStruct(part, jnp.float32)]
-    row_spec = pl.BlockSpec((None, None, None, rows), lambda b, h, s: (b, h, s, 0))
-    out_specs = [pl.BlockSpec((None, None, None, rows, d),
-                              lambda b, h, s: (b, h, s, 0, 0)), row_spec, row_spec]
+    row_spec = pl.BlockSpec((None, None, None, rows),
+                            lambda b, h, s: (b, h, s, 0))
+    acc_spec = pl.BlockSpec((None, None, None, rows, d),
+                            lambda b, h, s: (b, h, s, 0, 0))
+    out_specs = [acc_spec, row_spec, row_spec]
   outs = pl.pallas_call(
       kernel,
       grid=(batch, hkv, num_splits),

@@ -27,7 +27,8 @@ def decode_num_splits(batch: int, num_kv_heads: int, max_blocks: int,
   programs = batch * num_kv_heads
   steps = -(-max_blocks // decode_pages_per_step(block_size))
   splits = 1
-  while splits * programs < TARGET_PROGRAMS and splits * 2 <= min(steps, MAX_SPLITS):
+  limit = min(steps, MAX_SPLITS)
+  while splits * programs < TARGET_PROGRAMS and splits * 2 <= limit:
     splits *= 2
   return splits
 
@@ -50,7 +51,9 @@ def prefill_pages_per_step(block_size: int, itemsize: int) -> int:
   """
   # NOTE: float32 keeps the 64-row x 32-token tile verified on H100 (a
   # 128 x 64 float32 tile asked for 353 KiB of shared memory).
-  tokens = PREFILL_TOKENS_PER_STEP if itemsize <= 2 else PREFILL_TOKENS_PER_STEP // 4
+  tokens = PREFILL_TOKENS_PER_STEP
+  if itemsize > 2:
+    tokens //= 4
   return max(1, tokens // block_size)
 
 

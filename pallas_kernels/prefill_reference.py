@@ -66,7 +66,8 @@ def _prefill_reference(q, kv_cache, block_tables, cu_q_lens, kv_lens, scale):
     o = _attend_sequence(q_win, k, v, q_len, kv_lens[s], scale)
     old = lax.dynamic_slice_in_dim(out, start, t)
     rows = (jnp.arange(t) < q_len)[:, None, None]
-    return lax.dynamic_update_slice_in_dim(out, jnp.where(rows, o, old), start, 0)
+    new = jnp.where(rows, o, old)
+    return lax.dynamic_update_slice_in_dim(out, new, start, 0)
 
   out = lax.fori_loop(0, num_seqs, body, out)
   return out[:t].astype(q.dtype)

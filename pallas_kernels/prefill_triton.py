@@ -69,7 +69,8 @@ def _prefill_kernel(rows_ref, pos_ref, kvlen_ref, seq_ref, bt_ref, q_ref,
   # row of the tile and never pass `end`, so they need no mask.
   num_full = jnp.where(tokens > 0, (first_pos + 1) // block_k, 0)
   num_all = pl.cdiv(end, block_k)
-  carry = lax.fori_loop(0, num_full, functools.partial(body, masked=False), carry)
+  carry = lax.fori_loop(0, num_full, functools.partial(body, masked=False),
+                        carry)
   acc, _, l = lax.fori_loop(num_full, num_all,
                             functools.partial(body, masked=True), carry)
   inv = jnp.where(l > 0, 1.0 / jnp.where(l > 0, l, 1.0), 0.0)
@@ -122,6 +123,7 @@ def prefill_triton(q, kv_cache, block_tables, cu_q_lens, kv_lens, *, scale,
       name="paged_prefill_triton",
   )(tiles.rows, tiles.first_pos, tiles.kv_len, tiles.seq,
     block_tables.reshape(-1), qt, kv_cache, kv_cache)
-  out = out.reshape(n_tiles, hkv, block_q, group_pad, d).transpose(0, 2, 1, 3, 4)
+  out = out.reshape(n_tiles, hkv, block_q, group_pad, d)
+  out = out.transpose(0, 2, 1, 3, 4)  # [tiles, bq, hkv, gp, d]
   out = prefill_tiles.scatter_tiles(out, tiles, num_tokens)  # [T, hkv, gp, d]
   return out[:, :, :group, :].reshape(num_tokens, hq, d)

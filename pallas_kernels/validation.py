@@ -60,7 +60,8 @@ def check_query(
 ) -> tuple[int, int]:
   """Validates q [n, num_q_heads, head_dim]; returns (n, num_q_heads)."""
   _require(
-      q.ndim == 3, f"q must have shape [n, num_q_heads, head_dim], got {q.shape}"
+      q.ndim == 3,
+      f"q must have shape [n, num_q_heads, head_dim], got {q.shape}"
   )
   n, num_q_heads, q_head_dim = q.shape
   _require(
@@ -113,7 +114,8 @@ def check_prefill_args(q, kv_cache, block_tables, cu_q_lens, kv_lens) -> None:
   )
   _require(
       kv_lens.shape[0] == num_seqs,
-      f"kv_lens must have num_seqs = {num_seqs} entries, got {kv_lens.shape[0]}",
+      f"kv_lens must have num_seqs = {num_seqs} entries, got "
+      f"{kv_lens.shape[0]}",
   )
 
 

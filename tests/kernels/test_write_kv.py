@@ -10,7 +10,8 @@ import pytest
 import pallas_kernels as pk
 
 
-@pytest.mark.parametrize("block_size,dtype", [(8, jnp.float32), (32, jnp.bfloat16)])
+@pytest.mark.parametrize("block_size,dtype",
+                         [(8, jnp.float32), (32, jnp.bfloat16)])
 def test_write_kv_places_tokens_and_touches_nothing_else(block_size, dtype):
   rng = np.random.default_rng(block_size)
   num_blocks, hkv, d = 6, 3, 64
