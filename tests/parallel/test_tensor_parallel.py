@@ -1,14 +1,10 @@
 """Tensor parallelism on 4 CPU devices: greedy output equal to one device, shardings as asked.
 
-The scenarios run once, in a subprocess that sees 4 devices (tp_worker.py);
-the tests below check its report. The cheap config checks run in-process.
+The scenarios run once, in a subprocess that sees 4 devices (tp_worker.py,
+the `report` fixture of conftest.py); the tests below check its report. The
+cheap config checks run in-process.
 """
 from __future__ import annotations
-
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,19 +12,6 @@ from jax.sharding import PartitionSpec as P
 
 from engine import EngineConfig, parallel
 from models import ModelConfig
-
-WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tp_worker.py")
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(WORKER)))
-
-
-@pytest.fixture(scope="module")
-def report() -> dict:
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, WORKER], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  return json.loads(proc.stdout)
 
 
 def _spec(entry: dict, ndim: int) -> list[str]:
