@@ -20,6 +20,11 @@ class LLM:
     self.engine = LLMEngine(EngineConfig(model=model, **engine_kwargs), model=loaded_model)
     self._ids = itertools.count()
 
+  @classmethod
+  def from_config(cls, config: EngineConfig, loaded_model=None) -> "LLM":
+    fields = {f: getattr(config, f) for f in config.__dataclass_fields__}
+    return cls(loaded_model=loaded_model, **fields)
+
   @property
   def tokenizer(self):
     return self.engine.tokenizer

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -14,6 +15,8 @@ COMMANDS = [
     "serving.commands.generate",
     "serving.commands.convert",
     "serving.commands.serve",
+    "serving.commands.sweep",
+    "serving.commands.simulate",
     "serving.commands.client",
     "serving.commands.batch",
 ]
@@ -78,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
   _setup_logging(args.verbose)
+  # NOTE: compiled steps are cached on disk, so a second run skips compilation.
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                        os.path.join(os.path.expanduser("~"), ".cache", "pagedjax", "xla"))
   try:
     return int(args._run(args) or 0)
   except _expected_errors() as e:

@@ -49,6 +49,9 @@ _ENGINE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
   """Adds every engine flag to `parser`, in an "engine" argument group."""
   group = parser.add_argument_group("engine")
+  # The vLLM-style spelling of --no-enable-prefix-caching.
+  group.add_argument("--no-prefix-cache", dest="enable_prefix_caching", action="store_false",
+                     default=argparse.SUPPRESS, help="turn prefix caching off")
   for flag, field, kind, help_text in _ENGINE_FLAGS:
     if kind is bool:
       group.add_argument(flag, dest=field, action=argparse.BooleanOptionalAction,
