@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -59,11 +60,15 @@ class _Running:
 
 def run_batch(engine, input_path: str, output_path: str,
               default_sampling: dict[str, Any] | None = None, *, window: int | None = None,
-              progress: bool = True, progress_file: TextIO = sys.stderr) -> BatchSummary:
+              progress: bool = True, progress_file: TextIO = sys.stderr,
+              stop: threading.Event | None = None) -> BatchSummary:
   """Generates a result line in `output_path` for every input line not yet there.
 
   `default_sampling` holds SamplingParams fields that lines may override.
   `window` bounds requests inside the engine (default 4 * max_num_seqs).
+  Setting `stop` (e.g. from a SIGINT handler) ends the run between two steps,
+  like a KeyboardInterrupt does: finished results are kept, the rest is
+  aborted, and the summary says `interrupted`.
   """
   window = window or 4 * engine.config.max_num_seqs
   if window < 1:
@@ -79,7 +84,8 @@ def run_batch(engine, input_path: str, output_path: str,
       total=len(todo), unit="req", desc="batch", disable=not progress,
       file=progress_file) as bar:
     try:
-      _drive(engine, todo, running, default_sampling or {}, window, out, bar, summary, start)
+      _drive(engine, todo, running, default_sampling or {}, window, out, bar, summary, start,
+             stop or threading.Event())
     except KeyboardInterrupt:
       # NOTE: finished results are already flushed; in-flight ones rerun next time.
       summary.interrupted = True
@@ -88,9 +94,11 @@ def run_batch(engine, input_path: str, output_path: str,
   return summary
 
 
-def _drive(engine, todo, running, defaults, window, out, bar, summary, start) -> None:
+def _drive(engine, todo, running, defaults, window, out, bar, summary, start, stop) -> None:
   """Feeds the engine a window at a time and writes each result as it finishes."""
   while todo or running:
+    if stop.is_set():
+      raise KeyboardInterrupt
     while todo and len(running) < window:
       item = todo.pop()
       error = _add(engine, item, defaults, running)
@@ -114,10 +122,13 @@ def _drive(engine, todo, running, defaults, window, out, bar, summary, start) ->
 
 def _abort_all(engine, running: dict) -> None:
   """Drops the unfinished requests so the engine is idle again (no results)."""
-  for rid in running:
-    engine.abort(rid)
-  while engine.has_unfinished_requests():
-    engine.step()
+  try:
+    for rid in running:
+      engine.abort(rid)
+    while engine.has_unfinished_requests():
+      engine.step()
+  except Exception as e:  # NOTE: a hard interrupt may have torn a step; results are safe.
+    print(f"batch: could not drain the engine after the interrupt: {e}", file=sys.stderr)
   running.clear()
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from serving.engine_flags import add_engine_args, engine_config_from_args
 from serving.sampling_flags import add_sampling_args, sampling_kwargs_from_args
@@ -45,7 +47,20 @@ def run(args: argparse.Namespace) -> int:
   defaults = sampling_kwargs_from_args(args)
   SamplingParams(**defaults)  # NOTE: bad flag values fail before the model loads.
   engine = LLMEngine(engine_config_from_args(args))
+  stop = threading.Event()
+  _stop_on_signals(stop)
   summary = run_batch(engine, args.input, args.output, defaults, window=args.window,
-                      progress=args.progress)
+                      progress=args.progress, stop=stop)
   print(summary.describe(), file=sys.stderr)
   return 130 if summary.interrupted else 0
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+  """Ctrl-C/SIGTERM stop the run between two engine steps (nothing is torn);
+  a second Ctrl-C interrupts at once."""
+  def handler(signum, frame):
+    if stop.is_set():
+      raise KeyboardInterrupt
+    stop.set()
+  signal.signal(signal.SIGINT, handler)
+  signal.signal(signal.SIGTERM, handler)

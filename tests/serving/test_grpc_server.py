@@ -25,21 +25,37 @@ CHAT = [{"role": "system", "content": "Answer briefly."},
         {"role": "user", "content": "Name a primary color."}]
 
 
-@pytest.fixture(scope="module")
-def server(serving_tmp):
-  srv = ServerProcess(serving_tmp, "--max-waiting", str(MAX_WAITING), "--shutdown-grace", "60")
-  try:
-    srv.wait_ready()
-    yield srv
-  finally:
-    srv.stop()
-
-
 def _greedy(llm, max_tokens, prompt=None, ids=None):
   params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
   if ids is not None:
     return llm.generate(prompt_token_ids=[ids], sampling_params=params, use_tqdm=False)[0]
   return llm.generate([prompt], params, use_tqdm=False)[0]
+
+
+@pytest.fixture(scope="module")
+def server_process(serving_tmp):
+  srv = ServerProcess(serving_tmp, "--max-waiting", str(MAX_WAITING), "--shutdown-grace", "60")
+  try:
+    yield srv
+  finally:
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def expected(server_process, reference_llm):
+  """LLM.generate's greedy outputs for PROMPT and CHAT (the parity reference).
+
+  NOTE: computed while the server subprocess loads and compiles.
+  """
+  chat_ids = encode_chat(reference_llm.tokenizer, CHAT)
+  return {"prompt": _greedy(reference_llm, 8, prompt=PROMPT),
+          "chat": _greedy(reference_llm, 6, ids=chat_ids), "chat_ids": chat_ids}
+
+
+@pytest.fixture(scope="module")
+def server(server_process, expected):
+  server_process.wait_ready()
+  return server_process
 
 
 def test_health_and_reflection(server):
@@ -52,8 +68,8 @@ def test_health_and_reflection(server):
   assert {"pagedjax.v1.Inference", "grpc.health.v1.Health"} <= names
 
 
-def test_unary_and_stream_match_llm_generate(server, reference_llm):
-  ref = _greedy(reference_llm, 8, prompt=PROMPT)
+def test_unary_and_stream_match_llm_generate(server, expected):
+  ref = expected["prompt"]
   unary = server.client.generate(PROMPT, temperature=0.0, max_tokens=8, request_id="u-1")
   assert unary.request_id == "u-1"
   assert (unary.text, unary.token_ids) == (ref.text, ref.token_ids)
@@ -84,9 +100,8 @@ def test_prefix_cache_hits_show_in_usage_and_metrics(server):
   assert m["pagedjax_prefix_cache_query_tokens_total"] >= 2 * first.usage.prompt_tokens - 1
 
 
-def test_chat_messages_match_llm_generate(server, reference_llm):
-  ids = encode_chat(reference_llm.tokenizer, CHAT)
-  ref = _greedy(reference_llm, 6, ids=ids)
+def test_chat_messages_match_llm_generate(server, expected):
+  ids, ref = expected["chat_ids"], expected["chat"]
   got = server.client.generate(messages=CHAT, temperature=0.0, max_tokens=6)
   assert (got.text, got.token_ids) == (ref.text, ref.token_ids)
   assert got.usage.prompt_tokens == len(ids)

@@ -1,0 +1,96 @@
+"""Fast serving tests that need no model: stubs, flags, JSONL parsing, metrics."""
+from __future__ import annotations
+
+import argparse
+import filecmp
+import os
+import subprocess
+
+import pytest
+
+from serving import batch_io
+from serving.engine_flags import add_engine_args, engine_config_from_args
+from serving.metrics import ServingMetrics
+from serving.sampling_flags import add_sampling_args, sampling_kwargs_from_args
+from tests.serving.conftest import REPO
+
+STUBS = ("pagedjax_pb2.py", "pagedjax_pb2.pyi", "pagedjax_pb2_grpc.py")
+
+
+def test_committed_stubs_match_a_regeneration(tmp_path):
+  subprocess.run(["bash", "scripts/gen_proto.sh", str(tmp_path)], cwd=REPO, check=True,
+                 env={**os.environ, "PYTHON": os.path.join(REPO, ".venv/bin/python")})
+  rel = os.path.join("serving", "proto", "pagedjax", "v1")
+  for name in STUBS:
+    assert filecmp.cmp(os.path.join(REPO, rel, name), tmp_path / rel / name, shallow=False), (
+        f"{name} is stale: run scripts/gen_proto.sh")
+
+
+def test_engine_flags_build_the_config_and_keep_its_defaults():
+  from engine import EngineConfig
+  parser = argparse.ArgumentParser()
+  add_engine_args(parser)
+  assert engine_config_from_args(parser.parse_args([])) == EngineConfig()
+  args = parser.parse_args(["--block-size", "32", "--no-enable-prefix-caching",
+                            "--max-num-seqs", "3", "--engine-seed", "5", "--warmup"])
+  cfg = engine_config_from_args(args, max_model_len=128)
+  assert (cfg.block_size, cfg.enable_prefix_caching, cfg.max_num_seqs, cfg.seed, cfg.warmup,
+          cfg.max_model_len) == (32, False, 3, 5, True, 128)
+  with pytest.raises(ValueError, match="block_size"):
+    engine_config_from_args(parser.parse_args(["--block-size", "12"]))
+
+
+def test_sampling_flags_pass_only_what_was_given():
+  parser = argparse.ArgumentParser()
+  add_sampling_args(parser)
+  assert sampling_kwargs_from_args(parser.parse_args([])) == {}
+  got = sampling_kwargs_from_args(parser.parse_args(
+      ["--temperature", "0", "--stop", "a", "--stop", "b", "--stop-token-id", "7",
+       "--ignore-eos"]))
+  assert got == {"temperature": 0.0, "stop": ["a", "b"], "stop_token_ids": [7],
+                 "ignore_eos": True}
+
+
+@pytest.mark.parametrize("line,error", [
+    ("[1, 2]", "JSON object"),
+    ('{"prompt": "x"}', "'id'"),
+    ('{"id": true, "prompt": "x"}', "'id'"),
+    ('{"id": "a"}', "exactly one of"),
+    ('{"id": "a", "prompt": "x", "messages": [{"role": "user", "content": "y"}]}',
+     "exactly one of"),
+    ('{"id": "a", "prompt": ""}', "'prompt'"),
+    ('{"id": "a", "messages": [{"role": "user"}]}', "'messages'"),
+    ('{"id": "a", "prompt": "x", "cache_salt": 3}', "cache_salt"),
+    ('{"id": "a", "prompt": "x", "priority": "high"}', "priority"),
+    ('{"id": "a", "prompt": "x", "temprature": 0}', "temprature"),
+])
+def test_bad_batch_lines(line, error):
+  got = batch_io.parse_line(line, 4)
+  assert isinstance(got, batch_io.BadLine) and error in got.error
+
+
+def test_good_batch_line():
+  got = batch_io.parse_line(
+      '{"id": 3, "messages": [{"role": "user", "content": "y"}], "top_p": 0.5, '
+      '"cache_salt": "s", "priority": -1}', 9)
+  assert isinstance(got, batch_io.BatchItem)
+  assert (got.id, got.sampling, got.cache_salt, got.priority, got.key) == (
+      3, {"top_p": 0.5}, "s", -1, "id:3")
+
+
+def test_two_servers_metrics_live_in_one_process():
+  a, b = ServingMetrics(), ServingMetrics()  # no duplicate-registration error
+  a.ttft.observe(0.5)
+
+  class Stats:
+    num_running, num_waiting, kv_blocks_used, kv_blocks_total = 1, 2, 3, 10
+    prefix_query_tokens_total, prefix_hit_tokens_total = 40, 16
+    num_preemptions_total, prompt_tokens_total, generation_tokens_total = 0, 40, 9
+
+  a.observe_stats(Stats)
+  a.observe_stats(Stats)  # totals are not double counted
+  text_a, text_b = a.render(), b.render()
+  assert "pagedjax_time_to_first_token_seconds_count 1.0" in text_a
+  assert "pagedjax_time_to_first_token_seconds_count 0.0" in text_b
+  assert "pagedjax_prefix_cache_hit_tokens_total 16.0" in text_a
+  assert "pagedjax_kv_blocks_used 3.0" in text_a and "pagedjax_kv_blocks_used 0.0" in text_b
