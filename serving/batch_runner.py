@@ -15,9 +15,8 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from engine.outputs import TokenDelta
-from engine.sampling_params import SamplingParams
 from serving import batch_io
-from serving.request_convert import encode_chat, validate_chat
+from serving.request_convert import checked_sampling_params, encode_chat, validate_chat
 
 
 @dataclasses.dataclass
@@ -137,7 +136,7 @@ def _add(engine, item, defaults: dict[str, Any], running: dict[str, _Running]) -
   if isinstance(item, batch_io.BadLine):
     return item.error
   try:
-    params = SamplingParams(**{**defaults, **item.sampling})
+    params = checked_sampling_params({**defaults, **item.sampling})
   except (TypeError, ValueError) as e:
     return f"invalid sampling parameter: {e}"
   rid = item.key

@@ -31,10 +31,25 @@ def sampling_params_from_proto(msg: pb.SamplingParams) -> SamplingParams:
   kwargs.update(stop=tuple(msg.stop), stop_token_ids=tuple(msg.stop_token_ids),
                 ignore_eos=msg.ignore_eos, logprobs=msg.logprobs)
   try:
-    return SamplingParams(**kwargs)
+    return checked_sampling_params(kwargs)
   except ValueError as e:
-    # NOTE: SamplingParams' messages start with the field name.
+    # NOTE: the messages start with the field name.
     raise InvalidRequestError(f"sampling.{e}") from None
+
+
+def checked_sampling_params(kwargs: dict[str, Any]) -> SamplingParams:
+  """`SamplingParams(**kwargs)` plus the checks the engine's step relies on.
+
+  NOTE: a value that passes here must never make `engine.step()` raise, since
+  a failed step fails every request in the batch, not just the bad one.
+  """
+  seed = kwargs.get("seed")
+  if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+    raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+  ids = kwargs.get("stop_token_ids") or ()
+  if any(isinstance(t, int) and t < 0 for t in ids):
+    raise ValueError(f"stop_token_ids must be non-negative, got {list(ids)}")
+  return SamplingParams(**kwargs)
 
 
 def validate_chat(messages: Sequence[dict[str, str]]) -> None:

@@ -39,13 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-  from engine import LLMEngine, SamplingParams     # NOTE: lazy: JAX import
+  from engine import LLMEngine                     # NOTE: lazy: JAX import
   from serving.batch_runner import run_batch
+  from serving.request_convert import checked_sampling_params
 
   if not os.path.isfile(args.input):
     raise ValueError(f"--input {args.input!r} is not a file")
   defaults = sampling_kwargs_from_args(args)
-  SamplingParams(**defaults)  # NOTE: bad flag values fail before the model loads.
+  checked_sampling_params(defaults)  # NOTE: bad flag values fail before the model loads.
   engine = LLMEngine(engine_config_from_args(args))
   stop = threading.Event()
   _stop_on_signals(stop)

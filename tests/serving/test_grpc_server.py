@@ -146,6 +146,8 @@ BAD_REQUESTS = [
     (dict(prompt="hi", top_k=-7), "top_k"),
     (dict(prompt="hi", min_p=2.0), "min_p"),
     (dict(prompt="hi", stop=[""]), "stop"),
+    (dict(prompt="hi", seed=-3), "seed"),
+    (dict(prompt="hi", stop_token_ids=[-1]), "stop_token_ids"),
     (dict(messages=[{"role": "robot", "content": "hi"}]), "messages[0].role"),
     (dict(messages=[{"role": "user", "content": "a"}, {"role": "", "content": "b"}]),
      "messages[1].role"),
