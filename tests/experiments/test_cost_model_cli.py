@@ -1,0 +1,81 @@
+"""Cost-model fit, and the `pagedjax sweep` / `pagedjax simulate` commands."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from engine.experiments import cost_model as cm
+from serving import cli
+from tests.experiments.helpers import TINY_SHAPE
+
+
+def test_fit_recovers_known_coefficients_and_stays_non_negative():
+  rng = np.random.default_rng(0)
+  truth = {"decode_launch": 2e-3, "prefill_launch": 3e-3, "decode_row": 1e-4,
+           "prefill_token": 5e-5, "kv_token": 2e-7, "block": 1e-6}
+  samples = []
+  for _ in range(200):
+    f = {"decode_launch": 1.0, "prefill_launch": float(rng.integers(0, 2)),
+         "decode_row": float(rng.integers(1, 64)), "prefill_token": float(rng.integers(0, 512)),
+         "kv_token": float(rng.integers(10, 50000)), "block": float(rng.integers(1, 3000))}
+    samples.append((f, sum(truth[k] * f[k] for k in cm.FEATURES)))
+  model = cm.fit(samples, TINY_SHAPE, "synthetic", "test")
+  for k, v in truth.items():
+    assert model.coefficients[k] == pytest.approx(v, rel=1e-6)
+  assert model.fit_error["p90_rel"] < 1e-9
+  # A feature that only hurts the fit gets 0, never a negative coefficient.
+  noisy = [(dict(f, block=0.0), s) for f, s in samples]
+  assert min(cm.fit(noisy, TINY_SHAPE, "", "").coefficients.values()) >= 0.0
+
+
+def test_cost_model_json_round_trip_and_validation(tmp_path):
+  model = cm.CostModel(dict.fromkeys(cm.FEATURES, 1e-3), TINY_SHAPE, "cpu", "test")
+  cm.save(model, tmp_path / "m.json")
+  assert cm.load(tmp_path / "m.json") == model
+  with pytest.raises(ValueError, match="lacks"):
+    cm.CostModel({"block": 1.0}, TINY_SHAPE)
+  with pytest.raises(ValueError, match=">= 0"):
+    cm.CostModel(dict.fromkeys(cm.FEATURES, -1.0), TINY_SHAPE)
+
+
+@pytest.mark.parametrize("command", ["sweep", "simulate"])
+def test_help(command, capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main([command, "--help"])
+  assert e.value.code == 0
+  out = capsys.readouterr().out
+  assert "--block-sizes" in out and "--queue-timeout" in out
+
+
+def test_simulate_end_to_end(tmp_path, capsys):
+  model = cm.CostModel({"decode_launch": 1e-3, "prefill_launch": 2e-3, "decode_row": 1e-4,
+                        "prefill_token": 1e-5, "kv_token": 1e-7, "block": 1e-6},
+                       TINY_SHAPE, "synthetic", "test")
+  cm.save(model, tmp_path / "cost.json")
+  out = tmp_path / "out"
+  rc = cli.main(["simulate", "--cost-model", str(tmp_path / "cost.json"), "--kv-budget-gb",
+                 "0.002", "--num-requests", "12", "--scale", "0.1", "--rate", "3",
+                 "--block-sizes", "16,64", "--chunked", "on", "--out", str(out),
+                 "--no-progress", "--save-trace", str(tmp_path / "trace.jsonl")])
+  assert rc == 0
+  with open(out / "simulate.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [(r["mode"], r["block_size"]) for r in rows] == [
+      (m, b) for m in ("contiguous/chunked", "paged/chunked", "paged+prefix/chunked")
+      for b in ("16", "64")]
+  data = json.loads((out / "simulate.json").read_text())
+  assert data["meta"]["backend"] == "simulator" and len(data["rows"]) == 6
+  assert all(r["makespan_s"] > 0 and r["attention_model_s"] > 0 for r in data["rows"])
+  for name in ("waste", "concurrency", "latency_p99", "failures"):
+    assert (out / f"simulate_{name}.png").stat().st_size > 1000
+  assert len((tmp_path / "trace.jsonl").read_text().splitlines()) == 12
+  # Replaying the saved trace gives the same figures.
+  rc = cli.main(["simulate", "--cost-model", str(tmp_path / "cost.json"), "--kv-budget-gb",
+                 "0.002", "--trace", str(tmp_path / "trace.jsonl"), "--block-sizes", "16,64",
+                 "--chunked", "on", "--out", str(tmp_path / "again"), "--no-progress",
+                 "--no-plots"])
+  again = json.loads((tmp_path / "again" / "simulate.json").read_text())["rows"]
+  assert again == data["rows"]
