@@ -16,6 +16,7 @@ from typing import Iterator
 
 import grpc
 
+from engine.outputs import FinishReason
 from serving import request_convert as rc
 from serving.engine_loop import (EngineLoop, Event, QueueFullError, RejectKind,
                                  ShuttingDownError, Submission)
@@ -145,6 +146,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         continue
       if ev.reject_kind is not None:
         context.abort(_REJECT_CODES[ev.reject_kind], ev.reject_message)
+      if ev.delta.finished and ev.delta.finish_reason == FinishReason.ERROR:
+        # NOTE: the engine refused it while scheduling (e.g. the prompt needs
+        # more KV blocks than the whole cache): a capacity problem of this server.
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      f"request failed: {ev.delta.error or 'engine error'}")
       yield ev
       if ev.delta.finished:
         return

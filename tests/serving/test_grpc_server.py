@@ -188,7 +188,7 @@ def test_cancel_mid_stream_frees_blocks(server):
 
 def test_deadline_expiry_frees_blocks(server):
   with pytest.raises(grpc.RpcError) as err:
-    server.client.generate("Once upon a time", temperature=0.0, max_tokens=200,
+    server.client.generate("Once upon a time", temperature=0.0, max_tokens=240,
                            ignore_eos=True, timeout=1.5)
   assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
   m = server.wait_metric("pagedjax_kv_blocks_used", 0.0)

@@ -1,0 +1,42 @@
+"""`InferenceServer` inside the test process: per-instance state and the
+engine's own refusals (a prompt that can never fit the KV cache)."""
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from serving.client import PagedJaxClient
+from serving.server import InferenceServer, ServerConfig
+from tests.serving.conftest import ENGINE_KWARGS
+
+
+def test_two_servers_in_one_process_and_an_unfittable_prompt(smollm2_model):
+  from engine import EngineConfig, LLMEngine
+  # NOTE: 4 blocks (3 usable) of 16 tokens: a 100-token prompt can never be scheduled.
+  tiny = LLMEngine(EngineConfig(**ENGINE_KWARGS, num_blocks=4), model=smollm2_model)
+  other = LLMEngine(EngineConfig(**ENGINE_KWARGS, block_size=32, num_blocks=8),
+                    model=smollm2_model)
+  servers = [InferenceServer(e, ServerConfig(host="127.0.0.1", port=0, metrics_port=0,
+                                             max_waiting=4, shutdown_grace_s=5))
+             for e in (tiny, other)]
+  try:
+    for s in servers:
+      s.start()
+    assert servers[0].port != servers[1].port
+    with PagedJaxClient(f"127.0.0.1:{servers[0].port}") as c:
+      c.wait_until_serving(timeout=30)
+      prompt = "one two three four five six seven eight nine ten " * 10
+      assert 48 < len(c.tokenize(prompt)) < 256
+      with pytest.raises(grpc.RpcError) as err:
+        c.generate(prompt, max_tokens=1)
+      assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+      assert "KV blocks" in err.value.details()
+      assert c.health() == "SERVING"
+    m0, m1 = (s.metrics.render() for s in servers)
+    assert 'pagedjax_requests_finished_total{finish_reason="error"} 1.0' in m0
+    assert 'finish_reason="error"' not in m1
+    assert "pagedjax_kv_blocks_total 3.0" in m0 and "pagedjax_kv_blocks_total 7.0" in m1
+    assert "pagedjax_kv_blocks_used 0.0" in m0
+  finally:
+    for s in servers:
+      s.shutdown(grace_s=0)
