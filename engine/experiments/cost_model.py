@@ -91,28 +91,37 @@ def step_features(out: ScheduleOutput, block_size: int) -> dict[str, float]:
           "kv_token": float(kv_tokens), "block": float(blocks)}
 
 
-def nnls(a: np.ndarray, b: np.ndarray, iters: int = 50) -> np.ndarray:
-  """Non-negative least squares by active-set elimination (small problems only)."""
-  active = np.ones(a.shape[1], bool)
-  x = np.zeros(a.shape[1])
-  for _ in range(iters):
-    x = np.zeros(a.shape[1])
-    if not active.any():
+def nnls(a: np.ndarray, b: np.ndarray, tol: float = 1e-12) -> np.ndarray:
+  """Non-negative least squares (Lawson-Hanson active set) on column-scaled `a`."""
+  norms = np.linalg.norm(a, axis=0)
+  norms[norms == 0] = 1.0
+  a = a / norms                                   # [rows, features], unit columns
+  n = a.shape[1]
+  passive, x = np.zeros(n, bool), np.zeros(n)
+  for _ in range(3 * n):
+    grad = a.T @ (b - a @ x)
+    if passive.all() or np.where(passive, -np.inf, grad).max() <= tol:
       break
-    x[active] = np.linalg.lstsq(a[:, active], b, rcond=None)[0]
-    negative = active & (x < 0)
-    if not negative.any():
-      break
-    active[np.argmin(np.where(active, x, np.inf))] = False
-  return np.clip(x, 0.0, None)
+    passive[np.argmax(np.where(passive, -np.inf, grad))] = True
+    while True:
+      z = np.zeros(n)
+      z[passive] = np.linalg.lstsq(a[:, passive], b, rcond=None)[0]
+      if (z[passive] > tol).all():
+        break
+      bad = passive & (z <= tol)
+      alpha = np.min(x[bad] / (x[bad] - z[bad]))
+      x = x + alpha * (z - x)
+      passive &= x > tol
+    x = z
+  return np.clip(x, 0.0, None) / norms
 
 
 def fit(samples: list[tuple[dict[str, float], float]], shape: ModelShape, device: str,
         source: str) -> CostModel:
   """Fits coefficients to (features, measured seconds) samples.
 
-  NOTE: rows are weighted by 1/seconds, so the fit minimizes relative error:
-  short decode steps matter as much as long prefill steps.
+  NOTE: plain (absolute) least squares: weighting rows by 1/seconds chased the
+  fastest outliers of noisy shared-CPU timings and under-predicted everything.
   """
   if len(samples) < len(FEATURES):
     raise ValueError(f"need at least {len(FEATURES)} timed steps to fit, got {len(samples)}")
@@ -120,7 +129,7 @@ def fit(samples: list[tuple[dict[str, float], float]], shape: ModelShape, device
   t = np.array([s for _, s in samples])                             # [steps]
   if (t <= 0).any():
     raise ValueError("step timings must be positive")
-  coef = nnls(a / t[:, None], np.ones_like(t))
+  coef = nnls(a, t)
   rel = np.abs(a @ coef - t) / t
   err = {"median_rel": float(np.median(rel)), "p90_rel": float(np.quantile(rel, 0.9)),
          "total_rel": float(abs((a @ coef).sum() - t.sum()) / t.sum()), "steps": len(t)}

@@ -10,6 +10,7 @@ reports how far the simulator is from a real sweep of the same trace.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from engine.experiments.cli_args import (add_grid_args, add_workload_args, max_model_len_of,
@@ -20,11 +21,13 @@ HELP = "simulate block sizes and memory modes at full scale with a fitted cost m
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--cost-model", default="llama3-8b-h100",
+  parser.add_argument("--cost-model", default="cpu-smollm2-135m",
                       help="configs/cost_models/<name>.json or a JSON path "
-                           "(default llama3-8b-h100)")
+                           "(default cpu-smollm2-135m)")
   parser.add_argument("--model-config", default=None,
                       help="take the KV shape from configs/<name>.json instead of the cost model")
+  parser.add_argument("--kv-dtype", default=None,
+                      help="KV cache dtype for bytes per block (default: the cost model's)")
   parser.add_argument("--kv-budget-gb", type=float, default=56.0,
                       help="KV cache bytes in GiB for every run (default 56: an 80 GB GPU "
                            "at 90%% minus 16 GB of 8B bf16 weights)")
@@ -49,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from models.weights.random_init import config_path
     shape = cm.ModelShape.of(args.model_config,
                              ModelConfig.from_json(config_path(args.model_config)), shape.dtype)
+  if args.kv_dtype:
+    shape = dataclasses.replace(shape, dtype=args.kv_dtype)
   trace = trace_from_args(args)
   max_len = max_model_len_of(args, trace, shape.max_position_embeddings)
   check_trace(trace, max_len)
