@@ -128,13 +128,23 @@ class EngineLoop:
   # --- loop thread -----------------------------------------------------------
 
   def _run(self) -> None:
-    stop = False
-    while not stop:
-      busy = self._engine.has_unfinished_requests()
-      stop = self._apply(self._drain(block=not busy))
-      if not stop and self._engine.has_unfinished_requests():
-        self._step()
-    self._shutdown_requests()
+    try:
+      stop = False
+      while not stop:
+        busy = self._engine.has_unfinished_requests()
+        stop = self._apply(self._drain(block=not busy))
+        if not stop and self._engine.has_unfinished_requests():
+          self._step()
+      self._shutdown_requests()
+    except Exception:  # NOTE: never leave handlers waiting on a dead loop.
+      log.exception("engine loop crashed; refusing all requests from now on")
+      with self._lock:
+        self._stopping = True
+      self._fail_all(RejectKind.INTERNAL, "engine loop crashed")
+      for kind, arg in self._drain(block=False):
+        if kind == "add":
+          arg.outputs.put(Event(reject_kind=RejectKind.INTERNAL,
+                                reject_message="engine loop crashed"))
 
   def _drain(self, block: bool) -> list[tuple[str, Any]]:
     cmds = []
@@ -238,7 +248,10 @@ class EngineLoop:
   def _shutdown_requests(self) -> None:
     """On stop: abort what is left, flush final deltas, reject late adds."""
     for rid in list(self._active):
-      self._engine.abort(rid)
+      try:
+        self._engine.abort(rid)
+      except Exception:
+        log.exception("abort(%s) failed", rid)
     for _ in range(_STOP_MAX_STEPS):
       if not self._engine.has_unfinished_requests():
         break
