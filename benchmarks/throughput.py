@@ -81,19 +81,22 @@ def _timed_steps(llm: LLM) -> list[tuple[float, bool]]:
   return log
 
 
-def decode_device_time(llm: LLM, batch: int, ctx: int, iters: int = 20) -> float:
-  """Seconds per decode step of `batch` rows at `ctx` tokens, device only (no host loop)."""
-  runner = llm.engine.runner
-  bs = runner.cache_config.block_size
-  blocks = -(-ctx // bs)
-  x = step_inputs.empty_decode(batch, blocks if blocks in runner.buckets.table_widths else
-                               min(w for w in runner.buckets.table_widths if w >= blocks),
-                               runner.trash_slot)
-  width = x.block_tables.shape[1]
-  ids = np.arange(1, 1 + batch * width, dtype=np.int32) % (runner.cache_config.num_blocks - 1)
+def decode_inputs(runner, batch: int, ctx: int) -> step_inputs.DecodeInputs:
+  """Decode inputs of `batch` rows at `ctx` tokens each, over distinct real blocks."""
+  blocks = -(-ctx // runner.cache_config.block_size)
+  width = min(w for w in runner.buckets.table_widths if w >= blocks)
+  x = step_inputs.empty_decode(batch, width, runner.trash_slot)
+  ids = np.arange(batch * width, dtype=np.int32) % (runner.cache_config.num_blocks - 1)
   x.block_tables[:] = ids.reshape(batch, width) + 1
   x.lengths[:] = ctx
   x.positions[:] = ctx - 1
+  return x
+
+
+def decode_device_time(llm: LLM, batch: int, ctx: int, iters: int = 20) -> float:
+  """Seconds per decode step of `batch` rows at `ctx` tokens, device only (no host loop)."""
+  runner = llm.engine.runner
+  x = decode_inputs(runner, batch, ctx)
   jax.block_until_ready(runner._run_decode(x))
   t0 = time.perf_counter()
   for _ in range(iters):

@@ -22,9 +22,12 @@ from models import llama
 
 def _written(layer_cache, k, v, slots, backend):
   layer_cache = pallas_kernels.write_kv(layer_cache, k, v, slots, backend=backend)
+  if backend != "xla":
+    return layer_cache
   # NOTE: the barrier keeps XLA from fusing the in-place write into the gathers
   # of the XLA attention path; fused, XLA:CPU copied the whole cache every layer
-  # (measured: 0.6 s vs 0.06 s per SmolLM2 decode step). Free for Pallas kernels.
+  # (measured: 0.6 s vs 0.06 s per SmolLM2 decode step). With the Pallas kernels
+  # it cost 1.5-2.5 ms per decode step on an H100 (benchmarks/step_breakdown.py).
   return jax.lax.optimization_barrier(layer_cache)
 
 
