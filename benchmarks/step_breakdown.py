@@ -58,10 +58,12 @@ def main():
   ap.add_argument("--model", default="llama3.2-1b")
   ap.add_argument("--batch", type=int, default=64)
   ap.add_argument("--ctx", type=int, default=256)
+  ap.add_argument("--num-blocks", type=int, default=None,
+                  help="KV cache blocks (default: just enough for the batch)")
   ap.add_argument("--out", default=None)
   args = ap.parse_args()
   llm = LLM(f"random:{args.model}", dtype="bfloat16", max_num_seqs=args.batch,
-            max_model_len=512, num_blocks=args.batch * (512 // 16) + 1)
+            max_model_len=512, num_blocks=args.num_blocks or args.batch * (512 // 16) + 1)
   runner, cfg = llm.engine.runner, llm.engine.model.config
   x = decode_inputs(runner, args.batch, args.ctx)
   params, backend = runner.model.params, pk.default_backend()
@@ -84,6 +86,7 @@ def main():
   res["sample_greedy"] = _time(jax.jit(sample), logits, st)
   res = {k: round(v, 3) for k, v in res.items()}
   res.update(model=args.model, batch=args.batch, ctx=args.ctx, backend=backend,
+             num_blocks=runner.cache_config.num_blocks,
              device=jax.devices()[0].device_kind)
   print(json.dumps(res, indent=1))
   if args.out:
