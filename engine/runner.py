@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from engine import parallel, step_inputs
+from engine import packing, parallel, step_inputs
 from engine.buckets import Buckets
 from engine.scheduler import ScheduledRequest, ScheduleOutput
 from engine.steps import make_steps
@@ -136,17 +136,17 @@ class ModelRunner:
   def _run_decode(self, x: step_inputs.DecodeInputs):
     key = ("decode", len(x.tokens), x.block_tables.shape[1])
     with self._track(key):
+      ints, floats, layout = packing.pack(x)      # NOTE: one transfer each, not a dozen
       self.kv_cache, self.token_buffer, token_ids, logprobs = self._decode(
-          self.model.params, self.kv_cache, self.token_buffer, x.tokens, x.input_slots,
-          x.sample_slots, x.positions, x.slots, x.block_tables, x.lengths, x.sampling)
+          self.model.params, self.kv_cache, self.token_buffer, ints, floats, layout=layout)
     return token_ids, logprobs
 
   def _run_prefill(self, x: step_inputs.PrefillInputs):
     key = ("prefill", len(x.tokens), len(x.kv_lens), x.block_tables.shape[1])
     with self._track(key):
+      ints, floats, layout = packing.pack(x)
       self.kv_cache, self.token_buffer, token_ids, logprobs = self._prefill(
-          self.model.params, self.kv_cache, self.token_buffer, x.tokens, x.positions, x.slots,
-          x.block_tables, x.cu_q_lens, x.kv_lens, x.logits_indices, x.sample_slots, x.sampling)
+          self.model.params, self.kv_cache, self.token_buffer, ints, floats, layout=layout)
     return token_ids, logprobs
 
   @contextlib.contextmanager

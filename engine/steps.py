@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 import pallas_kernels
-from engine import parallel
+from engine import packing, parallel
 from engine.sampler import SamplingTensors, sample
 from models import llama
 
@@ -79,6 +79,13 @@ def _prefill_step(params, kv_cache, token_buffer, tokens, positions, slots, bloc
   return kv_cache, token_buffer.at[sample_slots].set(token_ids), token_ids, logprobs
 
 
+def _from_packed(step):
+  """`step` taking (params, kv_cache, token_buffer, ints, floats, *, layout)."""
+  def packed(params, kv_cache, token_buffer, ints, floats, *, layout):
+    return step(params, kv_cache, token_buffer, **packing.unpack(ints, floats, layout))
+  return packed
+
+
 def make_steps(config, backend: str | None, mesh=None):
   """Returns (decode_step, prefill_step), jitted with the cache donated.
 
@@ -93,9 +100,10 @@ def make_steps(config, backend: str | None, mesh=None):
     decode_attn = parallel.shard_attention(decode_attn, mesh, ("slots", "block_tables", "lengths"))
     prefill_attn = parallel.shard_attention(
         prefill_attn, mesh, ("slots", "block_tables", "cu_q_lens", "kv_lens"))
-  donate = ("kv_cache", "token_buffer")
-  decode = jax.jit(functools.partial(_decode_step, config=config, attention_fn=decode_attn),
-                   donate_argnames=donate)
-  prefill = jax.jit(functools.partial(_prefill_step, config=config, attention_fn=prefill_attn),
-                    donate_argnames=donate)
+  jit = functools.partial(jax.jit, donate_argnames=("kv_cache", "token_buffer"),
+                          static_argnames=("layout",))
+  decode = jit(_from_packed(functools.partial(_decode_step, config=config,
+                                              attention_fn=decode_attn)))
+  prefill = jit(_from_packed(functools.partial(_prefill_step, config=config,
+                                               attention_fn=prefill_attn)))
   return decode, prefill
