@@ -41,6 +41,10 @@ class SamplingParams:
       raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
     if any(s == "" for s in self.stop):
       raise ValueError("stop strings must be non-empty")
+    if self.seed is not None and not 0 <= self.seed < 2 ** 63:
+      raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
+    if any(t < 0 for t in self.stop_token_ids):
+      raise ValueError("stop_token_ids must be non-negative")
 
   @property
   def greedy(self) -> bool:
