@@ -26,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from engine import parallel
+from engine import packing, parallel
 from engine.sampler import SamplingTensors
 from engine.sampling_params import SamplingParams
+from engine.step_inputs import DecodeInputs
 from engine.steps import make_steps
 from models import ModelConfig, RopeScaling
 from models.weights.random_init import random_params
@@ -68,7 +69,7 @@ def _random_leaf(key, *, shape, dtype, ones: bool):
   return (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
 
 
-def decode_inputs(batch: int, context: int, num_slots: int) -> dict:
+def decode_inputs(batch: int, context: int, num_slots: int) -> DecodeInputs:
   """A synthetic decode schedule: row i owns blocks [1 + i*w, 1 + (i+1)*w)."""
   width = -(-context // BLOCK_SIZE)
   tables = (1 + np.arange(batch * width, dtype=np.int32)).reshape(batch, width)
@@ -76,15 +77,15 @@ def decode_inputs(batch: int, context: int, num_slots: int) -> dict:
   slots = tables[:, (context - 1) // BLOCK_SIZE] * BLOCK_SIZE + (context - 1) % BLOCK_SIZE
   sampling = SamplingTensors.from_params([SamplingParams(temperature=0.0)] * batch,
                                          seeds=list(range(batch)), steps=[0] * batch)
-  return dict(tokens=np.arange(batch, dtype=np.int32) % 1000,
-              input_slots=np.full(batch, -1, np.int32),
-              sample_slots=np.arange(batch, dtype=np.int32) % (num_slots - 1),
-              positions=pos, slots=slots.astype(np.int32), block_tables=tables,
-              lengths=pos + 1, sampling=sampling)
+  return DecodeInputs(tokens=np.arange(batch, dtype=np.int32) % 1000,
+                      input_slots=np.full(batch, -1, np.int32),
+                      sample_slots=np.arange(batch, dtype=np.int32) % (num_slots - 1),
+                      positions=pos, slots=slots.astype(np.int32), block_tables=tables,
+                      lengths=pos + 1, sampling=sampling)
 
 
-def count_all_reduces(decode, args) -> int:
-  hlo = decode.lower(*args).compile().as_text()
+def count_all_reduces(decode, args, layout) -> int:
+  hlo = decode.lower(*args, layout=layout).compile().as_text()
   return len(re.findall(r"= \S+ all-reduce(?:-start)?\(", hlo))
 
 
@@ -103,19 +104,19 @@ def bench(config: ModelConfig, tp: int, batch: int, context: int, iters: int) ->
                   device=NamedSharding(mesh, P()) if mesh is not None else None)
   x = decode_inputs(batch, context, num_slots)
   decode, _ = make_steps(config, None, mesh)
-  rest = (x["tokens"], x["input_slots"], x["sample_slots"], x["positions"], x["slots"],
-          x["block_tables"], x["lengths"], x["sampling"])
+  ints, floats, layout = packing.pack(x)
+  rest = (ints, floats)
   t0 = time.perf_counter()      # compile_s: the AOT compile (HLO check) + first call
-  all_reduces = count_all_reduces(decode, (params, cache, buf) + rest) if mesh else 0
-  cache, buf, tok, _ = decode(params, cache, buf, *rest)
+  all_reduces = count_all_reduces(decode, (params, cache, buf) + rest, layout) if mesh else 0
+  cache, buf, tok, _ = decode(params, cache, buf, *rest, layout=layout)
   jax.block_until_ready(tok)
   compile_s = time.perf_counter() - t0
   for _ in range(3):
-    cache, buf, tok, _ = decode(params, cache, buf, *rest)
+    cache, buf, tok, _ = decode(params, cache, buf, *rest, layout=layout)
   jax.block_until_ready(tok)
   t0 = time.perf_counter()
   for _ in range(iters):
-    cache, buf, tok, _ = decode(params, cache, buf, *rest)
+    cache, buf, tok, _ = decode(params, cache, buf, *rest, layout=layout)
   jax.block_until_ready((cache, tok))
   step_s = (time.perf_counter() - t0) / iters
   mem = jax.devices()[0].memory_stats() or {}

@@ -29,6 +29,15 @@ def gather_sequence_kv(
   return blocks[0], blocks[1]
 
 
+def masked_softmax(s: jax.Array, mask: jax.Array) -> jax.Array:
+  """Float32 softmax over the last axis of `s` where `mask`; all-masked rows give zeros."""
+  s = jnp.where(mask, s, -jnp.inf)
+  m = jnp.max(s, axis=-1, keepdims=True)
+  p = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
+  denom = jnp.sum(p, axis=-1, keepdims=True)
+  return p / jnp.where(denom > 0, denom, 1.0)
+
+
 def _decode_row(q, kv_cache, block_table, length, scale):
   """Attention of one row's query heads over its `length` cached tokens."""
   k, v = gather_sequence_kv(kv_cache, block_table)  # [ctx, hkv, d] each
@@ -42,13 +51,8 @@ def _decode_row(q, kv_cache, block_table, length, scale):
   qg = q.astype(jnp.float32).reshape(hkv, hq // hkv, d)  # [hkv, group, d]
   # [hkv, group, ctx]
   s = jnp.einsum("kgd,tkd->kgt", qg, k, precision=HIGHEST) * scale
-  s = jnp.where(valid[None, None, :], s, -jnp.inf)
-  m = jnp.max(s, axis=-1, keepdims=True)
-  m = jnp.where(jnp.isfinite(m), m, 0.0)
-  p = jnp.exp(s - m)
-  denom = jnp.sum(p, axis=-1, keepdims=True)
+  p = masked_softmax(s, valid[None, None, :])
   o = jnp.einsum("kgt,tkd->kgd", p, v, precision=HIGHEST)
-  o = o / jnp.where(denom > 0, denom, 1.0)
   return o.reshape(hq, d)
 
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels import validation
-from pallas_kernels.decode_reference import gather_sequence_kv
+from pallas_kernels.decode_reference import gather_sequence_kv, masked_softmax
 
 
 # NOTE: float32 math in full precision (XLA on GPU would otherwise use TF32).
@@ -41,13 +41,8 @@ def _attend_sequence(q_win, k, v, q_len, kv_len, scale):
   qg = q_win.reshape(t, hkv, hq // hkv, d)
   # [t, hkv, group, ctx]
   s = jnp.einsum("tkgd,ckd->tkgc", qg, k, precision=HIGHEST) * scale
-  s = jnp.where(allowed[:, None, None, :], s, -jnp.inf)
-  m = jnp.max(s, axis=-1, keepdims=True)
-  m = jnp.where(jnp.isfinite(m), m, 0.0)
-  p = jnp.exp(s - m)
-  denom = jnp.sum(p, axis=-1, keepdims=True)
+  p = masked_softmax(s, allowed[:, None, None, :])
   o = jnp.einsum("tkgc,ckd->tkgd", p, v, precision=HIGHEST)
-  o = o / jnp.where(denom > 0, denom, 1.0)
   return o.reshape(t, hq, d)
 
 

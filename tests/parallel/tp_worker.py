@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from engine import LLM, EngineConfig, LLMEngine, SamplingParams, parallel
+from engine import packing
 from engine.step_inputs import empty_decode
 from engine.steps import make_steps
 from models import LoadedModel, ModelConfig, load_model
@@ -101,9 +102,9 @@ def collectives(model: LoadedModel, tp: int) -> dict:
   token_buffer = jnp.zeros((9,), jnp.int32, device=NamedSharding(mesh, P()))
   decode, _ = make_steps(model.config, None, mesh)
   x = empty_decode(8, 4, trash_slot=8)
-  hlo = decode.lower(params, caches, token_buffer, x.tokens, x.input_slots, x.sample_slots,
-                     x.positions, x.slots, x.block_tables, x.lengths,
-                     x.sampling).compile().as_text()
+  ints, floats, layout = packing.pack(x)
+  hlo = decode.lower(params, caches, token_buffer, ints, floats,
+                     layout=layout).compile().as_text()
   count = lambda op: len(re.findall(rf"= \S+ {op}(?:-start)?\(", hlo))
   return {op: count(op) for op in ("all-reduce", "all-gather", "all-to-all",
                                    "collective-permute", "reduce-scatter")}
