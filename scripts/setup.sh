@@ -5,8 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY312="${PY312:-}"
 if [ -z "$PY312" ]; then
-  for cand in python3.12 /root/.pyenv/versions/3.12.1/bin/python3.12; do
-    if command -v "$cand" >/dev/null 2>&1; then PY312="$(command -v "$cand")"; break; fi
+  # NOTE: run each candidate: a pyenv shim exists on PATH even where it cannot run.
+  for cand in python3.12 /root/.pyenv/versions/3.12.*/bin/python3.12 /usr/bin/python3.12; do
+    if "$cand" -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1; then
+      PY312="$cand"; break
+    fi
   done
 fi
 [ -n "$PY312" ] || { echo "setup: Python 3.12 not found (set PY312=/path/to/python3.12)" >&2; exit 1; }
