@@ -13,7 +13,6 @@ from engine.experiments.cost_model import step_features
 from engine.experiments.recording import RecordingScheduler
 from engine.experiments.replay import StepResult
 from engine.experiments.workload import TraceRequest
-from engine.sampling_params import SamplingParams
 
 
 class RealBackend:
@@ -30,9 +29,7 @@ class RealBackend:
     self.num_compile_steps = 0
 
   def add(self, request: TraceRequest, prompt_token_ids: list[int]) -> None:
-    params = SamplingParams(temperature=0.0, max_tokens=request.max_tokens,
-                            ignore_eos=request.ignore_eos)
-    self.engine.add_request(request.request_id, sampling_params=params,
+    self.engine.add_request(request.request_id, sampling_params=request.sampling_params(),
                             prompt_token_ids=prompt_token_ids, cache_salt=request.cache_salt)
 
   def abort(self, request_id: str) -> None:

@@ -133,9 +133,8 @@ class SimBackend:
     self.vocab_size = engine.vocab_size
 
   def add(self, request: TraceRequest, prompt_token_ids: list[int]) -> None:
-    params = SamplingParams(temperature=0.0, max_tokens=request.max_tokens,
-                            ignore_eos=request.ignore_eos)
-    self.engine.add_request(request.request_id, prompt_token_ids, params, request.cache_salt)
+    self.engine.add_request(request.request_id, prompt_token_ids, request.sampling_params(),
+                            request.cache_salt)
 
   def abort(self, request_id: str) -> None:
     self.engine.abort(request_id)

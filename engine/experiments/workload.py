@@ -17,6 +17,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from engine.sampling_params import SamplingParams
+
 PRODUCTS = ("chat", "report")
 _SYSTEM_PROMPT_STREAM = 0x5157   # NOTE: fixed, so system prompt i has the same ids in every trace
 
@@ -87,6 +89,11 @@ class TraceRequest:
         raise ValueError(f"{self.request_id}: token_ids is empty")
     elif self.system_prompt_len + self.user_prompt_len < 1:
       raise ValueError(f"{self.request_id}: the prompt is empty")
+
+  def sampling_params(self) -> SamplingParams:
+    """Greedy, `max_tokens` long (ignore_eos keeps output lengths as in the trace)."""
+    return SamplingParams(temperature=0.0, max_tokens=self.max_tokens,
+                          ignore_eos=self.ignore_eos)
 
   @property
   def prompt_len(self) -> int:
