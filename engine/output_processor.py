@@ -26,11 +26,15 @@ class RequestTextState:
     """Adds a generated (non-EOS) token; sets `stopped` if a stop string appeared."""
     if self.detok is None or self.stopped:
       return
-    self.text += self.detok.push([token_id])
+    new_text = self.detok.push([token_id])
     stops = self.request.sampling_params.stop
+    # NOTE: only a stop string ending in the new text can be new: search from
+    # len(longest stop) - 1 characters before it, not the whole text each token.
+    start = max(0, len(self.text) - max((len(x) for x in stops), default=1) + 1)
+    self.text += new_text
     if not stops:
       return
-    hits = [i for i in (self.text.find(s) for s in stops) if i >= 0]
+    hits = [i for i in (self.text.find(x, start) for x in stops) if i >= 0]
     if hits:
       self.text = self.text[:min(hits)]
       self.stopped = True

@@ -119,7 +119,8 @@ class Scheduler:
 
   def _schedule_decodes(self, out: ScheduleOutput, budget: int) -> int:
     for request in list(self.running):
-      if request not in self.running or budget < 1:
+      # NOTE: preemption sets WAITING; a status check keeps this loop O(running).
+      if request.status != RequestStatus.RUNNING or budget < 1:
         continue                       # preempted meanwhile, or budget spent
       if _remaining(request) != 1 or self._at_limit(request):
         continue                       # still prefilling, or about to finish
@@ -131,7 +132,7 @@ class Scheduler:
   def _schedule_running_prefills(self, out: ScheduleOutput, budget: int) -> int:
     for request in list(self.running):
       remaining = _remaining(request)
-      if request not in self.running or remaining <= 1 or budget < 1:
+      if request.status != RequestStatus.RUNNING or remaining <= 1 or budget < 1:
         continue                       # preempted, decoding (handled above), or no budget
       n = min(remaining, budget)
       if self._allocate_or_preempt(request, n, out):
