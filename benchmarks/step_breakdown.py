@@ -83,7 +83,8 @@ def main():
   res["lm_head"] = _time(lambda: lm_head(params, hidden=hidden))
   logits = jax.random.normal(jax.random.key(0), (args.batch, cfg.vocab_size), jnp.float32)
   st = SamplingTensors.from_params([], seeds=[], steps=[], pad_to=args.batch)
-  res["sample_greedy"] = _time(jax.jit(sample), logits, st)
+  for mode in ("greedy", "random", "filtered"):
+    res[f"sample_{mode}"] = _time(jax.jit(functools.partial(sample, mode=mode)), logits, st)
   res = {k: round(v, 3) for k, v in res.items()}
   res.update(model=args.model, batch=args.batch, ctx=args.ctx, backend=backend,
              num_blocks=runner.cache_config.num_blocks,

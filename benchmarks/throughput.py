@@ -148,14 +148,18 @@ def _fmt(x, spec: str) -> str:
 
 
 def to_markdown(rows: list[dict], hf: dict) -> str:
-  lines = ["| model | batch | tokens/s | HF tokens/s | speedup | decode step ms | roofline ms | "
-           "step/roofline | engine step ms | GPU idle |", "|" + "---|" * 10]
+  """`hf` holds benchmarks/hf_baseline.py's results, keyed "<model>/<batch>/<variant>"."""
+  lines = ["| model | batch | tokens/s | HF eager | x eager | HF compiled | x compiled | "
+           "decode step ms | roofline ms | step/roofline | engine step ms | GPU idle |",
+           "|" + "---|" * 12]
   for r in rows:
-    h = hf.get(f"{r['model']}/{r['batch']}", {}).get("tokens_per_s")
-    speedup = r["tokens_per_s"] / h if h else None
+    cells = []
+    for variant in ("eager", "compiled"):
+      h = hf.get(f"{r['model']}/{r['batch']}/{variant}", {}).get("tokens_per_s")
+      cells += [_fmt(h, ".0f"), f"{r['tokens_per_s'] / h:.1f}x" if h else "n/a"]
     lines.append(
-        f"| {r['model']} | {r['batch']} | {r['tokens_per_s']:.0f} | {_fmt(h, '.0f')} | "
-        f"{_fmt(speedup, '.1f')}x | {r['decode_step_ms']:.2f} | {r['roofline_ms']:.2f} | "
+        f"| {r['model']} | {r['batch']} | {r['tokens_per_s']:.0f} | {' | '.join(cells)} | "
+        f"{r['decode_step_ms']:.2f} | {r['roofline_ms']:.2f} | "
         f"{r['step_over_roofline']:.2f} | {r['engine_step_wall_ms']:.2f} | "
         f"{100 * r['gpu_idle_fraction']:.1f}% |")
   return "\n".join(lines)

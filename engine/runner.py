@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from engine import packing, parallel, step_inputs
 from engine.buckets import Buckets
+from engine.sampler import MODES, sampling_mode
 from engine.scheduler import ScheduledRequest, ScheduleOutput
 from engine.steps import make_steps
 
@@ -122,31 +123,38 @@ class ModelRunner:
     return PendingStep(groups)
 
   def warmup(self) -> None:
-    """Compiles every bucket now, so that serving never compiles."""
+    """Compiles every bucket and sampler variant now, so that serving never compiles."""
     t0 = time.perf_counter()
     trash = self.trash_slot
-    for rows, width in self.buckets.decode_shapes():
-      jax.block_until_ready(self._run_decode(step_inputs.empty_decode(rows, width, trash)))
-    for tokens, seqs, width in self.buckets.prefill_shapes():
-      jax.block_until_ready(
-          self._run_prefill(step_inputs.empty_prefill(tokens, seqs, width, trash)))
+    for mode in MODES:
+      for rows, width in self.buckets.decode_shapes():
+        x = step_inputs.empty_decode(rows, width, trash)
+        jax.block_until_ready(self._run_decode(x, mode))
+      for tokens, seqs, width in self.buckets.prefill_shapes():
+        x = step_inputs.empty_prefill(tokens, seqs, width, trash)
+        jax.block_until_ready(self._run_prefill(x, mode))
     logging.info("warmup: %d compilations in %.1fs", self.num_compilations,
                  time.perf_counter() - t0)
 
-  def _run_decode(self, x: step_inputs.DecodeInputs):
-    key = ("decode", len(x.tokens), x.block_tables.shape[1])
+  def _run_decode(self, x: step_inputs.DecodeInputs, mode: str | None = None):
+    """Dispatches one decode step; `mode` (a sampler variant) defaults to the cheapest exact one."""
+    mode = mode or sampling_mode(x.sampling)
+    key = ("decode", len(x.tokens), x.block_tables.shape[1], mode)
     with self._track(key):
       ints, floats, layout = packing.pack(x)      # NOTE: one transfer each, not a dozen
       self.kv_cache, self.token_buffer, token_ids, logprobs = self._decode(
-          self.model.params, self.kv_cache, self.token_buffer, ints, floats, layout=layout)
+          self.model.params, self.kv_cache, self.token_buffer, ints, floats, layout=layout,
+          sampling_mode=mode)
     return token_ids, logprobs
 
-  def _run_prefill(self, x: step_inputs.PrefillInputs):
-    key = ("prefill", len(x.tokens), len(x.kv_lens), x.block_tables.shape[1])
+  def _run_prefill(self, x: step_inputs.PrefillInputs, mode: str | None = None):
+    mode = mode or sampling_mode(x.sampling)
+    key = ("prefill", len(x.tokens), len(x.kv_lens), x.block_tables.shape[1], mode)
     with self._track(key):
       ints, floats, layout = packing.pack(x)
       self.kv_cache, self.token_buffer, token_ids, logprobs = self._prefill(
-          self.model.params, self.kv_cache, self.token_buffer, ints, floats, layout=layout)
+          self.model.params, self.kv_cache, self.token_buffer, ints, floats, layout=layout,
+          sampling_mode=mode)
     return token_ids, logprobs
 
   @contextlib.contextmanager

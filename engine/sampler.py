@@ -6,6 +6,11 @@ distribution), then min-p, and draw with the key
 `fold_in(PRNGKey(seed), step)`. A row's result depends only on its own logits
 and parameters, never on the other rows of the batch, so a seeded request
 gives the same output whatever it is batched with.
+
+The host picks one of three static variants per step (`sampling_mode`):
+"greedy" (argmax only), "random" (no filters) or "filtered" (the general one).
+NOTE: no data-dependent `lax.cond` here: on a GPU a conditional copies its
+predicate to the host and waits for it, stalling the step mid-way.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import numpy as np
 from engine.sampling_params import SamplingParams
 
 _UINT32_MOD = 1 << 32
+MODES = ("greedy", "random", "filtered")
 
 
 @jax.tree_util.register_dataclass
@@ -66,6 +72,16 @@ class SamplingTensors:
       seed[i] = seeds[i] % _UINT32_MOD
       step[i] = steps[i]
     return cls(temperature, top_k, top_p, min_p, seed, step)
+
+
+def sampling_mode(t: SamplingTensors) -> str:
+  """The cheapest sampler variant that is exact for every row (host-side, numpy)."""
+  sampled = np.asarray(t.temperature) > 0.0
+  if not sampled.any():
+    return "greedy"
+  filtered = sampled & ((np.asarray(t.top_k) > 0) | (np.asarray(t.top_p) < 1.0)
+                        | (np.asarray(t.min_p) > 0.0))
+  return "filtered" if filtered.any() else "random"
 
 
 def _order_key(x: jax.Array) -> jax.Array:
@@ -116,42 +132,40 @@ def _keep_mask(scaled: jax.Array, t: SamplingTensors) -> jax.Array:
   return (keys >= threshold[:, None]) & (scaled >= min_logit)
 
 
-def _draw(logits: jax.Array, t: SamplingTensors) -> jax.Array:
+def _draw(logits: jax.Array, t: SamplingTensors, filters: bool) -> jax.Array:
   """Samples every row (greedy rows too; the caller overrides them)."""
   greedy = t.temperature <= 0.0
   temperature = jnp.where(greedy, 1.0, t.temperature)
   scaled = logits / temperature[:, None]                          # [B, V]
-  filtered = ~greedy & ((t.top_k > 0) | (t.top_p < 1.0) | (t.min_p > 0.0))
-  # NOTE: skipping the filters when no row uses them changes no row's
-  # result: an unfiltered row keeps every token either way.
-  keep = jax.lax.cond(
-      jnp.any(filtered),
-      lambda: _keep_mask(scaled, t) | ~filtered[:, None],
-      lambda: jnp.ones(scaled.shape, jnp.bool_))
-  masked = jnp.where(keep, scaled, -jnp.inf)                       # [B, V]
+  if filters:
+    # NOTE: a row without filters keeps every token, so it draws exactly as in "random".
+    filtered = ~greedy & ((t.top_k > 0) | (t.top_p < 1.0) | (t.min_p > 0.0))   # [B]
+    scaled = jnp.where(_keep_mask(scaled, t) | ~filtered[:, None], scaled, -jnp.inf)
   keys = jax.vmap(lambda s, n: jax.random.fold_in(jax.random.PRNGKey(s), n))(t.seed, t.step)
-  return jax.vmap(jax.random.categorical)(keys, masked).astype(jnp.int32)
+  return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
 
 
-def sample(logits: jax.Array, t: SamplingTensors) -> tuple[jax.Array, jax.Array]:
+def sample(logits: jax.Array, t: SamplingTensors,
+           mode: str = "filtered") -> tuple[jax.Array, jax.Array]:
   """Picks one token per row.
 
   Args:
     logits: f32 [B, V] raw model logits.
     t: per-row parameters with batch size B.
+    mode: static; "greedy" treats every row as greedy, "random" ignores top-k/p
+      and min-p; `sampling_mode(t)` gives the cheapest exact one.
   Returns:
     token ids i32 [B] and their log-probabilities f32 [B] under the raw
     (unscaled, unfiltered) distribution.
   """
   if logits.ndim != 2 or logits.shape[0] != t.temperature.shape[0]:
     raise ValueError(f"logits {logits.shape} do not match {t.temperature.shape[0]} rows")
+  if mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   logits = logits.astype(jnp.float32)
-  greedy_tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)   # [B]
-  greedy = t.temperature <= 0.0
-  tokens = jax.lax.cond(
-      jnp.all(greedy),
-      lambda: greedy_tokens,
-      lambda: jnp.where(greedy, greedy_tokens, _draw(logits, t)))
+  tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)          # [B]
+  if mode != "greedy":
+    tokens = jnp.where(t.temperature <= 0.0, tokens, _draw(logits, t, mode == "filtered"))
   # log_softmax at the chosen token only: no [B, V] log-prob array is built.
   chosen = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]  # [B]
   return tokens, chosen - jax.nn.logsumexp(logits, axis=-1)

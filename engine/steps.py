@@ -49,7 +49,7 @@ def prefill_attention(q, k, v, layer_cache, meta, *, backend):
 
 def _decode_step(params, kv_cache, token_buffer, tokens, input_slots, sample_slots, positions,
                  slots, block_tables, lengths, sampling: SamplingTensors, *, config,
-                 attention_fn):
+                 attention_fn, sampling_mode):
   # NOTE: a row whose input token was sampled by the previous step (not yet on
   # the host) reads it from the device token buffer.
   pending = jnp.take(token_buffer, jnp.maximum(input_slots, 0))     # [rows]
@@ -60,13 +60,13 @@ def _decode_step(params, kv_cache, token_buffer, tokens, input_slots, sample_slo
                                      attention_fn)          # hidden [rows, hidden]
   with jax.named_scope("sample"):
     logits = llama.compute_logits(params, config, hidden)   # [rows, vocab]
-    token_ids, logprobs = sample(logits, sampling)
+    token_ids, logprobs = sample(logits, sampling, sampling_mode)
   return kv_cache, token_buffer.at[sample_slots].set(token_ids), token_ids, logprobs
 
 
 def _prefill_step(params, kv_cache, token_buffer, tokens, positions, slots, block_tables,
                   cu_q_lens, kv_lens, logits_indices, sample_slots, sampling: SamplingTensors, *,
-                  config, attention_fn):
+                  config, attention_fn, sampling_mode):
   meta = {"slots": slots, "block_tables": block_tables, "cu_q_lens": cu_q_lens,
           "kv_lens": kv_lens}
   with jax.named_scope("prefill_forward"):
@@ -75,14 +75,15 @@ def _prefill_step(params, kv_cache, token_buffer, tokens, positions, slots, bloc
   with jax.named_scope("sample"):
     last = jnp.take(hidden, logits_indices, axis=0)         # [seqs, hidden]
     logits = llama.compute_logits(params, config, last)     # [seqs, vocab]
-    token_ids, logprobs = sample(logits, sampling)
+    token_ids, logprobs = sample(logits, sampling, sampling_mode)
   return kv_cache, token_buffer.at[sample_slots].set(token_ids), token_ids, logprobs
 
 
 def _from_packed(step):
-  """`step` taking (params, kv_cache, token_buffer, ints, floats, *, layout)."""
-  def packed(params, kv_cache, token_buffer, ints, floats, *, layout):
-    return step(params, kv_cache, token_buffer, **packing.unpack(ints, floats, layout))
+  """`step` taking (params, kv_cache, token_buffer, ints, floats, *, layout, sampling_mode)."""
+  def packed(params, kv_cache, token_buffer, ints, floats, *, layout, sampling_mode):
+    return step(params, kv_cache, token_buffer, **packing.unpack(ints, floats, layout),
+                sampling_mode=sampling_mode)
   return packed
 
 
@@ -101,7 +102,7 @@ def make_steps(config, backend: str | None, mesh=None):
     prefill_attn = parallel.shard_attention(
         prefill_attn, mesh, ("slots", "block_tables", "cu_q_lens", "kv_lens"))
   jit = functools.partial(jax.jit, donate_argnames=("kv_cache", "token_buffer"),
-                          static_argnames=("layout",))
+                          static_argnames=("layout", "sampling_mode"))
   decode = jit(_from_packed(functools.partial(_decode_step, config=config,
                                               attention_fn=decode_attn)))
   prefill = jit(_from_packed(functools.partial(_prefill_step, config=config,

@@ -147,10 +147,13 @@ def test_warmup_compiles_every_bucket_and_serving_never_compiles():
   llm = LLM(f"random:{tiny}", max_num_seqs=2, max_batch_tokens=32,
             max_model_len=64, block_size=16, warmup=True)
   runner = llm.engine.runner
-  expected = len(runner.buckets.decode_shapes()) + len(runner.buckets.prefill_shapes())
+  shapes = len(runner.buckets.decode_shapes()) + len(runner.buckets.prefill_shapes())
+  expected = 3 * shapes                  # x the sampler's greedy, random and filtered variants
   assert llm.engine.stats().num_compilations == expected
   rng = np.random.default_rng(0)
   prompts = [rng.integers(0, 100, n).tolist() for n in (3, 17, 40, 9)]
-  llm.generate(prompt_token_ids=prompts, use_tqdm=False,
-               sampling_params=SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True))
+  for sp in (SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True),
+             SamplingParams(temperature=0.8, max_tokens=5, ignore_eos=True),
+             SamplingParams(temperature=0.8, top_p=0.9, max_tokens=5, ignore_eos=True)):
+    llm.generate(prompt_token_ids=prompts, use_tqdm=False, sampling_params=sp)
   assert llm.engine.stats().num_compilations == expected

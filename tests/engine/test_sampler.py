@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from engine.sampler import SamplingTensors, sample
+from engine.sampler import SamplingTensors, sample, sampling_mode
 from engine.sampling_params import SamplingParams
 
 _sample = jax.jit(sample)
@@ -55,6 +55,29 @@ def test_greedy_rows_take_argmax_with_raw_logprobs():
   # All-greedy batch (the fast path).
   all_greedy, _ = _sample(logits, _tensors([SamplingParams(temperature=0.0)] * 4))
   np.testing.assert_array_equal(all_greedy, logits.argmax(-1))
+
+
+def test_cheapest_mode_is_exact_for_its_batch():
+  rng = np.random.default_rng(7)
+  logits = (rng.normal(size=(6, 300)) * 2).astype(np.float32)
+  greedy = [SamplingParams(temperature=0.0, top_k=5)] * 6     # filters of greedy rows are moot
+  random = [SamplingParams(temperature=0.8, seed=i) for i in range(3)] + greedy[:3]
+  filtered = random[:5] + [SamplingParams(temperature=1.2, top_p=0.5, seed=9)]
+  for params, mode in ((greedy, "greedy"), (random, "random"), (filtered, "filtered")):
+    t = _tensors(params, seeds=list(range(6)), steps=[3] * 6)
+    assert sampling_mode(t) == mode
+    fast = jax.jit(sample, static_argnames="mode")(logits, t, mode)
+    general = _sample(logits, t)
+    np.testing.assert_array_equal(fast[0], general[0])
+    np.testing.assert_allclose(fast[1], general[1], rtol=1e-6)
+  # A too-cheap mode is not exact: "random" ignores the last row's top-p.
+  t = _tensors(filtered * 200, seeds=list(range(1200)), steps=[0] * 1200)
+  big = np.tile(logits, (200, 1))
+  cheap = np.asarray(jax.jit(sample, static_argnames="mode")(big, t, "random")[0])
+  exact = np.asarray(_sample(big, t)[0])
+  assert not np.array_equal(cheap[5::6], exact[5::6])
+  with pytest.raises(ValueError, match="mode"):
+    sample(jnp.zeros((1, 4)), _tensors([SamplingParams()]), "beam")
 
 
 def test_seeded_reproducible_and_batch_independent():
