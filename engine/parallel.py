@@ -4,11 +4,14 @@ One engine = one 1-D mesh `("tp",)` over its first N devices, built per engine
 (no global state, so engines with different N live in one process). Weights
 are split Megatron-style and XLA's SPMD partitioner inserts the collectives:
 
-  q/k/v_proj kernel [hidden, heads*head_dim]   split on columns (by head)
-  o_proj kernel     [heads*head_dim, hidden]   split on rows    -> all-reduce
-  gate/up_proj      [hidden, intermediate]     split on columns
-  down_proj         [intermediate, hidden]     split on rows    -> all-reduce
-  norms, embed, lm_head                        replicated
+  qkv_kernel        [hidden, N, cols / N]        split on axis 1 (each shard's heads)
+  o_proj kernel     [heads*head_dim, hidden]     split on rows    -> all-reduce
+  gate_up_kernel    [hidden, N, 2, inter / N]    split on axis 1
+  down_proj         [intermediate, hidden]       split on rows    -> all-reduce
+  norms, embed, lm_head                          replicated
+
+(the engine serves the fused projections of models/fused.py, grouped by
+shard; the canonical q/k/v and gate/up kernels split on columns the same way)
 
 so each decoder layer costs two all-reduces of [tokens, hidden]. The paged
 attention kernels know nothing of meshes: `shard_attention` runs them per
@@ -24,6 +27,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from models.fused import fuse_projections
 
 AXIS = "tp"
 
@@ -68,8 +73,15 @@ def make_mesh(tensor_parallel: int, devices=None) -> Mesh | None:
   return Mesh(np.asarray(devices[:tensor_parallel]), (AXIS,), axis_types=(AxisType.Auto,))
 
 
+# Fused leaves (models/fused.py): the shard-group axis 1 (axis 0 of the bias) is split.
+_FUSED_SPECS = {"qkv_kernel": P(None, AXIS, None), "qkv_bias": P(AXIS, None),
+                "gate_up_kernel": P(None, AXIS, None, None)}
+
+
 def param_spec(path: tuple[str, ...], ndim: int) -> P:
   """The PartitionSpec of one param, from its tree path (see models/weights/layout.py)."""
+  if path and path[-1] in _FUSED_SPECS:
+    return _FUSED_SPECS[path[-1]]
   layer = path[-2] if len(path) >= 2 else ""
   if layer in _COLUMN_SPLIT:
     return P(None, AXIS) if ndim == 2 else P(AXIS)      # kernel [in, out]; bias [out]
@@ -115,18 +127,24 @@ def load_model_sharded(model: str | None, dtype: str, mesh: Mesh | None):
   """
   from models import load_model
   if mesh is None:
-    return load_model(model, dtype=dtype)
+    return place_model(load_model(model, dtype=dtype), None)
   with jax.default_device(jax.local_devices(backend="cpu")[0]):
     loaded = load_model(model, dtype=dtype)
+    loaded = dataclasses.replace(loaded, params=fuse_projections(
+        loaded.params, loaded.config, mesh.size))    # NOTE: fused on the host
   return place_model(loaded, mesh)
 
 
 def place_model(model, mesh: Mesh | None):
-  """A `LoadedModel` with its params sharded over `mesh` (validated first); as is for None."""
-  if mesh is None:
-    return model
-  validate_tensor_parallel(model.config, mesh.size)
-  return dataclasses.replace(model, params=shard_params(model.params, mesh))
+  """A `LoadedModel` with fused projections (models/fused.py), sharded over `mesh`.
+
+  Validated first; the input model is left intact.
+  """
+  n = 1 if mesh is None else mesh.size
+  if mesh is not None:
+    validate_tensor_parallel(model.config, n)
+  params = fuse_projections(model.params, model.config, n)
+  return dataclasses.replace(model, params=shard_params(params, mesh))
 
 
 def shard_attention(attention_fn: Callable, mesh: Mesh, meta_keys: tuple[str, ...]) -> Callable:

@@ -35,8 +35,14 @@ class SwiGLU(nn.Module):
     dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=self.dtype,
                                      param_dtype=self.dtype, name=name)
     inter = self.config.intermediate_size
-    gate = dense(inter, "gate_proj")(x)                  # [T, intermediate]
-    up = dense(inter, "up_proj")(x)                      # [T, intermediate]
+    if self.has_variable("params", "gate_up_kernel"):    # see models/fused.py
+      w = self.get_variable("params", "gate_up_kernel")  # [hidden, G, 2, intermediate / G]
+      y = jnp.einsum("th,hgcn->tgcn", x, w.astype(self.dtype))   # [T, G, 2, inter / G]
+      gate = y[:, :, 0].reshape(x.shape[0], inter)       # [T, intermediate]
+      up = y[:, :, 1].reshape(x.shape[0], inter)
+    else:
+      gate = dense(inter, "gate_proj")(x)                # [T, intermediate]
+      up = dense(inter, "up_proj")(x)                    # [T, intermediate]
     return dense(self.config.hidden_size, "down_proj")(nn.silu(gate) * up)
 
 

@@ -32,16 +32,31 @@ class Attention(nn.Module):
   attention_fn: AttentionFn
   dtype: jnp.dtype = jnp.float32
 
+  def _qkv(self, x):
+    """q [T, heads, head_dim], k/v [T, kv_heads, head_dim] from fused or separate kernels."""
+    cfg, t = self.config, x.shape[0]
+    if self.has_variable("params", "qkv_kernel"):        # see models/fused.py
+      w = self.get_variable("params", "qkv_kernel")      # [hidden, G, n]
+      y = jnp.einsum("th,hgn->tgn", x, w.astype(self.dtype))   # [T, G, n]
+      if cfg.attention_bias:
+        y = y + self.get_variable("params", "qkv_bias").astype(self.dtype)
+      g = w.shape[1]
+      q_cols, kv_cols = cfg.num_heads // g * cfg.head_dim, cfg.num_kv_heads // g * cfg.head_dim
+      q, k, v = jnp.split(y, [q_cols, q_cols + kv_cols], axis=-1)
+    else:
+      def proj(heads, name):
+        return nn.Dense(heads * cfg.head_dim, use_bias=cfg.attention_bias, dtype=self.dtype,
+                        param_dtype=self.dtype, name=name)(x)
+      q, k, v = (proj(cfg.num_heads, "q_proj"), proj(cfg.num_kv_heads, "k_proj"),
+                 proj(cfg.num_kv_heads, "v_proj"))
+    return (q.reshape(t, cfg.num_heads, cfg.head_dim), k.reshape(t, cfg.num_kv_heads, cfg.head_dim),
+            v.reshape(t, cfg.num_kv_heads, cfg.head_dim))
+
   @nn.compact
   def __call__(self, x, positions, layer_cache, attn_meta):
     cfg = self.config
     t = x.shape[0]
-    def proj(heads, name, bias):
-      return nn.Dense(heads * cfg.head_dim, use_bias=bias, dtype=self.dtype,
-                      param_dtype=self.dtype, name=name)(x)
-    q = proj(cfg.num_heads, "q_proj", cfg.attention_bias).reshape(t, cfg.num_heads, cfg.head_dim)
-    k = proj(cfg.num_kv_heads, "k_proj", cfg.attention_bias).reshape(t, cfg.num_kv_heads, cfg.head_dim)
-    v = proj(cfg.num_kv_heads, "v_proj", cfg.attention_bias).reshape(t, cfg.num_kv_heads, cfg.head_dim)
+    q, k, v = self._qkv(x)
     inv_freq = rope_inv_freq(cfg)
     q = apply_rope(q, positions, inv_freq)               # [T, num_heads, head_dim]
     k = apply_rope(k, positions, inv_freq)               # [T, num_kv_heads, head_dim]

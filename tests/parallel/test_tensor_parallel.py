@@ -47,12 +47,13 @@ def test_tiny_llama_kv_cache_sharded_by_kv_head(report, tp):
 @pytest.mark.parametrize("tp", [2, 4])
 def test_tiny_llama_params_sharded_megatron_style(report, tp):
   params = report["tiny"][f"tp{tp}"]["params"]
-  for name in ("q", "k", "gate"):
-    assert _spec(params[name], 2) == ["None", "tp"], name
+  # Fused kernels (models/fused.py): axis 1 groups each shard's columns.
+  assert _spec(params["qkv"], 3) == ["None", "tp", "None"]
+  assert _spec(params["gate_up"], 4) == ["None", "tp", "None", "None"]
   for name in ("o", "down"):
     assert _spec(params[name], 2) == ["tp", "None"], name
-  assert params["q"]["shard"] == [64, 8 * 16 // tp]
-  assert params["k"]["shard"] == [64, 4 * 16 // tp]
+  assert params["qkv"]["shard"] == [64, 1, (8 + 2 * 4) * 16 // tp]    # its q, k and v heads
+  assert params["gate_up"]["shard"] == [64, 1, 2, 128 // tp]
   assert params["down"]["shard"] == [128 // tp, 64]
   for name in ("norm", "embed"):
     assert params[name]["spec"] == [] and params[name]["devices"] == tp, name
@@ -80,7 +81,8 @@ def test_smollm2_tp3_kv_cache_holds_one_kv_head_per_device(report):
   assert [s["heads"] for s in cache["shards"]] == [[0, 1], [1, 2], [2, 3]]
   assert all(s["shape"][1] == 1 and s["nonzero"] and s["max_diff"] < 1e-4
              for s in cache["shards"])
-  assert report["smollm"]["tp3"]["params"]["q"]["shard"] == [576, 192]   # 3 of 9 heads
+  # 3 of 9 q heads + 1 of 3 kv heads for k and v, 64 wide each:
+  assert report["smollm"]["tp3"]["params"]["qkv"]["shard"] == [576, 1, (3 + 2) * 64]
 
 
 def test_smollm2_bad_tensor_parallel_errors(report):
@@ -123,6 +125,9 @@ def test_engine_config_rejects_bad_tensor_parallel():
     (("layers_3", "attn", "o_proj", "kernel"), 2, P("tp", None)),
     (("layers_3", "mlp", "up_proj", "kernel"), 2, P(None, "tp")),
     (("layers_3", "mlp", "down_proj", "kernel"), 2, P("tp", None)),
+    (("layers_3", "attn", "qkv_kernel"), 3, P(None, "tp", None)),
+    (("layers_3", "attn", "qkv_bias"), 2, P("tp", None)),
+    (("layers_3", "mlp", "gate_up_kernel"), 4, P(None, "tp", None, None)),
     (("layers_3", "attn_norm", "scale"), 1, P()),
     (("embed",), 2, P()),
     (("lm_head",), 2, P()),

@@ -79,10 +79,9 @@ def cache_report(engine: LLMEngine, reference_cache=None) -> dict:
 def param_report(params) -> dict:
   """Spec and per-device shard shape of one param of each kind."""
   out = {}
-  for name, leaf in (("q", params["layers_0"]["attn"]["q_proj"]["kernel"]),
-                     ("k", params["layers_0"]["attn"]["k_proj"]["kernel"]),
+  for name, leaf in (("qkv", params["layers_0"]["attn"]["qkv_kernel"]),
                      ("o", params["layers_0"]["attn"]["o_proj"]["kernel"]),
-                     ("gate", params["layers_1"]["mlp"]["gate_proj"]["kernel"]),
+                     ("gate_up", params["layers_1"]["mlp"]["gate_up_kernel"]),
                      ("down", params["layers_1"]["mlp"]["down_proj"]["kernel"]),
                      ("norm", params["final_norm"]["scale"]), ("embed", params["embed"])):
     spec = getattr(leaf.sharding, "spec", None)
