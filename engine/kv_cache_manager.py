@@ -193,6 +193,14 @@ class KVCacheManager(BaseKVCacheManager):
 
   def allocate_slots(self, request: Request, num_new_tokens: int,
                      computed_blocks: Sequence[int] = (), num_computed_tokens: int = 0) -> bool:
+    table = self._tables.get(request.request_id)
+    if table and not computed_blocks and not num_computed_tokens and num_new_tokens >= 0:
+      # Fast path (most decode steps): the new tokens fit in the blocks held.
+      target = request.num_computed_tokens + num_new_tokens
+      if target <= len(table) * self._block_size:
+        rid = request.request_id
+        self._num_tokens[rid] = max(self._num_tokens.get(rid, 0), target)
+        return True
     computed_blocks = list(computed_blocks)
     target = self._target_tokens(request, num_new_tokens, computed_blocks, num_computed_tokens)
     rid = request.request_id
@@ -235,10 +243,12 @@ class KVCacheManager(BaseKVCacheManager):
     table = self._tables.get(rid)
     if not table:
       return
-    tokens = request.all_token_ids
-    num_computed = min(request.num_computed_tokens, len(tokens))
+    num_computed = min(request.num_computed_tokens, request.num_tokens)
     num_full = min(num_computed // self._block_size, len(table))
     hashes = self._hashes.setdefault(rid, [])
+    if len(hashes) >= num_full:
+      return                      # NOTE: the common case; no token list is built
+    tokens = request.all_token_ids
     bs = self._block_size
     for i in range(len(hashes), num_full):
       parent = hashes[-1] if hashes else None

@@ -62,6 +62,11 @@ class Request:
   def num_tokens_with_pending(self) -> int:
     return self.num_tokens + self.num_pending_tokens
 
+  def token_at(self, index: int) -> int:
+    """Token `index` of prompt + outputs, without building the joined list."""
+    n = len(self.prompt_token_ids)
+    return self.prompt_token_ids[index] if index < n else self.output_token_ids[index - n]
+
   @property
   def all_token_ids(self) -> list[int]:
     return self.prompt_token_ids + self.output_token_ids

@@ -74,26 +74,27 @@ def _sample_slots(scheduled: list[ScheduledRequest], rows: int, token_slot) -> n
 
 def build_decode(scheduled: list[ScheduledRequest], buckets: Buckets, block_size: int,
                  token_slot) -> DecodeInputs:
-  """`token_slot(request | None)` names a request's slot in the device token buffer."""
+  """`token_slot(request | None)` names a request's slot in the device token buffer.
+
+  NOTE: plain Python per row, numpy once per array: this runs every step for
+  every running request, on the host's critical path.
+  """
   rows = pick(buckets.decode_rows, len(scheduled))
   n = len(scheduled)
-  positions = np.zeros(rows, np.int32)
-  positions[:n] = [s.start for s in scheduled]
-  tokens = np.zeros(rows, np.int32)
-  input_slots = np.full(rows, -1, np.int32)
+  starts = [s.start for s in scheduled]
+  tokens, input_slots = [0] * n, [-1] * n
   for i, s in enumerate(scheduled):
     if s.start < s.request.num_tokens:
-      tokens[i] = s.request.all_token_ids[s.start]
+      tokens[i] = s.request.token_at(s.start)
     else:                                  # NOTE: sampled by the step in flight
       input_slots[i] = token_slot(s.request)
-  slots = np.zeros(rows, np.int32)
-  for i, s in enumerate(scheduled):
-    slots[i] = _slots(s.block_table, s.start, 1, block_size)[0]
-  lengths = np.zeros(rows, np.int32)
-  lengths[:n] = positions[:n] + 1
-  return DecodeInputs(tokens, input_slots, _sample_slots(scheduled, rows, token_slot), positions,
-                      slots, _tables(scheduled, rows, _width(scheduled, buckets)), lengths,
-                      _sampling(scheduled, rows))
+  slots = [s.block_table[p // block_size] * block_size + p % block_size
+           for s, p in zip(scheduled, starts)]
+  pad = lambda values, fill: np.array(values + [fill] * (rows - n), np.int32)
+  return DecodeInputs(pad(tokens, 0), pad(input_slots, -1),
+                      _sample_slots(scheduled, rows, token_slot), pad(starts, 0), pad(slots, 0),
+                      _tables(scheduled, rows, _width(scheduled, buckets)),
+                      pad([p + 1 for p in starts], 0), _sampling(scheduled, rows))
 
 
 def build_prefill(scheduled: list[ScheduledRequest], buckets: Buckets, block_size: int,
