@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 
 from engine.experiments.workload import TraceRequest, WorkloadConfig, generate, read_trace
 
@@ -51,6 +52,7 @@ def trace_from_args(args: argparse.Namespace) -> list[TraceRequest]:
   trace = generate(WorkloadConfig(salt_by_tenant=not args.no_salt, **kwargs))
   if args.save_trace:
     from engine.experiments.workload import write_trace
+    os.makedirs(os.path.dirname(os.path.abspath(args.save_trace)), exist_ok=True)
     write_trace(args.save_trace, trace)
   return trace
 

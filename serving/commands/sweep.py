@@ -45,10 +45,12 @@ def run(args: argparse.Namespace) -> int:
   from engine.experiments.grid import print_table, sweep_config_from_args, write_outputs
   from engine.experiments.real_backend import RealBackend
   from engine.experiments.sweep import check_trace, run_sweep
+  from engine.parallel import place_model
   from models import load_model
 
   model_name = None if args.model == "default" else args.model
-  model = load_model(model_name, dtype=args.dtype)
+  # NOTE: fused once here; every run's engine then shares these params (no copy per run).
+  model = place_model(load_model(model_name, dtype=args.dtype), None)
   trace = trace_from_args(args)
   mc = model.config
   max_len = max_model_len_of(args, trace, mc.max_position_embeddings)
@@ -56,9 +58,15 @@ def run(args: argparse.Namespace) -> int:
   config = sweep_config_from_args(args, int(args.kv_budget_mb * (1 << 20)), max_len,
                                   model_name, args.dtype)
   shape = cm.ModelShape.of(args.model, mc, args.dtype)
+  os.makedirs(args.out, exist_ok=True)
+  partial = os.path.join(args.out, "sweep_partial.json")
+
+  def save_partial(rows: list[dict]) -> None:   # a run cut short keeps the finished rows
+    with open(partial, "w", encoding="utf-8") as f:
+      json.dump({"rows": rows}, f, indent=1)
   rows, steps = run_sweep(trace, config, shape,
                           lambda spec: RealBackend(LLMEngine(spec.config, model=model)),
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, on_row=save_partial)
   device = args.device_name or str(jax.devices()[0].device_kind)
   meta = {"backend": "real", "model": args.model, "device": device,
           "kv_budget_bytes": config.kv_budget_bytes, "max_model_len": max_len,
