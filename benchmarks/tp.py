@@ -16,7 +16,6 @@ Scaling efficiency = (step time at TP 1 / step time at TP N) / N.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import re
@@ -33,6 +32,7 @@ from engine.sampling_params import SamplingParams
 from engine.step_inputs import DecodeInputs
 from engine.steps import make_steps
 from models import ModelConfig, RopeScaling
+from models.fused import fuse_projections
 from models.weights.random_init import random_params
 
 BLOCK_SIZE = 16
@@ -50,7 +50,8 @@ def sharded_random_params(config: ModelConfig, mesh, dtype=jnp.bfloat16, seed: i
   NOTE: one small jit per leaf (cached per shape and sharding), never the whole
   model in one program: XLA took minutes to compile the 8B init as one jit.
   """
-  abstract = jax.eval_shape(lambda: random_params(config, dtype))
+  groups = 1 if mesh is None else mesh.size       # the engine serves fused projections
+  abstract = jax.eval_shape(lambda: fuse_projections(random_params(config, dtype), config, groups))
   shardings = (parallel.param_shardings(abstract, mesh) if mesh is not None
                else jax.tree_util.tree_map(lambda _: None, abstract))
   leaves, tree = jax.tree_util.tree_flatten(abstract)
@@ -86,7 +87,7 @@ def decode_inputs(batch: int, context: int, num_slots: int) -> DecodeInputs:
 
 
 def count_all_reduces(decode, args, layout) -> int:
-  hlo = decode.func.lower(*args, layout=layout, sampling_mode="greedy").compile().as_text()
+  hlo = decode.lower(*args, layout=layout).compile().as_text()
   return len(re.findall(r"= \S+ all-reduce(?:-start)?\(", hlo))
 
 
@@ -104,21 +105,25 @@ def bench(config: ModelConfig, tp: int, batch: int, context: int, iters: int) ->
   buf = jnp.zeros((num_slots,), jnp.int32,
                   device=NamedSharding(mesh, P()) if mesh is not None else None)
   x = decode_inputs(batch, context, num_slots)
-  decode, _ = make_steps(config, None, mesh)
+  decode, _, sampler = make_steps(config, None, mesh)
   ints, floats, layout = packing.pack(x)
-  decode = functools.partial(decode, sampling_mode="greedy")
   rest = (ints, floats)
+
+  def step(cache, buf):          # the engine's decode step: forward, then greedy sampling
+    cache, logits, sampler_inputs = decode(params, cache, buf, *rest, layout=layout)
+    buf, tok, _ = sampler(buf, logits, sampler_inputs, sampling_mode="greedy")
+    return cache, buf, tok
   t0 = time.perf_counter()      # compile_s: the AOT compile (HLO check) + first call
   all_reduces = count_all_reduces(decode, (params, cache, buf) + rest, layout) if mesh else 0
-  cache, buf, tok, _ = decode(params, cache, buf, *rest, layout=layout)
+  cache, buf, tok = step(cache, buf)
   jax.block_until_ready(tok)
   compile_s = time.perf_counter() - t0
   for _ in range(3):
-    cache, buf, tok, _ = decode(params, cache, buf, *rest, layout=layout)
+    cache, buf, tok = step(cache, buf)
   jax.block_until_ready(tok)
   t0 = time.perf_counter()
   for _ in range(iters):
-    cache, buf, tok, _ = decode(params, cache, buf, *rest, layout=layout)
+    cache, buf, tok = step(cache, buf)
   jax.block_until_ready((cache, tok))
   step_s = (time.perf_counter() - t0) / iters
   mem = jax.devices()[0].memory_stats() or {}

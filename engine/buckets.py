@@ -34,7 +34,7 @@ def pick(buckets: tuple[int, ...], n: int) -> int:
 class Buckets:
   decode_rows: tuple[int, ...]       # decode batch sizes
   prefill_tokens: tuple[int, ...]    # packed token counts of a prefill step
-  prefill_seqs: tuple[int, ...]      # sequences in one prefill step
+  max_prefill_seqs: int              # sequences in one prefill step, at most
   table_widths: tuple[int, ...]      # block-table widths (blocks per sequence)
 
   @classmethod
@@ -46,13 +46,23 @@ class Buckets:
     return cls(
         decode_rows=powers_of_two(1, max_num_seqs),
         prefill_tokens=powers_of_two(min(min_prefill_tokens, max_batch_tokens), max_batch_tokens),
-        prefill_seqs=powers_of_two(1, min(max_num_seqs, max_batch_tokens)),
+        max_prefill_seqs=min(max_num_seqs, max_batch_tokens),
         table_widths=powers_of_two(min_width, max_width),
     )
 
   def decode_shapes(self):
     return list(itertools.product(self.decode_rows, self.table_widths))
 
+  def prefill_seqs(self, num_tokens: int) -> int:
+    """The sequence-axis size of a prefill step of `num_tokens` (a bucket) tokens.
+
+    NOTE: one size per token bucket, not a bucket axis of its own: padded
+    sequences are empty (no query tile does work, no KV is read) and cost only
+    lm-head rows, while each extra bucket is one more compilation of the whole
+    model (about 4 s for Llama-3-8B on an H100).
+    """
+    return min(num_tokens, self.max_prefill_seqs)
+
   def prefill_shapes(self):
-    return [(t, s, w) for t, s, w in itertools.product(
-        self.prefill_tokens, self.prefill_seqs, self.table_widths) if s <= t]
+    return [(t, self.prefill_seqs(t), w)
+            for t, w in itertools.product(self.prefill_tokens, self.table_widths)]

@@ -101,7 +101,7 @@ def build_prefill(scheduled: list[ScheduledRequest], buckets: Buckets, block_siz
                   token_slot) -> PrefillInputs:
   total = sum(s.num_new_tokens for s in scheduled)
   num_tokens = pick(buckets.prefill_tokens, total)
-  seqs = pick(buckets.prefill_seqs, len(scheduled))
+  seqs = buckets.prefill_seqs(num_tokens)     # NOTE: >= len(scheduled), one token each at least
   tokens = np.zeros(num_tokens, np.int32)
   positions = np.zeros(num_tokens, np.int32)
   slots = np.zeros(num_tokens, np.int32)

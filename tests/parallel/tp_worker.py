@@ -21,6 +21,7 @@ from engine import packing
 from engine.step_inputs import empty_decode
 from engine.steps import make_steps
 from models import LoadedModel, ModelConfig, load_model
+from models.fused import fuse_projections
 from models.weights.layout import expected_shape, param_entries, set_path
 
 MAX_TOKENS = 12
@@ -94,16 +95,16 @@ def param_report(params) -> dict:
 def collectives(model: LoadedModel, tp: int) -> dict:
   """Counts the collectives in the compiled decode step (a real TP-sharded compile)."""
   mesh = parallel.make_mesh(tp)
-  params = parallel.shard_params(model.params, mesh)
+  params = parallel.shard_params(fuse_projections(model.params, model.config, tp), mesh)
   shape = (16, model.config.num_kv_heads, 2, 8, model.config.head_dim)
   caches = tuple(jnp.zeros(shape, jnp.float32, device=parallel.cache_sharding(mesh))
                  for _ in range(model.config.num_layers))
   token_buffer = jnp.zeros((9,), jnp.int32, device=NamedSharding(mesh, P()))
-  decode, _ = make_steps(model.config, None, mesh)
+  decode, _, _ = make_steps(model.config, None, mesh)
   x = empty_decode(8, 4, trash_slot=8)
   ints, floats, layout = packing.pack(x)
   hlo = decode.lower(params, caches, token_buffer, ints, floats,
-                     layout=layout, sampling_mode="greedy").compile().as_text()
+                     layout=layout).compile().as_text()
   count = lambda op: len(re.findall(rf"= \S+ {op}(?:-start)?\(", hlo))
   return {op: count(op) for op in ("all-reduce", "all-gather", "all-to-all",
                                    "collective-permute", "reduce-scatter")}
