@@ -109,10 +109,11 @@ def run_one(trace: Sequence[TraceRequest], spec: RunSpec, make_backend: BackendF
 def run_sweep(trace: Sequence[TraceRequest], config: SweepConfig, shape: ModelShape,
               make_backend: BackendFactory, cost_model: CostModel | None = None,
               progress: bool = True,
-              on_row: Callable[[list[dict]], None] | None = None) -> tuple[list[dict], list[dict]]:
+              on_row: Callable[[list[dict], list[dict]], None] | None = None,
+              ) -> tuple[list[dict], list[dict]]:
   """Runs the grid; returns (rows, timed steps as dicts for a cost-model fit).
 
-  `on_row(rows so far)` is called after each run (e.g. to save partial results).
+  `on_row(rows, steps)` (so far) is called after each run, e.g. to save partial results.
   """
   from tqdm import tqdm
   specs = run_specs(config, shape)
@@ -125,5 +126,5 @@ def run_sweep(trace: Sequence[TraceRequest], config: SweepConfig, shape: ModelSh
     steps += [{"mode": spec.label, "block_size": spec.block_size, "features": f, "seconds": s}
               for f, s in log.timed_steps]
     if on_row is not None:
-      on_row(rows)
+      on_row(rows, steps)
   return rows, steps

@@ -61,9 +61,10 @@ def run(args: argparse.Namespace) -> int:
   os.makedirs(args.out, exist_ok=True)
   partial = os.path.join(args.out, "sweep_partial.json")
 
-  def save_partial(rows: list[dict]) -> None:   # a run cut short keeps the finished rows
+  def save_partial(rows: list[dict], steps: list[dict]) -> None:
+    # NOTE: a sweep cut short keeps its finished runs and their timed steps.
     with open(partial, "w", encoding="utf-8") as f:
-      json.dump({"rows": rows}, f, indent=1)
+      json.dump({"rows": rows, "steps": steps}, f)
   rows, steps = run_sweep(trace, config, shape,
                           lambda spec: RealBackend(LLMEngine(spec.config, model=model)),
                           progress=not args.no_progress, on_row=save_partial)
