@@ -81,8 +81,7 @@ class ModelRunner:
     self.token_buffer = jnp.zeros((num_slots,), jnp.int32, device=replicated)
     self._free_slots = list(range(num_slots - 1))
     self._slot_of: dict[str, int] = {}
-    self._replicated = replicated
-    self._decode, self._prefill, self._sample = make_steps(self.config, backend, mesh)
+    self._decode, self._prefill = make_steps(self.config, backend, mesh)
     self._compiled: set[tuple] = set()
     self.compile_seconds = 0.0
 
@@ -127,42 +126,35 @@ class ModelRunner:
     """Compiles every bucket and sampler variant now, so that serving never compiles."""
     t0 = time.perf_counter()
     trash = self.trash_slot
-    for rows, width in self.buckets.decode_shapes():
-      x = step_inputs.empty_decode(rows, width, trash)
-      for mode in MODES:             # NOTE: the sampler's variants compile once per row count
+    for mode in MODES:
+      for rows, width in self.buckets.decode_shapes():
+        x = step_inputs.empty_decode(rows, width, trash)
         jax.block_until_ready(self._run_decode(x, mode))
-    for tokens, seqs, width in self.buckets.prefill_shapes():
-      x = step_inputs.empty_prefill(tokens, seqs, width, trash)
-      for mode in MODES:
+      for tokens, seqs, width in self.buckets.prefill_shapes():
+        x = step_inputs.empty_prefill(tokens, seqs, width, trash)
         jax.block_until_ready(self._run_prefill(x, mode))
     logging.info("warmup: %d compilations in %.1fs", self.num_compilations,
                  time.perf_counter() - t0)
 
   def _run_decode(self, x: step_inputs.DecodeInputs, mode: str | None = None):
     """Dispatches one decode step; `mode` (a sampler variant) defaults to the cheapest exact one."""
-    ints, floats, layout = self._put(x)      # NOTE: one transfer each, not a dozen
-    with self._track(("decode", len(x.tokens), x.block_tables.shape[1])):
-      self.kv_cache, logits, sampler_inputs = self._decode(
-          self.model.params, self.kv_cache, self.token_buffer, ints, floats, layout=layout)
-    return self._sample_rows(logits, sampler_inputs, mode or sampling_mode(x.sampling))
+    mode = mode or sampling_mode(x.sampling)
+    key = ("decode", len(x.tokens), x.block_tables.shape[1], mode)
+    with self._track(key):
+      ints, floats, layout = packing.pack(x)      # NOTE: one transfer each, not a dozen
+      self.kv_cache, self.token_buffer, token_ids, logprobs = self._decode(
+          self.model.params, self.kv_cache, self.token_buffer, ints, floats, layout=layout,
+          sampling_mode=mode)
+    return token_ids, logprobs
 
   def _run_prefill(self, x: step_inputs.PrefillInputs, mode: str | None = None):
-    ints, floats, layout = self._put(x)
-    with self._track(("prefill", len(x.tokens), len(x.kv_lens), x.block_tables.shape[1])):
-      self.kv_cache, logits, sampler_inputs = self._prefill(
-          self.model.params, self.kv_cache, self.token_buffer, ints, floats, layout=layout)
-    return self._sample_rows(logits, sampler_inputs, mode or sampling_mode(x.sampling))
-
-  def _put(self, x):
-    """Packs a step's inputs and starts their (one int, one float) host-to-device copies."""
-    ints, floats, layout = packing.pack(x)
-    ints, floats = jax.device_put((ints, floats), self._replicated)
-    return ints, floats, layout
-
-  def _sample_rows(self, logits, sampler_inputs, mode: str):
-    with self._track(("sample", logits.shape[0], mode)):
-      self.token_buffer, token_ids, logprobs = self._sample(
-          self.token_buffer, logits, sampler_inputs, sampling_mode=mode)
+    mode = mode or sampling_mode(x.sampling)
+    key = ("prefill", len(x.tokens), len(x.kv_lens), x.block_tables.shape[1], mode)
+    with self._track(key):
+      ints, floats, layout = packing.pack(x)
+      self.kv_cache, self.token_buffer, token_ids, logprobs = self._prefill(
+          self.model.params, self.kv_cache, self.token_buffer, ints, floats, layout=layout,
+          sampling_mode=mode)
     return token_ids, logprobs
 
   @contextlib.contextmanager

@@ -1,10 +1,10 @@
-"""The jitted steps: prefill and decode forwards over the paged cache, and the sampler.
+"""The jitted prefill and decode steps: model forward over the paged cache + sampling.
 
-The forwards take the KV cache (a tuple with one `[num_blocks, kv_heads, 2,
+Both take the KV cache (a tuple with one `[num_blocks, kv_heads, 2,
 block_size, head_dim]` array per layer) as a donated argument and return the
-updated cache, so XLA writes the new K/V in place, plus the logits. The
-sampler writes each step's sampled tokens into a small device token buffer
-(one slot per running request), and the next decode forward reads them there,
+updated cache, so XLA writes the new K/V in place. Both also carry a small
+device token buffer (one slot per running request): each step writes its
+sampled tokens there, and the next decode step reads them back on the device,
 so the host can schedule step N+1 before step N's tokens have reached it.
 """
 from __future__ import annotations
@@ -47,15 +47,9 @@ def prefill_attention(q, k, v, layer_cache, meta, *, backend):
   return out, layer_cache
 
 
-def _sampler_inputs(sample_slots, sampling: SamplingTensors):
-  """The sampler's inputs as (int32 [4, rows], f32 [3, rows]): shapes that depend on rows only."""
-  seed = jax.lax.bitcast_convert_type(sampling.seed, jnp.int32)
-  return (jnp.stack([sample_slots, sampling.top_k, seed, sampling.step]),
-          jnp.stack([sampling.temperature, sampling.top_p, sampling.min_p]))
-
-
-def _decode_forward(params, kv_cache, token_buffer, tokens, input_slots, sample_slots, positions,
-                    slots, block_tables, lengths, sampling, *, config, attention_fn):
+def _decode_step(params, kv_cache, token_buffer, tokens, input_slots, sample_slots, positions,
+                 slots, block_tables, lengths, sampling: SamplingTensors, *, config,
+                 attention_fn, sampling_mode):
   # NOTE: a row whose input token was sampled by the previous step (not yet on
   # the host) reads it from the device token buffer.
   pending = jnp.take(token_buffer, jnp.maximum(input_slots, 0))     # [rows]
@@ -64,56 +58,41 @@ def _decode_forward(params, kv_cache, token_buffer, tokens, input_slots, sample_
   with jax.named_scope("decode_forward"):
     hidden, kv_cache = llama.forward(params, config, tokens, positions, kv_cache, meta,
                                      attention_fn)          # hidden [rows, hidden]
-  with jax.named_scope("lm_head"):
+  with jax.named_scope("sample"):
     logits = llama.compute_logits(params, config, hidden)   # [rows, vocab]
-  return kv_cache, logits, _sampler_inputs(sample_slots, sampling)
+    token_ids, logprobs = sample(logits, sampling, sampling_mode)
+  return kv_cache, token_buffer.at[sample_slots].set(token_ids), token_ids, logprobs
 
 
-def _prefill_forward(params, kv_cache, token_buffer, tokens, positions, slots, block_tables,
-                     cu_q_lens, kv_lens, logits_indices, sample_slots, sampling, *, config,
-                     attention_fn):
-  del token_buffer                  # NOTE: prefill tokens are always known on the host
+def _prefill_step(params, kv_cache, token_buffer, tokens, positions, slots, block_tables,
+                  cu_q_lens, kv_lens, logits_indices, sample_slots, sampling: SamplingTensors, *,
+                  config, attention_fn, sampling_mode):
   meta = {"slots": slots, "block_tables": block_tables, "cu_q_lens": cu_q_lens,
           "kv_lens": kv_lens}
   with jax.named_scope("prefill_forward"):
     hidden, kv_cache = llama.forward(params, config, tokens, positions, kv_cache, meta,
                                      attention_fn)          # hidden [tokens, hidden]
-  with jax.named_scope("lm_head"):
+  with jax.named_scope("sample"):
     last = jnp.take(hidden, logits_indices, axis=0)         # [seqs, hidden]
     logits = llama.compute_logits(params, config, last)     # [seqs, vocab]
-  return kv_cache, logits, _sampler_inputs(sample_slots, sampling)
-
-
-def _sample_step(token_buffer, logits, sampler_inputs, *, sampling_mode):
-  """Samples one token per row into the token buffer; (buffer, token ids, logprobs)."""
-  ints, floats = sampler_inputs                             # [4, rows], [3, rows]
-  sampling = SamplingTensors(temperature=floats[0], top_k=ints[1], top_p=floats[1],
-                             min_p=floats[2], step=ints[3],
-                             seed=jax.lax.bitcast_convert_type(ints[2], jnp.uint32))
-  with jax.named_scope("sample"):
     token_ids, logprobs = sample(logits, sampling, sampling_mode)
-  return token_buffer.at[ints[0]].set(token_ids), token_ids, logprobs
+  return kv_cache, token_buffer.at[sample_slots].set(token_ids), token_ids, logprobs
 
 
-def _from_packed(forward):
-  """`forward` taking (params, kv_cache, token_buffer, ints, floats, *, layout)."""
-  def packed(params, kv_cache, token_buffer, ints, floats, *, layout):
-    return forward(params, kv_cache, token_buffer, **packing.unpack(ints, floats, layout))
+def _from_packed(step):
+  """`step` taking (params, kv_cache, token_buffer, ints, floats, *, layout, sampling_mode)."""
+  def packed(params, kv_cache, token_buffer, ints, floats, *, layout, sampling_mode):
+    return step(params, kv_cache, token_buffer, **packing.unpack(ints, floats, layout),
+                sampling_mode=sampling_mode)
   return packed
 
 
 def make_steps(config, backend: str | None, mesh=None):
-  """Returns (decode, prefill, sample), jitted; the forwards donate the cache.
+  """Returns (decode_step, prefill_step), jitted with the cache donated.
 
-  decode/prefill(params, kv_cache, token_buffer, ints, floats, *, layout)
-      -> (kv_cache, logits [rows, vocab] f32, sampler_inputs)
-  sample(token_buffer, logits, sampler_inputs, *, sampling_mode)
-      -> (token_buffer, token ids [rows], logprobs [rows])   (token_buffer donated)
-  The sampler is its own small program, so its three variants (engine/sampler.py)
-  multiply only its own compilations, not the model's. Built per runner, so two
-  engines with different settings live side by side. With a tensor-parallel
-  `mesh` the attention seams run per shard inside `shard_map` (see
-  engine/parallel.py); XLA partitions the rest.
+  Built per runner, so two engines with different settings live side by side.
+  With a tensor-parallel `mesh` the attention seams run per shard inside
+  `shard_map` (see engine/parallel.py); XLA partitions the rest.
   """
   backend = pallas_kernels.resolve_backend(backend)
   decode_attn = functools.partial(decode_attention, backend=backend)
@@ -122,11 +101,10 @@ def make_steps(config, backend: str | None, mesh=None):
     decode_attn = parallel.shard_attention(decode_attn, mesh, ("slots", "block_tables", "lengths"))
     prefill_attn = parallel.shard_attention(
         prefill_attn, mesh, ("slots", "block_tables", "cu_q_lens", "kv_lens"))
-  jit = functools.partial(jax.jit, donate_argnames=("kv_cache",), static_argnames=("layout",))
-  decode = jit(_from_packed(functools.partial(_decode_forward, config=config,
+  jit = functools.partial(jax.jit, donate_argnames=("kv_cache", "token_buffer"),
+                          static_argnames=("layout", "sampling_mode"))
+  decode = jit(_from_packed(functools.partial(_decode_step, config=config,
                                               attention_fn=decode_attn)))
-  prefill = jit(_from_packed(functools.partial(_prefill_forward, config=config,
+  prefill = jit(_from_packed(functools.partial(_prefill_step, config=config,
                                                attention_fn=prefill_attn)))
-  sampler = jax.jit(_sample_step, donate_argnames=("token_buffer",),
-                    static_argnames=("sampling_mode",))
-  return decode, prefill, sampler
+  return decode, prefill
