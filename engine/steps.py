@@ -90,11 +90,19 @@ def _from_packed(step):
 def make_steps(config, backend: str | None, mesh=None):
   """Returns (decode_step, prefill_step), jitted with the cache donated.
 
-  Built per runner, so two engines with different settings live side by side.
   With a tensor-parallel `mesh` the attention seams run per shard inside
   `shard_map` (see engine/parallel.py); XLA partitions the rest.
+  NOTE: memoized per (model config, backend, mesh): engines that agree on
+  those share the jitted functions and so the executables compiled for each
+  shape (a sweep builds one engine per run). The functions are pure (all state
+  is passed in), so engines with different block sizes, caches or settings
+  still live side by side; they only compile different shapes.
   """
-  backend = pallas_kernels.resolve_backend(backend)
+  return _make_steps(config, pallas_kernels.resolve_backend(backend), mesh)
+
+
+@functools.lru_cache(maxsize=None)
+def _make_steps(config, backend: str, mesh):
   decode_attn = functools.partial(decode_attention, backend=backend)
   prefill_attn = functools.partial(prefill_attention, backend=backend)
   if mesh is not None:

@@ -142,6 +142,28 @@ def test_two_engines_with_different_block_sizes_in_one_process(smollm, prompt, b
   assert tokens[id(a)] == tokens[id(b)] == baseline.token_ids
 
 
+def test_engines_with_the_same_model_share_compiled_steps(smollm, prompt, baseline):
+  """make_steps is memoized per (model config, backend, mesh): a second engine with the
+  same settings compiles nothing new; another block size compiles only its own shapes."""
+  ids = smollm.tokenizer.encode(prompt)
+
+  def run(block_size):
+    engine = LLMEngine(EngineConfig(**dict(ENGINE, block_size=block_size)), model=smollm)
+    engine.add_request("r", prompt_token_ids=ids, sampling_params=greedy())
+    tokens = []
+    while engine.has_unfinished_requests():
+      tokens += [t for d in engine.step() for t in d.token_ids]
+    return engine.runner, tokens
+  first, tokens_a = run(16)
+  compiled = first._decode._cache_size() + first._prefill._cache_size()
+  second, tokens_b = run(16)
+  assert second._decode is first._decode
+  assert second._decode._cache_size() + second._prefill._cache_size() == compiled
+  third, tokens_c = run(8)
+  assert third._decode._cache_size() + third._prefill._cache_size() > compiled
+  assert tokens_a == tokens_b == tokens_c == baseline.token_ids
+
+
 def test_warmup_compiles_every_bucket_and_serving_never_compiles():
   tiny = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "tiny_llama.json")
   llm = LLM(f"random:{tiny}", max_num_seqs=2, max_batch_tokens=32,
