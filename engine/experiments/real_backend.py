@@ -27,6 +27,7 @@ class RealBackend:
     self.scheduler = engine.scheduler
     self.vocab_size = engine.model.config.vocab_size
     self.num_compile_steps = 0
+    self._in_flight_features: dict[str, float] | None = None
 
   def add(self, request: TraceRequest, prompt_token_ids: list[int]) -> None:
     self.engine.add_request(request.request_id, sampling_params=request.sampling_params(),
@@ -49,7 +50,12 @@ class RealBackend:
     out = self.scheduler.last_output if len(self.scheduler.snapshots) > before else None
     if out is None or out.is_empty:
       return StepResult(events, False, None, None)
+    # NOTE: one step is always in flight: this call dispatched step N and then waited
+    # for step N-1, so its wall time measures N-1's device work: the fit pairs it
+    # with N-1's features (the first step has none to pair).
+    measured, self._in_flight_features = (self._in_flight_features,
+                                          step_features(out, self.engine.kv.block_size))
     if self.engine.runner.num_compilations != compiled_before:
       self.num_compile_steps += 1
       seconds = None                 # NOTE: compile time is not a step cost
-    return StepResult(events, True, seconds, step_features(out, self.engine.kv.block_size))
+    return StepResult(events, True, seconds, measured)

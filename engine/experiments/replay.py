@@ -41,7 +41,8 @@ class StepResult:
   events: list[tuple[str, int, bool, str | None]]
   ran: bool                              # something was computed
   seconds: float | None                  # measured/modelled duration; None: not measurable
-  features: dict[str, float] | None      # cost-model features of the step
+  features: dict[str, float] | None      # cost-model features of the work `seconds` measures
+                                         # (the real engine: the previous step, in flight)
 
 
 class Backend(Protocol):

@@ -50,3 +50,23 @@ def test_simulator_matches_real_engine_exactly(tiny_model, allocator, prefix, nu
     assert r["preemptions"] > 0 and r["prompt_tokens_from_cache"] > 0
   else:
     assert r["fragmentation_blocked_steps"] > 0
+
+
+def test_real_backend_pairs_each_wall_time_with_the_step_it_waited_for(tiny_model):
+  """One step is always in flight: engine.step() dispatches step N, then waits for N-1,
+  so the wall time of call N is attributed to step N-1's features (for the cost-model fit)."""
+  from engine.experiments.cost_model import step_features
+  config = engine_config("paged", False, 40, max_model_len=512, max_batch_tokens=64,
+                         max_num_seqs=8)
+  backend = RealBackend(LLMEngine(config, model=tiny_model))
+  for r in TRACE[:4]:
+    backend.add(r, r.prompt_token_ids(backend.vocab_size))
+  timed, dispatched = [], []
+  while backend.has_unfinished():
+    result = backend.step()
+    if result.ran:
+      timed.append(result.features)
+      dispatched.append(step_features(backend.scheduler.last_output, 16))
+  assert len(dispatched) > 5 and timed[0] is None
+  assert timed[1:] == dispatched[:-1]
+  assert dispatched[0] != dispatched[1]          # the shift is visible: prefill, then decode
