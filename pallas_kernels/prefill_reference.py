@@ -64,7 +64,11 @@ def _prefill_reference(q, kv_cache, block_tables, cu_q_lens, kv_lens, scale):
     new = jnp.where(rows, o, old)
     return lax.dynamic_update_slice_in_dim(out, new, start, 0)
 
-  out = lax.fori_loop(0, num_seqs, body, out)
+  # NOTE: the loop stops after the last sequence with tokens: the engine pads the
+  # sequence axis with empty sequences, which would each cost a full window.
+  q_lens = cu_q_lens[1:] - cu_q_lens[:-1]                   # [num_seqs]
+  num_active = jnp.max(jnp.where(q_lens > 0, jnp.arange(1, num_seqs + 1), 0))
+  out = lax.fori_loop(0, num_active, body, out)
   return out[:t].astype(q.dtype)
 
 

@@ -42,6 +42,7 @@ def test_decode_reference_matches_numpy(block_size, hq, hkv, d, dtype, lengths):
         (8, 4, 2, [5, 0, 9], [5, 0, 30]),  # no prefix, padded seq, prefix
         (16, 3, 1, [7, 20], [23, 20]),  # chunk starting mid-block
         (32, 8, 8, [1, 40], [70, 40]),
+        (16, 4, 2, [6, 11, 0, 0], [6, 30, 0, 0]),  # the engine's trailing empty sequences
     ],
 )
 def test_prefill_reference_matches_numpy(block_size, hq, hkv, q_lens, kv_lens):
