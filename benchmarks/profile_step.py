@@ -22,8 +22,7 @@ import time
 
 import jax
 
-from benchmarks.throughput import decode_inputs
-from engine import LLM
+from benchmarks.throughput import decode_engine
 
 
 def load_trace(trace_dir: str) -> list[dict]:
@@ -82,10 +81,8 @@ def main():
   ap.add_argument("--dtype", default="bfloat16")
   ap.add_argument("--out", default=None, help="folder for profile_<model>_b<batch>.json")
   args = ap.parse_args()
-  llm = LLM(f"random:{args.model}", dtype=args.dtype, max_num_seqs=args.batch,
-            max_model_len=max(512, args.ctx + 1), num_blocks=args.batch * (args.ctx // 16 + 2) + 1)
+  llm, x = decode_engine(args.model, args.batch, args.ctx, args.dtype)
   runner = llm.engine.runner
-  x = decode_inputs(runner, args.batch, args.ctx)
   for _ in range(3):
     jax.block_until_ready(runner._run_decode(x))
   trace_dir = tempfile.mkdtemp()

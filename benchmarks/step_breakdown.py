@@ -18,8 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import pallas_kernels as pk
-from benchmarks.throughput import decode_inputs
-from engine import LLM
+from benchmarks.throughput import decode_engine
 from engine.sampler import SamplingTensors, sample
 from models import llama
 
@@ -62,10 +61,8 @@ def main():
                   help="KV cache blocks (default: just enough for the batch)")
   ap.add_argument("--out", default=None)
   args = ap.parse_args()
-  llm = LLM(f"random:{args.model}", dtype="bfloat16", max_num_seqs=args.batch,
-            max_model_len=512, num_blocks=args.num_blocks or args.batch * (512 // 16) + 1)
+  llm, x = decode_engine(args.model, args.batch, args.ctx, num_blocks=args.num_blocks)
   runner, cfg = llm.engine.runner, llm.engine.model.config
-  x = decode_inputs(runner, args.batch, args.ctx)
   params, backend = runner.model.params, pk.default_backend()
   res = {"engine_step": _time(lambda: runner._run_decode(x))}
   meta = {"slots": x.slots, "block_tables": x.block_tables, "lengths": x.lengths}

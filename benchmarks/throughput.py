@@ -93,6 +93,14 @@ def decode_inputs(runner, batch: int, ctx: int) -> step_inputs.DecodeInputs:
   return x
 
 
+def decode_engine(model: str, batch: int, ctx: int, dtype: str = "bfloat16",
+                  num_blocks: int | None = None) -> tuple[LLM, step_inputs.DecodeInputs]:
+  """An engine for `random:<model>` sized for `batch` rows of `ctx` tokens, and such decode inputs."""
+  llm = LLM(f"random:{model}", dtype=dtype, max_num_seqs=batch, max_model_len=max(512, ctx + 1),
+            num_blocks=num_blocks or batch * (ctx // 16 + 2) + 1)
+  return llm, decode_inputs(llm.engine.runner, batch, ctx)
+
+
 def decode_device_time(llm: LLM, batch: int, ctx: int, iters: int = 20) -> float:
   """Seconds per decode step of `batch` rows at `ctx` tokens, device only (no host loop)."""
   runner = llm.engine.runner

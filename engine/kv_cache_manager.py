@@ -193,34 +193,36 @@ class KVCacheManager(BaseKVCacheManager):
 
   def allocate_slots(self, request: Request, num_new_tokens: int,
                      computed_blocks: Sequence[int] = (), num_computed_tokens: int = 0) -> bool:
-    table = self._tables.get(request.request_id)
-    if table and not computed_blocks and not num_computed_tokens and num_new_tokens >= 0:
-      # Fast path (most decode steps): the new tokens fit in the blocks held.
-      target = request.num_computed_tokens + num_new_tokens
-      if target <= len(table) * self._block_size:
-        rid = request.request_id
-        self._num_tokens[rid] = max(self._num_tokens.get(rid, 0), target)
-        return True
     computed_blocks = list(computed_blocks)
     target = self._target_tokens(request, num_new_tokens, computed_blocks, num_computed_tokens)
     rid = request.request_id
     held = len(self._tables.get(rid, ()))
-    if computed_blocks:
-      self._check_hit(computed_blocks)
     num_new_blocks = max(0, self.num_blocks_for_tokens(target) - held - len(computed_blocks))
-    # Hits on freed cached blocks also take blocks out of the free queue.
-    num_revived = sum(1 for b in set(computed_blocks) if self.block_pool.ref_count(b) == 0)
-    if num_new_blocks + num_revived > self.block_pool.num_free_blocks:
+    # NOTE: most decode steps take neither a hit nor a new block: nothing below runs.
+    if computed_blocks and not self._acquire_hit(computed_blocks, num_new_blocks):
       return False
-    # NOTE: acquire before allocate, so allocating cannot evict a hit block.
-    self.block_pool.acquire(computed_blocks)
-    new_blocks = self.block_pool.allocate(num_new_blocks)
+    if num_new_blocks > self.block_pool.num_free_blocks:
+      return False
     table = self._tables.setdefault(rid, [])
     table.extend(computed_blocks)
-    table.extend(new_blocks)
+    if num_new_blocks:
+      table.extend(self.block_pool.allocate(num_new_blocks))
     self._num_tokens[rid] = max(self._num_tokens.get(rid, 0), target)
     if computed_blocks and self._prefix_cache is not None:
       self._hashes[rid] = [self._prefix_cache.block_hash(b) for b in computed_blocks]
+    return True
+
+  def _acquire_hit(self, computed_blocks: list[int], num_new_blocks: int) -> bool:
+    """Takes a reference on the hit blocks if they and `num_new_blocks` more fit.
+
+    NOTE: acquire before allocate, so allocating cannot evict a hit block. Hits
+    on freed cached blocks also take blocks out of the free queue.
+    """
+    self._check_hit(computed_blocks)
+    num_revived = sum(1 for b in set(computed_blocks) if self.block_pool.ref_count(b) == 0)
+    if num_new_blocks + num_revived > self.block_pool.num_free_blocks:
+      return False
+    self.block_pool.acquire(computed_blocks)
     return True
 
   def _check_hit(self, computed_blocks: list[int]) -> None:

@@ -138,21 +138,17 @@ class ModelRunner:
 
   def _run_decode(self, x: step_inputs.DecodeInputs, mode: str | None = None):
     """Dispatches one decode step; `mode` (a sampler variant) defaults to the cheapest exact one."""
-    mode = mode or sampling_mode(x.sampling)
-    key = ("decode", len(x.tokens), x.block_tables.shape[1], mode)
-    with self._track(key):
-      ints, floats, layout = packing.pack(x)      # NOTE: one transfer each, not a dozen
-      self.kv_cache, self.token_buffer, token_ids, logprobs = self._decode(
-          self.model.params, self.kv_cache, self.token_buffer, ints, floats, layout=layout,
-          sampling_mode=mode)
-    return token_ids, logprobs
+    return self._run(self._decode, ("decode", len(x.tokens), x.block_tables.shape[1]), x, mode)
 
   def _run_prefill(self, x: step_inputs.PrefillInputs, mode: str | None = None):
+    key = ("prefill", len(x.tokens), len(x.kv_lens), x.block_tables.shape[1])
+    return self._run(self._prefill, key, x, mode)
+
+  def _run(self, step, shape_key: tuple, x, mode: str | None):
     mode = mode or sampling_mode(x.sampling)
-    key = ("prefill", len(x.tokens), len(x.kv_lens), x.block_tables.shape[1], mode)
-    with self._track(key):
-      ints, floats, layout = packing.pack(x)
-      self.kv_cache, self.token_buffer, token_ids, logprobs = self._prefill(
+    with self._track(shape_key + (mode,)):
+      ints, floats, layout = packing.pack(x)      # NOTE: one transfer each, not a dozen
+      self.kv_cache, self.token_buffer, token_ids, logprobs = step(
           self.model.params, self.kv_cache, self.token_buffer, ints, floats, layout=layout,
           sampling_mode=mode)
     return token_ids, logprobs

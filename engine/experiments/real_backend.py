@@ -47,8 +47,8 @@ class RealBackend:
     seconds = time.perf_counter() - t0
     events = [(d.request_id, len(d.token_ids), d.finished,
                d.finish_reason.value if d.finish_reason is not None else None) for d in deltas]
-    out = self.scheduler.last_output if len(self.scheduler.snapshots) > before else None
-    if out is None or out.is_empty:
+    out = self.scheduler.scheduled_since(before)
+    if out is None:
       return StepResult(events, False, None, None)
     # NOTE: one step is always in flight: this call dispatched step N and then waited
     # for step N-1, so its wall time measures N-1's device work: the fit pairs it

@@ -62,6 +62,12 @@ class RecordingScheduler(Scheduler):
     self.last_output = out
     return out
 
+  def scheduled_since(self, num_snapshots: int) -> ScheduleOutput | None:
+    """The work scheduled since there were `num_snapshots` snapshots; None if nothing ran."""
+    if len(self.snapshots) == num_snapshots or self.last_output.is_empty:
+      return None
+    return self.last_output
+
   def _check_hit_provenance(self, request: Request) -> None:
     """Recomputes the hash chain of the request's hit blocks under its own salt.
 

@@ -145,8 +145,8 @@ class SimBackend:
   def step(self) -> StepResult:
     before = len(self.scheduler.snapshots)
     events = self.engine.step()
-    out = self.scheduler.last_output if len(self.scheduler.snapshots) > before else None
-    if out is None or out.is_empty:
+    out = self.scheduler.scheduled_since(before)
+    if out is None:
       return StepResult(events, False, None, None)
     features = step_features(out, self.engine.kv.block_size)
     seconds = self.cost_model.predict(features) if self.cost_model is not None else None

@@ -173,4 +173,6 @@ def test_sort_free_filters_match_sorted_reference():
   for i, p in enumerate(params):
     ref = _reference_keep(scaled[i].astype(np.float64), p.top_k, p.top_p, p.min_p)
     np.testing.assert_array_equal(keep[i], ref, err_msg=str(p))
-  assert 1 <= keep.sum(-1).min() and keep.sum(-1).max() > 1000
+  kept = keep.sum(-1)
+  assert kept.min() >= 1                 # every row keeps at least its top token
+  assert kept.max() > 1000               # and loose filters keep most of the vocabulary
