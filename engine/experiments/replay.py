@@ -14,7 +14,6 @@ from typing import Protocol, Sequence
 
 from engine.experiments.recording import RecordingScheduler
 from engine.experiments.workload import TraceRequest
-from engine.request import Request
 
 CLOCKS = ("steps", "measured")
 
@@ -144,7 +143,3 @@ def _record(result: StepResult, logs: dict[str, RequestLog], clock: float) -> No
     if finished:
       log.finish_time = clock
       log.finish_reason = reason
-
-
-def requests_of(scheduler: RecordingScheduler) -> dict[str, Request]:
-  return scheduler.all_requests

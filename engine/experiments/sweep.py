@@ -15,6 +15,7 @@ from engine.experiments import metrics
 from engine.experiments.cost_model import CostModel, ModelShape
 from engine.experiments.replay import Backend, ReplayOptions, RunLog, replay
 from engine.experiments.workload import TraceRequest
+from engine.runner import bytes_per_block
 
 BLOCK_SIZES = (8, 16, 32, 64, 128, 256)
 MODES = {                          # name: (allocator, prefix caching)
@@ -61,12 +62,6 @@ class RunSpec:
     return f"{self.mode}/{'chunked' if self.chunked_prefill else 'whole'}"
 
 
-def bytes_per_block(shape: ModelShape, block_size: int) -> int:
-  """K and V of every layer for one block (as `engine.runner.bytes_per_block`)."""
-  itemsize = {"float32": 4, "bfloat16": 2, "float16": 2}[shape.dtype]
-  return shape.num_layers * shape.num_kv_heads * 2 * block_size * shape.head_dim * itemsize
-
-
 def run_specs(config: SweepConfig, shape: ModelShape) -> list[RunSpec]:
   """The grid's runs, in a stable order."""
   specs = []
@@ -74,7 +69,8 @@ def run_specs(config: SweepConfig, shape: ModelShape) -> list[RunSpec]:
     allocator, prefix = MODES[mode]
     for chunked in config.chunked_prefill:
       for bs in config.block_sizes:
-        num_blocks = config.kv_budget_bytes // bytes_per_block(shape, bs) + 1
+        # NOTE: a ModelShape has the model config's KV fields, so the runner's formula applies.
+        num_blocks = config.kv_budget_bytes // bytes_per_block(shape, bs, shape.dtype) + 1
         if num_blocks < 2:
           raise ValueError(f"KV budget of {config.kv_budget_bytes} bytes holds no block of {bs}")
         cfg = dataclasses.replace(config.base, block_size=bs, num_blocks=num_blocks,
