@@ -7,7 +7,8 @@ PNG plots to --out, and with --fit-cost-model refits the step-time model to all
 timed steps found.
 
 Usage: .venv/bin/python scripts/merge_sweeps.py --out docs/case-study/h100-sweep \
-           [--fit-cost-model configs/cost_models/h100-llama3-8b.json] [--note TEXT] FILE...
+           [--fit-cost-model configs/cost_models/h100-llama3-8b.json]
+           [--attention-bench block_sizes.json] [--note TEXT] FILE...
 Later files win when two hold the same (mode, block size) run.
 """
 from __future__ import annotations
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("files", nargs="+", help="sweep.json / sweep_partial.json / sweep_steps.json")
   ap.add_argument("--out", required=True, help="folder for the merged sweep.csv/.json and plots")
   ap.add_argument("--fit-cost-model", metavar="PATH", help="refit the cost model, write it here")
+  ap.add_argument("--attention-bench", metavar="JSON",
+                  help="benchmarks/block_sizes.py output of the same GPU: fixes the cost model's "
+                       "kv_token and block terms from it instead of fitting them")
   ap.add_argument("--note", default="", help="recorded in the merged meta")
   args = ap.parse_args(argv)
   rows, steps, meta, shape = load_pieces(args.files)
@@ -58,8 +62,12 @@ def main(argv: list[str] | None = None) -> int:
       raise SystemExit("--fit-cost-model needs a sweep_steps.json (it records the model shape)")
     samples = [(s["features"], s["seconds"]) for s in steps]
     device = meta.get("device", "")
-    fitted = cm.fit(samples, cm.ModelShape(**shape), device,
-                    f"scripts/merge_sweeps.py over {len(args.files)} sweep outputs on {device}")
+    fixed, source = None, f"scripts/merge_sweeps.py over {len(args.files)} sweep outputs on {device}"
+    if args.attention_bench:
+      with open(args.attention_bench, encoding="utf-8") as f:
+        fixed = cm.attention_coefficients(json.load(f), shape["num_layers"])
+      source += f"; kv_token and block from {os.path.basename(args.attention_bench)}"
+    fitted = cm.fit(samples, cm.ModelShape(**shape), device, source, fixed)
     cm.save(fitted, args.fit_cost_model)
     print(f"cost model: {args.fit_cost_model} from {len(samples)} steps, "
           f"fit error {fitted.fit_error}")

@@ -117,23 +117,51 @@ def nnls(a: np.ndarray, b: np.ndarray, tol: float = 1e-12) -> np.ndarray:
 
 
 def fit(samples: list[tuple[dict[str, float], float]], shape: ModelShape, device: str,
-        source: str) -> CostModel:
+        source: str, fixed: dict[str, float] | None = None) -> CostModel:
   """Fits coefficients to (features, measured seconds) samples.
 
+  `fixed` coefficients (e.g. the attention terms from a kernel benchmark, see
+  `attention_coefficients`) are taken as given; the others are fitted to what
+  remains of each step's time.
   NOTE: plain (absolute) least squares: weighting rows by 1/seconds chased the
   fastest outliers of noisy shared-CPU timings and under-predicted everything.
   """
-  if len(samples) < len(FEATURES):
-    raise ValueError(f"need at least {len(FEATURES)} timed steps to fit, got {len(samples)}")
+  fixed = dict(fixed or {})
+  unknown = sorted(set(fixed) - set(FEATURES))
+  if unknown:
+    raise ValueError(f"unknown fixed coefficient(s) {unknown}; known: {FEATURES}")
+  free = [k for k in FEATURES if k not in fixed]
+  if len(samples) < len(free):
+    raise ValueError(f"need at least {len(free)} timed steps to fit, got {len(samples)}")
   a = np.array([[f[k] for k in FEATURES] for f, _ in samples])      # [steps, features]
   t = np.array([s for _, s in samples])                             # [steps]
   if (t <= 0).any():
     raise ValueError("step timings must be positive")
-  coef = nnls(a, t)
+  coef = np.array([fixed.get(k, 0.0) for k in FEATURES])
+  cols = [FEATURES.index(k) for k in free]
+  coef[cols] = nnls(a[:, cols], t - a @ coef)
   rel = np.abs(a @ coef - t) / t
   err = {"median_rel": float(np.median(rel)), "p90_rel": float(np.quantile(rel, 0.9)),
          "total_rel": float(abs((a @ coef).sum() - t.sum()) / t.sum()), "steps": len(t)}
   return CostModel(dict(zip(FEATURES, map(float, coef))), shape, device, source, err)
+
+
+def attention_coefficients(bench: dict, num_layers: int) -> dict[str, float]:
+  """The kv_token and block terms (seconds per step) from `benchmarks/block_sizes.py` output.
+
+  Each row times one layer's decode attention over `batch` rows of `ctx` tokens at one
+  block size; a non-negative fit of time = a * tokens + b * blocks over the block sizes
+  separates the cost of reading KV from the cost of each block visited, and the model's
+  `num_layers` turn per-layer into per-step seconds.
+  """
+  rows = bench.get("rows", [])
+  if len(rows) < 2:
+    raise ValueError("need block_sizes.py results for at least two block sizes")
+  batch, ctx = bench["batch"], bench["ctx"]
+  a = np.array([[batch * ctx, batch * cdiv(ctx, r["block_size"])] for r in rows], float)
+  t = np.array([r["decode_us"] * 1e-6 for r in rows])
+  kv_token, block = nnls(a, t) * num_layers
+  return {"kv_token": float(kv_token), "block": float(block)}
 
 
 def load(path: str | os.PathLike) -> CostModel:

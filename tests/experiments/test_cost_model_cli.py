@@ -31,6 +31,39 @@ def test_fit_recovers_known_coefficients_and_stays_non_negative():
   assert min(cm.fit(noisy, TINY_SHAPE, "", "").coefficients.values()) >= 0.0
 
 
+def test_fit_with_fixed_attention_terms_fits_the_rest():
+  rng = np.random.default_rng(1)
+  truth = {"decode_launch": 2e-3, "prefill_launch": 3e-3, "decode_row": 1e-4,
+           "prefill_token": 5e-5, "kv_token": 2e-7, "block": 1e-6}
+  samples = []
+  for _ in range(100):
+    f = {"decode_launch": 1.0, "prefill_launch": float(rng.integers(0, 2)),
+         "decode_row": float(rng.integers(1, 64)), "prefill_token": float(rng.integers(0, 512)),
+         "kv_token": float(rng.integers(10, 50000)), "block": float(rng.integers(1, 3000))}
+    samples.append((f, sum(truth[k] * f[k] for k in cm.FEATURES)))
+  # Wrong fixed attention terms: the free ones absorb what they can, the fixed stay put.
+  model = cm.fit(samples, TINY_SHAPE, "", "", fixed={"kv_token": 1e-7, "block": 0.0})
+  assert model.coefficients["kv_token"] == 1e-7
+  assert model.coefficients["block"] == 0.0
+  exact = cm.fit(samples, TINY_SHAPE, "", "", fixed={"kv_token": 2e-7, "block": 1e-6})
+  assert exact.coefficients["decode_row"] == pytest.approx(1e-4, rel=1e-6)
+  with pytest.raises(ValueError, match="unknown fixed"):
+    cm.fit(samples, TINY_SHAPE, "", "", fixed={"kv_tokens": 1.0})
+
+
+def test_attention_coefficients_separate_tokens_from_blocks():
+  # Per layer: 1 ns per KV token plus 20 ns per block visited, 4 layers.
+  batch, ctx = 8, 1000
+  rows = [{"block_size": bs, "decode_us": 1e6 * (1e-9 * batch * ctx
+                                                + 2e-8 * batch * -(-ctx // bs))}
+          for bs in (8, 16, 64, 256)]
+  terms = cm.attention_coefficients({"batch": batch, "ctx": ctx, "rows": rows}, 4)
+  assert terms["kv_token"] == pytest.approx(4e-9, rel=1e-6)
+  assert terms["block"] == pytest.approx(8e-8, rel=1e-6)
+  with pytest.raises(ValueError, match="two block sizes"):
+    cm.attention_coefficients({"batch": 1, "ctx": 1, "rows": rows[:1]}, 4)
+
+
 def test_cost_model_json_round_trip_and_validation(tmp_path):
   model = cm.CostModel(dict.fromkeys(cm.FEATURES, 1e-3), TINY_SHAPE, "cpu", "test")
   cm.save(model, tmp_path / "m.json")
