@@ -1,15 +1,15 @@
 """The only place that touches device arrays: the KV cache, the token buffer
-and the jitted steps.
+and the compiled steps.
 
 `execute()` pads a schedule to its buckets, dispatches the decode step and the
 prefill step (both run asynchronously on the device, the cache donated from
-one to the next) and returns a `PendingStep` whose sampled tokens are copied
-back to the host asynchronously; the engine collects them one step later,
-after it has dispatched the next step.
+one to the next; one compiled executable per bucket shape and sampler mode,
+see engine/executables.py) and returns a `PendingStep` whose sampled tokens
+are copied back to the host asynchronously; the engine collects them one step
+later, after it has dispatched the next step.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 
@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from engine import packing, parallel, step_inputs
+from engine import executables, packing, parallel, step_inputs
 from engine.buckets import Buckets
 from engine.sampler import MODES, sampling_mode
 from engine.scheduler import ScheduledRequest, ScheduleOutput
@@ -61,7 +61,7 @@ class PendingStep:
 
 
 class ModelRunner:
-  """Holds params, the paged KV cache and the bucketed jitted steps of one engine."""
+  """Holds params, the paged KV cache and the bucketed compiled steps of one engine."""
 
   def __init__(self, model, cache: CacheConfig, buckets: Buckets, backend: str | None = None,
                mesh=None, max_num_seqs: int | None = None):
@@ -82,12 +82,14 @@ class ModelRunner:
     self._free_slots = list(range(num_slots - 1))
     self._slot_of: dict[str, int] = {}
     self._decode, self._prefill = make_steps(self.config, backend, mesh)
-    self._compiled: set[tuple] = set()
+    self._steps = {"decode": self._decode, "prefill": self._prefill}
+    self._shared = {kind: executables.shared(step) for kind, step in self._steps.items()}
+    # NOTE: the hot path. (kind, layout, sampling mode) fixes every argument's
+    # shape: the layout fixes the packed buffers', and params, cache and token
+    # buffer never change shape (donated, they come back as they went in).
+    self._executables: dict[tuple, jax.stages.Compiled] = {}
+    self.num_compilations = 0          # by this runner (not those it found shared)
     self.compile_seconds = 0.0
-
-  @property
-  def num_compilations(self) -> int:
-    return len(self._compiled)
 
   def token_slot(self, request) -> int:
     """The request's slot in the device token buffer (None: the trash slot)."""
@@ -122,43 +124,92 @@ class ModelRunner:
         a.copy_to_host_async()     # NOTE: no blocking transfer here
     return PendingStep(groups)
 
-  def warmup(self) -> None:
-    """Compiles every bucket and sampler variant now, so that serving never compiles."""
+  def warmup(self, threads: int | None = None) -> None:
+    """Compiles every bucket and sampler variant now, so that serving never compiles.
+
+    Lowers them one by one here (tracing holds the GIL) while `threads` threads
+    (default: one per core) compile them (XLA releases the GIL); executables
+    another runner compiled for the same signature are reused.
+    """
     t0 = time.perf_counter()
+    threads = threads or executables.default_threads()
+    pending = {}
+    with executables.compiler(threads) as pool:
+      for key, ints, floats in self._warmup_inputs():
+        if key in self._executables or key in pending:
+          continue
+        shared_key = self._shared_key(key, ints, floats)
+        found = self._shared[key[0]].get(shared_key)
+        if found is not None:
+          self._executables[key] = found
+        else:
+          pending[key] = (shared_key, pool.submit(self._lower(key, ints, floats).compile))
+    for key, (shared_key, future) in pending.items():
+      self._executables[key] = self._shared[key[0]].put(shared_key, future.result())
+    seconds = time.perf_counter() - t0
+    self.num_compilations += len(pending)
+    self.compile_seconds += seconds
+    logging.info("warmup: %d compilations in %.1f s with %d threads", len(pending), seconds,
+                 threads)
+
+  def _warmup_inputs(self):
+    """(key, ints, floats) of every bucket shape and sampler mode, all padding."""
     trash = self.trash_slot
-    for mode in MODES:
-      for rows, width in self.buckets.decode_shapes():
-        x = step_inputs.empty_decode(rows, width, trash)
-        jax.block_until_ready(self._run_decode(x, mode))
-      for tokens, seqs, width in self.buckets.prefill_shapes():
-        x = step_inputs.empty_prefill(tokens, seqs, width, trash)
-        jax.block_until_ready(self._run_prefill(x, mode))
-    logging.info("warmup: %d compilations in %.1fs", self.num_compilations,
-                 time.perf_counter() - t0)
+    shapes = [("decode", step_inputs.empty_decode(rows, width, trash))
+              for rows, width in self.buckets.decode_shapes()]
+    shapes += [("prefill", step_inputs.empty_prefill(tokens, seqs, width, trash))
+               for tokens, seqs, width in self.buckets.prefill_shapes()]
+    for kind, x in shapes:
+      ints, floats, layout = packing.pack(x)
+      for mode in MODES:
+        yield (kind, layout, mode), ints, floats
 
   def _run_decode(self, x: step_inputs.DecodeInputs, mode: str | None = None):
     """Dispatches one decode step; `mode` (a sampler variant) defaults to the cheapest exact one."""
-    return self._run(self._decode, ("decode", len(x.tokens), x.block_tables.shape[1]), x, mode)
+    return self._run("decode", x, mode)
 
   def _run_prefill(self, x: step_inputs.PrefillInputs, mode: str | None = None):
-    key = ("prefill", len(x.tokens), len(x.kv_lens), x.block_tables.shape[1])
-    return self._run(self._prefill, key, x, mode)
+    return self._run("prefill", x, mode)
 
-  def _run(self, step, shape_key: tuple, x, mode: str | None):
-    mode = mode or sampling_mode(x.sampling)
-    with self._track(shape_key + (mode,)):
-      ints, floats, layout = packing.pack(x)      # NOTE: one transfer each, not a dozen
-      self.kv_cache, self.token_buffer, token_ids, logprobs = step(
-          self.model.params, self.kv_cache, self.token_buffer, ints, floats, layout=layout,
-          sampling_mode=mode)
+  def _run(self, kind: str, x, mode: str | None):
+    ints, floats, layout = packing.pack(x)        # NOTE: one transfer each, not a dozen
+    key = (kind, layout, mode or sampling_mode(x.sampling))
+    executable = self._executables.get(key)
+    if executable is None:
+      executable = self._executable(key, ints, floats)
+    self.kv_cache, self.token_buffer, token_ids, logprobs = executable(
+        self.model.params, self.kv_cache, self.token_buffer, ints, floats)
     return token_ids, logprobs
 
-  @contextlib.contextmanager
-  def _track(self, key):
-    new = key not in self._compiled
-    t0 = time.perf_counter()
-    yield
-    if new:
-      self._compiled.add(key)
-      self.compile_seconds += time.perf_counter() - t0
-      logging.info("compiled %s in %.2fs", key, time.perf_counter() - t0)
+  def _executable(self, key: tuple, ints, floats) -> jax.stages.Compiled:
+    """A miss of the fast path: the shared executable for these arguments, or a new compile."""
+    shared_key = self._shared_key(key, ints, floats)
+    executable = self._shared[key[0]].get(shared_key)
+    if executable is None:
+      t0 = time.perf_counter()
+      executable = self._lower(key, ints, floats).compile()
+      executable = self._shared[key[0]].put(shared_key, executable)
+      seconds = time.perf_counter() - t0
+      self.num_compilations += 1
+      self.compile_seconds += seconds
+      logging.info("compiled %s in %.2fs", _describe(key), seconds)
+    self._executables[key] = executable
+    return executable
+
+  def _args(self, ints, floats) -> tuple:
+    return self.model.params, self.kv_cache, self.token_buffer, ints, floats
+
+  def _shared_key(self, key: tuple, ints, floats) -> tuple:
+    """`key` plus the full abstract signature, so that no other cache shape can match."""
+    return key + (executables.signature(self._args(ints, floats)),)
+
+  def _lower(self, key: tuple, ints, floats) -> jax.stages.Lowered:
+    kind, layout, mode = key
+    return self._steps[kind].lower(*self._args(ints, floats), layout=layout, sampling_mode=mode)
+
+
+def _describe(key: tuple) -> tuple:
+  """(kind, tokens' shape, block tables' shape, mode) of an executable key, for the log."""
+  kind, layout, mode = key
+  shapes = {name: shape for name, _, shape, _ in layout}
+  return kind, shapes["tokens"], shapes["block_tables"], mode

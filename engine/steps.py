@@ -94,9 +94,10 @@ def make_steps(config, backend: str | None, mesh=None):
   `shard_map` (see engine/parallel.py); XLA partitions the rest.
   NOTE: memoized per (model config, backend, mesh): engines that agree on
   those share the jitted functions and so the executables compiled for each
-  shape (a sweep builds one engine per run). The functions are pure (all state
-  is passed in), so engines with different block sizes, caches or settings
-  still live side by side; they only compile different shapes.
+  shape (a sweep builds one engine per run; the runner compiles ahead of time
+  and shares them through engine/executables.py). The functions are pure (all
+  state is passed in), so engines with different block sizes, caches or
+  settings still live side by side; they only compile different shapes.
   """
   return _make_steps(config, pallas_kernels.resolve_backend(backend), mesh)
 
