@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="KV cache bytes for every run, in MiB (default 16)")
   parser.add_argument("--fit-cost-model", metavar="PATH",
                       help="fit a step-time cost model to the timed steps and write it here")
+  parser.add_argument("--attention-bench", metavar="JSON",
+                      help="with --fit-cost-model: take the kv_token and block terms from this "
+                           "benchmarks/block_sizes.py output (same GPU) instead of fitting them")
   parser.add_argument("--device-name", default="", help="recorded with the fitted cost model")
   parser.add_argument("--compile-cache", metavar="DIR",
                       help="JAX persistent compilation cache (reuses compiles across runs)")
@@ -79,7 +82,11 @@ def run(args: argparse.Namespace) -> int:
   print_table(rows)
   if args.fit_cost_model:
     samples = [(s["features"], s["seconds"]) for s in steps]
-    fitted = cm.fit(samples, shape, device, f"pagedjax sweep on {device}, {meta}")
+    fixed = None
+    if args.attention_bench:
+      with open(args.attention_bench, encoding="utf-8") as f:
+        fixed = cm.attention_coefficients(json.load(f), shape.num_layers)
+    fitted = cm.fit(samples, shape, device, f"pagedjax sweep on {device}, {meta}", fixed)
     cm.save(fitted, args.fit_cost_model)
     print(f"cost model: {args.fit_cost_model} fit error {fitted.fit_error}")
   print("wrote", ", ".join(paths + [steps_path]))

@@ -112,3 +112,26 @@ def test_simulate_end_to_end(tmp_path, capsys):
                  "--no-plots"])
   again = json.loads((tmp_path / "again" / "simulate.json").read_text())["rows"]
   assert again == data["rows"]
+
+
+def test_sweep_end_to_end_fits_with_benchmarked_attention_terms(tmp_path):
+  """The real engine on a tiny random model; the fitted model keeps the benchmark's terms."""
+  from tests.experiments.helpers import TINY_CONFIG
+  rows = [{"block_size": bs, "decode_us": 10.0 + 800.0 / bs} for bs in (8, 16, 64)]
+  bench = tmp_path / "block_sizes.json"
+  bench.write_text(json.dumps({"batch": 4, "ctx": 128, "rows": rows}))
+  out, fitted = tmp_path / "out", tmp_path / "cost.json"
+  rc = cli.main(["sweep", "--model", "random:" + TINY_CONFIG, "--kv-budget-mb", "1",
+                 "--num-requests", "6", "--scale", "0.05", "--rate", "5", "--block-sizes", "16",
+                 "--modes", "paged", "--chunked", "on", "--max-batch-tokens", "64",
+                 "--max-num-seqs", "4", "--out", str(out), "--no-progress", "--no-plots",
+                 "--fit-cost-model", str(fitted), "--attention-bench", str(bench)])
+  assert rc == 0
+  data = json.loads((out / "sweep.json").read_text())
+  assert [(r["mode"], r["block_size"], r["finished"]) for r in data["rows"]] == [
+      ("paged/chunked", 16, 6)]
+  model = cm.load(fitted)
+  expected = cm.attention_coefficients(json.loads(bench.read_text()), num_layers=2)
+  assert model.coefficients["kv_token"] == pytest.approx(expected["kv_token"])
+  assert model.coefficients["block"] == pytest.approx(expected["block"])
+  assert expected["block"] > 0 and model.fit_error["steps"] > 0
