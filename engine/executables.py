@@ -62,6 +62,13 @@ def shared(step) -> SharedExecutables:
   return SharedExecutables()
 
 
+def done(value) -> concurrent.futures.Future:
+  """A future that already holds `value`."""
+  future = concurrent.futures.Future()
+  future.set_result(value)
+  return future
+
+
 class _Inline:
   """A one-thread "pool": compiles in the caller, one at a time."""
 

@@ -136,21 +136,13 @@ class ModelRunner:
     pending = {}
     with executables.compiler(threads) as pool:
       for key, ints, floats in self._warmup_inputs():
-        if key in self._executables or key in pending:
-          continue
-        shared_key = self._shared_key(key, ints, floats)
-        found = self._shared[key[0]].get(shared_key)
-        if found is not None:
-          self._executables[key] = found
-        else:
-          pending[key] = (shared_key, pool.submit(self._lower(key, ints, floats).compile))
-    for key, (shared_key, future) in pending.items():
-      self._executables[key] = self._shared[key[0]].put(shared_key, future.result())
+        if key not in self._executables and key not in pending:
+          pending[key] = self._submit(key, ints, floats, pool)
+    compiled = sum(self._store(key, *submitted) for key, submitted in pending.items())
     seconds = time.perf_counter() - t0
-    self.num_compilations += len(pending)
+    self.num_compilations += compiled
     self.compile_seconds += seconds
-    logging.info("warmup: %d compilations in %.1f s with %d threads", len(pending), seconds,
-                 threads)
+    logging.info("warmup: %d compilations in %.1f s with %d threads", compiled, seconds, threads)
 
   def _warmup_inputs(self):
     """(key, ints, floats) of every bucket shape and sampler mode, all padding."""
@@ -183,18 +175,30 @@ class ModelRunner:
 
   def _executable(self, key: tuple, ints, floats) -> jax.stages.Compiled:
     """A miss of the fast path: the shared executable for these arguments, or a new compile."""
-    shared_key = self._shared_key(key, ints, floats)
-    executable = self._shared[key[0]].get(shared_key)
-    if executable is None:
-      t0 = time.perf_counter()
-      executable = self._lower(key, ints, floats).compile()
-      executable = self._shared[key[0]].put(shared_key, executable)
+    t0 = time.perf_counter()
+    with executables.compiler(1) as inline:
+      submitted = self._submit(key, ints, floats, inline)
+    if self._store(key, *submitted):
       seconds = time.perf_counter() - t0
       self.num_compilations += 1
       self.compile_seconds += seconds
       logging.info("compiled %s in %.2fs", _describe(key), seconds)
-    self._executables[key] = executable
-    return executable
+    return self._executables[key]
+
+  def _submit(self, key: tuple, ints, floats, pool) -> tuple:
+    """(shared key, future executable, is new): the one another runner compiled for the
+    same signature, else this one's lowering handed to `pool` to compile."""
+    shared_key = self._shared_key(key, ints, floats)
+    found = self._shared[key[0]].get(shared_key)
+    if found is not None:
+      return shared_key, executables.done(found), False
+    return shared_key, pool.submit(self._lower(key, ints, floats).compile), True
+
+  def _store(self, key: tuple, shared_key: tuple, future, new: bool) -> bool:
+    """Keeps the executable for `key` (shared first if new); returns whether it was compiled."""
+    executable = future.result()
+    self._executables[key] = self._shared[key[0]].put(shared_key, executable) if new else executable
+    return new
 
   def _args(self, ints, floats) -> tuple:
     return self.model.params, self.kv_cache, self.token_buffer, ints, floats

@@ -34,7 +34,8 @@ def load_pieces(paths: list[str]) -> tuple[list[dict], list[dict], dict, dict | 
     for row in d.get("rows", []):
       rows[(row["mode"], row["block_size"])] = row
     steps += d.get("steps", [])
-    meta = d.get("meta", meta) if "rows" in d and "meta" in d else meta
+    if "rows" in d and "meta" in d:
+      meta = d["meta"]
     shape = d.get("shape", shape)
   order = sorted(rows, key=lambda k: (k[0], k[1]))
   return [rows[k] for k in order], steps, meta, shape
@@ -60,16 +61,12 @@ def main(argv: list[str] | None = None) -> int:
   if args.fit_cost_model:
     if shape is None:
       raise SystemExit("--fit-cost-model needs a sweep_steps.json (it records the model shape)")
-    samples = [(s["features"], s["seconds"]) for s in steps]
     device = meta.get("device", "")
-    fixed, source = None, f"scripts/merge_sweeps.py over {len(args.files)} sweep outputs on {device}"
-    if args.attention_bench:
-      with open(args.attention_bench, encoding="utf-8") as f:
-        fixed = cm.attention_coefficients(json.load(f), shape["num_layers"])
-      source += f"; kv_token and block from {os.path.basename(args.attention_bench)}"
-    fitted = cm.fit(samples, cm.ModelShape(**shape), device, source, fixed)
+    fitted = cm.fit_steps(steps, cm.ModelShape(**shape), device,
+                          f"scripts/merge_sweeps.py over {len(args.files)} sweep outputs on {device}",
+                          args.attention_bench)
     cm.save(fitted, args.fit_cost_model)
-    print(f"cost model: {args.fit_cost_model} from {len(samples)} steps, "
+    print(f"cost model: {args.fit_cost_model} from {len(steps)} steps, "
           f"fit error {fitted.fit_error}")
   return 0
 

@@ -164,6 +164,21 @@ def attention_coefficients(bench: dict, num_layers: int) -> dict[str, float]:
   return {"kv_token": float(kv_token), "block": float(block)}
 
 
+def fit_steps(steps: list[dict], shape: ModelShape, device: str, source: str,
+              attention_bench: str | None = None) -> CostModel:
+  """`fit` over a sweep's timed steps ({"features", "seconds"} dicts).
+
+  With `attention_bench` (a `benchmarks/block_sizes.py` JSON of the same GPU) the
+  kv_token and block terms come from it (`attention_coefficients`), not from the fit.
+  """
+  fixed = None
+  if attention_bench:
+    with open(attention_bench, encoding="utf-8") as f:
+      fixed = attention_coefficients(json.load(f), shape.num_layers)
+    source += f"; kv_token and block from {os.path.basename(attention_bench)}"
+  return fit([(s["features"], s["seconds"]) for s in steps], shape, device, source, fixed)
+
+
 def load(path: str | os.PathLike) -> CostModel:
   with open(path, encoding="utf-8") as f:
     return CostModel.from_json(json.load(f))

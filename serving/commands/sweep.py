@@ -79,14 +79,11 @@ def run(args: argparse.Namespace) -> int:
   steps_path = os.path.join(args.out, "sweep_steps.json")
   with open(steps_path, "w", encoding="utf-8") as f:
     json.dump({"meta": meta, "shape": shape.__dict__, "steps": steps}, f)
+  os.remove(partial)              # NOTE: superseded by sweep.json and sweep_steps.json
   print_table(rows)
   if args.fit_cost_model:
-    samples = [(s["features"], s["seconds"]) for s in steps]
-    fixed = None
-    if args.attention_bench:
-      with open(args.attention_bench, encoding="utf-8") as f:
-        fixed = cm.attention_coefficients(json.load(f), shape.num_layers)
-    fitted = cm.fit(samples, shape, device, f"pagedjax sweep on {device}, {meta}", fixed)
+    fitted = cm.fit_steps(steps, shape, device, f"pagedjax sweep on {device}, {meta}",
+                          args.attention_bench)
     cm.save(fitted, args.fit_cost_model)
     print(f"cost model: {args.fit_cost_model} fit error {fitted.fit_error}")
   print("wrote", ", ".join(paths + [steps_path]))

@@ -106,8 +106,11 @@ def test_steps_donate_the_kv_cache_and_token_buffer(warm):
   assert not runner.token_buffer.is_deleted()
 
 
-def test_compiler_threads():
-  assert 1 <= executables.default_threads() <= executables.MAX_DEFAULT_THREADS
+def test_compiler_threads(monkeypatch):
+  # One thread per usable core, capped.
+  for cores, want in ((3, 3), (1000, executables.MAX_DEFAULT_THREADS)):
+    monkeypatch.setattr(executables.os, "sched_getaffinity", lambda _: set(range(cores)))
+    assert executables.default_threads() == want
   with pytest.raises(ValueError, match="threads"):
     executables.compiler(0)
   with executables.compiler(1) as pool:

@@ -9,21 +9,13 @@ import pytest
 
 from engine.experiments import cost_model as cm
 from serving import cli
-from tests.experiments.helpers import TINY_SHAPE
+from tests.experiments.helpers import TINY_SHAPE, TRUTH, synthetic_samples
 
 
 def test_fit_recovers_known_coefficients_and_stays_non_negative():
-  rng = np.random.default_rng(0)
-  truth = {"decode_launch": 2e-3, "prefill_launch": 3e-3, "decode_row": 1e-4,
-           "prefill_token": 5e-5, "kv_token": 2e-7, "block": 1e-6}
-  samples = []
-  for _ in range(200):
-    f = {"decode_launch": 1.0, "prefill_launch": float(rng.integers(0, 2)),
-         "decode_row": float(rng.integers(1, 64)), "prefill_token": float(rng.integers(0, 512)),
-         "kv_token": float(rng.integers(10, 50000)), "block": float(rng.integers(1, 3000))}
-    samples.append((f, sum(truth[k] * f[k] for k in cm.FEATURES)))
+  samples = synthetic_samples(200, seed=0)
   model = cm.fit(samples, TINY_SHAPE, "synthetic", "test")
-  for k, v in truth.items():
+  for k, v in TRUTH.items():
     assert model.coefficients[k] == pytest.approx(v, rel=1e-6)
   assert model.fit_error["p90_rel"] < 1e-9
   # A feature that only hurts the fit gets 0, never a negative coefficient.
@@ -32,21 +24,14 @@ def test_fit_recovers_known_coefficients_and_stays_non_negative():
 
 
 def test_fit_with_fixed_attention_terms_fits_the_rest():
-  rng = np.random.default_rng(1)
-  truth = {"decode_launch": 2e-3, "prefill_launch": 3e-3, "decode_row": 1e-4,
-           "prefill_token": 5e-5, "kv_token": 2e-7, "block": 1e-6}
-  samples = []
-  for _ in range(100):
-    f = {"decode_launch": 1.0, "prefill_launch": float(rng.integers(0, 2)),
-         "decode_row": float(rng.integers(1, 64)), "prefill_token": float(rng.integers(0, 512)),
-         "kv_token": float(rng.integers(10, 50000)), "block": float(rng.integers(1, 3000))}
-    samples.append((f, sum(truth[k] * f[k] for k in cm.FEATURES)))
+  samples = synthetic_samples(100, seed=1)
   # Wrong fixed attention terms: the free ones absorb what they can, the fixed stay put.
   model = cm.fit(samples, TINY_SHAPE, "", "", fixed={"kv_token": 1e-7, "block": 0.0})
   assert model.coefficients["kv_token"] == 1e-7
   assert model.coefficients["block"] == 0.0
-  exact = cm.fit(samples, TINY_SHAPE, "", "", fixed={"kv_token": 2e-7, "block": 1e-6})
-  assert exact.coefficients["decode_row"] == pytest.approx(1e-4, rel=1e-6)
+  exact = cm.fit(samples, TINY_SHAPE, "", "",
+                 fixed={"kv_token": TRUTH["kv_token"], "block": TRUTH["block"]})
+  assert exact.coefficients["decode_row"] == pytest.approx(TRUTH["decode_row"], rel=1e-6)
   with pytest.raises(ValueError, match="unknown fixed"):
     cm.fit(samples, TINY_SHAPE, "", "", fixed={"kv_tokens": 1.0})
 

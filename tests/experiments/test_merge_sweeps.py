@@ -9,7 +9,7 @@ import os
 import pytest
 
 from engine.experiments import cost_model as cm
-from tests.experiments.helpers import TINY_SHAPE
+from tests.experiments.helpers import TINY_SHAPE, TRUTH, synthetic_samples
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "merge_sweeps.py")
 
@@ -28,25 +28,17 @@ def _row(mode: str, block: int, waste: float) -> dict:
           "failed_for_memory": 0, "preemptions": 0}
 
 
-def _steps(n: int) -> list[dict]:
-  truth = {"decode_launch": 2e-3, "prefill_launch": 3e-3, "decode_row": 1e-4,
-           "prefill_token": 5e-5, "kv_token": 1e-7, "block": 0.0}
-  out = []
-  for i in range(n):
-    f = {"decode_launch": 1.0, "prefill_launch": float(i % 2), "decode_row": float(1 + i % 7),
-         "prefill_token": float((i * 37) % 300), "kv_token": float(100 + (i * 91) % 5000),
-         "block": float(1 + (i * 13) % 300)}
-    out.append({"mode": "paged/chunked", "block_size": 16, "features": f,
-                "seconds": sum(truth[k] * f[k] for k in cm.FEATURES)})
-  return out
+def _steps(n: int, seed: int) -> list[dict]:
+  return [{"mode": "paged/chunked", "block_size": 16, "features": f, "seconds": t}
+          for f, t in synthetic_samples(n, seed)]
 
 
 def test_merge_dedups_runs_refits_and_plots(tmp_path):
   old = {"meta": {"device": "GPU-X", "title": "t"},
          "rows": [_row("paged/chunked", 16, 9.0), _row("contiguous/chunked", 16, 30.0)]}
   partial = {"rows": [_row("paged/chunked", 16, 1.0), _row("paged/chunked", 64, 4.0)],
-             "steps": _steps(40)}
-  steps = {"meta": {}, "shape": dataclasses.asdict(TINY_SHAPE), "steps": _steps(20)}
+             "steps": _steps(40, seed=0)}
+  steps = {"meta": {}, "shape": dataclasses.asdict(TINY_SHAPE), "steps": _steps(20, seed=1)}
   paths = []
   for name, d in (("old.json", old), ("partial.json", partial), ("steps.json", steps)):
     (tmp_path / name).write_text(json.dumps(d))
@@ -61,7 +53,7 @@ def test_merge_dedups_runs_refits_and_plots(tmp_path):
   assert (out / "sweep_waste.png").stat().st_size > 1000
   model = cm.load(fitted)
   assert model.fit_error["steps"] == 60
-  assert model.coefficients["decode_row"] == pytest.approx(1e-4, rel=1e-6)
+  assert model.coefficients["decode_row"] == pytest.approx(TRUTH["decode_row"], rel=1e-6)
 
 
 def test_merge_without_steps_file_cannot_fit(tmp_path):
