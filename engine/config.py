@@ -27,6 +27,9 @@ class EngineConfig:
   seed: int = 0                          # draws seeds for requests that give none
   attention_backend: str | None = None   # None: pallas_kernels decides from the platform
   tensor_parallel: int = 1               # devices the weights and KV heads are split over
+  # Decode iterations per step when no prefill runs (multi-step decode): the
+  # host schedules, dispatches and reads back once per k tokens of each row.
+  num_decode_steps: int = 1
 
   def __post_init__(self):
     if self.block_size not in _BLOCK_SIZES:
@@ -41,6 +44,8 @@ class EngineConfig:
       raise ValueError("kv_cache_memory_fraction must be in (0, 1]")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+    if not isinstance(self.num_decode_steps, int) or not 1 <= self.num_decode_steps <= 64:
+      raise ValueError(f"num_decode_steps must be an int in 1..64, got {self.num_decode_steps!r}")
     if not isinstance(self.tensor_parallel, int) or self.tensor_parallel < 1:
       raise ValueError(f"tensor_parallel must be a positive int, got {self.tensor_parallel!r}")
 

@@ -60,7 +60,8 @@ class LLMEngine:
     self.runner = ModelRunner(self.model, CacheConfig(num_blocks, config.block_size,
                                                       config.cache_dtype),
                               buckets, backend=config.attention_backend, mesh=self.mesh,
-                              max_num_seqs=config.max_num_seqs)
+                              max_num_seqs=config.max_num_seqs,
+                              num_decode_steps=config.num_decode_steps)
     self._requests: dict[str, Request] = {}
     self._text: dict[str, op.RequestTextState] = {}
     self._aborts: list[str] = []
@@ -84,7 +85,7 @@ class LLMEngine:
     return SchedulerConfig(max_model_len=self.max_model_len, max_num_seqs=c.max_num_seqs,
                            max_batch_tokens=self._step_tokens(),
                            enable_chunked_prefill=c.enable_chunked_prefill,
-                           watermark=c.watermark)
+                           watermark=c.watermark, num_decode_steps=c.num_decode_steps)
 
   # -- requests ----------------------------------------------------------------
 
@@ -173,25 +174,33 @@ class LLMEngine:
       request = s.request
       if not s.samples or request.is_finished:
         continue                     # mid-prompt chunk, or stopped/aborted meanwhile
-      token, logprob = sampled[request.request_id]
-      request.num_pending_tokens = 0
+      tokens = sampled[request.request_id]     # [(token, logprob)], one per decode iteration
+      request.num_pending_tokens -= len(tokens)
+      deltas.append(self._land(request, tokens))
+    return deltas
+
+  def _land(self, request: Request, tokens: list[tuple[int, float]]) -> TokenDelta:
+    """Appends a row's sampled tokens up to the first stop; the rest are dropped."""
+    state, want_logprobs = self._text[request.request_id], request.sampling_params.logprobs
+    ids, lps, reason = [], [] if want_logprobs else None, None
+    for token, logprob in tokens:
       request.output_token_ids.append(token)
-      self.kv.cache_full_blocks(request)     # the block holding this token may be full now
       self._generation_tokens_total += 1
-      if request.sampling_params.logprobs:
+      ids.append(token)
+      if want_logprobs:
         request.output_logprobs.append(logprob)
-      state = self._text[request.request_id]
+        lps.append(logprob)
       if not op.is_stop_token(request, token):
         state.push(token)
       reason = op.check_stop(request, token, self.max_model_len)
       if reason is None and state.stopped:
         reason = FinishReason.STOP
-      lp = [logprob] if request.sampling_params.logprobs else None
       if reason is not None:
-        deltas.append(self._finish(request, reason, token_ids=[token], logprobs=lp))
-      else:
-        deltas.append(op.make_delta(state, [token], lp, None))
-    return deltas
+        break
+    self.kv.cache_full_blocks(request)     # the blocks holding these tokens may be full now
+    if reason is not None:
+      return self._finish(request, reason, token_ids=ids, logprobs=lps)
+    return op.make_delta(state, ids, lps, None)
 
   def _finish(self, request: Request, reason: FinishReason, token_ids=(), logprobs=None,
               error: str | None = None) -> TokenDelta:

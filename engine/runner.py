@@ -49,14 +49,20 @@ class PendingStep:
   """Sampled tokens of one step, still on their way from the device."""
   groups: list[tuple[list[ScheduledRequest], tuple]]   # (rows, (token_ids, logprobs) on device)
 
-  def result(self) -> dict[str, tuple[int, float]]:
-    """Blocks until the tokens are on the host; {request_id: (token, logprob)} of sampling rows."""
+  def result(self) -> dict[str, list[tuple[int, float]]]:
+    """Blocks until the tokens are on the host.
+
+    Returns {request_id: [(token, logprob), ...]} of the sampling rows, one
+    pair per token the row sampled (several in a multi-step decode).
+    """
     host = jax.device_get([arrays for _, arrays in self.groups])
     out = {}
-    for (rows, _), (tokens, logprobs) in zip(self.groups, host):
+    for (rows, _), (tokens, logprobs) in zip(self.groups, host):    # each [steps, rows]
+      tokens, logprobs = tokens.T.tolist(), logprobs.T.tolist()
       for i, s in enumerate(rows):
         if s.samples:
-          out[s.request.request_id] = (int(tokens[i]), float(logprobs[i]))
+          n = s.num_sampled
+          out[s.request.request_id] = list(zip(tokens[i][:n], logprobs[i][:n]))
     return out
 
 
@@ -64,12 +70,13 @@ class ModelRunner:
   """Holds params, the paged KV cache and the bucketed compiled steps of one engine."""
 
   def __init__(self, model, cache: CacheConfig, buckets: Buckets, backend: str | None = None,
-               mesh=None, max_num_seqs: int | None = None):
+               mesh=None, max_num_seqs: int | None = None, num_decode_steps: int = 1):
     self.model = model
     self.config = model.config
     self.cache_config = cache
     self.buckets = buckets
     self.mesh = mesh
+    self.num_decode_steps = num_decode_steps
     # NOTE: with a tensor-parallel mesh each device allocates only its kv heads' slice.
     device = parallel.cache_sharding(mesh) if mesh is not None else None
     self.kv_cache = tuple(jnp.zeros(cache_shape(self.config, cache), cache.dtype, device=device)
@@ -84,9 +91,10 @@ class ModelRunner:
     self._decode, self._prefill = make_steps(self.config, backend, mesh)
     self._steps = {"decode": self._decode, "prefill": self._prefill}
     self._shared = {kind: executables.shared(step) for kind, step in self._steps.items()}
-    # NOTE: the hot path. (kind, layout, sampling mode) fixes every argument's
-    # shape: the layout fixes the packed buffers', and params, cache and token
-    # buffer never change shape (donated, they come back as they went in).
+    # NOTE: the hot path. (kind, layout, sampling mode, decode iterations)
+    # fixes every argument's shape: the layout fixes the packed buffers', and
+    # params, cache and token buffer never change shape (donated, they come
+    # back as they went in).
     self._executables: dict[tuple, jax.stages.Compiled] = {}
     self.num_compilations = 0          # by this runner (not those it found shared)
     self.compile_seconds = 0.0
@@ -115,7 +123,8 @@ class ModelRunner:
     bs = self.cache_config.block_size
     if out.decodes:
       inputs = step_inputs.build_decode(out.decodes, self.buckets, bs, self.token_slot)
-      groups.append((out.decodes, self._run_decode(inputs)))
+      steps = self.num_decode_steps if any(s.num_new_tokens > 1 for s in out.decodes) else 1
+      groups.append((out.decodes, self._run_decode(inputs, steps=steps)))
     if out.prefills:
       inputs = step_inputs.build_prefill(out.prefills, self.buckets, bs, self.token_slot)
       groups.append((out.prefills, self._run_prefill(inputs)))
@@ -154,18 +163,24 @@ class ModelRunner:
     for kind, x in shapes:
       ints, floats, layout = packing.pack(x)
       for mode in MODES:
-        yield (kind, layout, mode), ints, floats
+        for steps in self._decode_variants() if kind == "decode" else (1,):
+          yield (kind, layout, mode, steps), ints, floats
 
-  def _run_decode(self, x: step_inputs.DecodeInputs, mode: str | None = None):
-    """Dispatches one decode step; `mode` (a sampler variant) defaults to the cheapest exact one."""
-    return self._run("decode", x, mode)
+  def _decode_variants(self) -> tuple[int, ...]:
+    """Decode iterations per step compiled: 1, and the multi-step count if any."""
+    return tuple(sorted({1, self.num_decode_steps}))
+
+  def _run_decode(self, x: step_inputs.DecodeInputs, mode: str | None = None, steps: int = 1):
+    """Dispatches one decode step of `steps` iterations; `mode` (a sampler variant)
+    defaults to the cheapest exact one."""
+    return self._run("decode", x, mode, steps)
 
   def _run_prefill(self, x: step_inputs.PrefillInputs, mode: str | None = None):
-    return self._run("prefill", x, mode)
+    return self._run("prefill", x, mode, 1)
 
-  def _run(self, kind: str, x, mode: str | None):
+  def _run(self, kind: str, x, mode: str | None, steps: int):
     ints, floats, layout = packing.pack(x)        # NOTE: one transfer each, not a dozen
-    key = (kind, layout, mode or sampling_mode(x.sampling))
+    key = (kind, layout, mode or sampling_mode(x.sampling), steps)
     executable = self._executables.get(key)
     if executable is None:
       executable = self._executable(key, ints, floats)
@@ -208,12 +223,14 @@ class ModelRunner:
     return key + (executables.signature(self._args(ints, floats)),)
 
   def _lower(self, key: tuple, ints, floats) -> jax.stages.Lowered:
-    kind, layout, mode = key
-    return self._steps[kind].lower(*self._args(ints, floats), layout=layout, sampling_mode=mode)
+    kind, layout, mode, steps = key
+    static = {"decode_steps": steps} if kind == "decode" else {}
+    return self._steps[kind].lower(*self._args(ints, floats), layout=layout, sampling_mode=mode,
+                                   **static)
 
 
 def _describe(key: tuple) -> tuple:
-  """(kind, tokens' shape, block tables' shape, mode) of an executable key, for the log."""
-  kind, layout, mode = key
+  """(kind, tokens' shape, block tables' shape, mode, steps) of an executable key, for the log."""
+  kind, layout, mode, steps = key
   shapes = {name: shape for name, _, shape, _ in layout}
-  return kind, shapes["tokens"], shapes["block_tables"], mode
+  return kind, shapes["tokens"], shapes["block_tables"], mode, steps

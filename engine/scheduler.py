@@ -27,8 +27,11 @@ class SchedulerConfig:
   enable_chunked_prefill: bool = True
   watermark: float = 0.01           # fraction of blocks admission keeps free
   reserve_blocks_per_seq: int = 1   # growth reserved for each running request at admission
+  num_decode_steps: int = 1         # decode tokens per request per step when no prefill runs
 
   def __post_init__(self):
+    if self.num_decode_steps < 1:
+      raise ValueError(f"num_decode_steps must be >= 1, got {self.num_decode_steps}")
     if self.max_batch_tokens < 1 or self.max_num_seqs < 1:
       raise ValueError("max_batch_tokens and max_num_seqs must be positive")
     if not self.enable_chunked_prefill and self.max_batch_tokens < self.max_model_len:
@@ -39,7 +42,12 @@ class SchedulerConfig:
 
 @dataclasses.dataclass
 class ScheduledRequest:
-  """`num_new_tokens` tokens of `request`, from `request.num_computed_tokens` on."""
+  """`num_new_tokens` tokens of `request`, from `request.num_computed_tokens` on.
+
+  NOTE: a decode row of a multi-step decode has num_new_tokens = k > 1: the
+  step runs k decode iterations on the device, each feeding its sampled token
+  to the next, so it computes k tokens' K/V and samples k tokens.
+  """
   request: Request
   start: int                 # request.num_computed_tokens when scheduled
   num_new_tokens: int
@@ -51,6 +59,12 @@ class ScheduledRequest:
     return self.request.all_token_ids[self.start:self.start + self.num_new_tokens]
 
   samples: bool = False      # the chunk reaches the request's last token: sample the next
+  is_decode: bool = False
+
+  @property
+  def num_sampled(self) -> int:
+    """Tokens this row samples: one per decode iteration, or one at a prompt's end."""
+    return self.num_new_tokens if self.is_decode else int(self.samples)
 
 
 @dataclasses.dataclass
@@ -115,7 +129,27 @@ class Scheduler:
     if not out.preempted:
       # NOTE: no admission in a step that had to preempt: memory is short.
       self._schedule_waiting(out, budget)
+    if self.config.num_decode_steps > 1 and not out.prefills and not out.preempted:
+      self._extend_decodes(out)
     return out
+
+  def _extend_decodes(self, out: ScheduleOutput) -> None:
+    """Turns a decode-only step into a multi-step decode: up to `num_decode_steps`
+    tokens per row, capped by what each request may still produce.
+
+    NOTE: lookahead never preempts: a row whose extra slots do not fit now keeps
+    its single token. Only decode-only steps are extended, so a prefill chunk
+    or an admission waits at most one multi-step.
+    """
+    for s in out.decodes:
+      request = s.request
+      produced = request.num_output_tokens + request.num_pending_tokens
+      k = min(self.config.num_decode_steps,
+              request.sampling_params.max_tokens - produced,
+              self.config.max_model_len - request.num_tokens_with_pending)
+      if k > 1 and self.kv.allocate_slots(request, k):
+        s.num_new_tokens = k
+        s.block_table = list(self.kv.block_table(request.request_id))
 
   def _schedule_decodes(self, out: ScheduleOutput, budget: int) -> int:
     for request in list(self.running):
@@ -125,7 +159,7 @@ class Scheduler:
       if _remaining(request) != 1 or self._at_limit(request):
         continue                       # still prefilling, or about to finish
       if self._allocate_or_preempt(request, 1, out):
-        out.decodes.append(self._scheduled(request, 1))
+        out.decodes.append(self._scheduled(request, 1, is_decode=True))
         budget -= 1
     return budget
 
@@ -209,10 +243,11 @@ class Scheduler:
     out.preempted.append(request)
     self.waiting.appendleft(request)
 
-  def _scheduled(self, request: Request, n: int) -> ScheduledRequest:
+  def _scheduled(self, request: Request, n: int, is_decode: bool = False) -> ScheduledRequest:
     start = request.num_computed_tokens
     return ScheduledRequest(request, start, n, list(self.kv.block_table(request.request_id)),
-                            samples=start + n == request.num_tokens_with_pending)
+                            samples=start + n == request.num_tokens_with_pending,
+                            is_decode=is_decode)
 
   def _at_limit(self, request: Request) -> bool:
     """Its pending token is its last one: it finishes when that token lands."""
@@ -224,11 +259,10 @@ class Scheduler:
 
   def update(self, out: ScheduleOutput) -> None:
     """Called once the step is dispatched: its tokens count as computed, and each
-    sampling row has one token pending until `ScheduleOutput`'s results land."""
+    sampling row's sampled tokens are pending until `ScheduleOutput`'s results land."""
     for s in out.decodes + out.prefills:
       s.request.num_computed_tokens += s.num_new_tokens
-      if s.samples:
-        s.request.num_pending_tokens = 1
+      s.request.num_pending_tokens += s.num_sampled
       # NOTE: blocks whose tokens are all known get hashed; the block holding a
       # pending token is hashed once that token lands (see LLMEngine).
       self.kv.cache_full_blocks(s.request)

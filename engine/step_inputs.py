@@ -23,6 +23,7 @@ class DecodeInputs:
   slots: np.ndarray          # [rows] int32
   block_tables: np.ndarray   # [rows, width] int32
   lengths: np.ndarray        # [rows] int32 (0 = padding row)
+  num_steps: np.ndarray      # [rows] int32: decode iterations of a multi-step (0 = padding row)
   sampling: SamplingTensors  # [rows] each
 
 
@@ -94,7 +95,8 @@ def build_decode(scheduled: list[ScheduledRequest], buckets: Buckets, block_size
   return DecodeInputs(pad(tokens, 0), pad(input_slots, -1),
                       _sample_slots(scheduled, rows, token_slot), pad(starts, 0), pad(slots, 0),
                       _tables(scheduled, rows, _width(scheduled, buckets)),
-                      pad([p + 1 for p in starts], 0), _sampling(scheduled, rows))
+                      pad([p + 1 for p in starts], 0),
+                      pad([s.num_new_tokens for s in scheduled], 0), _sampling(scheduled, rows))
 
 
 def build_prefill(scheduled: list[ScheduledRequest], buckets: Buckets, block_size: int,
@@ -124,7 +126,7 @@ def build_prefill(scheduled: list[ScheduledRequest], buckets: Buckets, block_siz
 def empty_decode(rows: int, width: int, trash_slot: int) -> DecodeInputs:
   """All-padding decode inputs of one bucket (for warm-up)."""
   z = np.zeros(rows, np.int32)
-  return DecodeInputs(z, z - 1, z + trash_slot, z, z, np.zeros((rows, width), np.int32), z,
+  return DecodeInputs(z, z - 1, z + trash_slot, z, z, np.zeros((rows, width), np.int32), z, z,
                       SamplingTensors.from_params([], seeds=[], steps=[], pad_to=rows))
 
 

@@ -9,6 +9,7 @@ so the host can schedule step N+1 before step N's tokens have reached it.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -48,20 +49,41 @@ def prefill_attention(q, k, v, layer_cache, meta, *, backend):
 
 
 def _decode_step(params, kv_cache, token_buffer, tokens, input_slots, sample_slots, positions,
-                 slots, block_tables, lengths, sampling: SamplingTensors, *, config,
-                 attention_fn, sampling_mode):
+                 slots, block_tables, lengths, num_steps, sampling: SamplingTensors, *, config,
+                 attention_fn, sampling_mode, decode_steps: int = 1):
+  """`decode_steps` (static) decode iterations; returns tokens and logprobs [decode_steps, rows].
+
+  NOTE: iteration j feeds iteration j-1's sampled tokens back in, at position
+  + j, with the slot looked up on the device from the block table. A row with
+  num_steps <= j is padding from then on: it writes the null slot 0, reads
+  nothing (length 0) and sends its token to the trash slot.
+  """
   # NOTE: a row whose input token was sampled by the previous step (not yet on
   # the host) reads it from the device token buffer.
   pending = jnp.take(token_buffer, jnp.maximum(input_slots, 0))     # [rows]
   tokens = jnp.where(input_slots >= 0, pending, tokens)
-  meta = {"slots": slots, "block_tables": block_tables, "lengths": lengths}
-  with jax.named_scope("decode_forward"):
-    hidden, kv_cache = llama.forward(params, config, tokens, positions, kv_cache, meta,
-                                     attention_fn)          # hidden [rows, hidden]
-  with jax.named_scope("sample"):
-    logits = llama.compute_logits(params, config, hidden)   # [rows, vocab]
-    token_ids, logprobs = sample(logits, sampling, sampling_mode)
-  return kv_cache, token_buffer.at[sample_slots].set(token_ids), token_ids, logprobs
+  block_size = kv_cache[0].shape[3]
+  trash = token_buffer.shape[0] - 1
+  sampled, logprobs = [], []
+  for j in range(decode_steps):
+    active = j < num_steps                                          # [rows]
+    if j:
+      pos = positions + j
+      block = jnp.take_along_axis(block_tables, (pos // block_size)[:, None], axis=1)[:, 0]
+      slots = jnp.where(active, block * block_size + pos % block_size, 0)
+      lengths = jnp.where(active, pos + 1, 0)
+    meta = {"slots": slots, "block_tables": block_tables, "lengths": lengths}
+    with jax.named_scope("decode_forward"):
+      hidden, kv_cache = llama.forward(params, config, tokens, positions + j, kv_cache, meta,
+                                       attention_fn)        # hidden [rows, hidden]
+    with jax.named_scope("sample"):
+      logits = llama.compute_logits(params, config, hidden)   # [rows, vocab]
+      step_sampling = dataclasses.replace(sampling, step=sampling.step + j)
+      tokens, token_logprobs = sample(logits, step_sampling, sampling_mode)
+    token_buffer = token_buffer.at[jnp.where(active, sample_slots, trash)].set(tokens)
+    sampled.append(tokens)
+    logprobs.append(token_logprobs)
+  return kv_cache, token_buffer, jnp.stack(sampled), jnp.stack(logprobs)
 
 
 def _prefill_step(params, kv_cache, token_buffer, tokens, positions, slots, block_tables,
@@ -76,14 +98,14 @@ def _prefill_step(params, kv_cache, token_buffer, tokens, positions, slots, bloc
     last = jnp.take(hidden, logits_indices, axis=0)         # [seqs, hidden]
     logits = llama.compute_logits(params, config, last)     # [seqs, vocab]
     token_ids, logprobs = sample(logits, sampling, sampling_mode)
-  return kv_cache, token_buffer.at[sample_slots].set(token_ids), token_ids, logprobs
+  return kv_cache, token_buffer.at[sample_slots].set(token_ids), token_ids[None], logprobs[None]
 
 
 def _from_packed(step):
-  """`step` taking (params, kv_cache, token_buffer, ints, floats, *, layout, sampling_mode)."""
-  def packed(params, kv_cache, token_buffer, ints, floats, *, layout, sampling_mode):
+  """`step` taking (params, kv_cache, token_buffer, ints, floats, *, layout, sampling_mode, ...)."""
+  def packed(params, kv_cache, token_buffer, ints, floats, *, layout, sampling_mode, **static):
     return step(params, kv_cache, token_buffer, **packing.unpack(ints, floats, layout),
-                sampling_mode=sampling_mode)
+                sampling_mode=sampling_mode, **static)
   return packed
 
 
@@ -111,7 +133,7 @@ def _make_steps(config, backend: str, mesh):
     prefill_attn = parallel.shard_attention(
         prefill_attn, mesh, ("slots", "block_tables", "cu_q_lens", "kv_lens"))
   jit = functools.partial(jax.jit, donate_argnames=("kv_cache", "token_buffer"),
-                          static_argnames=("layout", "sampling_mode"))
+                          static_argnames=("layout", "sampling_mode", "decode_steps"))
   decode = jit(_from_packed(functools.partial(_decode_step, config=config,
                                               attention_fn=decode_attn)))
   prefill = jit(_from_packed(functools.partial(_prefill_step, config=config,

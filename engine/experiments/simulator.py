@@ -109,7 +109,7 @@ class SimulatedEngine:
       if not s.samples or request.is_finished:
         continue
       token = dummy_token(request.request_id, request.num_tokens, self.vocab_size)
-      request.num_pending_tokens = 0
+      request.num_pending_tokens -= 1
       request.output_token_ids.append(token)
       self.kv.cache_full_blocks(request)
       reason = check_stop(request, token, self.max_model_len)

@@ -161,3 +161,23 @@ def test_engines_with_the_same_model_share_compiled_steps(smollm, prompt, baseli
   third, tokens_c = run(8)
   assert third.num_compilations > 0
   assert tokens_a == tokens_b == tokens_c == baseline.token_ids
+
+
+def test_multi_step_decode_gives_the_same_outputs(smollm, llm, prompt, baseline):
+  """4 decode iterations per step: same tokens, text, logprobs and stops as one."""
+  multi = LLM(loaded_model=smollm, num_decode_steps=4, **ENGINE)
+  words = baseline.text.split()
+  short = llm.tokenizer.apply_chat_template([{"role": "user", "content": "What is 2+2?"}])
+  cases = [(prompt, greedy()), (prompt, greedy(stop=[" " + words[len(words) // 2]])),
+           (prompt, greedy(stop_token_ids=[baseline.token_ids[5]])),
+           (short, greedy(max_tokens=40)),
+           (prompt, SamplingParams(temperature=0.9, top_p=0.95, seed=7, max_tokens=11,
+                                   logprobs=True))]
+  want = llm.generate([p for p, _ in cases], [s for _, s in cases], use_tqdm=False)
+  got = multi.generate([p for p, _ in cases], [s for _, s in cases], use_tqdm=False)
+  for w, g in zip(want, got):
+    assert (g.token_ids, g.text, g.finish_reason) == (w.token_ids, w.text, w.finish_reason)
+  assert got[0].token_ids == baseline.token_ids
+  assert got[3].finish_reason == FinishReason.STOP and got[1].finish_reason == FinishReason.STOP
+  np.testing.assert_allclose(got[4].logprobs, want[4].logprobs, atol=1e-5)
+  assert multi.engine.kv.num_used_blocks == 0

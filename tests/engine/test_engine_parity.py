@@ -111,3 +111,22 @@ def test_preemption_with_tiny_pool(smollm, prompts, expected):
   assert_equal(outputs, expected[:2])
   assert engine.stats().num_preemptions_total > 0
   assert engine.kv.num_used_blocks == 0
+
+
+def test_multi_step_decode(smollm, prompts, expected):
+  # 4 decode iterations per decode-only step; arrivals force single steps in between,
+  # MAX_NEW (10) is no multiple of 4, and prefix hits land mid-way.
+  engine = make_engine(smollm, block_size=8, num_decode_steps=4)
+  outputs = run_engine(engine, prompts, arrivals=[0, 0, 2, 3, 9])
+  assert_equal(outputs, expected)
+  assert engine.kv.num_used_blocks == 0
+
+
+def test_multi_step_decode_with_preemption(smollm, prompts, expected):
+  blocks = [-(-len(p) // 8) for p in prompts[:2]]
+  engine = make_engine(smollm, block_size=8, num_blocks=sum(blocks) + 2,
+                       enable_prefix_caching=False, watermark=0.0, num_decode_steps=3)
+  outputs = run_engine(engine, prompts[:2])
+  assert_equal(outputs, expected[:2])
+  assert engine.stats().num_preemptions_total > 0
+  assert engine.kv.num_used_blocks == 0

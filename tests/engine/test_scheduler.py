@@ -12,11 +12,11 @@ from engine.scheduler import Scheduler, SchedulerConfig
 
 
 def make(num_blocks=64, block_size=4, budget=32, max_seqs=8, chunked=True, caching=True,
-         watermark=0.0, max_model_len=256, kv=None):
+         watermark=0.0, max_model_len=256, kv=None, decode_steps=1):
   kv = kv or KVCacheManager(num_blocks, block_size, enable_prefix_caching=caching)
   cfg = SchedulerConfig(max_model_len=max_model_len, max_num_seqs=max_seqs,
                         max_batch_tokens=budget, enable_chunked_prefill=chunked,
-                        watermark=watermark)
+                        watermark=watermark, num_decode_steps=decode_steps)
   return Scheduler(cfg, kv)
 
 
@@ -31,8 +31,8 @@ def run_step(s: Scheduler, token=7):
   s.update(out)
   for x in out.decodes + out.prefills:
     if x.samples:
-      x.request.output_token_ids.append(token)
-      x.request.num_pending_tokens = 0
+      x.request.output_token_ids += [token] * x.num_sampled
+      x.request.num_pending_tokens -= x.num_sampled
   return out
 
 
@@ -142,3 +142,50 @@ def test_contiguous_manager_reserves_whole_request():
   out = run_step(s)
   assert [x.request.request_id for x in out.prefills] == ["a"]
   assert kv.num_used_blocks == 4
+
+
+def test_multi_step_decode_extends_decode_only_steps():
+  s = make(block_size=4, decode_steps=4, max_model_len=64)
+  a, b = req("a", 6, max_tokens=10), req("b", 5, max_tokens=3, start=50)
+  s.add(a)
+  s.add(b)
+  out = run_step(s)                            # prefill step: nothing to extend
+  assert not out.decodes and [x.num_sampled for x in out.prefills] == [1, 1]
+  out = run_step(s)                            # decode-only: a takes 4, b the 2 it has left
+  assert [(x.request.request_id, x.start, x.num_new_tokens) for x in out.decodes] == [
+      ("a", 6, 4), ("b", 5, 2)]
+  assert all(x.samples and x.num_sampled == x.num_new_tokens for x in out.decodes)
+  assert len(out.decodes[0].block_table) == 3  # slots for positions 6..9 are allocated
+  assert b.num_output_tokens == 3 and a.num_output_tokens == 5
+  out = run_step(s)                            # b is done; a gets 4 more (10 in all)
+  assert [(x.request.request_id, x.num_new_tokens) for x in out.decodes] == [("a", 4)]
+  assert a.num_output_tokens == 9
+  out = run_step(s)
+  assert [(x.request.request_id, x.num_new_tokens) for x in out.decodes] == [("a", 1)]
+
+
+def test_multi_step_decode_waits_while_a_prefill_runs_and_is_capped_by_context():
+  s = make(block_size=4, budget=8, decode_steps=4, max_model_len=12)
+  a = req("a", 6, max_tokens=100)
+  s.add(a)
+  run_step(s)
+  s.add(req("b", 20, start=50))                # 20 tokens > budget: prefilled in chunks
+  out = run_step(s)
+  assert [x.num_new_tokens for x in out.decodes] == [1] and out.prefills
+  s.finish(out.prefills[0].request, FinishReason.ABORT)
+  out = run_step(s)                            # decode-only again; context leaves 4 tokens
+  assert [(x.start, x.num_new_tokens) for x in out.decodes] == [(7, 4)]
+  assert a.num_tokens == 12
+
+
+def test_multi_step_lookahead_never_preempts():
+  # 2 usable blocks of 4, both held by a (6 prompt tokens): its lookahead to
+  # positions 6..9 would need a 3rd block, so it decodes one token at a time.
+  s = make(num_blocks=3, block_size=4, decode_steps=4)
+  a = req("a", 6, max_tokens=20)
+  s.add(a)
+  run_step(s)
+  for start in (6, 7):
+    out = run_step(s)
+    assert [(x.start, x.num_new_tokens) for x in out.decodes] == [(start, 1)]
+    assert not out.preempted and s.kv.num_free_blocks == 0
