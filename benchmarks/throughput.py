@@ -1,7 +1,7 @@
 """Offline engine throughput on a GPU, next to its roofline (run on an H100/H200).
 
 Usage: PYTHONPATH=. python -m benchmarks.throughput --out DIR
-           [--models llama3.2-1b,llama3-8b] [--batches 64,256]
+           [--models llama3.2-1b,llama3-8b] [--batches 64,256] [--decode-steps 1,4]
 
 1. Correctness on the GPU: random-weight SmolLM2 shapes in float32; the engine's greedy
    tokens (Pallas kernels) against the dense reference generate and against the engine's
@@ -11,6 +11,9 @@ Usage: PYTHONPATH=. python -m benchmarks.throughput --out DIR
    device time against its roofline (weight bytes + KV bytes over the read-only bandwidth
    measured in this run); and the fraction of wall time the GPU sits idle between decode
    steps (1 - device time of a decode step / wall time per decode-only engine step).
+   `--decode-steps` runs each row once per multi-step count (`num_decode_steps`): a
+   decode-only step then runs that many decode iterations on the device; "decode step"
+   is the device time per iteration, the idle share compares a whole multi-step.
 HF transformers' numbers come from `benchmarks/hf_baseline.py` (a separate process: torch
 and JAX should not share the GPU's memory), merged by `--hf-json`.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import time
@@ -59,10 +63,15 @@ def check_correctness(prompt_lens=(5, 37, 130), new=16) -> dict:
                                             use_tqdm=False)]
   theirs = [o.token_ids for o in xla.generate(prompt_token_ids=prompts, sampling_params=sp,
                                               use_tqdm=False)]
+  multi = LLM(loaded_model=llm.engine.model, max_num_seqs=4, max_model_len=512, num_blocks=256,
+              num_decode_steps=4)
+  multi_out = [o.token_ids for o in multi.generate(prompt_token_ids=prompts, sampling_params=sp,
+                                                   use_tqdm=False)]
   ref = [reference_generate(cfg, params, p, new) for p in prompts]
   return {"backend": pallas_kernels.default_backend(),
           "tokens_equal_reference": [a == b for a, b in zip(ours, ref)],
           "tokens_equal_xla_engine": [a == b for a, b in zip(ours, theirs)],
+          "multi_step_4_equal_reference": [a == b for a, b in zip(multi_out, ref)],
           "prompt_lens": list(prompt_lens), "new_tokens": new}
 
 
@@ -81,15 +90,17 @@ def _timed_steps(llm: LLM) -> list[tuple[float, bool]]:
   return log
 
 
-def decode_inputs(runner, batch: int, ctx: int) -> step_inputs.DecodeInputs:
-  """Decode inputs of `batch` rows at `ctx` tokens each, over distinct real blocks."""
-  blocks = -(-ctx // runner.cache_config.block_size)
+def decode_inputs(runner, batch: int, ctx: int, steps: int = 1) -> step_inputs.DecodeInputs:
+  """Decode inputs of `batch` rows at `ctx` tokens each (then `steps` iterations), over
+  distinct real blocks."""
+  blocks = -(-(ctx + steps - 1) // runner.cache_config.block_size)
   width = min(w for w in runner.buckets.table_widths if w >= blocks)
   x = step_inputs.empty_decode(batch, width, runner.trash_slot)
   ids = np.arange(batch * width, dtype=np.int32) % (runner.cache_config.num_blocks - 1)
   x.block_tables[:] = ids.reshape(batch, width) + 1
   x.lengths[:] = ctx
   x.positions[:] = ctx - 1
+  x.num_steps[:] = steps
   return x
 
 
@@ -101,22 +112,23 @@ def decode_engine(model: str, batch: int, ctx: int, dtype: str = "bfloat16",
   return llm, decode_inputs(llm.engine.runner, batch, ctx)
 
 
-def decode_device_time(llm: LLM, batch: int, ctx: int, iters: int = 20) -> float:
-  """Seconds per decode step of `batch` rows at `ctx` tokens, device only (no host loop)."""
+def decode_device_time(llm: LLM, batch: int, ctx: int, iters: int = 20, steps: int = 1) -> float:
+  """Seconds per decode step of `batch` rows at `ctx` tokens (`steps` iterations), device
+  only (no host loop)."""
   runner = llm.engine.runner
-  x = decode_inputs(runner, batch, ctx)
-  jax.block_until_ready(runner._run_decode(x))
+  x = decode_inputs(runner, batch, ctx, steps)
+  jax.block_until_ready(runner._run_decode(x, steps=steps))
   t0 = time.perf_counter()
   for _ in range(iters):
-    out = runner._run_decode(x)
+    out = runner._run_decode(x, steps=steps)
   jax.block_until_ready(out)
   return (time.perf_counter() - t0) / iters
 
 
 def bench_model(name: str, batch: int, bandwidth: float, prompt_len: int = PROMPT,
-                new: int = NEW) -> dict:
+                new: int = NEW, decode_steps: int = 1) -> dict:
   llm = LLM(f"random:{name}", dtype="bfloat16", max_num_seqs=batch,
-            max_model_len=prompt_len + new,
+            max_model_len=prompt_len + new, num_decode_steps=decode_steps,
             max_batch_tokens=2048, enable_prefix_caching=False, kv_cache_memory_fraction=0.5)
   cfg = llm.engine.model.config
   rng = np.random.default_rng(1)
@@ -133,7 +145,8 @@ def bench_model(name: str, batch: int, bandwidth: float, prompt_len: int = PROMP
   wall = time.perf_counter() - t0
   generated = sum(len(o.token_ids) for o in outs)
   mid = prompt_len + new // 2
-  step_s = decode_device_time(llm, batch, mid)
+  multi_s = decode_device_time(llm, batch, mid, steps=decode_steps)
+  step_s = multi_s / decode_steps
   params = llm.engine.model.params
   weight_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(params))
   if not cfg.tie_word_embeddings:
@@ -142,12 +155,13 @@ def bench_model(name: str, batch: int, bandwidth: float, prompt_len: int = PROMP
   roofline = (weight_bytes + kv_bytes) / bandwidth
   decode_walls = [w for w, decode_only in log if decode_only]
   wall_per_decode = float(np.median(decode_walls)) if decode_walls else float("nan")
-  return {"model": name, "batch": batch, "tokens_per_s": generated / wall, "wall_s": wall,
+  return {"model": name, "batch": batch, "decode_steps": decode_steps,
+          "tokens_per_s": generated / wall, "wall_s": wall,
           "warm_run_s": warm_s, "generated": generated,
           "decode_step_ms": step_s * 1e3, "roofline_ms": roofline * 1e3,
           "step_over_roofline": step_s / roofline,
           "engine_step_wall_ms": wall_per_decode * 1e3,
-          "gpu_idle_fraction": max(0.0, 1 - step_s / wall_per_decode),
+          "gpu_idle_fraction": max(0.0, 1 - multi_s / wall_per_decode),
           "compilations": llm.engine.stats().num_compilations}
 
 
@@ -157,16 +171,17 @@ def _fmt(x, spec: str) -> str:
 
 def to_markdown(rows: list[dict], hf: dict) -> str:
   """`hf` holds benchmarks/hf_baseline.py's results, keyed "<model>/<batch>/<variant>"."""
-  lines = ["| model | batch | tokens/s | HF eager | x eager | HF compiled | x compiled | "
-           "decode step ms | roofline ms | step/roofline | engine step ms | GPU idle |",
-           "|" + "---|" * 12]
+  lines = ["| model | batch | decode steps | tokens/s | HF eager | x eager | HF compiled | "
+           "x compiled | decode step ms | roofline ms | step/roofline | engine step ms | "
+           "GPU idle |", "|" + "---|" * 13]
   for r in rows:
     cells = []
     for variant in ("eager", "compiled"):
       h = hf.get(f"{r['model']}/{r['batch']}/{variant}", {}).get("tokens_per_s")
       cells += [_fmt(h, ".0f"), f"{r['tokens_per_s'] / h:.1f}x" if h else "n/a"]
     lines.append(
-        f"| {r['model']} | {r['batch']} | {r['tokens_per_s']:.0f} | {' | '.join(cells)} | "
+        f"| {r['model']} | {r['batch']} | {r.get('decode_steps', 1)} | "
+        f"{r['tokens_per_s']:.0f} | {' | '.join(cells)} | "
         f"{r['decode_step_ms']:.2f} | {r['roofline_ms']:.2f} | "
         f"{r['step_over_roofline']:.2f} | {r['engine_step_wall_ms']:.2f} | "
         f"{100 * r['gpu_idle_fraction']:.1f}% |")
@@ -183,6 +198,8 @@ def main():
   ap.add_argument("--skip-check", action="store_true")
   ap.add_argument("--prompt-len", type=int, default=PROMPT)
   ap.add_argument("--new-tokens", type=int, default=NEW)
+  ap.add_argument("--decode-steps", default="1",
+                  help="comma-separated num_decode_steps values, one run per model and batch each")
   args = ap.parse_args()
   os.makedirs(args.out, exist_ok=True)
   result = {"device": str(jax.devices()[0].device_kind), "date": time.strftime("%Y-%m-%d")}
@@ -192,9 +209,10 @@ def main():
   result["read_bandwidth_TBps"] = read_bandwidth() / 1e12
   rows = []
   for name in args.models.split(","):
-    for batch in (int(b) for b in args.batches.split(",")):
+    for batch, steps in itertools.product((int(b) for b in args.batches.split(",")),
+                                          (int(k) for k in args.decode_steps.split(","))):
       rows.append(bench_model(name, batch, result["read_bandwidth_TBps"] * 1e12,
-                              args.prompt_len, args.new_tokens))
+                              args.prompt_len, args.new_tokens, steps))
       print(json.dumps(rows[-1]), flush=True)
       _save(args.out, dict(result, rows=rows))
       gc.collect()

@@ -69,7 +69,8 @@ def _decode_step(params, kv_cache, token_buffer, tokens, input_slots, sample_slo
     active = j < num_steps                                          # [rows]
     if j:
       pos = positions + j
-      block = jnp.take_along_axis(block_tables, (pos // block_size)[:, None], axis=1)[:, 0]
+      block = jnp.take_along_axis(block_tables, (pos // block_size)[:, None], axis=1,
+                                  mode="clip")[:, 0]
       slots = jnp.where(active, block * block_size + pos % block_size, 0)
       lengths = jnp.where(active, pos + 1, 0)
     meta = {"slots": slots, "block_tables": block_tables, "lengths": lengths}
