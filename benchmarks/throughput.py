@@ -34,7 +34,6 @@ import pallas_kernels
 from engine import LLM, SamplingParams
 from engine import step_inputs
 from engine.runner import bytes_per_block
-from engine.xla_flags import apply_xla_flags
 
 PROMPT, NEW = 128, 256
 
@@ -190,7 +189,6 @@ def to_markdown(rows: list[dict], hf: dict) -> str:
 
 
 def main():
-  apply_xla_flags()
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--out", default=".")

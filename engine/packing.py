@@ -10,7 +10,6 @@ layout (the same for every step of one shape bucket).
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -34,20 +33,11 @@ def _fields(inputs) -> list[tuple[str, np.ndarray]]:
   return out
 
 
-def pack(inputs, steps: int = 1) -> tuple[np.ndarray, np.ndarray, Layout]:
-  """Packs a DecodeInputs/PrefillInputs into (int32 buffer, float32 buffer, layout).
-
-  NOTE: both buffers end with room for the step's outputs ("out.token_ids" and
-  "out.logprobs", [steps, sampling rows] each): the step writes them there, in
-  place, so a step's inputs and outputs live in the same two device buffers
-  (see `StepIO`).
-  """
-  rows = inputs.sample_slots.shape[0]
-  outputs = [("out.token_ids", np.zeros((steps, rows), np.int32)),
-             ("out.logprobs", np.zeros((steps, rows), np.float32))]
+def pack(inputs) -> tuple[np.ndarray, np.ndarray, Layout]:
+  """Packs a DecodeInputs/PrefillInputs into (int32 buffer, float32 buffer, layout)."""
   ints, floats, layout = [], [], []
   sizes = {"i": 0, "f": 0}
-  for name, a in _fields(inputs) + outputs:
+  for name, a in _fields(inputs):
     kind = "f" if a.dtype.kind == "f" else "i"
     layout.append((name, "u" if a.dtype.kind == "u" else kind, a.shape, sizes[kind]))
     sizes[kind] += a.size
@@ -62,8 +52,6 @@ def unpack(ints: jax.Array, floats: jax.Array, layout: Layout) -> dict:
   """Inside the jitted step: the named arrays back, `sampling` as SamplingTensors."""
   out, sampling = {}, {}
   for name, kind, shape, offset in layout:
-    if name.startswith("out."):
-      continue
     size = int(np.prod(shape, dtype=np.int64))
     src = floats if kind == "f" else ints
     value = jax.lax.slice_in_dim(src, offset, offset + size).reshape(shape)
@@ -76,40 +64,3 @@ def unpack(ints: jax.Array, floats: jax.Array, layout: Layout) -> dict:
   if sampling:
     out["sampling"] = SamplingTensors(**sampling)
   return out
-
-
-def _region(layout: Layout, name: str) -> tuple[int, tuple[int, ...]]:
-  (offset, shape), = [(o, s) for n, _, s, o in layout if n == name]
-  return offset, shape
-
-
-def write_outputs(ints: jax.Array, floats: jax.Array, layout: Layout, token_ids: jax.Array,
-                  logprobs: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Inside the jitted step: token ids and logprobs [steps, rows] into their regions."""
-  i, _ = _region(layout, "out.token_ids")
-  f, _ = _region(layout, "out.logprobs")
-  return (jax.lax.dynamic_update_slice(ints, token_ids.reshape(-1).astype(jnp.int32), (i,)),
-          jax.lax.dynamic_update_slice(floats, logprobs.reshape(-1).astype(jnp.float32), (f,)))
-
-
-@functools.partial(jax.jit, static_argnames=("layout",))
-def read_outputs(ints: jax.Array, floats: jax.Array, layout: Layout) -> jax.Array:
-  """A step's outputs as one fresh int32 array [2, steps, rows]: token ids, then the
-  logprobs' float32 bits (one device-to-host copy instead of two)."""
-  i, shape = _region(layout, "out.token_ids")
-  f, _ = _region(layout, "out.logprobs")
-  size = int(np.prod(shape))
-  token_ids = jax.lax.slice_in_dim(ints, i, i + size).reshape(shape)
-  logprobs = jax.lax.slice_in_dim(floats, f, f + size).reshape(shape)
-  return jnp.stack([token_ids, jax.lax.bitcast_convert_type(logprobs, jnp.int32)])
-
-
-def split_outputs(host: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """`read_outputs`' array on the host -> (token ids, logprobs), [steps, rows] each."""
-  return host[0], host[1].view(np.float32)
-
-
-@functools.partial(jax.jit, donate_argnums=(0, 1))
-def stage(io_ints: jax.Array, io_floats: jax.Array, ints: jax.Array, floats: jax.Array):
-  """Copies a step's packed inputs into its persistent device buffers, in place."""
-  return io_ints.at[:].set(ints), io_floats.at[:].set(floats)

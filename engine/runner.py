@@ -47,7 +47,7 @@ def bytes_per_block(model_config, block_size: int, dtype: str) -> int:
 @dataclasses.dataclass
 class PendingStep:
   """Sampled tokens of one step, still on their way from the device."""
-  groups: list[tuple[list[ScheduledRequest], jax.Array]]   # (rows, packing.read_outputs array)
+  groups: list[tuple[list[ScheduledRequest], tuple]]   # (rows, (token_ids, logprobs) on device)
 
   def result(self) -> dict[str, list[tuple[int, float]]]:
     """Blocks until the tokens are on the host.
@@ -55,10 +55,9 @@ class PendingStep:
     Returns {request_id: [(token, logprob), ...]} of the sampling rows, one
     pair per token the row sampled (several in a multi-step decode).
     """
-    host = jax.device_get([outputs for _, outputs in self.groups])
+    host = jax.device_get([arrays for _, arrays in self.groups])
     out = {}
-    for (rows, _), outputs in zip(self.groups, host):
-      tokens, logprobs = packing.split_outputs(outputs)              # each [steps, rows]
+    for (rows, _), (tokens, logprobs) in zip(self.groups, host):    # each [steps, rows]
       tokens, logprobs = tokens.T.tolist(), logprobs.T.tolist()
       for i, s in enumerate(rows):
         if s.samples:
@@ -87,16 +86,8 @@ class ModelRunner:
     self.trash_slot = num_slots - 1
     replicated = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
     self.token_buffer = jnp.zeros((num_slots,), jnp.int32, device=replicated)
-    self._replicated = replicated
     self._free_slots = list(range(num_slots - 1))
     self._slot_of: dict[str, int] = {}
-    # NOTE: one pair of persistent device buffers per packed layout: each step's
-    # inputs are copied into them and its outputs written back into them, in
-    # place, so every buffer a compiled step touches keeps its device address
-    # from one call to the next. On a GPU a changed address makes XLA re-record
-    # the step's CUDA graph before launching it (0.6-0.8 ms of host time for a
-    # Llama-3.2-1B decode step, measured on an H100 host).
-    self._io: dict[tuple, tuple[jax.Array, jax.Array]] = {}
     self._decode, self._prefill = make_steps(self.config, backend, mesh)
     self._steps = {"decode": self._decode, "prefill": self._prefill}
     self._shared = {kind: executables.shared(step) for kind, step in self._steps.items()}
@@ -137,8 +128,9 @@ class ModelRunner:
     if out.prefills:
       inputs = step_inputs.build_prefill(out.prefills, self.buckets, bs, self.token_slot)
       groups.append((out.prefills, self._run_prefill(inputs)))
-    for _, outputs in groups:
-      outputs.copy_to_host_async()     # NOTE: no blocking transfer here
+    for _, arrays in groups:
+      for a in arrays:
+        a.copy_to_host_async()     # NOTE: no blocking transfer here
     return PendingStep(groups)
 
   def warmup(self, threads: int | None = None) -> None:
@@ -156,20 +148,10 @@ class ModelRunner:
         if key not in self._executables and key not in pending:
           pending[key] = self._submit(key, ints, floats, pool)
     compiled = sum(self._store(key, *submitted) for key, submitted in pending.items())
-    self._warm_io()
     seconds = time.perf_counter() - t0
     self.num_compilations += compiled
     self.compile_seconds += seconds
     logging.info("warmup: %d compilations in %.1f s with %d threads", compiled, seconds, threads)
-
-  def _warm_io(self) -> None:
-    """Allocates every layout's IO buffers and compiles their stage and read-out programs."""
-    for key, ints, floats in self._warmup_inputs():
-      layout = key[1]
-      if layout not in self._io:
-        self._io[layout] = io = self._staged(layout, ints, floats)
-        self._io[layout] = io = self._staged(layout, ints, floats)    # compiles `stage`
-        jax.block_until_ready(packing.read_outputs(*io, layout=layout))
 
   def _warmup_inputs(self):
     """(key, ints, floats) of every bucket shape and sampler mode, all padding."""
@@ -196,25 +178,15 @@ class ModelRunner:
   def _run_prefill(self, x: step_inputs.PrefillInputs, mode: str | None = None):
     return self._run("prefill", x, mode, 1)
 
-  def _run(self, kind: str, x, mode: str | None, steps: int) -> jax.Array:
-    """Dispatches a step; returns its outputs (`packing.read_outputs`), still on the device."""
-    ints, floats, layout = packing.pack(x, steps)   # NOTE: one transfer each, not a dozen
+  def _run(self, kind: str, x, mode: str | None, steps: int):
+    ints, floats, layout = packing.pack(x)        # NOTE: one transfer each, not a dozen
     key = (kind, layout, mode or sampling_mode(x.sampling), steps)
     executable = self._executables.get(key)
     if executable is None:
       executable = self._executable(key, ints, floats)
-    io = self._staged(layout, ints, floats)
-    self.kv_cache, self.token_buffer, *io = executable(
-        self.model.params, self.kv_cache, self.token_buffer, *io)
-    self._io[layout] = tuple(io)
-    return packing.read_outputs(*io, layout=layout)
-
-  def _staged(self, layout, ints: np.ndarray, floats: np.ndarray) -> tuple[jax.Array, jax.Array]:
-    """The layout's persistent device buffers, now holding `ints` and `floats`."""
-    io = self._io.pop(layout, None)
-    if io is None:
-      return jax.device_put((ints, floats), self._replicated)
-    return packing.stage(*io, ints, floats)
+    self.kv_cache, self.token_buffer, token_ids, logprobs = executable(
+        self.model.params, self.kv_cache, self.token_buffer, ints, floats)
+    return token_ids, logprobs
 
   def _executable(self, key: tuple, ints, floats) -> jax.stages.Compiled:
     """A miss of the fast path: the shared executable for these arguments, or a new compile."""

@@ -103,21 +103,15 @@ def _prefill_step(params, kv_cache, token_buffer, tokens, positions, slots, bloc
 
 
 def _from_packed(step):
-  """`step` taking (params, kv_cache, token_buffer, ints, floats, *, layout, sampling_mode, ...)
-  and returning (kv_cache, token_buffer, ints, floats) with its outputs written into the
-  packed buffers' output regions (see engine/packing.py)."""
+  """`step` taking (params, kv_cache, token_buffer, ints, floats, *, layout, sampling_mode, ...)."""
   def packed(params, kv_cache, token_buffer, ints, floats, *, layout, sampling_mode, **static):
-    kv_cache, token_buffer, token_ids, logprobs = step(
-        params, kv_cache, token_buffer, **packing.unpack(ints, floats, layout),
-        sampling_mode=sampling_mode, **static)
-    return (kv_cache, token_buffer) + packing.write_outputs(ints, floats, layout, token_ids,
-                                                            logprobs)
+    return step(params, kv_cache, token_buffer, **packing.unpack(ints, floats, layout),
+                sampling_mode=sampling_mode, **static)
   return packed
 
 
 def make_steps(config, backend: str | None, mesh=None):
-  """Returns (decode_step, prefill_step), jitted with the cache, the token buffer and the
-  packed input/output buffers donated (all four come back in place).
+  """Returns (decode_step, prefill_step), jitted with the cache donated.
 
   With a tensor-parallel `mesh` the attention seams run per shard inside
   `shard_map` (see engine/parallel.py); XLA partitions the rest.
@@ -139,7 +133,7 @@ def _make_steps(config, backend: str, mesh):
     decode_attn = parallel.shard_attention(decode_attn, mesh, ("slots", "block_tables", "lengths"))
     prefill_attn = parallel.shard_attention(
         prefill_attn, mesh, ("slots", "block_tables", "cu_q_lens", "kv_lens"))
-  jit = functools.partial(jax.jit, donate_argnames=("kv_cache", "token_buffer", "ints", "floats"),
+  jit = functools.partial(jax.jit, donate_argnames=("kv_cache", "token_buffer"),
                           static_argnames=("layout", "sampling_mode", "decode_steps"))
   decode = jit(_from_packed(functools.partial(_decode_step, config=config,
                                               attention_fn=decode_attn)))

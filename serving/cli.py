@@ -84,8 +84,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   # NOTE: compiled steps are cached on disk, so a second run skips compilation.
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                         os.path.join(os.path.expanduser("~"), ".cache", "pagedjax", "xla"))
-  from engine.xla_flags import apply_xla_flags   # NOTE: imports jax; --help stays fast
-  apply_xla_flags()         # NOTE: before any command starts a JAX backend
   try:
     return int(args._run(args) or 0)
   except _expected_errors() as e:
