@@ -43,6 +43,9 @@ _ENGINE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
      "attention implementation (default: chosen for the platform)"),
     ("--tensor-parallel", "tensor_parallel", int,
      "devices to split weights and KV heads over (must divide the KV heads)"),
+    ("--num-decode-steps", "num_decode_steps", int,
+     "decode tokens per request per step while no prompt is being prefilled (multi-step "
+     "decode: one host round trip per k tokens; 4-8 helps small models on a GPU)"),
 )
 
 

@@ -32,12 +32,15 @@ def test_engine_flags_build_the_config_and_keep_its_defaults():
   add_engine_args(parser)
   assert engine_config_from_args(parser.parse_args([])) == EngineConfig()
   args = parser.parse_args(["--block-size", "32", "--no-enable-prefix-caching",
-                            "--max-num-seqs", "3", "--engine-seed", "5", "--warmup"])
+                            "--max-num-seqs", "3", "--engine-seed", "5", "--warmup",
+                            "--num-decode-steps", "4"])
   cfg = engine_config_from_args(args, max_model_len=128)
   assert (cfg.block_size, cfg.enable_prefix_caching, cfg.max_num_seqs, cfg.seed, cfg.warmup,
-          cfg.max_model_len) == (32, False, 3, 5, True, 128)
+          cfg.max_model_len, cfg.num_decode_steps) == (32, False, 3, 5, True, 128, 4)
   with pytest.raises(ValueError, match="block_size"):
     engine_config_from_args(parser.parse_args(["--block-size", "12"]))
+  with pytest.raises(ValueError, match="num_decode_steps"):
+    engine_config_from_args(parser.parse_args(["--num-decode-steps", "0"]))
 
 
 def test_sampling_flags_pass_only_what_was_given():
