@@ -1,7 +1,7 @@
 """Where one engine decode step's device time goes (GPU): a profiler trace, summarised.
 
 Usage: PYTHONPATH=. python -m benchmarks.profile_step [--model llama3.2-1b] [--batch 64]
-           [--ctx 256] [--steps 5] [--out DIR]
+           [--ctx 256] [--steps 5] [--decode-steps 1] [--out DIR]
 
 Runs `--steps` back-to-back decode steps of the engine's own runner (same inputs as
 benchmarks/throughput.py) under `jax.profiler`, then reads the Perfetto trace and prints:
@@ -22,7 +22,7 @@ import time
 
 import jax
 
-from benchmarks.throughput import decode_engine
+from benchmarks.throughput import decode_engine, decode_inputs
 
 
 def load_trace(trace_dir: str) -> list[dict]:
@@ -79,25 +79,29 @@ def main():
   ap.add_argument("--ctx", type=int, default=256)
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--dtype", default="bfloat16")
+  ap.add_argument("--decode-steps", type=int, default=1,
+                  help="decode iterations per step (the engine's num_decode_steps)")
   ap.add_argument("--out", default=None, help="folder for profile_<model>_b<batch>.json")
   args = ap.parse_args()
-  llm, x = decode_engine(args.model, args.batch, args.ctx, args.dtype)
-  runner = llm.engine.runner
+  llm, _ = decode_engine(args.model, args.batch, args.ctx, args.dtype)
+  runner, k = llm.engine.runner, args.decode_steps
+  x = decode_inputs(runner, args.batch, args.ctx, k)
   for _ in range(3):
-    jax.block_until_ready(runner._run_decode(x))
+    jax.block_until_ready(runner._run_decode(x, steps=k))
   trace_dir = tempfile.mkdtemp()
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
     t0 = time.perf_counter()
     for _ in range(args.steps):
-      out = runner._run_decode(x)
+      out = runner._run_decode(x, steps=k)
     jax.block_until_ready(out)
     wall = time.perf_counter() - t0
   res = summarise(load_trace(trace_dir), args.steps, wall)
-  res.update(model=args.model, batch=args.batch, ctx=args.ctx,
+  res.update(model=args.model, batch=args.batch, ctx=args.ctx, decode_steps=k,
              device=jax.devices()[0].device_kind)
   print(json.dumps(res, indent=1))
   if args.out:
-    with open(os.path.join(args.out, f"profile_{args.model}_b{args.batch}.json"), "w") as f:
+    name = f"profile_{args.model}_b{args.batch}" + (f"_k{k}" if k > 1 else "")
+    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
       json.dump(res, f, indent=1)
 
 
