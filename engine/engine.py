@@ -181,26 +181,34 @@ class LLMEngine:
 
   def _land(self, request: Request, tokens: list[tuple[int, float]]) -> TokenDelta:
     """Appends a row's sampled tokens up to the first stop; the rest are dropped."""
-    state, want_logprobs = self._text[request.request_id], request.sampling_params.logprobs
-    ids, lps, reason = [], [] if want_logprobs else None, None
-    for token, logprob in tokens:
-      request.output_token_ids.append(token)
-      self._generation_tokens_total += 1
-      ids.append(token)
-      if want_logprobs:
-        request.output_logprobs.append(logprob)
-        lps.append(logprob)
-      if not op.is_stop_token(request, token):
-        state.push(token)
-      reason = op.check_stop(request, token, self.max_model_len)
-      if reason is None and state.stopped:
-        reason = FinishReason.STOP
-      if reason is not None:
-        break
+    state = self._text[request.request_id]
+    if request.sampling_params.stop and state.detok is not None:
+      n, reason = self._stop_on_text(request, state, [t for t, _ in tokens])
+    else:
+      n, reason = op.accepted(request, [t for t, _ in tokens], self.max_model_len)
+      ids = [t for t, _ in tokens[:n]]
+      state.push(ids[:-1] if reason == FinishReason.STOP else ids)   # no stop token in text
+    ids = [t for t, _ in tokens[:n]]
+    lps = [lp for _, lp in tokens[:n]] if request.sampling_params.logprobs else None
+    request.output_token_ids.extend(ids)
+    request.output_logprobs.extend(lps or ())
+    self._generation_tokens_total += n
     self.kv.cache_full_blocks(request)     # the blocks holding these tokens may be full now
     if reason is not None:
       return self._finish(request, reason, token_ids=ids, logprobs=lps)
     return op.make_delta(state, ids, lps, None)
+
+  def _stop_on_text(self, request: Request, state: op.RequestTextState,
+                    token_ids: list[int]) -> tuple[int, FinishReason | None]:
+    """`op.accepted` for a request with stop strings: the text, token by token, may stop
+    it earlier."""
+    n, reason = op.accepted(request, token_ids, self.max_model_len)
+    for i, token in enumerate(token_ids[:n]):
+      if not op.is_stop_token(request, token):
+        state.push([token])
+      if state.stopped:     # NOTE: a token-id stop or the length limit on the same token wins
+        return i + 1, reason if i + 1 == n and reason is not None else FinishReason.STOP
+    return n, reason
 
   def _finish(self, request: Request, reason: FinishReason, token_ids=(), logprobs=None,
               error: str | None = None) -> TokenDelta:

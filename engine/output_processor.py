@@ -22,11 +22,11 @@ class RequestTextState:
     self.emitted = 0        # characters of `text` already handed out
     self.stopped = False
 
-  def push(self, token_id: int) -> None:
-    """Adds a generated (non-EOS) token; sets `stopped` if a stop string appeared."""
-    if self.detok is None or self.stopped:
+  def push(self, token_ids: list[int]) -> None:
+    """Adds generated (non-EOS) tokens; sets `stopped` if a stop string appeared."""
+    if self.detok is None or self.stopped or not token_ids:
       return
-    new_text = self.detok.push([token_id])
+    new_text = self.detok.push(token_ids)
     stops = self.request.sampling_params.stop
     # NOTE: only a stop string ending in the new text can be new: search from
     # len(longest stop) - 1 characters before it, not the whole text each token.
@@ -70,6 +70,27 @@ def check_stop(request: Request, token_id: int, max_model_len: int) -> FinishRea
   if request.num_output_tokens >= params.max_tokens or request.num_tokens >= max_model_len:
     return FinishReason.LENGTH
   return None
+
+
+def accepted(request: Request, token_ids: list[int],
+             max_model_len: int) -> tuple[int, FinishReason | None]:
+  """How many of `token_ids` (sampled in this order) the request keeps, and why it
+  stops if it does: `check_stop` applied token by token, without the loop.
+
+  NOTE: stop strings are not checked here (they need the text, token by token).
+  """
+  params = request.sampling_params
+  limit = max(1, min(params.max_tokens - request.num_output_tokens,
+                     max_model_len - request.num_tokens))
+  stops = set(params.stop_token_ids)
+  if not params.ignore_eos:
+    stops.update(request.eos_token_ids)
+  for i, token in enumerate(token_ids[:limit]):
+    if token in stops:
+      return i + 1, FinishReason.STOP
+  if len(token_ids) >= limit:
+    return limit, FinishReason.LENGTH
+  return len(token_ids), None
 
 
 def is_stop_token(request: Request, token_id: int) -> bool:
