@@ -53,20 +53,16 @@ def read_bandwidth(gib: float = 4.0) -> float:
 def check_correctness(prompt_lens=(5, 37, 130), new=16) -> dict:
   from models.reference import reference_generate
   rng = np.random.default_rng(0)
-  llm = LLM("random:smollm2-135m", max_num_seqs=4, max_model_len=512, num_blocks=256)
-  xla = LLM(loaded_model=llm.engine.model, max_num_seqs=4, max_model_len=512, num_blocks=256,
-            attention_backend="xla")
+  shape = dict(max_num_seqs=4, max_model_len=512, num_blocks=256)
+  llm = LLM("random:smollm2-135m", **shape)
+  xla = LLM(loaded_model=llm.engine.model, attention_backend="xla", **shape)
   cfg, params = llm.engine.model.config, llm.engine.model.params
   prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for n in prompt_lens]
   sp = SamplingParams(temperature=0.0, max_tokens=new, ignore_eos=True)
-  ours = [o.token_ids for o in llm.generate(prompt_token_ids=prompts, sampling_params=sp,
-                                            use_tqdm=False)]
-  theirs = [o.token_ids for o in xla.generate(prompt_token_ids=prompts, sampling_params=sp,
-                                              use_tqdm=False)]
-  multi = LLM(loaded_model=llm.engine.model, max_num_seqs=4, max_model_len=512, num_blocks=256,
-              num_decode_steps=4)
-  multi_out = [o.token_ids for o in multi.generate(prompt_token_ids=prompts, sampling_params=sp,
-                                                   use_tqdm=False)]
+  multi = LLM(loaded_model=llm.engine.model, num_decode_steps=4, **shape)
+  tokens = lambda e: [o.token_ids for o in e.generate(prompt_token_ids=prompts,
+                                                      sampling_params=sp, use_tqdm=False)]
+  ours, theirs, multi_out = tokens(llm), tokens(xla), tokens(multi)
   ref = [reference_generate(cfg, params, p, new) for p in prompts]
   return {"backend": pallas_kernels.default_backend(),
           "tokens_equal_reference": [a == b for a, b in zip(ours, ref)],

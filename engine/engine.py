@@ -182,13 +182,13 @@ class LLMEngine:
   def _land(self, request: Request, tokens: list[tuple[int, float]]) -> TokenDelta:
     """Appends a row's sampled tokens up to the first stop; the rest are dropped."""
     state = self._text[request.request_id]
+    token_ids = [t for t, _ in tokens]
     if request.sampling_params.stop and state.detok is not None:
-      n, reason = self._stop_on_text(request, state, [t for t, _ in tokens])
+      n, reason = self._stop_on_text(request, state, token_ids)
     else:
-      n, reason = op.accepted(request, [t for t, _ in tokens], self.max_model_len)
-      ids = [t for t, _ in tokens[:n]]
-      state.push(ids[:-1] if reason == FinishReason.STOP else ids)   # no stop token in text
-    ids = [t for t, _ in tokens[:n]]
+      n, reason = op.accepted(request, token_ids, self.max_model_len)
+      state.push(token_ids[:n - 1] if reason == FinishReason.STOP else token_ids[:n])
+    ids = token_ids[:n]            # NOTE: a stop token is kept in ids, never in the text
     lps = [lp for _, lp in tokens[:n]] if request.sampling_params.logprobs else None
     request.output_token_ids.extend(ids)
     request.output_logprobs.extend(lps or ())

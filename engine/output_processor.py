@@ -60,31 +60,26 @@ def _held_back(text: str, stops) -> int:
   return best
 
 
-def check_stop(request: Request, token_id: int, max_model_len: int) -> FinishReason | None:
-  """Stop conditions that depend on token ids only (stop strings are checked on text)."""
+def _stop_token_ids(request: Request) -> set[int]:
   params = request.sampling_params
-  if not params.ignore_eos and token_id in request.eos_token_ids:
-    return FinishReason.STOP
-  if token_id in params.stop_token_ids:
-    return FinishReason.STOP
-  if request.num_output_tokens >= params.max_tokens or request.num_tokens >= max_model_len:
-    return FinishReason.LENGTH
-  return None
+  stops = set(params.stop_token_ids)
+  if not params.ignore_eos:
+    stops.update(request.eos_token_ids)
+  return stops
 
 
 def accepted(request: Request, token_ids: list[int],
              max_model_len: int) -> tuple[int, FinishReason | None]:
-  """How many of `token_ids` (sampled in this order) the request keeps, and why it
-  stops if it does: `check_stop` applied token by token, without the loop.
+  """How many of `token_ids` (sampled in this order, not yet appended) the request
+  keeps, and why it stops if it does: at the first stop token (EOS unless
+  ignore_eos, or a stop_token_id) or when it reaches max_tokens or the context.
 
   NOTE: stop strings are not checked here (they need the text, token by token).
   """
   params = request.sampling_params
   limit = max(1, min(params.max_tokens - request.num_output_tokens,
                      max_model_len - request.num_tokens))
-  stops = set(params.stop_token_ids)
-  if not params.ignore_eos:
-    stops.update(request.eos_token_ids)
+  stops = _stop_token_ids(request)
   for i, token in enumerate(token_ids[:limit]):
     if token in stops:
       return i + 1, FinishReason.STOP
@@ -94,9 +89,7 @@ def accepted(request: Request, token_ids: list[int],
 
 
 def is_stop_token(request: Request, token_id: int) -> bool:
-  params = request.sampling_params
-  return token_id in params.stop_token_ids or (
-      not params.ignore_eos and token_id in request.eos_token_ids)
+  return token_id in _stop_token_ids(request)
 
 
 def usage_of(request: Request) -> Usage:

@@ -142,14 +142,10 @@ class Scheduler:
     or an admission waits at most one multi-step.
     """
     for s in out.decodes:
-      request = s.request
-      produced = request.num_output_tokens + request.num_pending_tokens
-      k = min(self.config.num_decode_steps,
-              request.sampling_params.max_tokens - produced,
-              self.config.max_model_len - request.num_tokens_with_pending)
-      if k > 1 and self.kv.allocate_slots(request, k):
+      k = min(self.config.num_decode_steps, self._tokens_left(s.request))
+      if k > 1 and self.kv.allocate_slots(s.request, k):
         s.num_new_tokens = k
-        s.block_table = list(self.kv.block_table(request.request_id))
+        s.block_table = self.kv.block_table(s.request.request_id)
 
   def _schedule_decodes(self, out: ScheduleOutput, budget: int) -> int:
     for request in list(self.running):
@@ -245,15 +241,19 @@ class Scheduler:
 
   def _scheduled(self, request: Request, n: int, is_decode: bool = False) -> ScheduledRequest:
     start = request.num_computed_tokens
-    return ScheduledRequest(request, start, n, list(self.kv.block_table(request.request_id)),
+    return ScheduledRequest(request, start, n, self.kv.block_table(request.request_id),
                             samples=start + n == request.num_tokens_with_pending,
                             is_decode=is_decode)
 
-  def _at_limit(self, request: Request) -> bool:
-    """Its pending token is its last one: it finishes when that token lands."""
+  def _tokens_left(self, request: Request) -> int:
+    """Tokens the request may still sample beyond those it has or has pending."""
     produced = request.num_output_tokens + request.num_pending_tokens
-    return (produced >= request.sampling_params.max_tokens
-            or request.num_tokens_with_pending >= self.config.max_model_len)
+    return min(request.sampling_params.max_tokens - produced,
+               self.config.max_model_len - request.num_tokens_with_pending)
+
+  def _at_limit(self, request: Request) -> bool:
+    """Its pending tokens are its last ones: it finishes when they land."""
+    return self._tokens_left(request) <= 0
 
   # -- after the step --------------------------------------------------------
 

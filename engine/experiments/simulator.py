@@ -18,7 +18,7 @@ from engine.experiments.recording import RecordingScheduler
 from engine.experiments.replay import StepResult
 from engine.experiments.workload import TraceRequest
 from engine.memory import build_kv_manager
-from engine.output_processor import check_stop
+from engine.output_processor import accepted
 from engine.outputs import FinishReason
 from engine.request import Request
 from engine.sampling_params import SamplingParams
@@ -110,9 +110,9 @@ class SimulatedEngine:
         continue
       token = dummy_token(request.request_id, request.num_tokens, self.vocab_size)
       request.num_pending_tokens -= 1
+      _, reason = accepted(request, [token], self.max_model_len)
       request.output_token_ids.append(token)
       self.kv.cache_full_blocks(request)
-      reason = check_stop(request, token, self.max_model_len)
       events.append(self._finish(request, reason, 1) if reason is not None
                     else (request.request_id, 1, False, None))
     return events
