@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 
 from pallas_kernels import backend as backend_lib
-from pallas_kernels import heuristics
+from pallas_kernels import tuning
 from pallas_kernels import validation
 from pallas_kernels.decode_reference import paged_decode_attention_reference
 from pallas_kernels.decode_triton import decode_triton
@@ -50,13 +50,12 @@ def paged_decode_attention(
     return paged_decode_attention_reference(
         q, kv_cache, block_tables, lengths, scale=scale)
   _, hkv, _, block_size, _ = kv_cache.shape
-  if num_splits is None:
-    num_splits = heuristics.decode_num_splits(
-        q.shape[0], hkv, block_tables.shape[1], block_size)
-  pages = heuristics.decode_pages_per_step(block_size)
+  # NOTE: the tiling comes from the device's measured table (pallas_kernels/tuning/),
+  # else from the shape heuristics; an explicit num_splits overrides only the split.
+  cfg = tuning.decode_config(jax.devices()[0].device_kind, q.shape[0], hkv,
+                             block_tables.shape[1], block_size, q.shape[-1],
+                             kv_cache.dtype.itemsize)
   return decode_triton(
       q, kv_cache, block_tables, lengths, scale=float(scale),
-      num_splits=num_splits, pages_per_step=pages,
-      num_stages=heuristics.num_stages(
-          pages * block_size, q.shape[-1], kv_cache.dtype.itemsize),
-      interpret=interpret)
+      num_splits=num_splits or cfg.num_splits, pages_per_step=cfg.pages_per_step,
+      num_warps=cfg.num_warps, num_stages=cfg.num_stages, interpret=interpret)

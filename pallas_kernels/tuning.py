@@ -1,0 +1,79 @@
+"""Per-device tiling of the GPU kernels, from tables measured on each device.
+
+A table is `pallas_kernels/tuning/<device slug>.json`, written by
+`python -m benchmarks.tune_kernels --write-table` on the device itself: one
+entry per measured shape class with the fastest configuration found there.
+A problem takes the entry nearest to it (same block size and head_dim first,
+then the closest number of programs and context on a log scale); its split
+count is rescaled so that batch x kv_heads x splits stays what was measured.
+A device with no table, or a shape with no entry of its block size and
+head_dim, gets `heuristics` (tuned on an H100, 2026-11-22).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import pathlib
+import re
+
+from pallas_kernels import heuristics
+
+TABLE_DIR = pathlib.Path(__file__).with_name("tuning")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+  num_splits: int
+  pages_per_step: int
+  num_warps: int
+  num_stages: int
+
+
+def device_slug(device_kind: str) -> str:
+  """'NVIDIA H200' -> 'nvidia-h200' (the table's file name)."""
+  return re.sub(r"[^a-z0-9]+", "-", device_kind.lower()).strip("-")
+
+
+@functools.cache
+def load_table(device_kind: str) -> dict:
+  """The device's table ({} if none is checked in)."""
+  path = TABLE_DIR / f"{device_slug(device_kind)}.json"
+  return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _distance(entry: dict, programs: int, context: int) -> float:
+  return (abs(math.log2(programs / (entry["batch"] * entry["kv_heads"])))
+          + abs(math.log2(context / entry["context"])))
+
+
+def _pow2_at_most(x: float) -> int:
+  return 1 << max(0, int(math.floor(math.log2(max(x, 1.0)))))
+
+
+def decode_config(device_kind: str, batch: int, num_kv_heads: int, max_blocks: int,
+                  block_size: int, head_dim: int, itemsize: int) -> DecodeConfig:
+  """The decode kernel's tiling for this problem on this device."""
+  entries = [e for e in load_table(device_kind).get("decode", ())
+             if e["block_size"] == block_size and e["head_dim"] == head_dim
+             and e["itemsize"] == itemsize]
+  if not entries:
+    return heuristic_decode_config(batch, num_kv_heads, max_blocks, block_size, head_dim,
+                                   itemsize)
+  programs = batch * num_kv_heads
+  e = min(entries, key=lambda e: _distance(e, programs, max_blocks * block_size))
+  steps = -(-max_blocks // e["pages_per_step"])
+  measured = e["batch"] * e["kv_heads"] * e["num_splits"]
+  splits = min(_pow2_at_most(measured / programs), heuristics.MAX_SPLITS, _pow2_at_most(steps))
+  return DecodeConfig(splits, e["pages_per_step"], e["num_warps"], e["num_stages"])
+
+
+def heuristic_decode_config(batch: int, num_kv_heads: int, max_blocks: int, block_size: int,
+                            head_dim: int, itemsize: int) -> DecodeConfig:
+  """The shape-only choice (`heuristics`), for devices without a table."""
+  pages = heuristics.decode_pages_per_step(block_size)
+  return DecodeConfig(
+      heuristics.decode_num_splits(batch, num_kv_heads, max_blocks, block_size), pages, 4,
+      heuristics.num_stages(pages * block_size, head_dim, itemsize))

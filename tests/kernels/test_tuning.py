@@ -1,0 +1,77 @@
+"""Per-device tuning tables: lookup, fallback, and the checked-in tables' configurations."""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import pallas_kernels as pk
+from pallas_kernels import heuristics, tuning
+from pallas_kernels.decode_triton import decode_triton
+from tests.kernels import helpers
+
+TABLES = sorted(tuning.TABLE_DIR.glob("*.json"))
+FIELDS = {"batch", "context", "kv_heads", "head_dim", "block_size", "itemsize",
+          "num_splits", "pages_per_step", "num_warps", "num_stages"}
+
+
+def test_a_table_is_checked_in_for_the_h200():
+  assert tuning.device_slug("NVIDIA H200") == "nvidia-h200"
+  assert tuning.load_table("NVIDIA H200")["device_kind"] == "NVIDIA H200"
+
+
+@pytest.mark.parametrize("path", TABLES, ids=lambda p: p.stem)
+def test_table_entries_are_complete_and_named_after_their_device(path):
+  tbl = json.loads(path.read_text())
+  assert tuning.device_slug(tbl["device_kind"]) == path.stem
+  assert tbl["measured"] and tbl["command"]
+  for e in tbl["decode"]:
+    assert FIELDS <= set(e), e
+    assert e["num_splits"] * e["pages_per_step"] <= e["context"] // e["block_size"]
+
+
+def test_no_table_means_the_shape_heuristics():
+  got = tuning.decode_config("cpu", 64, 8, 128, 16, 128, 2)
+  assert got == tuning.heuristic_decode_config(64, 8, 128, 16, 128, 2)
+  assert got.num_splits == heuristics.decode_num_splits(64, 8, 128, 16)
+
+
+def test_nearest_entry_and_split_rescaled_to_the_measured_program_count(monkeypatch):
+  entries = [dict(batch=64, context=2048, kv_heads=8, head_dim=128, block_size=16,
+                  itemsize=2, num_splits=1, pages_per_step=8, num_warps=4, num_stages=3),
+             dict(batch=8, context=8192, kv_heads=8, head_dim=128, block_size=16,
+                  itemsize=2, num_splits=4, pages_per_step=2, num_warps=8, num_stages=4)]
+  monkeypatch.setattr(tuning, "load_table", lambda kind: {"decode": entries})
+  assert tuning.decode_config("x", 64, 8, 128, 16, 128, 2) == tuning.DecodeConfig(1, 8, 4, 3)
+  # 8 x 8192 measured 4 splits over 64 programs; 4 rows have half the programs.
+  assert tuning.decode_config("x", 4, 8, 512, 16, 128, 2) == tuning.DecodeConfig(8, 2, 8, 4)
+  # Never more splits than steps: 16 blocks in steps of 2 pages.
+  assert tuning.decode_config("x", 1, 8, 16, 16, 128, 2).num_splits == 8
+  # Another head_dim or block size has no entry: heuristics.
+  assert tuning.decode_config("x", 64, 8, 128, 16, 64, 2) == (
+      tuning.heuristic_decode_config(64, 8, 128, 16, 64, 2))
+
+
+def _tabled_configs():
+  return sorted({(e["block_size"], e["pages_per_step"], e["num_splits"])
+                 for p in TABLES for e in json.loads(p.read_text())["decode"]})
+
+
+@pytest.mark.parametrize("cfg", _tabled_configs(), ids=str)
+def test_every_tabled_configuration_is_exact(cfg):
+  """Each (block size, pages per step, splits) a table picks, against the reference."""
+  block_size, pages, splits = cfg
+  rng = np.random.default_rng(block_size + pages)
+  lengths = [1, 0, 5 * block_size + 3, pages * splits * block_size]
+  paged = helpers.make_paged(rng, lengths, 2, 64, block_size, np.float32)
+  q = jnp.asarray(rng.standard_normal((len(lengths), 8, 64)), jnp.float32)
+  args = (q, jnp.asarray(paged.kv_cache), jnp.asarray(paged.block_tables),
+          jnp.asarray(lengths, jnp.int32))
+  out = decode_triton(*args, scale=0.125, num_splits=splits, pages_per_step=pages,
+                      interpret=helpers.INTERPRET)
+  ref = pk.paged_decode_attention_reference(*args, scale=0.125)
+  assert helpers.rel_err(np.asarray(out, np.float64), np.asarray(ref, np.float64)) < (
+      helpers.tolerance(np.float32))
