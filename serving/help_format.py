@@ -17,6 +17,8 @@ _IDENTIFIER = re.compile(r"\b[a-z][a-z0-9_]*\b")
 
 def show_default(value: Any) -> str:
   """A default as help shows it: on/off for switches, comma-joined sequences."""
+  if value == "":
+    return "empty"
   if isinstance(value, bool):
     return "on" if value else "off"
   if isinstance(value, (tuple, list)):

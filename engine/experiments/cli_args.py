@@ -82,8 +82,8 @@ def add_grid_args(parser: argparse.ArgumentParser, block_sizes: str,
                  help="advance time per step by --step-dt, or by the step's duration")
   r.add_argument("--step-dt", type=float, default=0.05, help="seconds per step (clock=steps)")
   r.add_argument("--queue-timeout", type=float, default=None,
-                 help="fail requests not started within this many seconds (gateway OOM; "
-                      "default: none)")
+                 help="fail requests not started within this many seconds, as a gateway "
+                      "OOM would (default: none)")
   parser.add_argument("--out", default="sweep_out", help="output folder (CSV, JSON, PNG)")
   parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -24,10 +24,12 @@ example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 import threading
+from typing import Iterator
 
 from serving.engine_flags import add_engine_args, engine_config_from_args
 from serving.progress import add_progress_arg, engine_lines, load_engine
@@ -83,10 +85,9 @@ def _run_plan(args, plan, defaults, config):
 
   with engine_lines(args.progress):
     engine = load_engine(lambda: _engine(config), config, args.progress)
-    stop = threading.Event()
-    _stop_on_signals(stop)
-    return run_plan(engine, plan, defaults, window=args.window, progress=args.progress,
-                    stop=stop, chat_template=args.chat_template)
+    with _stop_on_signals() as stop:
+      return run_plan(engine, plan, defaults, window=args.window, progress=args.progress,
+                      stop=stop, chat_template=args.chat_template)
 
 
 def _engine(config):
@@ -94,12 +95,19 @@ def _engine(config):
   return LLMEngine(config)
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
   """Ctrl-C/SIGTERM stop the run between two engine steps (nothing is torn);
-  a second Ctrl-C interrupts at once."""
+  a second Ctrl-C interrupts at once. The old handlers come back afterwards."""
+  stop = threading.Event()
+
   def handler(signum, frame):
     if stop.is_set():
       raise KeyboardInterrupt
     stop.set()
-  signal.signal(signal.SIGINT, handler)
-  signal.signal(signal.SIGTERM, handler)
+  saved = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield stop
+  finally:
+    for sig, old in saved.items():
+      signal.signal(sig, old)

@@ -39,10 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--json", action="store_true",
                       help="print one JSON object: text, token_ids, finish_reason, usage")
   parser.add_argument("--request-id", default="",
-                      help="an id the server echoes back (default: empty)")
+                      help="an id the server echoes back")
   parser.add_argument("--cache-salt", default="",
                       help="prefix-cache isolation key: requests share cached blocks only "
-                           "with the same salt (default: empty, the shared cache)")
+                           "with the same salt (default: empty; the shared cache)")
   parser.add_argument("--priority", type=int, default=0,
                       help="scheduling priority, lower = more important")
   parser.add_argument("--timeout", type=float, default=None,

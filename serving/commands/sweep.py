@@ -33,13 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="with --fit-cost-model: take the kv_token and block terms from this "
                            "benchmarks/block_sizes.py output (same GPU) instead of fitting them "
                            "(default: none)")
-  parser.add_argument("--device-name", default="",
+  parser.add_argument("--device-name", default=None,
                       help="the device's name, recorded with the results and the fitted cost "
                            "model; keep notes out of it, it goes into plot titles (default: "
                            "JAX's device kind)")
   parser.add_argument("--compile-cache", metavar="DIR",
-                      help="JAX persistent compilation cache (reuses compiles across runs; "
-                           "default: none)")
+                      help="JAX persistent compilation cache, reusing compiles across runs "
+                           "(default: none)")
   add_workload_args(parser)
   add_grid_args(parser, "8,16,32,64,128,256")
 
