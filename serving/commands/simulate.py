@@ -45,21 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-  from engine.experiments import compare as cmp
   from engine.experiments import cost_model as cm
   from engine.experiments.grid import print_table, sweep_config_from_args, write_outputs
   from engine.experiments.simulator import SimBackend, SimulatedEngine
   from engine.experiments.sweep import check_trace, run_sweep
 
   model = cm.load(cm.bundled(args.cost_model))
-  shape = model.shape
-  if args.model_config:
-    from models.config import ModelConfig
-    from models.weights.random_init import config_path
-    shape = cm.ModelShape.of(args.model_config,
-                             ModelConfig.from_json(config_path(args.model_config)), shape.dtype)
-  if args.kv_dtype:
-    shape = dataclasses.replace(shape, dtype=args.kv_dtype)
+  shape = _shape(args, model.shape)
   trace = trace_from_args(args)
   max_len = max_model_len_of(args, trace, shape.max_position_embeddings)
   check_trace(trace, max_len)
@@ -83,12 +75,30 @@ def run(args: argparse.Namespace) -> int:
   paths = write_outputs(args, rows, "simulate", trace, meta)
   print_table(rows)
   if args.compare:
-    with open(args.compare, encoding="utf-8") as f:
-      real_rows = json.load(f)["rows"]
-    diffs = cmp.compare(real_rows, rows)
-    with open(f"{args.out}/compare.json", "w", encoding="utf-8") as f:
-      json.dump(diffs, f, indent=1)
-    for d in diffs:
-      print(json.dumps(d))
+    _compare(args, rows)
   print("wrote", ", ".join(paths))
   return 0
+
+
+def _shape(args: argparse.Namespace, shape):
+  """The cost model's shape, or --model-config's, with --kv-dtype applied."""
+  from engine.experiments import cost_model as cm
+  if args.model_config:
+    from models.config import ModelConfig
+    from models.weights.random_init import config_path
+    shape = cm.ModelShape.of(args.model_config,
+                             ModelConfig.from_json(config_path(args.model_config)), shape.dtype)
+  if args.kv_dtype:
+    shape = dataclasses.replace(shape, dtype=args.kv_dtype)
+  return shape
+
+
+def _compare(args: argparse.Namespace, rows: list[dict]) -> None:
+  from engine.experiments import compare as cmp
+  with open(args.compare, encoding="utf-8") as f:
+    real_rows = json.load(f)["rows"]
+  diffs = cmp.compare(real_rows, rows)
+  with open(f"{args.out}/compare.json", "w", encoding="utf-8") as f:
+    json.dump(diffs, f, indent=1)
+  for d in diffs:
+    print(json.dumps(d))
