@@ -247,6 +247,12 @@ def test_client_cli_streams_and_prints_json(server, serving_tmp):
   obj = json.loads(as_json.stdout)
   assert (obj["text"], obj["token_ids"], obj["finish_reason"]) == (
       want.text, want.token_ids, "length")
+  plain = subprocess.run(pagedjax_cmd(*args, "--no-stream", "--logprobs", PROMPT), cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=60)
+  assert plain.stdout == want.text + "\n"
+  table = plain.stderr.splitlines()
+  assert [int(row.split()[1]) for row in table[1:6]] == want.token_ids
+  assert table[-1].startswith("pagedjax: the answer was cut at --max-tokens 5")
   # A bad value is refused before sending, naming the flag; the server would say
   # INVALID_ARGUMENT (exit status 1).
   bad = subprocess.run(pagedjax_cmd(*args[:-2], "--max-tokens", "0", PROMPT), cwd=REPO,
