@@ -1,9 +1,14 @@
-"""`LLM`: offline generation over `LLMEngine`, like vLLM's `LLM.generate`."""
+"""`LLM`: offline generation over `LLMEngine`, like vLLM's `LLM.generate` and `LLM.chat`.
+
+As in vLLM, `generate` takes raw prompts (no chat template) and `chat` takes
+conversations (the model's chat template applied). The sampling defaults are
+`SamplingParams`' (greedy, 128 tokens), the same as the `pagedjax` commands'.
+"""
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from tqdm import tqdm
 
@@ -43,6 +48,23 @@ class LLM:
                                     cache_salt=cache_salt)
       partial[rid] = _Partial(prompt=text, prompt_ids=ids)
     return self._run(partial, use_tqdm)
+
+  def chat(self, messages: Sequence[Mapping[str, str]] | Sequence[Sequence[Mapping[str, str]]],
+           sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
+           cache_salt: str | None = None, use_tqdm: bool = True) -> list[RequestOutput]:
+    """Answers one conversation ([{"role", "content"}, ...]) or a list of them.
+
+    Each is rendered with the model's chat template plus the assistant cue;
+    returns one output per conversation, in order.
+    """
+    if not messages:
+      raise ValueError("give a conversation: a non-empty list of {'role', 'content'} dicts")
+    conversations = [messages] if isinstance(messages[0], Mapping) else list(messages)
+    if self.tokenizer is None:
+      raise ValueError("this model has no tokenizer; cannot apply a chat template")
+    ids = [self.tokenizer.encode_chat([dict(m) for m in c]) for c in conversations]
+    return self.generate(prompt_token_ids=ids, sampling_params=sampling_params,
+                         cache_salt=cache_salt, use_tqdm=use_tqdm)
 
   def _run(self, partial: dict[str, "_Partial"], use_tqdm: bool) -> list[RequestOutput]:
     results: dict[str, RequestOutput] = {}

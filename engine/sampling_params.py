@@ -12,13 +12,21 @@ class SamplingParams:
   temperature 0 means greedy. top_k 0 (or -1) and top_p 1 and min_p 0 disable
   those filters. A request with a seed gives the same output every time it is
   run with the same prompt, whatever else is in the batch.
+
+  NOTE: these field defaults are the ONE set of sampling defaults of pagedjax:
+  `LLM.generate`/`LLM.chat`, the gRPC server's unset fields, and the flags of
+  `pagedjax generate`, `client` and `batch` (serving/sampling_flags.py reads
+  them from here) all use them. They differ from vLLM's SamplingParams()
+  (temperature 1, max_tokens 16): greedy, 128 tokens, so a plain call gives a
+  whole, reproducible answer. Sampling needs an explicit temperature > 0;
+  top_p, top_k, min_p and seed do nothing at temperature 0.
   """
-  temperature: float = 1.0
+  temperature: float = 0.0
   top_p: float = 1.0
   top_k: int = 0
   min_p: float = 0.0
   seed: int | None = None
-  max_tokens: int = 16
+  max_tokens: int = 128
   stop: tuple[str, ...] = ()
   stop_token_ids: tuple[int, ...] = ()
   ignore_eos: bool = False

@@ -55,6 +55,16 @@ class Tokenizer:
     return render_chat(self.chat_template, messages, add_generation_prompt,
                        bos_token=self.bos_token or "", eos_token=self.eos_token or "")
 
+  def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True
+                  ) -> list[int]:
+    """Token ids of chat turns rendered with the model's template (plus the assistant cue).
+
+    NOTE: the one place that turns messages into ids (LLM.chat, the server, the CLI).
+    The template already holds any BOS text, so no special tokens are added again.
+    """
+    rendered = self.apply_chat_template(messages, add_generation_prompt)
+    return self.encode(rendered, add_special_tokens=False)
+
   @classmethod
   def from_gguf(cls, reader, path: str) -> "Tokenizer":
     from models.gguf_tokenizer import tokenizer_from_gguf

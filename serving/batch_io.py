@@ -3,15 +3,16 @@
 Input line: {"id": ..., "prompt": "..." | "messages": [{"role", "content"}...],
 optional sampling fields (see `SAMPLING_FIELDS`), "cache_salt", "priority"}.
 Result line: {"id", "text", "token_ids", "finish_reason", "usage"} or
-{"id", "line", "error"}. Every result is flushed when written, so the output
-file is the resume state: ids already in it are skipped on a rerun.
+{"id", "line", "error"} (the line number is in "line", never in the message).
+Every result is flushed when written, so the output file is the resume state:
+ids already in it are skipped on a rerun.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-from typing import Any, Iterator, TextIO
+from typing import Any, Iterator
 
 from serving.sampling_flags import SAMPLING_FIELDS
 
@@ -56,12 +57,13 @@ def parse_line(text: str, line_no: int) -> BatchItem | BadLine:
   try:
     obj = json.loads(text)
   except json.JSONDecodeError as e:
-    return BadLine(line_no, None, f"line {line_no}: invalid JSON: {e}")
+    # NOTE: e.msg, not str(e): the decoder's "line 1 column 5" would be a second line number.
+    return BadLine(line_no, None, f"invalid JSON: {e.msg} (column {e.colno})")
   if not isinstance(obj, dict):
-    return BadLine(line_no, None, f"line {line_no}: expected a JSON object")
+    return BadLine(line_no, None, "expected a JSON object")
   item_id = obj.get("id")
   if isinstance(item_id, bool) or not isinstance(item_id, (str, int)) or item_id == "":
-    return BadLine(line_no, None, f"line {line_no}: 'id' must be a non-empty string or an integer")
+    return BadLine(line_no, None, "'id' must be a non-empty string or an integer")
   unknown = sorted(set(obj) - _KNOWN_KEYS)
   if unknown:
     return BadLine(line_no, item_id, f"unknown field(s) {unknown}")
@@ -88,68 +90,82 @@ def _valid_messages(messages: Any) -> bool:
       and isinstance(m["role"], str) and isinstance(m["content"], str) for m in messages))
 
 
+def _decode(raw: bytes, line_no: int) -> str | BadLine:
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    return BadLine(line_no, None, f"not valid UTF-8 ({e.reason} at byte {e.start + 1})")
+
+
 def read_items(path: str) -> Iterator[BatchItem | BadLine]:
-  """Every non-blank line of the input, parsed; duplicate ids become BadLines."""
+  """Every non-blank line of the input, parsed; duplicate ids and lines that are
+  not UTF-8 become BadLines (the other lines go on)."""
   seen: dict[str, int] = {}
-  with open(path, encoding="utf-8") as f:
-    for line_no, text in enumerate(f, start=1):
-      if not text.strip():
+  with open(path, "rb") as f:
+    for line_no, raw in enumerate(f, start=1):
+      if not raw.strip():
         continue
-      item = parse_line(text, line_no)
+      text = _decode(raw, line_no)
+      item = text if isinstance(text, BadLine) else parse_line(text, line_no)
       if item.id is not None:
         first = seen.setdefault(item.key, line_no)
         if first != line_no:
-          item = BadLine(line_no, None, f"line {line_no}: duplicate id {item.id!r} "
-                         f"(first on line {first})")
+          item = BadLine(line_no, None, f"duplicate id {item.id!r} (first on line {first})")
       yield item
 
 
-def load_done(path: str) -> set[str]:
-  """Keys of the results already in `path`, dropping a torn last line.
+class ResultFile:
+  """The output JSONL, opened once: read as the resume state, then appended to.
 
+  Opening it is the check that it can be written (raises OSError: a missing
+  or read-only folder, a read-only file, a directory), so a command opens it
+  before loading the model. Each result is flushed as soon as it is written.
   NOTE: a crash can leave a partial last line (no newline); it is cut off so
   the next append starts on a fresh line and that request runs again.
   """
-  if not os.path.exists(path):
-    return set()
-  with open(path, "rb+") as f:
-    data = f.read()
-    end = data.rfind(b"\n") + 1
-    if end != len(data):
-      f.truncate(end)
-  done = set()
-  for raw in data[:end].splitlines():
-    try:
-      obj = json.loads(raw)
-    except json.JSONDecodeError:
-      continue
-    if isinstance(obj, dict) and ("id" in obj or "line" in obj):
-      done.add(result_key(obj.get("id"), obj.get("line", 0)))
-  return done
-
-
-class ResultWriter:
-  """Appends one JSON result per line, flushed as soon as it is written."""
 
   def __init__(self, path: str):
-    self._f: TextIO = open(path, "a", encoding="utf-8")
+    self._f = open(path, "ab+")
+    self._f.seek(0)
+    data = self._f.read()
+    end = data.rfind(b"\n") + 1
+    if end != len(data):
+      self._f.truncate(end)
+    self.done: set[str] = set()     # resume keys of the results already there
+    self.errors = 0                 # how many of them are error results
+    for raw in data[:end].splitlines():
+      obj = _json_or_none(raw)
+      if isinstance(obj, dict) and ("id" in obj or "line" in obj):
+        self.done.add(result_key(obj.get("id"), obj.get("line", 0)))
+        self.errors += "error" in obj
 
   def write(self, result: dict[str, Any]) -> None:
-    self._f.write(json.dumps(result, ensure_ascii=False) + "\n")
+    self._f.write((json.dumps(result, ensure_ascii=False) + "\n").encode("utf-8"))
     self._f.flush()
 
   def close(self) -> None:
     self._f.close()
 
-  def __enter__(self) -> "ResultWriter":
+  def __enter__(self) -> "ResultFile":
     return self
 
   def __exit__(self, *exc) -> None:
     self.close()
 
 
+def _json_or_none(raw: bytes) -> Any:
+  try:
+    return json.loads(raw)
+  except (json.JSONDecodeError, UnicodeDecodeError):
+    return None
+
+
 def error_result(item: BatchItem | BadLine, message: str) -> dict[str, Any]:
-  out: dict[str, Any] = {"id": item.id, "error": message}
-  if item.id is None:
-    out["line"] = item.line_no
-  return out
+  return {"id": item.id, "line": item.line_no, "error": message}
+
+
+def same_file(a: str, b: str) -> bool:
+  """Whether two paths name one file (after links and relative parts)."""
+  if os.path.exists(a) and os.path.exists(b):
+    return os.path.samefile(a, b)
+  return os.path.realpath(a) == os.path.realpath(b)

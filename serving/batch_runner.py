@@ -3,10 +3,14 @@
 Requests are fed to the engine a window at a time and each result is written
 (and flushed) the moment its request finishes, so an interrupted run loses at
 most the requests in flight; a rerun skips every id already in the output.
+`plan_batch` reads the input and opens the output without a model, so the
+command checks both, and finds out whether anything is left to do, before it
+loads the engine.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import threading
 import time
@@ -16,6 +20,7 @@ from tqdm import tqdm
 
 from engine.outputs import TokenDelta
 from serving import batch_io
+from serving.prompt_flags import CHAT_TEMPLATE_DEFAULT, prompt_token_ids
 from serving.request_convert import checked_sampling_params, encode_chat, validate_chat
 
 
@@ -25,11 +30,17 @@ class BatchSummary:
   skipped: int = 0           # already in the output from an earlier run
   completed: int = 0         # generated in this run
   errors: int = 0            # error results written in this run
+  earlier_errors: int = 0    # error results an earlier run left in the output
   prompt_tokens: int = 0
   cached_prompt_tokens: int = 0
   generation_tokens: int = 0
   elapsed_s: float = 0.0
   interrupted: bool = False  # stopped by Ctrl-C; a rerun finishes the rest
+
+  @property
+  def any_errors(self) -> bool:
+    """Whether the output holds an error result (from this run or an earlier one)."""
+    return self.errors + self.earlier_errors > 0
 
   @property
   def tokens_per_s(self) -> float:
@@ -41,7 +52,8 @@ class BatchSummary:
 
   def describe(self) -> str:
     head = "batch (interrupted)" if self.interrupted else "batch"
-    return (f"{head}: {self.requests} requests ({self.skipped} already done, "
+    earlier = f", {self.earlier_errors} of them errors" if self.earlier_errors else ""
+    return (f"{head}: {self.requests} requests ({self.skipped} already done{earlier}, "
             f"{self.completed} generated, {self.errors} errors) in {self.elapsed_s:.1f}s; "
             f"{self.prompt_tokens} prompt + {self.generation_tokens} generated tokens, "
             f"{self.tokens_per_s:.1f} generated tok/s, "
@@ -57,14 +69,55 @@ class _Running:
   logprobs: list[float] = dataclasses.field(default_factory=list)
 
 
+@dataclasses.dataclass
+class BatchPlan:
+  """The input read and the output opened: what is left to do, before any model."""
+  results: batch_io.ResultFile
+  todo: list                 # BatchItems and BadLines without a result yet, input order
+  summary: BatchSummary      # requests, skipped, earlier_errors filled in
+
+  def close(self) -> None:
+    self.results.close()
+
+
+def plan_batch(input_path: str, output_path: str) -> BatchPlan:
+  """Opens the output (OSError if it cannot be written) and reads the input.
+
+  Raises ValueError if both paths name the same file.
+  """
+  if batch_io.same_file(input_path, output_path):
+    raise ValueError(f"the input and the output are the same file ({output_path!r}): "
+                     "results would be appended to the input")
+  items = list(batch_io.read_items(input_path))
+  results = batch_io.ResultFile(output_path)
+  todo = [it for it in items if it.key not in results.done]
+  return BatchPlan(results, todo, BatchSummary(
+      requests=len(items), skipped=len(items) - len(todo), earlier_errors=results.errors))
+
+
 def run_batch(engine, input_path: str, output_path: str,
-              default_sampling: dict[str, Any] | None = None, *, window: int | None = None,
-              progress: bool = True, progress_file: TextIO = sys.stderr,
-              stop: threading.Event | None = None) -> BatchSummary:
+              default_sampling: dict[str, Any] | None = None, **kwargs) -> BatchSummary:
   """Generates a result line in `output_path` for every input line not yet there.
+
+  `kwargs`: those of `run_plan`.
+  """
+  plan = plan_batch(input_path, output_path)
+  try:
+    return run_plan(engine, plan, default_sampling, **kwargs)
+  finally:
+    plan.close()
+
+
+def run_plan(engine, plan: BatchPlan, default_sampling: dict[str, Any] | None = None, *,
+             window: int | None = None, progress: bool = True,
+             progress_file: TextIO = sys.stderr, stop: threading.Event | None = None,
+             chat_template: bool = CHAT_TEMPLATE_DEFAULT) -> BatchSummary:
+  """Runs what `plan` has left to do.
 
   `default_sampling` holds SamplingParams fields that lines may override.
   `window` bounds requests inside the engine (default 4 * max_num_seqs).
+  `chat_template`: a "prompt" line is a user message (the model's chat
+  template applied), as in `pagedjax generate`; False: raw text.
   Setting `stop` (e.g. from a SIGINT handler) ends the run between two steps,
   like a KeyboardInterrupt does: finished results are kept, the rest is
   aborted, and the summary says `interrupted`.
@@ -72,18 +125,15 @@ def run_batch(engine, input_path: str, output_path: str,
   window = window or 4 * engine.config.max_num_seqs
   if window < 1:
     raise ValueError(f"window must be >= 1, got {window}")
-  done = batch_io.load_done(output_path)
-  items = list(batch_io.read_items(input_path))
-  todo = [it for it in items if it.key not in done]
-  summary = BatchSummary(requests=len(items), skipped=len(items) - len(todo))
-  start = time.monotonic()
-  todo.reverse()  # NOTE: pop() from the end keeps input order.
+  summary, start = plan.summary, time.monotonic()
+  todo = plan.todo[::-1]  # NOTE: pop() from the end keeps input order.
   running: dict[str, _Running] = {}
-  with batch_io.ResultWriter(output_path) as out, tqdm(
-      total=len(todo), unit="req", desc="batch", disable=not progress,
-      file=progress_file) as bar:
+  add = functools.partial(_add, engine, defaults=default_sampling or {}, running=running,
+                          chat_template=chat_template)
+  with tqdm(total=len(todo), unit="req", desc="batch", disable=not progress,
+            file=progress_file) as bar:
     try:
-      _drive(engine, todo, running, default_sampling or {}, window, out, bar, summary, start,
+      _drive(engine, todo, running, add, window, plan.results, bar, summary, start,
              stop or threading.Event())
     except KeyboardInterrupt:
       # NOTE: finished results are already flushed; in-flight ones rerun next time.
@@ -93,14 +143,14 @@ def run_batch(engine, input_path: str, output_path: str,
   return summary
 
 
-def _drive(engine, todo, running, defaults, window, out, bar, summary, start, stop) -> None:
+def _drive(engine, todo, running, add, window, out, bar, summary, start, stop) -> None:
   """Feeds the engine a window at a time and writes each result as it finishes."""
   while todo or running:
     if stop.is_set():
       raise KeyboardInterrupt
     while todo and len(running) < window:
       item = todo.pop()
-      error = _add(engine, item, defaults, running)
+      error = add(item)
       if error is not None:
         out.write(batch_io.error_result(item, error))
         summary.errors += 1
@@ -131,7 +181,8 @@ def _abort_all(engine, running: dict) -> None:
   running.clear()
 
 
-def _add(engine, item, defaults: dict[str, Any], running: dict[str, _Running]) -> str | None:
+def _add(engine, item, *, defaults: dict[str, Any], running: dict[str, _Running],
+         chat_template: bool) -> str | None:
   """Adds `item` to the engine; returns an error message instead if it is bad."""
   if isinstance(item, batch_io.BadLine):
     return item.error
@@ -144,11 +195,10 @@ def _add(engine, item, defaults: dict[str, Any], running: dict[str, _Running]) -
     if item.messages is not None:
       validate_chat(item.messages)
       ids = encode_chat(engine.tokenizer, item.messages)
-      engine.add_request(rid, sampling_params=params, prompt_token_ids=ids,
-                         cache_salt=item.cache_salt, priority=item.priority)
     else:
-      engine.add_request(rid, item.prompt, params, cache_salt=item.cache_salt,
-                         priority=item.priority)
+      ids = prompt_token_ids(engine.tokenizer, item.prompt, chat_template)
+    engine.add_request(rid, sampling_params=params, prompt_token_ids=ids,
+                       cache_salt=item.cache_salt, priority=item.priority)
   except ValueError as e:
     return str(e)
   running[rid] = _Running(item)
@@ -161,7 +211,7 @@ def _accumulate(r: _Running, d: TokenDelta) -> None:
   r.logprobs += d.logprobs or []
 
 
-def _finish(r: _Running, d: TokenDelta, out: batch_io.ResultWriter,
+def _finish(r: _Running, d: TokenDelta, out: batch_io.ResultFile,
             summary: BatchSummary) -> None:
   _accumulate(r, d)
   if d.error:

@@ -11,6 +11,8 @@ import os
 import sys
 from typing import Sequence
 
+from serving.help_format import HelpFormatter
+
 COMMANDS = [
     "serving.commands.generate",
     "serving.commands.convert",
@@ -36,23 +38,24 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
   return (ModelLoadError, ValueError)
 
 
-def _add_command(subparsers, module) -> None:
+_VERBOSE_HELP = "log progress and timings (absl INFO) to stderr"
+
+
+def _add_command(subparsers, module) -> argparse.ArgumentParser:
   if hasattr(module, "register"):
-    module.register(subparsers)
-    return
+    return module.register(subparsers)
   doc = (module.__doc__ or module.HELP).strip()
   parser = subparsers.add_parser(module.NAME, help=module.HELP, description=doc,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=HelpFormatter)
   module.add_arguments(parser)
   parser.set_defaults(_run=module.run)
+  return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="pagedjax", description=_DESCRIPTION,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("-v", "--verbose", action="store_true",
-                      help="log progress and timings (absl INFO) to stderr")
+      prog="pagedjax", description=_DESCRIPTION, formatter_class=HelpFormatter)
+  parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
   subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
   subparsers.required = True
   for name in COMMANDS:
@@ -62,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
       if e.name != name:  # a real missing dependency, not a missing command
         raise
       continue
-    _add_command(subparsers, module)
+    sub = _add_command(subparsers, module)
+    # NOTE: SUPPRESS: a -v before the command is kept when none follows it.
+    sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                     help=f"{_VERBOSE_HELP} (default: off; also accepted before the command)")
   return parser
 
 
@@ -79,6 +85,11 @@ def _setup_logging(verbose: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point of the `pagedjax` console script; returns the exit status."""
   parser = build_parser()
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if not argv:  # NOTE: no command: the whole help, as a usage error (exit 2)
+    parser.print_help(sys.stderr)
+    print("pagedjax: error: give a COMMAND (see above)", file=sys.stderr)
+    return 2
   args = parser.parse_args(argv)
   _setup_logging(args.verbose)
   # NOTE: compiled steps are cached on disk, so a second run skips compilation.

@@ -1,9 +1,9 @@
 """Engine command-line flags shared by `pagedjax serve`, `batch` and `generate`.
 
 One definition of every `EngineConfig` flag, so the subcommands cannot drift
-apart. Flags a user does not pass are left out of the namespace
-(`argparse.SUPPRESS`), so `EngineConfig`'s own defaults stay the single source
-of truth.
+apart. Each flag's default is read from `EngineConfig`'s field, so the config
+stays the single source of truth and `--help` shows it (fields whose default
+is None say in their help what they become).
 """
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ import argparse
 import dataclasses
 from typing import Any
 
+from engine.config import EngineConfig  # NOTE: plain Python, no JAX: --help stays fast
+from serving.help_format import name_flags
+
 # (flag, EngineConfig field, type, help). `bool` fields become --x/--no-x.
 _ENGINE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--model", "model", str,
      "GGUF file or model directory (default: the bundled SmolLM2-135M-Instruct)"),
     ("--dtype", "dtype", str, "compute dtype of the weights: float32 or bfloat16"),
     ("--kv-cache-dtype", "kv_cache_dtype", str, "KV-cache dtype (default: --dtype)"),
-    ("--block-size", "block_size", int, "tokens per KV-cache block"),
+    ("--block-size", "block_size", int, "tokens per KV-cache block (a power of two, 8-256)"),
     ("--num-blocks", "num_blocks", int,
      "KV-cache blocks (default: sized from the memory budget below)"),
     ("--kv-cache-memory-fraction", "kv_cache_memory_fraction", float,
@@ -28,14 +31,15 @@ _ENGINE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
      "most tokens (prefill + decode) scheduled in one step"),
     ("--max-num-seqs", "max_num_seqs", int, "most requests running at once"),
     ("--enable-prefix-caching", "enable_prefix_caching", bool,
-     "reuse KV blocks of shared prompt prefixes"),
+     "reuse KV blocks of shared prompt prefixes (--no-prefix-cache is the vLLM-style "
+     "spelling of --no-enable-prefix-caching)"),
     ("--enable-chunked-prefill", "enable_chunked_prefill", bool,
      "split long prompts over several steps"),
     ("--allocator", "allocator", str, "KV-cache allocator: paged or contiguous"),
     ("--watermark", "watermark", float,
      "fraction of KV blocks kept free when admitting new requests"),
     ("--max-model-len", "max_model_len", int,
-     "longest prompt + output (default: the model's context length)"),
+     "longest prompt + output (default: the model's context length, at most 4096)"),
     ("--warmup", "warmup", bool, "compile every shape bucket at start-up"),
     # NOTE: --engine-seed, since --seed is the per-request sampling seed.
     ("--engine-seed", "seed", int, "draws the seeds of requests that give none"),
@@ -47,40 +51,55 @@ _ENGINE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
      "decode tokens per request per step while no prompt is being prefilled (multi-step "
      "decode: one host round trip per k tokens; 4-8 helps small models on a GPU)"),
 )
+_ALIASES = {"enable_prefix_caching": ("--no-prefix-cache",)}
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EngineConfig)}
+FLAG_OF: dict[str, str] = {field: flag for flag, field, _, _ in _ENGINE_FLAGS}
+
+
+class _Switch(argparse.BooleanOptionalAction):
+  """--x/--no-x plus extra spellings of the same switch (`aliases`, each "--no-...")."""
+
+  def __init__(self, option_strings, dest, aliases=(), **kwargs):
+    super().__init__(option_strings, dest, **kwargs)
+    # NOTE: the parser registers every string in option_strings after this
+    # constructor, so an alias is the same action (one dest, one help line).
+    self.option_strings = [*self.option_strings, *aliases]
+
+
+def _dest(field: str) -> str:
+  # NOTE: prefixed, so no engine flag shares a dest with a sampling flag (--seed).
+  return "engine_" + field
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
   """Adds every engine flag to `parser`, in an "engine" argument group."""
   group = parser.add_argument_group("engine")
-  # The vLLM-style spelling of --no-enable-prefix-caching.
-  group.add_argument("--no-prefix-cache", dest="enable_prefix_caching", action="store_false",
-                     default=argparse.SUPPRESS, help="turn prefix caching off")
   for flag, field, kind, help_text in _ENGINE_FLAGS:
     if kind is bool:
-      group.add_argument(flag, dest=field, action=argparse.BooleanOptionalAction,
-                         default=argparse.SUPPRESS, help=help_text)
+      group.add_argument(flag, dest=_dest(field), action=_Switch, default=_DEFAULTS[field],
+                         aliases=_ALIASES.get(field, ()), help=help_text)
     else:
-      group.add_argument(flag, dest=field, type=kind, default=argparse.SUPPRESS,
-                         help=help_text)
+      group.add_argument(flag, dest=_dest(field), type=kind, default=_DEFAULTS[field],
+                         metavar=field.upper(), help=help_text)
 
 
 def engine_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
-  """The engine fields the user set on the command line, by field name."""
-  fields = [field for _, field, _, _ in _ENGINE_FLAGS]
-  return {f: getattr(args, f) for f in fields if hasattr(args, f)}
+  """Every engine field of the parsed flags, by field name."""
+  return {f: getattr(args, _dest(f)) for f in FLAG_OF if hasattr(args, _dest(f))}
 
 
-def engine_config_from_args(args: argparse.Namespace, **overrides: Any):
+def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> EngineConfig:
   """Builds an `EngineConfig` from parsed flags (plus keyword overrides).
 
-  Raises ValueError if a flag value is rejected by `EngineConfig`.
+  Raises ValueError, naming the flag, if a value is rejected by `EngineConfig`.
   """
-  from engine import EngineConfig  # NOTE: lazy, so --help does not import JAX.
-
   kwargs = engine_kwargs_from_args(args)
   kwargs.update(overrides)
   known = {f.name for f in dataclasses.fields(EngineConfig)}
   unknown = sorted(set(kwargs) - known)
   if unknown:
     raise ValueError(f"EngineConfig has no field(s) {unknown}")
-  return EngineConfig(**kwargs)
+  try:
+    return EngineConfig(**kwargs)
+  except ValueError as e:
+    raise ValueError(name_flags(str(e), FLAG_OF)) from None

@@ -72,9 +72,7 @@ def chat_messages(messages: Sequence[pb.ChatMessage]) -> list[dict[str, str]]:
 
 def encode_chat(tokenizer, messages: list[dict[str, str]]) -> list[int]:
   """Renders chat turns with the model's template (plus the assistant cue)."""
-  rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-  # NOTE: the template already holds any BOS text; do not add special tokens twice.
-  return list(tokenizer.encode(rendered, add_special_tokens=False))
+  return list(tokenizer.encode_chat(messages))
 
 
 def prompt_token_ids(tokenizer, prompt: str, messages: Sequence[pb.ChatMessage],

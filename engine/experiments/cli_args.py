@@ -24,8 +24,10 @@ def _names(text: str) -> tuple[str, ...]:
 
 def add_workload_args(parser: argparse.ArgumentParser) -> None:
   g = parser.add_argument_group("workload (ignored with --trace)")
-  g.add_argument("--trace", help="replay this JSONL trace instead of generating one")
-  g.add_argument("--save-trace", help="write the generated trace to this JSONL file")
+  g.add_argument("--trace",
+                 help="replay this JSONL trace instead of generating one (default: none)")
+  g.add_argument("--save-trace",
+                 help="write the generated trace to this JSONL file (default: none)")
   d = WorkloadConfig()
   for name, kind, text in (
       ("num_requests", int, "requests in the trace"),
@@ -39,7 +41,7 @@ def add_workload_args(parser: argparse.ArgumentParser) -> None:
       ("scale", float, "multiplies every length (CPU runs use < 1)"),
       ("seed", int, "workload seed")):
     g.add_argument("--" + name.replace("_", "-"), dest="wl_" + name, type=kind,
-                   default=getattr(d, name), help=f"{text} (default {getattr(d, name)})")
+                   metavar=name.upper(), default=getattr(d, name), help=text)
   g.add_argument("--no-salt", action="store_true",
                  help="give every request cache_salt=None (one shared prefix cache)")
 
@@ -57,14 +59,19 @@ def trace_from_args(args: argparse.Namespace) -> list[TraceRequest]:
   return trace
 
 
-def add_grid_args(parser: argparse.ArgumentParser, default_block_sizes: str) -> None:
-  g = parser.add_argument_group("grid")
-  g.add_argument("--block-sizes", type=_ints, default=_ints(default_block_sizes),
-                 help=f"comma-separated block sizes (default {default_block_sizes})")
-  g.add_argument("--modes", type=_names, default=("contiguous", "paged", "paged+prefix"),
-                 help="comma-separated: contiguous, paged, paged+prefix (default: all)")
-  g.add_argument("--chunked", choices=("both", "on", "off"), default="both",
-                 help="chunked prefill on, off, or both (default both)")
+ALL_MODES = "contiguous,paged,paged+prefix"
+
+
+def add_grid_args(parser: argparse.ArgumentParser, block_sizes: str,
+                  modes: str = ALL_MODES, chunked: str = "both") -> None:
+  """The grid flags; the arguments are the command's defaults (its grid's size)."""
+  g = parser.add_argument_group("grid (runs = block sizes x modes x chunked settings)")
+  g.add_argument("--block-sizes", type=_ints, default=_ints(block_sizes),
+                 help="comma-separated block sizes, e.g. 8,16,32,64,128,256")
+  g.add_argument("--modes", type=_names, default=_names(modes),
+                 help=f"comma-separated, some of {ALL_MODES}")
+  g.add_argument("--chunked", choices=("both", "on", "off"), default=chunked,
+                 help="chunked prefill on, off, or both")
   g.add_argument("--max-batch-tokens", type=int, default=512, help="per-step token budget")
   g.add_argument("--max-num-seqs", type=int, default=64, help="running requests at most")
   g.add_argument("--max-model-len", type=int, default=None,
@@ -75,7 +82,8 @@ def add_grid_args(parser: argparse.ArgumentParser, default_block_sizes: str) -> 
                  help="advance time per step by --step-dt, or by the step's duration")
   r.add_argument("--step-dt", type=float, default=0.05, help="seconds per step (clock=steps)")
   r.add_argument("--queue-timeout", type=float, default=None,
-                 help="fail requests not started within this many seconds (gateway OOM)")
+                 help="fail requests not started within this many seconds, as a gateway "
+                      "OOM would (default: none)")
   parser.add_argument("--out", default="sweep_out", help="output folder (CSV, JSON, PNG)")
   parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")

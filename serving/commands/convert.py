@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from serving.help_format import HelpFormatter
+
 _EPILOG = """\
 The output folder holds params/ (orbax), config.json, tokenizer.json,
 tokenizer_config.json and pagedjax_checkpoint.json; pass it to --model.
@@ -15,17 +17,18 @@ examples:
 """
 
 
-def register(subparsers) -> None:
+def register(subparsers) -> argparse.ArgumentParser:
   parser = subparsers.add_parser(
       "convert", help="convert a GGUF / HF folder to a fast-loading checkpoint",
       description="Load a model (GGUF file, HF folder or random:<config>), "
                   "dequantize/cast it to --dtype and save it as an orbax checkpoint.",
-      epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+      epilog=_EPILOG, formatter_class=HelpFormatter)
   parser.add_argument("src", help="a .gguf file, an HF folder, or random:<config-name>")
   parser.add_argument("dst", help="output folder (must not already hold a checkpoint)")
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                      help="dtype the params are stored in (default float32)")
+                      help="dtype the params are stored in")
   parser.set_defaults(_run=run)
+  return parser
 
 
 def run(args: argparse.Namespace) -> int:

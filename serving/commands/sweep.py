@@ -25,15 +25,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "(the bundled SmolLM2)")
   parser.add_argument("--dtype", default="float32", help="float32 or bfloat16")
   parser.add_argument("--kv-budget-mb", type=float, default=16.0,
-                      help="KV cache bytes for every run, in MiB (default 16)")
+                      help="KV cache bytes for every run, in MiB")
   parser.add_argument("--fit-cost-model", metavar="PATH",
-                      help="fit a step-time cost model to the timed steps and write it here")
+                      help="fit a step-time cost model to the timed steps and write it here "
+                           "(default: none)")
   parser.add_argument("--attention-bench", metavar="JSON",
                       help="with --fit-cost-model: take the kv_token and block terms from this "
-                           "benchmarks/block_sizes.py output (same GPU) instead of fitting them")
-  parser.add_argument("--device-name", default="", help="recorded with the fitted cost model")
+                           "benchmarks/block_sizes.py output (same GPU) instead of fitting them "
+                           "(default: none)")
+  parser.add_argument("--device-name", default=None,
+                      help="the device's name, recorded with the results and the fitted cost "
+                           "model; keep notes out of it, it goes into plot titles (default: "
+                           "JAX's device kind)")
   parser.add_argument("--compile-cache", metavar="DIR",
-                      help="JAX persistent compilation cache (reuses compiles across runs)")
+                      help="JAX persistent compilation cache, reusing compiles across runs "
+                           "(default: none)")
   add_workload_args(parser)
   add_grid_args(parser, "8,16,32,64,128,256")
 

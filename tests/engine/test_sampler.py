@@ -117,11 +117,11 @@ def _renorm(support: list[int], temperature: float = 1.0) -> np.ndarray:
 CASES = [
     (SamplingParams(temperature=1.0), _renorm(list(range(8)))),
     (SamplingParams(temperature=2.0), _renorm(list(range(8)), 2.0)),
-    (SamplingParams(top_k=3), _renorm([1, 3, 5])),
-    (SamplingParams(top_p=0.7), _renorm([1, 3, 5, 0])),             # .3 .5 .65 < .7
-    (SamplingParams(min_p=0.3), _renorm([1, 3, 5, 0, 7])),          # p >= .09
+    (SamplingParams(temperature=1.0, top_k=3), _renorm([1, 3, 5])),
+    (SamplingParams(temperature=1.0, top_p=0.7), _renorm([1, 3, 5, 0])),  # .3 .5 .65 < .7
+    (SamplingParams(temperature=1.0, min_p=0.3), _renorm([1, 3, 5, 0, 7])),  # p >= .09
     # top-p acts on the top-k renormalised mass: .46 + .31 >= .75 keeps 2 tokens.
-    (SamplingParams(top_k=3, top_p=0.75), _renorm([1, 3])),
+    (SamplingParams(temperature=1.0, top_k=3, top_p=0.75), _renorm([1, 3])),
     # Scaled by T=0.5 (p^2): min-p .2 keeps p^2 >= .018, i.e. 1, 3, 5.
     (SamplingParams(temperature=0.5, top_k=5, min_p=0.2), _renorm([1, 3, 5], 0.5)),
 ]

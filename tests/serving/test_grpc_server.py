@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import shlex
 import signal
 import subprocess
 import time
@@ -233,22 +234,57 @@ def test_metrics_endpoint_has_every_metric(server):
 
 def test_client_cli_streams_and_prints_json(server, serving_tmp):
   want = server.client.generate(PROMPT, temperature=0.0, max_tokens=5)
-  args = ["client", "--host", "127.0.0.1", "--port", str(server.port), "--temperature", "0",
-          "--max-tokens", "5"]
+  args = ["client", "--host", "127.0.0.1", "--port", str(server.port), "--no-chat-template",
+          "--temperature", "0", "--max-tokens", "5"]
   env = subprocess_env(serving_tmp)
   streamed = subprocess.run(pagedjax_cmd(*args, PROMPT), cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=60)
   assert streamed.returncode == 0, streamed.stderr
   assert streamed.stdout == want.text + "\n"
-  assert "length" in streamed.stderr
+  assert "length" in streamed.stderr and "cut at --max-tokens 5" in streamed.stderr
   as_json = subprocess.run(pagedjax_cmd(*args, "--json", PROMPT), cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=60)
   obj = json.loads(as_json.stdout)
   assert (obj["text"], obj["token_ids"], obj["finish_reason"]) == (
       want.text, want.token_ids, "length")
+  plain = subprocess.run(pagedjax_cmd(*args, "--no-stream", "--logprobs", PROMPT), cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=60)
+  assert plain.stdout == want.text + "\n"
+  table = plain.stderr.splitlines()
+  assert [int(row.split()[1]) for row in table[1:6]] == want.token_ids
+  assert table[-1].startswith("pagedjax: the answer was cut at --max-tokens 5")
+  # A bad value is refused before sending, naming the flag; the server would say
+  # INVALID_ARGUMENT (exit status 1).
   bad = subprocess.run(pagedjax_cmd(*args[:-2], "--max-tokens", "0", PROMPT), cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=60)
-  assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
+  assert bad.returncode == 2 and "--max-tokens must be >= 1" in bad.stderr
+  wrong = subprocess.run(pagedjax_cmd(*args, "--stop-token-id", "-1", PROMPT), cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=60)
+  assert wrong.returncode == 2 and "--stop-token-id" in wrong.stderr
+
+
+def _readme_client_command(port: int) -> list[str]:
+  """The README's client example, verbatim but for the port (this server's)."""
+  from tests.test_readme import readme_blocks
+  (line,) = [ln for b in readme_blocks("bash") for ln in b.splitlines()
+             if "pagedjax client" in ln]
+  argv = shlex.split(line.split("#")[0])
+  args = argv[[i for i, a in enumerate(argv) if a.endswith("pagedjax")][0] + 1:]
+  assert args[args.index("--port") + 1] == "50051"
+  args[args.index("--port") + 1] = str(port)
+  return args
+
+
+def test_readme_client_example_gives_the_answer(server, serving_tmp, reference_llm):
+  """Chat template, greedy, 128 tokens: the same answer as `LLM.chat`."""
+  args = _readme_client_command(server.port)
+  proc = subprocess.run(pagedjax_cmd(*args), cwd=REPO, env=subprocess_env(serving_tmp),
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  answer = proc.stdout.lower()
+  assert "scattering" in answer and "blue" in answer and "light" in answer, proc.stdout
+  (want,) = reference_llm.chat([{"role": "user", "content": args[-1]}], use_tqdm=False)
+  assert proc.stdout == want.text + "\n"
 
 
 def test_sigterm_drains_in_flight_then_exits(server):

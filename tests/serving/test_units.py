@@ -37,20 +37,23 @@ def test_engine_flags_build_the_config_and_keep_its_defaults():
   cfg = engine_config_from_args(args, max_model_len=128)
   assert (cfg.block_size, cfg.enable_prefix_caching, cfg.max_num_seqs, cfg.seed, cfg.warmup,
           cfg.max_model_len, cfg.num_decode_steps) == (32, False, 3, 5, True, 128, 4)
-  with pytest.raises(ValueError, match="block_size"):
+  with pytest.raises(ValueError, match="--block-size"):
     engine_config_from_args(parser.parse_args(["--block-size", "12"]))
-  with pytest.raises(ValueError, match="num_decode_steps"):
+  with pytest.raises(ValueError, match="--num-decode-steps"):
     engine_config_from_args(parser.parse_args(["--num-decode-steps", "0"]))
 
 
-def test_sampling_flags_pass_only_what_was_given():
+def test_sampling_flags_default_to_sampling_params():
+  from engine import SamplingParams
   parser = argparse.ArgumentParser()
   add_sampling_args(parser)
-  assert sampling_kwargs_from_args(parser.parse_args([])) == {}
+  defaults = sampling_kwargs_from_args(parser.parse_args([]))
+  assert SamplingParams(**defaults) == SamplingParams()
+  assert "seed" not in defaults and "stop" not in defaults     # unset: None is left out
   got = sampling_kwargs_from_args(parser.parse_args(
-      ["--temperature", "0", "--stop", "a", "--stop", "b", "--stop-token-id", "7",
+      ["--temperature", "0.5", "--stop", "a", "--stop", "b", "--stop-token-id", "7",
        "--ignore-eos"]))
-  assert got == {"temperature": 0.0, "stop": ["a", "b"], "stop_token_ids": [7],
+  assert got == {**defaults, "temperature": 0.5, "stop": ["a", "b"], "stop_token_ids": [7],
                  "ignore_eos": True}
 
 

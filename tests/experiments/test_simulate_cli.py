@@ -1,0 +1,65 @@
+"""`pagedjax simulate` as a newcomer meets it: a small default grid, results kept when
+interrupted, a table that cuts nothing, plot titles without a machine's notes."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+from engine.experiments import cost_model as cm
+from engine.experiments.cli_args import chunked_of
+from engine.experiments.grid import TABLE_COLUMNS, format_table
+from serving import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY_RUN = ["--num-requests", "4", "--scale", "0.05", "--rate", "5", "--kv-budget-gb", "0.01",
+            "--no-progress", "--no-plots"]
+
+
+def _simulate_parser():
+  return cli.build_parser()._subparsers._group_actions[0].choices["simulate"]
+
+
+def test_default_grid_is_small():
+  args = _simulate_parser().parse_args([])
+  runs = len(args.block_sizes) * len(args.modes) * len(chunked_of(args))
+  assert runs == 3 and "3 runs" in _simulate_parser().format_help()
+
+
+def test_interrupted_simulation_keeps_the_finished_runs(tmp_path, monkeypatch):
+  from engine.experiments import simulator
+  made = []
+  real_init = simulator.SimBackend.__init__
+
+  def interrupt_on_the_second_run(self, *args, **kwargs):
+    made.append(1)
+    if len(made) == 2:
+      raise KeyboardInterrupt      # what Ctrl-C does half-way through the grid
+    real_init(self, *args, **kwargs)
+  monkeypatch.setattr(simulator.SimBackend, "__init__", interrupt_on_the_second_run)
+  out = tmp_path / "out"
+  assert cli.main(["simulate", *TINY_RUN, "--out", str(out)]) == 130
+  data = json.loads((out / "simulate.json").read_text())
+  assert [r["mode"] for r in data["rows"]] == ["contiguous/chunked"]
+  assert data["meta"]["partial"] is True
+  assert len((out / "simulate.csv").read_text().splitlines()) == 2   # header + the run
+
+
+def test_table_cuts_no_header_and_no_mode_name():
+  rows = [{"mode": "paged+prefix/unchunked", "block_size": 16, "waste_pct": 0.123456,
+           "stranded_free_pct_when_blocked": 12.5, "throughput_tok_s": 31.19}]
+  header, line = format_table(rows).splitlines()
+  assert header.split() == list(TABLE_COLUMNS)
+  assert line.split()[:2] == ["paged+prefix/unchunked", "16"] and "0.1235" in line
+  assert len(header) == len(line)
+
+
+def test_bundled_cost_models_keep_notes_out_of_plot_titles(tmp_path, capsys):
+  for path in glob.glob(os.path.join(REPO, "configs", "cost_models", "*.json")):
+    device = cm.load(path).device
+    assert device and not any(c in device for c in "();"), (path, device)
+  out = tmp_path / "out"
+  assert cli.main(["simulate", *TINY_RUN, "--modes", "paged", "--out", str(out)]) == 0
+  meta = json.loads((out / "simulate.json").read_text())["meta"]
+  assert meta["title"] == "simulated random:smollm2-135m on cpu" and "partial" not in meta
+  assert "paged/chunked" in capsys.readouterr().out
