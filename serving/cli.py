@@ -19,6 +19,7 @@ COMMANDS = [
     "serving.commands.simulate",
     "serving.commands.client",
     "serving.commands.batch",
+    "serving.commands.bench",
 ]
 
 _DESCRIPTION = """\
