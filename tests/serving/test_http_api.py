@@ -229,3 +229,24 @@ def test_bench_serve_replays_a_trace(server, serving_tmp, tmp_path):
   assert res["summary"]["completed"] == 3
   assert sorted(r["request_id"] for r in res["requests"]) == ["t0", "t1", "t2"]
   assert all((r["prompt_tokens"], r["output_tokens"]) == (5, 3) for r in res["requests"])
+
+
+def _readme_blocks() -> tuple[str, str]:
+  with open(os.path.join(REPO, "README.md")) as f:
+    text = f.read()
+  part = text.split("<!-- http-example:start")[1].split("<!-- http-example:end -->")[0]
+  shell = part.split("```bash\n")[1].split("```")[0]
+  python = part.split("```python\n")[1].split("```")[0]
+  return shell, python
+
+
+def test_readme_http_example_runs_verbatim(server, expected, capsys):
+  shell, python = _readme_blocks()
+  port = str(_http_port(server))
+  assert shell.startswith("pagedjax serve --http-port 8000 &")
+  curl = shell.split("\n", 1)[1].replace("8000", port)   # the server is already up
+  reply = json.loads(subprocess.run(["bash", "-c", curl], capture_output=True, text=True,
+                                    check=True, timeout=60).stdout)
+  assert reply["choices"][0]["text"] == expected["prompt"].text
+  exec(compile(python.replace("8000", port), "README.md", "exec"), {})
+  assert capsys.readouterr().out.strip()   # the streamed answer was printed
