@@ -106,3 +106,28 @@ def _wait_until(cond, timeout: float = 60.0) -> None:
   while not cond():
     assert time.monotonic() < deadline, "condition not reached"
     time.sleep(0.05)
+
+
+def test_a_model_without_tokenizer_serves_token_id_prompts():
+  """Random weights (as on the GPU benchmarks) have no tokenizer: ids in, no text out."""
+  from engine import EngineConfig, LLMEngine
+  engine = LLMEngine(EngineConfig(model="random:smollm2-135m", **ENGINE_KWARGS))
+  srv = InferenceServer(engine, ServerConfig(host="127.0.0.1", port=0, metrics_port=None,
+                                             http_port=0, served_model_name="rnd"))
+  srv.start()
+  try:
+    client = _client(srv, "none")
+    chunks = list(client.completions.create(
+        model="rnd", prompt=[5, 6, 7], max_tokens=3, temperature=0, stream=True, logprobs=0,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True}))
+    assert [c.choices[0].text for c in chunks[:-1]] == ["", "", ""]
+    assert all(t.startswith("token_id:") for c in chunks[:-1] for t in c.choices[0].logprobs.tokens)
+    assert chunks[-1].usage.completion_tokens == 3 and chunks[-1].usage.prompt_tokens == 3
+    for call in (lambda: client.completions.create(model="rnd", prompt="text"),
+                 lambda: client.chat.completions.create(
+                     model="rnd", messages=[{"role": "user", "content": "hi"}])):
+      with pytest.raises(openai.BadRequestError) as err:
+        call()
+      assert "no tokenizer" in err.value.body["message"]
+  finally:
+    srv.shutdown(grace_s=0)
