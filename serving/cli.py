@@ -21,6 +21,7 @@ COMMANDS = [
     "serving.commands.simulate",
     "serving.commands.client",
     "serving.commands.batch",
+    "serving.commands.bench",
 ]
 
 _DESCRIPTION = """\

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from serving.engine_loop import EngineLoop
+from serving.http.server import HttpConfig, HttpServer, served_model_name
 from serving.metrics import ServingMetrics
 from serving.proto.pagedjax.v1 import pagedjax_pb2 as pb
 from serving.proto.pagedjax.v1 import pagedjax_pb2_grpc as pb_grpc
@@ -32,31 +33,44 @@ _EXTRA_WORKERS = 16  # threads beyond the admitted generations: health, tokenize
 class ServerConfig:
   """How the server listens and sheds load.
 
-  `port`/`metrics_port` 0 pick a free port; `metrics_port` None disables the
-  metrics endpoint. `max_waiting` bounds requests not yet running.
+  `port`/`metrics_port`/`http_port` 0 pick a free port; `metrics_port` None
+  disables the metrics endpoint, `http_port` None the OpenAI-compatible HTTP
+  API. `max_waiting` bounds requests not yet running (gRPC and HTTP together).
+  `served_model_name` None: the model's file or folder name.
   """
   host: str = "0.0.0.0"
   port: int = 50051
   metrics_port: int | None = 9090
   max_waiting: int = 128
   shutdown_grace_s: float = 30.0
+  http_port: int | None = None
+  served_model_name: str | None = None
 
   def __post_init__(self):
     if not 0 <= self.port < 65536:
       raise ValueError(f"port must be in [0, 65535], got {self.port}")
     if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
       raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
+    if self.http_port is not None and not 0 <= self.http_port < 65536:
+      raise ValueError(f"http_port must be in [0, 65535], got {self.http_port}")
     if self.max_waiting < 1:
       raise ValueError(f"max_waiting must be >= 1, got {self.max_waiting}")
     if self.shutdown_grace_s < 0:
       raise ValueError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s}")
 
 
+def _model_name(engine, config: ServerConfig) -> str:
+  """The name the HTTP API serves the model under (its /v1/models id)."""
+  return config.served_model_name or served_model_name(
+      getattr(getattr(engine, "config", None), "model", None))
+
+
 class InferenceServer:
   """Serves one engine over gRPC until `shutdown()`."""
 
   def __init__(self, engine, config: ServerConfig,
-               force_stop: threading.Event | None = None):
+               force_stop: threading.Event | None = None, authenticate=None):
+    """`authenticate(authorization_header) -> tenant | None` guards the HTTP API."""
     self.config = config
     self.metrics = ServingMetrics()
     self._loop = EngineLoop(engine, self.metrics, config.max_waiting)
@@ -73,8 +87,12 @@ class InferenceServer:
     health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+    self._http = None if config.http_port is None else HttpServer(
+        self._loop, engine.tokenizer, engine.max_model_len, self.metrics,
+        HttpConfig(config.host, config.http_port, _model_name(engine, config)), authenticate)
     self.port: int | None = None
     self.metrics_port: int | None = None
+    self.http_port: int | None = None
     self._force = force_stop or threading.Event()   # set: cut the drain short
     self._stopped = threading.Event()
 
@@ -87,10 +105,17 @@ class InferenceServer:
       self.metrics_port = self.metrics.start_http(self.config.metrics_port, self.config.host)
     self._loop.start()
     self._server.start()
+    if self._http is not None:
+      self.http_port = self._http.start()
+      self._http.api.set_serving(True)
     for name in ("", SERVICE_NAME):
       self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving %s on %s:%d (metrics port %s)", SERVICE_NAME,
-             self.config.host, self.port, self.metrics_port)
+    log.info("serving %s on %s:%d (metrics port %s, HTTP port %s)", SERVICE_NAME,
+             self.config.host, self.port, self.metrics_port, self.http_port)
+
+  def _num_inflight(self) -> int:
+    http = self._http.api.num_inflight() if self._http is not None else 0
+    return self._servicer.num_inflight() + http
 
   def force_stop(self) -> None:
     """Cuts a running `shutdown()` short: remaining requests are aborted."""
@@ -108,15 +133,19 @@ class InferenceServer:
     grace = self.config.shutdown_grace_s if grace_s is None else grace_s
     self._health.enter_graceful_shutdown()
     self._servicer.start_draining()
+    if self._http is not None:
+      self._http.api.start_draining()
     deadline = time.monotonic() + grace
-    while (self._servicer.num_inflight() and time.monotonic() < deadline
+    while (self._num_inflight() and time.monotonic() < deadline
            and not self._force.is_set()):
       time.sleep(0.05)
-    left = self._servicer.num_inflight()
+    left = self._num_inflight()
     if left:
       log.warning("shutdown: aborting %d requests still in flight", left)
     self._loop.stop()            # aborts what is left; handlers see ABORT
     self._server.stop(grace=2.0).wait()
+    if self._http is not None:
+      self._http.stop()
     self.metrics.stop_http()
     self._pool.shutdown(wait=False, cancel_futures=True)
     self._stopped.set()

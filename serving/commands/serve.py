@@ -10,7 +10,8 @@ import threading
 from serving.engine_flags import add_engine_args, engine_config_from_args
 
 NAME = "serve"
-HELP = "serve a model over gRPC (streaming Generate, Tokenize, health, reflection, metrics)"
+HELP = ("serve a model over gRPC (streaming Generate, Tokenize, health, reflection, metrics) "
+        "and, with --http-port, an OpenAI-compatible HTTP API")
 
 log = logging.getLogger("pagedjax.serve")
 
@@ -20,6 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--port", type=int, default=50051, help="gRPC port (0 = any free port)")
   parser.add_argument("--metrics-port", type=int, default=9090,
                       help="Prometheus /metrics port (0 = any free port, -1 = off)")
+  parser.add_argument("--http-port", type=int, default=None,
+                      help="port of the OpenAI-compatible HTTP API (/v1/completions, "
+                           "/v1/chat/completions, /v1/models, /health, /metrics) on the same "
+                           "engine as gRPC (0 = any free port; default: off)")
+  parser.add_argument("--served-model-name", default=None,
+                      help="the model's id in the HTTP API (default: the model's file or "
+                           "folder name, e.g. SmolLM2-135M-Instruct.Q4_1)")
   parser.add_argument("--max-waiting", type=int, default=128,
                       help="requests allowed to wait for a slot; past it: RESOURCE_EXHAUSTED")
   parser.add_argument("--shutdown-grace", type=float, default=30.0,
@@ -35,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
   try:
     config = ServerConfig(host=args.host, port=args.port,
                           metrics_port=None if args.metrics_port < 0 else args.metrics_port,
-                          max_waiting=args.max_waiting, shutdown_grace_s=args.shutdown_grace)
+                          max_waiting=args.max_waiting, shutdown_grace_s=args.shutdown_grace,
+                          http_port=args.http_port, served_model_name=args.served_model_name)
     engine_config = engine_config_from_args(args)
   except ValueError as e:
     print(f"pagedjax serve: {e}", file=sys.stderr)
@@ -47,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
   server.start()
   # NOTE: tests and scripts wait for this line; keep its format.
   print(f"pagedjax serve: listening on {config.host}:{server.port} "
-        f"metrics_port={server.metrics_port}", flush=True)
+        f"metrics_port={server.metrics_port} http_port={server.http_port}", flush=True)
   while not stop.wait(0.2):
     pass
   log.info("shutting down (grace %.1fs)", config.shutdown_grace_s)
