@@ -20,7 +20,13 @@ SKY = "Why is the sky blue?"
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:
-  return dict(cli.build_parser()._subparsers._group_actions[0].choices)
+  """Every command's parser; nested ones (`bench serve`) under their joined names."""
+  out = dict(cli.build_parser()._subparsers._group_actions[0].choices)
+  for name, parser in list(out.items()):
+    if parser._subparsers is not None:
+      for sub, p in parser._subparsers._group_actions[0].choices.items():
+        out[f"{name} {sub}"] = p
+  return out
 
 
 def _no_model(monkeypatch) -> None:
@@ -57,7 +63,7 @@ def _shown_default(text: str) -> str:
 
 
 @pytest.mark.parametrize("command", [None, "generate", "convert", "serve", "client", "batch",
-                                     "sweep", "simulate"])
+                                     "sweep", "simulate", "bench serve"])
 def test_every_flag_shows_its_real_default(command):
   top = cli.build_parser()
   parser = top if command is None else _subparsers()[command]

@@ -16,55 +16,59 @@ import argparse
 import asyncio
 import sys
 
+from serving.help_format import HelpFormatter
+
 NAME = "bench"
 HELP = "benchmark a running server (bench serve: TTFT, TPOT, ITL, throughput, goodput)"
 
 
-def register(subparsers) -> None:
+def register(subparsers) -> argparse.ArgumentParser:
   parser = subparsers.add_parser(NAME, help=HELP, description=HELP)
   sub = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK")
   sub.required = True
   serve = sub.add_parser("serve", help="load-test a server over HTTP or gRPC",
-                         description=__doc__,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+                         description=__doc__, formatter_class=HelpFormatter)
   add_serve_arguments(serve)
   serve.set_defaults(_run=run_serve)
+  return parser
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
   target = p.add_mutually_exclusive_group(required=True)
-  target.add_argument("--base-url", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000")
-  target.add_argument("--grpc", metavar="HOST:PORT", help="a pagedjax gRPC server")
+  target.add_argument("--base-url", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000 "
+                           "(default: none; this or --grpc)")
+  target.add_argument("--grpc", metavar="HOST:PORT", help="a pagedjax gRPC server (default: none; this or --base-url)")
   p.add_argument("--model", help="model id to request (default: the first of GET /v1/models)")
   p.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY' (default: none)")
   p.add_argument("--workload", choices=("incident", "fixed"), default="incident",
                  help="incident: the incident's chat + report traffic; fixed: --input-len "
-                      "random token ids in, --output-len out (default: incident)")
+                      "random token ids in, --output-len out")
   p.add_argument("--trace", help="replay a JSONL trace (engine.experiments.workload format) "
                                  "instead of --workload, at its own arrival times unless "
-                                 "--rate/--concurrency is given")
+                                 "--rate/--concurrency is given (default: none)")
   load = p.add_mutually_exclusive_group()
   load.add_argument("--rate", type=float,
-                    help="Poisson arrivals per second ('inf': all at once)")
-  load.add_argument("--concurrency", type=int, help="keep this many requests in flight")
+                    help="Poisson arrivals per second, 'inf' for all at once (default: none; "
+                         "give this, --concurrency or --trace)")
+  load.add_argument("--concurrency", type=int, help="keep this many requests in flight (default: none)")
   p.add_argument("--num-requests", type=int, default=None,
                  help="requests to send (default: 100; a trace: all of it)")
-  p.add_argument("--input-len", type=int, default=128, help="fixed: prompt tokens (default 128)")
+  p.add_argument("--input-len", type=int, default=128, help="fixed: prompt tokens")
   p.add_argument("--output-len", type=int, default=256,
-                 help="fixed: output tokens (default 256)")
+                 help="fixed: output tokens")
   p.add_argument("--scale", type=float, default=1.0,
-                 help="incident: multiply prompt and output lengths (default 1.0)")
+                 help="incident: multiply prompt and output lengths")
   p.add_argument("--vocab-size", type=int, default=32000,
-                 help="prompt token ids are drawn from 1..N-1 (default 32000; at most the "
-                      "served model's vocabulary)")
-  p.add_argument("--seed", type=int, default=0, help="draws prompts and arrivals (default 0)")
-  p.add_argument("--slo-ttft", type=float, help="goodput SLO: time to first token, ms")
-  p.add_argument("--slo-tpot", type=float, help="goodput SLO: time per output token, ms")
+                 help="prompt token ids are drawn from 1..N-1 (at most the served "
+                      "model's vocabulary)")
+  p.add_argument("--seed", type=int, default=0, help="draws prompts and arrivals")
+  p.add_argument("--slo-ttft", type=float, help="goodput SLO: time to first token, ms (default: none, no TTFT SLO)")
+  p.add_argument("--slo-tpot", type=float, help="goodput SLO: time per output token, ms (default: none, no TPOT SLO)")
   p.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false",
                  help="do not send ignore_eos (for servers that refuse it; outputs may then "
                       "be shorter than planned)")
   p.add_argument("--timeout", type=float, default=600.0,
-                 help="seconds one request may take (default 600)")
+                 help="seconds one request may take")
   p.add_argument("--out", required=True, help="folder for results.json, latency_cdf.png, "
                                               "table.txt")
 

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--http-port", type=int, default=None,
                       help="port of the OpenAI-compatible HTTP API (/v1/completions, "
                            "/v1/chat/completions, /v1/models, /health, /metrics) on the same "
-                           "engine as gRPC (0 = any free port; default: off)")
+                           "engine as gRPC; 0 = any free port (default: none, HTTP off)")
   parser.add_argument("--served-model-name", default=None,
                       help="the model's id in the HTTP API (default: the model's file or "
                            "folder name, e.g. SmolLM2-135M-Instruct.Q4_1)")
