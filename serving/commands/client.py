@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from serving.sampling_flags import add_sampling_args, sampling_kwargs_from_args
 
 NAME = "client"
+API_KEY_ENV = "PAGEDJAX_API_KEY"
 HELP = "send a prompt to a running pagedjax server and print the answer"
 
 
@@ -36,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--cache-salt", default="")
   parser.add_argument("--priority", type=int, default=0)
   parser.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
+  parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                      help=f"API key of a server started with --api-key-file (default: "
+                           f"${API_KEY_ENV}, unset: none)")
   add_sampling_args(parser)
 
 
@@ -52,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
   else:
     kwargs["prompt"] = args.prompt
   try:
-    with PagedJaxClient(f"{args.host}:{args.port}") as client:
+    with PagedJaxClient(f"{args.host}:{args.port}", api_key=args.api_key) as client:
       if args.json or not args.stream:
         result = client.generate(**kwargs)
         if args.json:
