@@ -18,15 +18,16 @@ log = logging.getLogger("pagedjax.serve")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--host", default="127.0.0.1",
-                      help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0: "
-                           "every interface, use with --api-key-file)")
+                      help="address to bind (default %(default)s: this machine only; "
+                           "0.0.0.0: every interface, use with --api-key-file)")
   parser.add_argument("--api-key-file", default=None,
                       help="file of 'TENANT KEY' lines: every Inference call must then send "
                            "'authorization: Bearer KEY' and gets its tenant's own prefix "
                            "cache (default: no authentication)")
   parser.add_argument("--client-cache-salt", choices=SALT_POLICIES, default="allow",
-                      help="what a request's cache_salt does: allow (default; with API keys "
-                           "it only splits the caller's own tenant cache), ignore, or reject")
+                      help="what a request's cache_salt does (default %(default)s; with API "
+                           "keys it only splits the caller's own tenant cache): allow, "
+                           "ignore, or reject")
   parser.add_argument("--port", type=int, default=50051, help="gRPC port (0 = any free port)")
   parser.add_argument("--metrics-port", type=int, default=9090,
                       help="Prometheus /metrics port (0 = any free port, -1 = off)")
