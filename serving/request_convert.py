@@ -92,6 +92,8 @@ def prompt_token_ids(tokenizer, prompt: str, messages: Sequence[pb.ChatMessage],
   """
   if prompt and messages:
     raise InvalidRequestError(f"set exactly one of {field} and messages, not both")
+  if tokenizer is None:
+    raise InvalidRequestError(f"{field}: this model has no tokenizer")
   if messages:
     try:
       ids = encode_chat(tokenizer, chat_messages(messages))

@@ -55,8 +55,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     self._api_keys = api_keys
     self._salt_policy = client_cache_salt
     self._limits = request_limits
-    self._max_prompt_bytes = request_limits.max_prompt_bytes(context_limit.tokens,
-                                                             tokenizer.max_token_bytes)
+    # NOTE: a model without a tokenizer (random weights) refuses every prompt
+    # in prompt_token_ids; its bound is then the message limit alone.
+    token_bytes = tokenizer.max_token_bytes if tokenizer else limits.MAX_MESSAGE_BYTES
+    self._max_prompt_bytes = request_limits.max_prompt_bytes(context_limit.tokens, token_bytes)
     self._lock = threading.Lock()
     self._inflight = 0
     self._draining = False
