@@ -113,6 +113,11 @@ def test_oversized_fields_and_bad_values_are_refused_before_any_work(alice, kwar
   assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("text is 3900000 bytes")
 
 
+def test_a_message_over_the_grpc_limit_is_resource_exhausted(alice):
+  code, details = _code(lambda: alice.tokenize("x" * (4 << 20)))
+  assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details
+
+
 def test_the_request_id_is_sent_once_per_stream(server, alice):
   stub = pb_grpc.InferenceStub(alice._channel)
   rid = "r" * 256
