@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from engine.context_limit import check_fits_cache
+
 _BLOCK_SIZES = tuple(2 ** i for i in range(3, 9))   # 8 … 256
 
 
@@ -18,7 +20,7 @@ class EngineConfig:
   kv_cache_memory_bytes: int = 256 << 20  # CPU default budget
   max_batch_tokens: int = 512            # per-step token budget (decodes + prefill chunks)
   max_num_seqs: int = 64                 # running requests at most
-  max_model_len: int | None = None       # None: min(model context, 4096)
+  max_model_len: int | None = None       # None: min(model context, 4096, KV cache capacity)
   enable_prefix_caching: bool = True
   enable_chunked_prefill: bool = True
   allocator: str = "paged"               # "paged" or "contiguous" (the baseline)
@@ -30,6 +32,11 @@ class EngineConfig:
   # Decode iterations per step when no prefill runs (multi-step decode): the
   # host schedules, dispatches and reads back once per k tokens of each row.
   num_decode_steps: int = 1
+  # Research only (sweeps, the simulator's parity tests): let the KV cache hold
+  # fewer tokens than max_model_len. A request that outgrows the whole cache then
+  # fails with FinishReason.ERROR, after streaming tokens; off, such a
+  # max_model_len is refused at start-up (engine/context_limit.py).
+  allow_small_kv_cache: bool = False
 
   def __post_init__(self):
     if self.block_size not in _BLOCK_SIZES:
@@ -48,6 +55,14 @@ class EngineConfig:
       raise ValueError(f"num_decode_steps must be an int in 1..64, got {self.num_decode_steps!r}")
     if not isinstance(self.tensor_parallel, int) or self.tensor_parallel < 1:
       raise ValueError(f"tensor_parallel must be a positive int, got {self.tensor_parallel!r}")
+    if self.max_model_len is not None and self.max_model_len < 2:
+      raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+    if (self.max_model_len is not None and self.num_blocks is not None
+        and not self.allow_small_kv_cache):
+      # NOTE: checked here, before any weights load; the engine checks again once
+      # a memory budget has been turned into blocks.
+      check_fits_cache(self.max_model_len, self.num_blocks, self.block_size,
+                       f"--num-blocks {self.num_blocks}")
 
   @property
   def cache_dtype(self) -> str:

@@ -10,6 +10,7 @@ import random
 
 from absl import logging
 
+from engine import context_limit
 from engine import output_processor as op
 from engine import parallel
 from engine.buckets import Buckets
@@ -49,9 +50,11 @@ class LLMEngine:
                   if model is None else parallel.place_model(model, self.mesh))
     self.tokenizer = self.model.tokenizer
     mc = self.model.config
-    self.max_model_len = min(config.max_model_len or min(mc.max_position_embeddings, 4096),
-                             mc.max_position_embeddings)
-    num_blocks = resolve_num_blocks(config, mc, self.model.params)
+    num_blocks, sized_by = resolve_num_blocks(config, mc, self.model.params)
+    self.context_limit = context_limit.resolve(
+        config.max_model_len, mc.max_position_embeddings, num_blocks, config.block_size,
+        sized_by, allow_small_kv_cache=config.allow_small_kv_cache)
+    self.max_model_len = self.context_limit.tokens
     self.kv = build_kv_manager(config, num_blocks)
     self.scheduler = Scheduler(self._scheduler_config(), self.kv)
     buckets = Buckets.create(max_num_seqs=config.max_num_seqs,
@@ -70,8 +73,8 @@ class LLMEngine:
     self._prompt_tokens_total = 0
     self._prefill_tokens_computed = 0
     self._generation_tokens_total = 0
-    logging.info("engine: %d KV blocks of %d tokens, max_model_len %d", num_blocks,
-                 config.block_size, self.max_model_len)
+    logging.info("engine: %d KV blocks of %d tokens, %s", num_blocks, config.block_size,
+                 self.context_limit.describe())
     if config.warmup:
       self.runner.warmup()
 
@@ -101,9 +104,12 @@ class LLMEngine:
       raise ValueError(f"request id {request_id!r} is already in use")
     params = sampling_params or SamplingParams()
     ids = self._prompt_ids(prompt, prompt_token_ids)
-    if len(ids) + 1 > self.max_model_len:
-      raise ValueError(f"prompt has {len(ids)} tokens; with one generated token that exceeds "
-                       f"the model's context of {self.max_model_len} tokens")
+    context_limit.check_prompt(len(ids), self.context_limit)
+    # NOTE: max_tokens is capped at what the context leaves (finish reason
+    # LENGTH there), so a reservation (contiguous allocator) never exceeds it.
+    new_tokens = context_limit.max_new_tokens(params.max_tokens, len(ids), self.context_limit)
+    if new_tokens != params.max_tokens:
+      params = dataclasses.replace(params, max_tokens=new_tokens)
     eos = tuple(self.model.config.eos_token_ids)
     seed = params.seed if params.seed is not None else self._rng.getrandbits(31)
     request = Request(request_id, ids, params, eos_token_ids=eos, cache_salt=cache_salt,

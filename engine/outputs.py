@@ -7,7 +7,7 @@ import enum
 
 class FinishReason(str, enum.Enum):
   STOP = "stop"          # EOS, a stop token id or a stop string
-  LENGTH = "length"      # max_tokens reached (or the model's context is full)
+  LENGTH = "length"      # max_tokens reached (or max_model_len)
   ABORT = "abort"        # cancelled by the caller
   ERROR = "error"        # rejected (e.g. the prompt can never fit)
 

@@ -2,16 +2,29 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
+
+# NOTE: the sampler works in float32. A temperature below MIN_TEMPERATURE
+# scales logits past float32's range (1e-300 rounds to 0: logits / 0), one
+# above MAX_TEMPERATURE is already indistinguishable from uniform sampling, and
+# a top_p below MIN_TOP_P (a normal float32) is top-1 anyway: 1e-300 rounds to 0
+# in float32 and the filter then keeps nothing.
+MIN_TEMPERATURE = 1e-2
+MAX_TEMPERATURE = 100.0
+MIN_TOP_P = 1e-6
+MAX_INT32 = 2 ** 31 - 1   # top_k and stop token ids travel to the device as int32
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
   """How to pick each next token of one request.
 
-  temperature 0 means greedy. top_k 0 (or -1) and top_p 1 and min_p 0 disable
-  those filters. A request with a seed gives the same output every time it is
-  run with the same prompt, whatever else is in the batch.
+  temperature 0 means greedy; otherwise it must lie in [MIN_TEMPERATURE,
+  MAX_TEMPERATURE]. top_k 0 (or -1) and top_p 1 and min_p 0 disable those
+  filters; top_p lies in [MIN_TOP_P, 1]. Every float must be finite. A request
+  with a seed gives the same output every time it is run with the same prompt,
+  whatever else is in the batch.
 
   NOTE: these field defaults are the ONE set of sampling defaults of pagedjax:
   `LLM.generate`/`LLM.chat`, the gRPC server's unset fields, and the flags of
@@ -37,12 +50,17 @@ class SamplingParams:
     object.__setattr__(self, "stop", _as_tuple(self.stop, str, "stop"))
     object.__setattr__(self, "stop_token_ids",
                        _as_tuple(self.stop_token_ids, int, "stop_token_ids"))
-    if not self.temperature >= 0.0:
-      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-    if not 0.0 < self.top_p <= 1.0:
-      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-    if self.top_k < -1:
-      raise ValueError(f"top_k must be -1, 0 (off) or positive, got {self.top_k}")
+    for name in ("temperature", "top_p", "min_p"):
+      _check_finite(name, getattr(self, name))
+    for name in ("top_k", "max_tokens"):
+      _check_int(name, getattr(self, name))
+    if self.temperature != 0.0 and not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:
+      raise ValueError(f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, "
+                       f"{MAX_TEMPERATURE}], got {self.temperature}")
+    if not MIN_TOP_P <= self.top_p <= 1.0:
+      raise ValueError(f"top_p must be in [{MIN_TOP_P}, 1], got {self.top_p}")
+    if not -1 <= self.top_k <= MAX_INT32:
+      raise ValueError(f"top_k must be -1, 0 (off) or in [1, {MAX_INT32}], got {self.top_k}")
     if not 0.0 <= self.min_p <= 1.0:
       raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
     if self.max_tokens < 1:
@@ -51,12 +69,22 @@ class SamplingParams:
       raise ValueError("stop strings must be non-empty")
     if self.seed is not None and not 0 <= self.seed < 2 ** 63:
       raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
-    if any(t < 0 for t in self.stop_token_ids):
-      raise ValueError("stop_token_ids must be non-negative")
+    if any(not 0 <= t <= MAX_INT32 for t in self.stop_token_ids):
+      raise ValueError(f"stop_token_ids must be in [0, {MAX_INT32}]")
 
   @property
   def greedy(self) -> bool:
     return self.temperature == 0.0
+
+
+def _check_finite(name: str, value) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def _check_int(name: str, value) -> None:
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise ValueError(f"{name} must be an integer, got {value!r}")
 
 
 def _as_tuple(value, kind, name) -> tuple:
@@ -73,4 +101,5 @@ def greedy(max_tokens: int = 16, **kwargs) -> SamplingParams:
   return SamplingParams(temperature=0.0, max_tokens=max_tokens, **kwargs)
 
 
-__all__ = ["SamplingParams", "greedy", "Sequence"]
+__all__ = ["SamplingParams", "greedy", "Sequence", "MIN_TEMPERATURE", "MAX_TEMPERATURE",
+           "MIN_TOP_P"]

@@ -1,12 +1,15 @@
 """The tokenizer: encode/decode, BOS/EOS ids and the model's chat template."""
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 from typing import Any, Sequence
 
 import tokenizers
 
+from models import chat_encoding
 from models.chat_template import render_chat
 from models.detokenizer import IncrementalDetokenizer
 from models.errors import ModelLoadError
@@ -23,6 +26,13 @@ class Tokenizer:
     self.bos_token_id = bos_token_id
     self.eos_token_ids = tuple(int(t) for t in eos_token_ids)
     self.chat_template = chat_template
+    # NOTE: special added tokens (control tokens such as <|im_start|>): text
+    # that only the chat template may turn into these ids.
+    self.special_tokens: dict[str, int] = {
+        t.content: int(i) for i, t in backend.get_added_tokens_decoder().items() if t.special}
+    self.special_token_pattern = (re.compile("(" + "|".join(
+        re.escape(t) for t in sorted(self.special_tokens, key=len, reverse=True)) + ")")
+        if self.special_tokens else None)
 
   @property
   def vocab_size(self) -> int:
@@ -40,9 +50,43 @@ class Tokenizer:
     return self._token(self.eos_token_ids[0]) if self.eos_token_ids else None
 
   def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+    """Token ids of `text`; special-token text in it becomes special tokens.
+
+    NOTE: through `encode_batch`, which releases the GIL while it works (plain
+    `encode` holds it: a 1 MB text would stall every other thread for seconds).
+    """
     if not isinstance(text, str):
       raise ValueError(f"text must be a str, got {type(text).__name__}")
-    return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+    return self.backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+
+  def encode_plain(self, text: str) -> list[int]:
+    """Token ids of `text` as plain text: special-token text is spelled out, never
+    a special token; no BOS/EOS added."""
+    return self._plain_backend.encode_batch([text], add_special_tokens=False)[0].ids
+
+  @functools.cached_property
+  def _plain_backend(self) -> tokenizers.Tokenizer:
+    # NOTE: a copy, since encode_special_tokens is a setting of the whole
+    # tokenizer and other threads keep encoding with the original.
+    plain = tokenizers.Tokenizer.from_str(self.backend.to_str())
+    plain.encode_special_tokens = True
+    return plain
+
+  def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    """Chat turns rendered with the template and encoded; message content is plain
+    text (special-token text in it never becomes a role marker).
+
+    NOTE: the one place that turns messages into ids (LLM.chat, the server, the CLI).
+    """
+    return chat_encoding.encode_chat(self, messages, add_generation_prompt)
+
+  @functools.cached_property
+  def max_token_bytes(self) -> int:
+    """The most UTF-8 bytes of text one token stands for (an upper bound), so a text
+    longer than n x this cannot be fewer than n tokens."""
+    b = self.backend
+    return max(max(len(b.decode([i], skip_special_tokens=False).encode()),
+                   len((b.id_to_token(i) or "").encode())) for i in range(self.vocab_size))
 
   def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
     return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
@@ -54,16 +98,6 @@ class Tokenizer:
       raise ValueError("this model has no chat template; use a raw prompt")
     return render_chat(self.chat_template, messages, add_generation_prompt,
                        bos_token=self.bos_token or "", eos_token=self.eos_token or "")
-
-  def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True
-                  ) -> list[int]:
-    """Token ids of chat turns rendered with the model's template (plus the assistant cue).
-
-    NOTE: the one place that turns messages into ids (LLM.chat, the server, the CLI).
-    The template already holds any BOS text, so no special tokens are added again.
-    """
-    rendered = self.apply_chat_template(messages, add_generation_prompt)
-    return self.encode(rendered, add_special_tokens=False)
 
   @classmethod
   def from_gguf(cls, reader, path: str) -> "Tokenizer":

@@ -4,6 +4,9 @@
       print(c.generate("Hello", max_tokens=16, temperature=0).text)
       for chunk in c.generate_stream(messages=[{"role": "user", "content": "Hi"}]):
         print(chunk.text, end="", flush=True)
+
+A server started with `--api-key-file` needs `PagedJaxClient(target, api_key=KEY)`
+(sent as `authorization: Bearer KEY` metadata on every call).
 """
 from __future__ import annotations
 
@@ -82,8 +85,11 @@ class Stream:
     self._call = call
 
   def __iter__(self) -> Iterator[StreamChunk]:
+    request_id = None
     for m in self._call:
-      yield StreamChunk(m.request_id, m.text, list(m.token_ids), list(m.logprobs),
+      # NOTE: the server sends the request id in the first message only.
+      request_id = m.request_id if request_id is None else request_id
+      yield StreamChunk(request_id, m.text, list(m.token_ids), list(m.logprobs),
                         m.finished, _FINISH[m.finish_reason] if m.finished else None,
                         _usage(m.usage) if m.finished else None)
 
@@ -94,11 +100,13 @@ class Stream:
 class PagedJaxClient:
   """A blocking client; errors surface as `grpc.RpcError` (see `.code()`)."""
 
-  def __init__(self, target: str = "localhost:50051", *, timeout: float | None = None):
+  def __init__(self, target: str = "localhost:50051", *, timeout: float | None = None,
+               api_key: str | None = None):
     self._channel = grpc.insecure_channel(target)
     self._stub = pb_grpc.InferenceStub(self._channel)
     self._health = health_pb2_grpc.HealthStub(self._channel)
     self.timeout = timeout
+    self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
 
   def __enter__(self) -> "PagedJaxClient":
     return self
@@ -112,7 +120,8 @@ class PagedJaxClient:
   def generate(self, prompt: str | None = None, *, timeout: float | None = None,
                **kwargs: Any) -> Completion:
     """The whole answer (unary call). kwargs: see `build_request`."""
-    r = self._stub.Generate(build_request(prompt, **kwargs), timeout=timeout or self.timeout)
+    r = self._stub.Generate(build_request(prompt, **kwargs), timeout=timeout or self.timeout,
+                            metadata=self._metadata)
     return Completion(r.request_id, r.text, list(r.token_ids), list(r.logprobs),
                       _FINISH[r.finish_reason], _usage(r.usage))
 
@@ -120,14 +129,15 @@ class PagedJaxClient:
                       **kwargs: Any) -> Stream:
     """Streams chunks as tokens are produced. kwargs: see `build_request`."""
     return Stream(self._stub.GenerateStream(build_request(prompt, **kwargs),
-                                            timeout=timeout or self.timeout))
+                                            timeout=timeout or self.timeout,
+                                            metadata=self._metadata))
 
   def tokenize(self, text: str | None = None, *,
                messages: Sequence[Mapping[str, str]] | None = None,
                timeout: float | None = None) -> list[int]:
     msgs = [pb.ChatMessage(role=m["role"], content=m["content"]) for m in messages or ()]
     r = self._stub.Tokenize(pb.TokenizeRequest(text=text or "", messages=msgs),
-                            timeout=timeout or self.timeout)
+                            timeout=timeout or self.timeout, metadata=self._metadata)
     return list(r.token_ids)
 
   def health(self, service: str = "", timeout: float | None = None) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from engine.context_limit import ContextLimit, check_prompt
 from engine.outputs import FinishReason, Usage
 from engine.sampling_params import SamplingParams
 from serving.proto.pagedjax.v1 import pagedjax_pb2 as pb
@@ -23,6 +24,10 @@ FINISH_REASONS = {
 
 class InvalidRequestError(ValueError):
   """A client request is malformed; the message names the field."""
+
+
+class PromptTooLongError(InvalidRequestError):
+  """The prompt leaves no room in max_model_len for one generated token."""
 
 
 def sampling_params_from_proto(msg: pb.SamplingParams) -> SamplingParams:
@@ -57,7 +62,7 @@ def validate_chat(messages: Sequence[dict[str, str]]) -> None:
   for i, m in enumerate(messages):
     if m["role"] not in CHAT_ROLES:
       raise InvalidRequestError(
-          f"messages[{i}].role: unknown chat role {m['role']!r} "
+          f"messages[{i}].role: unknown chat role {m['role'][:32]!r} "
           f"(expected one of {', '.join(CHAT_ROLES)})")
   if all(not m["content"] for m in messages):
     raise InvalidRequestError("messages: every message content is empty")
@@ -71,20 +76,28 @@ def chat_messages(messages: Sequence[pb.ChatMessage]) -> list[dict[str, str]]:
 
 
 def encode_chat(tokenizer, messages: list[dict[str, str]]) -> list[int]:
-  """Renders chat turns with the model's template (plus the assistant cue)."""
-  return list(tokenizer.encode_chat(messages))
+  """Renders chat turns with the model's template (plus the assistant cue).
+
+  NOTE: message content is plain text: special-token text in it (e.g.
+  `<|im_end|>`) is spelled out, never a role marker (`Tokenizer.encode_chat`).
+  A raw prompt, by contrast, is the client's whole prompt, template included:
+  special-token text there is parsed (as vLLM and transformers do).
+  """
+  return list(tokenizer.encode_chat(messages, add_generation_prompt=True))
 
 
 def prompt_token_ids(tokenizer, prompt: str, messages: Sequence[pb.ChatMessage],
-                     max_model_len: int | None, field: str = "prompt") -> list[int]:
+                     limit: ContextLimit | None, field: str = "prompt") -> list[int]:
   """Tokenizes a raw prompt or chat messages and checks the length.
 
   Raises InvalidRequestError for: both or neither set, an unknown chat role, an
   empty prompt, a prompt that leaves no room for one generated token (the
-  length check is skipped when `max_model_len` is None).
+  length check is skipped when `limit` is None).
   """
   if prompt and messages:
     raise InvalidRequestError(f"set exactly one of {field} and messages, not both")
+  if tokenizer is None:
+    raise InvalidRequestError(f"{field}: this model has no tokenizer")
   if messages:
     try:
       ids = encode_chat(tokenizer, chat_messages(messages))
@@ -98,10 +111,11 @@ def prompt_token_ids(tokenizer, prompt: str, messages: Sequence[pb.ChatMessage],
     raise InvalidRequestError(f"{field} is empty: set {field} or messages")
   if not ids:
     raise InvalidRequestError(f"{field} is empty after tokenization")
-  if max_model_len is not None and len(ids) + 1 > max_model_len:
-    raise InvalidRequestError(
-        f"{field} is {len(ids)} tokens, too long for the model's context of "
-        f"{max_model_len} tokens (it must leave room for at least one generated token)")
+  if limit is not None:
+    try:
+      check_prompt(len(ids), limit, field)
+    except ValueError as e:
+      raise PromptTooLongError(str(e)) from None
   return ids
 
 

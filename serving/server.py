@@ -16,12 +16,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from serving import limits
+from serving.auth import SALT_POLICIES, ApiKeys
 from serving.engine_loop import EngineLoop
+from serving.http.app import ApiConfig
 from serving.http.server import HttpConfig, HttpServer, served_model_name
+from serving.interceptors import ServingInterceptor
 from serving.metrics import ServingMetrics
 from serving.proto.pagedjax.v1 import pagedjax_pb2 as pb
 from serving.proto.pagedjax.v1 import pagedjax_pb2_grpc as pb_grpc
 from serving.servicer import InferenceServicer
+from serving.tokenize_pool import BoundedPool
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +41,22 @@ class ServerConfig:
   `port`/`metrics_port`/`http_port` 0 pick a free port; `metrics_port` None
   disables the metrics endpoint, `http_port` None the OpenAI-compatible HTTP
   API. `max_waiting` bounds requests not yet running (gRPC and HTTP together).
-  `served_model_name` None: the model's file or folder name.
+  `served_model_name` None: the model's file or folder name. `api_keys`
+  (None: no authentication) and `client_cache_salt` are `serving/auth.py`'s;
+  tokenization runs on `tokenize_workers` threads with `max_tokenize_queue`
+  more requests waiting (past that: RESOURCE_EXHAUSTED).
   """
-  host: str = "0.0.0.0"
+  host: str = "127.0.0.1"
   port: int = 50051
   metrics_port: int | None = 9090
   max_waiting: int = 128
   shutdown_grace_s: float = 30.0
   http_port: int | None = None
   served_model_name: str | None = None
+  api_keys: ApiKeys | None = None
+  client_cache_salt: str = "allow"
+  tokenize_workers: int = 2
+  max_tokenize_queue: int = 32
 
   def __post_init__(self):
     if not 0 <= self.port < 65536:
@@ -57,6 +69,11 @@ class ServerConfig:
       raise ValueError(f"max_waiting must be >= 1, got {self.max_waiting}")
     if self.shutdown_grace_s < 0:
       raise ValueError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s}")
+    if self.client_cache_salt not in SALT_POLICIES:
+      raise ValueError(f"client_cache_salt must be one of {', '.join(SALT_POLICIES)}, "
+                       f"got {self.client_cache_salt!r}")
+    if self.tokenize_workers < 1 or self.max_tokenize_queue < 0:
+      raise ValueError("tokenize_workers must be >= 1 and max_tokenize_queue >= 0")
 
 
 def _model_name(engine, config: ServerConfig) -> str:
@@ -69,27 +86,36 @@ class InferenceServer:
   """Serves one engine over gRPC until `shutdown()`."""
 
   def __init__(self, engine, config: ServerConfig,
-               force_stop: threading.Event | None = None, authenticate=None):
-    """`authenticate(authorization_header) -> tenant | None` guards the HTTP API."""
+               force_stop: threading.Event | None = None):
     self.config = config
     self.metrics = ServingMetrics()
     self._loop = EngineLoop(engine, self.metrics, config.max_waiting)
-    self._servicer = InferenceServicer(self._loop, engine.tokenizer,
-                                       engine.max_model_len, self.metrics)
+    self._tokenize_pool = BoundedPool(config.tokenize_workers, config.max_tokenize_queue)
+    self._servicer = InferenceServicer(
+        self._loop, engine.tokenizer, engine.context_limit, self.metrics, self._tokenize_pool,
+        api_keys=config.api_keys, client_cache_salt=config.client_cache_salt)
     self._health = health.HealthServicer()
-    # NOTE: each admitted generation holds a worker thread while it streams;
-    # admitted ones are bounded by running (max_num_seqs) + max_waiting.
+    # NOTE: each admitted generation holds a worker thread while it streams
+    # (running max_num_seqs + max_waiting of them at most), each tokenization
+    # one while it runs or waits; every other RPC is answered at once. So
+    # these threads never all block, and health checks have threads of their
+    # own: no limit on concurrent RPCs is needed (one would refuse health checks too).
     max_seqs = getattr(getattr(engine, "config", None), "max_num_seqs", 64)
-    workers = max_seqs + config.max_waiting + _EXTRA_WORKERS
+    workers = (max_seqs + config.max_waiting + config.tokenize_workers
+               + config.max_tokenize_queue + _EXTRA_WORKERS)
     self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="grpc")
-    self._server = grpc.server(self._pool, maximum_concurrent_rpcs=workers)
+    self._health_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="health")
+    self._server = grpc.server(
+        self._pool, interceptors=[ServingInterceptor(self._health_pool)],
+        options=[("grpc.max_receive_message_length", limits.MAX_MESSAGE_BYTES)])
     pb_grpc.add_InferenceServicer_to_server(self._servicer, self._server)
     health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
     self._http = None if config.http_port is None else HttpServer(
-        self._loop, engine.tokenizer, engine.max_model_len, self.metrics,
-        HttpConfig(config.host, config.http_port, _model_name(engine, config)), authenticate)
+        self._loop, engine.tokenizer, self._http_api(engine), self.metrics,
+        HttpConfig(config.host, config.http_port, _model_name(engine, config)),
+        self._tokenize_pool)
     self.port: int | None = None
     self.metrics_port: int | None = None
     self.http_port: int | None = None
@@ -103,6 +129,10 @@ class InferenceServer:
       raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
     if self.config.metrics_port is not None:
       self.metrics_port = self.metrics.start_http(self.config.metrics_port, self.config.host)
+    if self.config.api_keys is None and not _is_loopback(self.config.host):
+      log.warning("serving on %s without authentication: anyone who can reach the port "
+                  "can generate, and choose any cache_salt (see --api-key-file)",
+                  self.config.host)
     self._loop.start()
     self._server.start()
     if self._http is not None:
@@ -112,6 +142,12 @@ class InferenceServer:
       self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving %s on %s:%d (metrics port %s, HTTP port %s)", SERVICE_NAME,
              self.config.host, self.port, self.metrics_port, self.http_port)
+
+  def _http_api(self, engine) -> ApiConfig:
+    """The HTTP API's limits and keys: the same as gRPC's (one key file, one salt rule)."""
+    c = self.config
+    return ApiConfig(_model_name(engine, c), engine.context_limit,
+                     self._servicer.max_prompt_bytes, c.api_keys, c.client_cache_salt)
 
   def _num_inflight(self) -> int:
     http = self._http.api.num_inflight() if self._http is not None else 0
@@ -147,8 +183,13 @@ class InferenceServer:
     if self._http is not None:
       self._http.stop()
     self.metrics.stop_http()
-    self._pool.shutdown(wait=False, cancel_futures=True)
+    for pool in (self._pool, self._health_pool, self._tokenize_pool):
+      pool.shutdown(wait=False, cancel_futures=True)
     self._stopped.set()
 
   def wait_for_termination(self, timeout: float | None = None) -> bool:
     return self._stopped.wait(timeout)
+
+
+def _is_loopback(host: str) -> bool:
+  return host in ("localhost", "::1", "[::1]") or host.startswith("127.")

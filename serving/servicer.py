@@ -1,12 +1,15 @@
 """The `pagedjax.v1.Inference` gRPC servicer.
 
-Handlers validate and tokenize the request on their own thread, hand it to the
-`EngineLoop` and then only read the request's event queue: they never call
-the engine. A client that cancels, disconnects or passes its deadline ends the
-RPC, whose callback aborts the request at the engine's next step.
+Handlers authenticate the caller (when the server has API keys), check every
+size bound (`serving/limits.py`), tokenize on the bounded tokenizer pool, hand
+the request to the `EngineLoop` and then only read the request's event queue:
+they never call the engine. A client that cancels, disconnects or passes its
+deadline ends the RPC, whose callback aborts the request at the engine's next
+step.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -16,13 +19,16 @@ from typing import Iterator
 
 import grpc
 
+from engine.context_limit import ContextLimit
 from engine.outputs import FinishReason
+from serving import auth, limits
 from serving import request_convert as rc
 from serving.engine_loop import (EngineLoop, Event, QueueFullError, RejectKind,
                                  ShuttingDownError, Submission)
 from serving.metrics import ServingMetrics
 from serving.proto.pagedjax.v1 import pagedjax_pb2 as pb
 from serving.proto.pagedjax.v1 import pagedjax_pb2_grpc as pb_grpc
+from serving.tokenize_pool import BoundedPool, PoolFullError
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +43,22 @@ _REJECT_CODES = {
 class InferenceServicer(pb_grpc.InferenceServicer):
   """Streams engine output to clients; counts in-flight generations for drain."""
 
-  def __init__(self, loop: EngineLoop, tokenizer, max_model_len: int,
-               metrics: ServingMetrics):
+  def __init__(self, loop: EngineLoop, tokenizer, context_limit: ContextLimit,
+               metrics: ServingMetrics, tokenize_pool: BoundedPool, *,
+               api_keys: auth.ApiKeys | None = None, client_cache_salt: str = "allow",
+               request_limits: limits.RequestLimits = limits.RequestLimits()):
     self._loop = loop
     self._tokenizer = tokenizer
-    self._max_model_len = max_model_len
+    self._context_limit = context_limit
     self._metrics = metrics
+    self._tokenize_pool = tokenize_pool
+    self._api_keys = api_keys
+    self._salt_policy = client_cache_salt
+    self._limits = request_limits
+    # NOTE: a model without a tokenizer (random weights) refuses every prompt
+    # in prompt_token_ids; its bound is then the message limit alone.
+    token_bytes = tokenizer.max_token_bytes if tokenizer else limits.MAX_MESSAGE_BYTES
+    self.max_prompt_bytes = request_limits.max_prompt_bytes(context_limit.tokens, token_bytes)
     self._lock = threading.Lock()
     self._inflight = 0
     self._draining = False
@@ -63,11 +79,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
   def GenerateStream(self, request: pb.GenerateRequest, context) -> Iterator[pb.GenerateStreamResponse]:
     sub = self._admit(request, context)
     try:
+      request_id = request.request_id      # NOTE: sent in the first message only
       for ev in self._events(sub, context):
         d = ev.delta
         msg = pb.GenerateStreamResponse(
-            request_id=request.request_id, text=d.text, token_ids=d.token_ids,
+            request_id=request_id, text=d.text, token_ids=d.token_ids,
             logprobs=d.logprobs or [], finished=d.finished)
+        request_id = ""
         if d.finished:
           msg.finish_reason = rc.FINISH_REASONS.get(d.finish_reason, pb.FINISH_REASON_UNSPECIFIED)
           msg.usage.CopyFrom(rc.usage_to_proto(d.usage, ev.ttft_s))
@@ -94,30 +112,53 @@ class InferenceServicer(pb_grpc.InferenceServicer):
       self._release()
 
   def Tokenize(self, request: pb.TokenizeRequest, context) -> pb.TokenizeResponse:
-    try:
-      ids = rc.prompt_token_ids(self._tokenizer, request.text, request.messages,
-                                max_model_len=None, field="text")
-    except rc.InvalidRequestError as e:
-      context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+    self._authenticate(context)
+    with self._refusals(context):
+      limits.check_tokenize(request, self._limits, self.max_prompt_bytes)
+      ids = self._tokenize_pool.run(rc.prompt_token_ids, self._tokenizer, request.text,
+                                    request.messages, None, "text")
     return pb.TokenizeResponse(token_ids=ids, num_tokens=len(ids),
-                               max_model_len=self._max_model_len)
+                               max_model_len=self._context_limit.tokens)
 
   # --- helpers ----------------------------------------------------------------
 
-  def _admit(self, request: pb.GenerateRequest, context) -> Submission:
-    """Validates, tokenizes and submits; aborts the RPC on any refusal."""
-    received_at = time.monotonic()
+  def _authenticate(self, context) -> str | None:
+    """The caller's tenant (None without API keys); aborts UNAUTHENTICATED."""
+    if self._api_keys is None:
+      return None
     try:
-      params = rc.sampling_params_from_proto(request.sampling)
-      ids = rc.prompt_token_ids(self._tokenizer, request.prompt, request.messages,
-                                self._max_model_len)
+      return self._api_keys.tenant(context.invocation_metadata())
+    except auth.UnauthenticatedError as e:
+      self._metrics.rejected.labels(code="unauthenticated").inc()
+      context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
+
+  @contextlib.contextmanager
+  def _refusals(self, context):
+    """Turns a bad request into INVALID_ARGUMENT and a full tokenizer pool into
+    RESOURCE_EXHAUSTED (both counted)."""
+    try:
+      yield
     except rc.InvalidRequestError as e:
       self._metrics.rejected.labels(code="invalid_argument").inc()
       context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+    except PoolFullError as e:
+      self._metrics.rejected.labels(code="resource_exhausted").inc()
+      context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+
+  def _admit(self, request: pb.GenerateRequest, context) -> Submission:
+    """Authenticates, validates, tokenizes and submits; aborts the RPC on any refusal."""
+    received_at = time.monotonic()
+    tenant = self._authenticate(context)
+    with self._refusals(context):
+      limits.check_generate(request, self._limits, self.max_prompt_bytes)
+      salt = auth.cache_salt(tenant, request.cache_salt, self._salt_policy)
+      params = rc.sampling_params_from_proto(request.sampling)
+      ids = self._tokenize_pool.run(rc.prompt_token_ids, self._tokenizer, request.prompt,
+                                    request.messages, self._context_limit)
     # NOTE: the engine id is always unique, so clients reusing an id (or
     # sending none) can never collide with each other's requests.
     engine_id = f"{request.request_id[:64] or 'req'}#{uuid.uuid4().hex[:16]}"
-    sub = Submission(engine_id, ids, params, cache_salt=request.cache_salt or None,
+    sub = Submission(engine_id, ids, params, cache_salt=salt,
                      priority=request.priority, received_at=received_at)
     with self._lock:
       if self._draining:

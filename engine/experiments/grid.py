@@ -16,7 +16,7 @@ def sweep_config_from_args(args: argparse.Namespace, kv_budget_bytes: int, max_m
                            model: str | None, dtype: str) -> SweepConfig:
   base = EngineConfig(model=model, dtype=dtype, max_batch_tokens=args.max_batch_tokens,
                       max_num_seqs=args.max_num_seqs, max_model_len=max_model_len,
-                      watermark=args.watermark)
+                      watermark=args.watermark, allow_small_kv_cache=True)
   return SweepConfig(kv_budget_bytes=kv_budget_bytes, block_sizes=tuple(args.block_sizes),
                      modes=tuple(args.modes), chunked_prefill=chunked_of(args), base=base,
                      replay=ReplayOptions(clock=args.clock, step_dt=args.step_dt,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from serving.cli_output import cut_notice, print_logprobs
@@ -24,6 +25,7 @@ from serving.sampling_flags import (add_sampling_args, sampling_kwargs_from_args
                                     sampling_params_from_args)
 
 NAME = "client"
+API_KEY_ENV = "PAGEDJAX_API_KEY"
 HELP = "send a prompt to a running pagedjax server and print the answer"
 
 
@@ -47,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="scheduling priority, lower = more important")
   parser.add_argument("--timeout", type=float, default=None,
                       help="deadline in seconds (default: none)")
+  parser.add_argument("--api-key", default=None,
+                      help=f"API key of a server started with --api-key-file (default: "
+                           f"${API_KEY_ENV} if set, else none)")
   add_sampling_args(parser)
 
 
@@ -72,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
 
   kwargs = _request_kwargs(args)
   try:
-    with PagedJaxClient(f"{args.host}:{args.port}") as client:
+    api_key = args.api_key or os.environ.get(API_KEY_ENV)
+    with PagedJaxClient(f"{args.host}:{args.port}", api_key=api_key) as client:
       if args.json or not args.stream:
         result = client.generate(**kwargs)
         if args.json:

@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 
+from serving.auth import SALT_POLICIES
 from serving.engine_flags import add_engine_args, engine_config_from_args
 
 NAME = "serve"
@@ -17,7 +18,17 @@ log = logging.getLogger("pagedjax.serve")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+  parser.add_argument("--host", default="127.0.0.1",
+                      help="address to bind (default %(default)s: this machine only; "
+                           "0.0.0.0: every interface, use with --api-key-file)")
+  parser.add_argument("--api-key-file", default=None,
+                      help="file of 'TENANT KEY' lines: every Inference call must then send "
+                           "'authorization: Bearer KEY' and gets its tenant's own prefix "
+                           "cache (default: no authentication)")
+  parser.add_argument("--client-cache-salt", choices=SALT_POLICIES, default="allow",
+                      help="what a request's cache_salt does (default %(default)s; with API "
+                           "keys it only splits the caller's own tenant cache): allow, "
+                           "ignore, or reject")
   parser.add_argument("--port", type=int, default=50051, help="gRPC port (0 = any free port)")
   parser.add_argument("--metrics-port", type=int, default=9090,
                       help="Prometheus /metrics port (0 = any free port, -1 = off)")
@@ -38,20 +49,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
   """Loads the engine, serves until SIGTERM/SIGINT, then drains and exits 0."""
   from engine import LLMEngine                      # NOTE: lazy: JAX import
+  from serving.auth import ApiKeys
   from serving.server import InferenceServer, ServerConfig
 
   try:
+    api_keys = ApiKeys.from_file(args.api_key_file) if args.api_key_file else None
     config = ServerConfig(host=args.host, port=args.port,
                           metrics_port=None if args.metrics_port < 0 else args.metrics_port,
                           max_waiting=args.max_waiting, shutdown_grace_s=args.shutdown_grace,
-                          http_port=args.http_port, served_model_name=args.served_model_name)
+                          http_port=args.http_port, served_model_name=args.served_model_name,
+                          api_keys=api_keys, client_cache_salt=args.client_cache_salt)
     engine_config = engine_config_from_args(args)
-  except ValueError as e:
+  except (OSError, ValueError) as e:
     print(f"pagedjax serve: {e}", file=sys.stderr)
     return 2
   stop, force = threading.Event(), threading.Event()
   _install_signal_handlers(stop, force)
-  engine = LLMEngine(engine_config)
+  try:
+    engine = LLMEngine(engine_config)
+  except ValueError as e:   # e.g. --max-model-len more than the KV cache holds
+    print(f"pagedjax serve: {e}", file=sys.stderr)
+    return 2
   server = InferenceServer(engine, config, force_stop=force)
   server.start()
   # NOTE: tests and scripts wait for this line; keep its format.

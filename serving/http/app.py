@@ -20,14 +20,16 @@ from typing import Callable
 import prometheus_client as prom
 from aiohttp import web
 
+from engine.context_limit import ContextLimit
 from engine.outputs import FinishReason
+from serving import auth
 from serving.engine_loop import EngineLoop, Event, QueueFullError, ShuttingDownError, Submission
 from serving.http import convert, errors
-from serving.http.auth import Authenticator, effective_cache_salt
 from serving.http.events import AsyncEvents
 from serving.http.protocol import ParsedRequest, parse_chat, parse_completion
 from serving.http.responses import Shaper, token_text_fn
 from serving.metrics import ServingMetrics
+from serving.tokenize_pool import BoundedPool, PoolFullError
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +42,25 @@ _REJECT_CODES = {400: "invalid_argument", 401: "unauthenticated", 413: "invalid_
 
 @dataclasses.dataclass(frozen=True)
 class ApiConfig:
+  """What the API serves and whom: `api_keys` None is no authentication; a client's
+  `cache_salt` follows the `client_cache_salt` policy (serving/auth.py)."""
   model_name: str
-  max_model_len: int
+  limit: ContextLimit
+  max_prompt_bytes: int
+  api_keys: auth.ApiKeys | None = None
+  client_cache_salt: str = "allow"
 
 
 class OpenAIApi:
   """The API's state: serving/draining flags and the in-flight count (thread-safe)."""
 
   def __init__(self, loop: EngineLoop, tokenizer, config: ApiConfig, metrics: ServingMetrics,
-               executor, authenticate: Authenticator | None = None):
+               tokenize_pool: BoundedPool):
     self._loop = loop
     self._tokenizer = tokenizer
     self._config = config
     self._metrics = metrics
-    self._executor = executor
-    self._authenticate = authenticate
+    self._tokenize_pool = tokenize_pool
     self._token_text = token_text_fn(tokenizer)
     self._lock = threading.Lock()
     self._inflight = 0
@@ -100,7 +106,7 @@ class OpenAIApi:
   async def _models(self, request: web.Request) -> web.Response:
     self._tenant(request)
     card = {"id": self._config.model_name, "object": "model", "created": 0,
-            "owned_by": "pagedjax", "max_model_len": self._config.max_model_len}
+            "owned_by": "pagedjax", "max_model_len": self._config.limit.tokens}
     return web.json_response({"object": "list", "data": [card]})
 
   async def _completions(self, request: web.Request) -> web.StreamResponse:
@@ -142,21 +148,25 @@ class OpenAIApi:
         self._inflight -= 1
 
   def _tenant(self, request: web.Request) -> str | None:
-    if self._authenticate is None:
+    if self._config.api_keys is None:
       return None
-    tenant = self._authenticate(request.headers.get("Authorization"))
-    if tenant is None:
-      raise errors.unauthorized()
-    return tenant
+    try:
+      return self._config.api_keys.tenant_of(request.headers.get("Authorization"))
+    except auth.UnauthenticatedError:
+      raise errors.unauthorized() from None
 
   async def _submission(self, req: ParsedRequest, tenant: str | None, request_id: str,
                         received_at: float) -> Submission:
-    max_len = self._config.max_model_len
-    ids = await asyncio.get_running_loop().run_in_executor(
-        self._executor, convert.prompt_token_ids, self._tokenizer, req, max_len)
-    params = convert.sampling_params(req, len(ids), max_len)
-    sub = Submission(request_id, ids, params,
-                     cache_salt=effective_cache_salt(tenant, req.cache_salt),
+    cfg = self._config
+    convert.check_bounds(req, cfg.max_prompt_bytes)
+    salt = convert.cache_salt(tenant, req, cfg.client_cache_salt)
+    try:
+      ids = await asyncio.wrap_future(self._tokenize_pool.submit(
+          convert.prompt_token_ids, self._tokenizer, req, cfg.limit))
+    except PoolFullError as e:
+      raise errors.queue_full(str(e)) from None
+    params = convert.sampling_params(req, len(ids), cfg.limit.tokens)
+    sub = Submission(request_id, ids, params, cache_salt=salt,
                      priority=req.priority, received_at=received_at,
                      outputs=AsyncEvents(asyncio.get_running_loop()))
     with self._lock:

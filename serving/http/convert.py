@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import re
 
+from engine.context_limit import ContextLimit
 from engine.sampling_params import SamplingParams
+from serving import auth, limits
 from serving import request_convert as rc
-from serving.http.errors import ApiError, bad_request
+from serving.http.errors import bad_request
 from serving.http.protocol import ParsedRequest
 
 _PARAM = re.compile(r"^[A-Za-z_][\w.\[\]]*")
@@ -21,7 +23,7 @@ def _param_of(message: str) -> str | None:
   return m.group(0) if m else None
 
 
-def prompt_token_ids(tokenizer, req: ParsedRequest, max_model_len: int) -> list[int]:
+def prompt_token_ids(tokenizer, req: ParsedRequest, limit: ContextLimit) -> list[int]:
   """The prompt's token ids; chat turns go through the model's chat template.
 
   A token-id prompt is passed on as is: `LLMEngine.add_request` checks its ids
@@ -35,16 +37,31 @@ def prompt_token_ids(tokenizer, req: ParsedRequest, max_model_len: int) -> list[
                       f"(/v1/completions with a list of ints)", param=field)
   try:
     if req.chat:
-      return rc.prompt_token_ids(tokenizer, "", req.messages, max_model_len, field="messages")
-    return rc.prompt_token_ids(tokenizer, req.prompt, (), max_model_len, field="prompt")
+      return rc.prompt_token_ids(tokenizer, "", req.messages, limit, field="messages")
+    return rc.prompt_token_ids(tokenizer, req.prompt, (), limit, field="prompt")
+  except rc.PromptTooLongError as e:
+    raise bad_request(str(e), param=field, code="context_length_exceeded") from None
   except rc.InvalidRequestError as e:
-    raise _too_long_or_bad(str(e), field) from None
+    raise bad_request(str(e), param=_param_of(str(e)) or field) from None
 
 
-def _too_long_or_bad(message: str, field: str) -> ApiError:
-  if "too long" in message:
-    return bad_request(message, param=field, code="context_length_exceeded")
-  return bad_request(message, param=_param_of(message) or field)
+def check_bounds(req: ParsedRequest, max_prompt_bytes: int) -> None:
+  """The size bounds every request field has (`serving/limits.py`, shared with gRPC)."""
+  try:
+    limits.check_fields(limits.RequestLimits(), max_prompt_bytes,
+                        cache_salt=req.cache_salt or "", stop=req.sampling.get("stop", ()),
+                        stop_token_ids=req.sampling.get("stop_token_ids", ()),
+                        prompt=req.prompt or "", messages=req.messages, sampling_prefix="")
+  except rc.InvalidRequestError as e:
+    raise bad_request(str(e), param=_param_of(str(e))) from None
+
+
+def cache_salt(tenant: str | None, req: ParsedRequest, policy: str) -> str | None:
+  """The request's prefix-cache salt (`serving/auth.py`'s rule, shared with gRPC)."""
+  try:
+    return auth.cache_salt(tenant, req.cache_salt or "", policy)
+  except rc.InvalidRequestError as e:
+    raise bad_request(str(e), param="cache_salt") from None
 
 
 def sampling_params(req: ParsedRequest, num_prompt_tokens: int,

@@ -6,7 +6,6 @@ starts it beside gRPC and drains it on shutdown.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -16,12 +15,11 @@ from aiohttp import web
 
 from serving.engine_loop import EngineLoop
 from serving.http.app import ApiConfig, OpenAIApi
-from serving.http.auth import Authenticator
+from serving.tokenize_pool import BoundedPool
 from serving.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
 
-_TOKENIZE_THREADS = 4       # prompts are tokenized off the event loop
 _SHUTDOWN_TIMEOUT_S = 2.0   # handlers left once the engine loop has stopped end at once
 
 
@@ -56,13 +54,11 @@ def served_model_name(model: str | None) -> str:
 class HttpServer:
   """Serves the API until `stop()`; `start()` returns the bound port."""
 
-  def __init__(self, loop: EngineLoop, tokenizer, max_model_len: int, metrics: ServingMetrics,
-               config: HttpConfig, authenticate: Authenticator | None = None):
+  def __init__(self, loop: EngineLoop, tokenizer, api: ApiConfig, metrics: ServingMetrics,
+               config: HttpConfig, tokenize_pool: BoundedPool):
+    """`tokenize_pool` is the gRPC server's: one bound on tokenization for both APIs."""
     self.config = config
-    self._executor = concurrent.futures.ThreadPoolExecutor(
-        _TOKENIZE_THREADS, thread_name_prefix="http-tokenize")
-    self.api = OpenAIApi(loop, tokenizer, ApiConfig(config.model_name, max_model_len),
-                         metrics, self._executor, authenticate)
+    self.api = OpenAIApi(loop, tokenizer, api, metrics, tokenize_pool)
     self.port: int | None = None
     self._aloop: asyncio.AbstractEventLoop | None = None
     self._ready = threading.Event()
@@ -83,7 +79,6 @@ class HttpServer:
     if self._aloop is not None and self._thread.is_alive():
       self._aloop.call_soon_threadsafe(self._aloop.stop)
       self._thread.join(timeout)
-    self._executor.shutdown(wait=False, cancel_futures=True)
 
   def _run(self) -> None:
     aloop = asyncio.new_event_loop()

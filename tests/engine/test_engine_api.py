@@ -114,7 +114,7 @@ def test_bad_requests_raise_and_change_nothing(llm):
   engine = llm.engine
   with pytest.raises(ValueError, match="empty"):
     engine.add_request("x", "")
-  with pytest.raises(ValueError, match="context"):
+  with pytest.raises(ValueError, match="max_model_len = 512 tokens"):
     engine.add_request("x", prompt_token_ids=[1] * engine.max_model_len)
   with pytest.raises(ValueError, match="lie in"):
     engine.add_request("x", prompt_token_ids=[10 ** 9])

@@ -105,8 +105,9 @@ def test_preemption_with_tiny_pool(smollm, prompts, expected):
   # Both prompts fit at admission (plus one spare block), but not their growth:
   # decoding must preempt one, which later recomputes and finishes identically.
   blocks = [-(-len(p) // 8) for p in prompts[:2]]
+  # NOTE: the pool is smaller than max_model_len on purpose (allow_small_kv_cache).
   engine = make_engine(smollm, block_size=8, num_blocks=sum(blocks) + 2,
-                       enable_prefix_caching=False, watermark=0.0)
+                       enable_prefix_caching=False, watermark=0.0, allow_small_kv_cache=True)
   outputs = run_engine(engine, prompts[:2])
   assert_equal(outputs, expected[:2])
   assert engine.stats().num_preemptions_total > 0
@@ -125,7 +126,8 @@ def test_multi_step_decode(smollm, prompts, expected):
 def test_multi_step_decode_with_preemption(smollm, prompts, expected):
   blocks = [-(-len(p) // 8) for p in prompts[:2]]
   engine = make_engine(smollm, block_size=8, num_blocks=sum(blocks) + 2,
-                       enable_prefix_caching=False, watermark=0.0, num_decode_steps=3)
+                       enable_prefix_caching=False, watermark=0.0, num_decode_steps=3,
+                       allow_small_kv_cache=True)
   outputs = run_engine(engine, prompts[:2])
   assert_equal(outputs, expected[:2])
   assert engine.stats().num_preemptions_total > 0

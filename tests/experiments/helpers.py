@@ -40,7 +40,7 @@ def engine_config(allocator: str, prefix: bool, num_blocks: int, block_size: int
                       num_blocks=num_blocks, allocator=allocator,
                       enable_prefix_caching=prefix, enable_chunked_prefill=chunked,
                       max_model_len=max_model_len, max_batch_tokens=max_batch_tokens,
-                      max_num_seqs=max_num_seqs)
+                      max_num_seqs=max_num_seqs, allow_small_kv_cache=True)
 
 
 def simulate(trace, config: EngineConfig, options: ReplayOptions = ReplayOptions()):

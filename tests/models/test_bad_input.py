@@ -101,7 +101,7 @@ def test_cli_error_in_process(tmp_path, capsys):
 def test_cli_bad_flag_value(capsys, tmp_path):
   rc = cli.main(["generate", "--temperature", "-1", "--model", str(tmp_path / "x.gguf"), "hi"])
   assert rc == 2
-  assert "pagedjax: error: temperature must be >= 0" in capsys.readouterr().err
+  assert "temperature must be 0 (greedy) or in [0.01, 100.0], got -1.0" in capsys.readouterr().err
 
 
 def test_cli_corrupt_file_subprocess_no_traceback(tmp_path, gguf_bytes):

@@ -1,5 +1,6 @@
-"""The HTTP API inside the test process: the `authenticate` hook (401, tenants),
-tenant-scoped prefix-cache salts, a full queue (429) and draining (503)."""
+"""The HTTP API inside the test process: API keys (401, tenants; the same `ApiKeys` and
+salt rule as gRPC), tenant-scoped prefix-cache salts, field bounds, a full queue (429) and
+draining (503)."""
 from __future__ import annotations
 
 import threading
@@ -7,12 +8,13 @@ import threading
 import openai
 import pytest
 
-from serving.http.auth import api_key_authenticator, bearer_token, effective_cache_salt
+from serving.auth import ApiKeys
 from serving.server import InferenceServer, ServerConfig
 from tests.serving.conftest import ENGINE_KWARGS
 
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
-KEYS = {"key-a": "tenant-a", "key-b": "tenant-b"}
+KEY_A, KEY_B = "key-a-0123456789abcdef", "key-b-0123456789abcdef"
+KEYS = {KEY_A: "tenant-a", KEY_B: "tenant-b"}
 SHARED = "Here is a list of fruits: apple, banana, cherry, grape, lemon, mango. " * 3
 
 
@@ -21,8 +23,8 @@ def server(smollm2_model):
   from engine import EngineConfig, LLMEngine
   engine = LLMEngine(EngineConfig(**ENGINE_KWARGS), model=smollm2_model)
   srv = InferenceServer(engine, ServerConfig(host="127.0.0.1", port=0, metrics_port=None,
-                                             http_port=0, max_waiting=1, shutdown_grace_s=5),
-                        authenticate=api_key_authenticator(KEYS))
+                                             http_port=0, max_waiting=1, shutdown_grace_s=5,
+                                             api_keys=ApiKeys.from_mapping(KEYS)))
   srv.start()
   try:
     yield srv
@@ -42,16 +44,16 @@ def _cached(client, salt: str | None = None) -> int:
   return r.usage.prompt_tokens_details.cached_tokens
 
 
-def test_bearer_tokens_and_salts():
-  assert bearer_token("Bearer  abc ") == "abc"
-  assert bearer_token("Basic abc") is None and bearer_token(None) is None
-  auth = api_key_authenticator(KEYS)
-  assert auth("Bearer key-a") == "tenant-a" and auth("Bearer key-") is None
-  assert effective_cache_salt(None, "s") == "s"
-  assert effective_cache_salt("a", "s") != effective_cache_salt("b", "s")
-  assert effective_cache_salt("a", None) != effective_cache_salt("a", "s")
-  with pytest.raises(ValueError):
-    api_key_authenticator({"": "t"})
+def test_oversized_fields_are_400_naming_the_field(server):
+  client = _client(server, KEY_A)
+  for extra, param in (({"cache_salt": "s" * 257}, "cache_salt"),
+                       ({"stop": [f"s{i}" for i in range(17)]}, "stop"),
+                       ({"stop_token_ids": list(range(257))}, "stop_token_ids")):
+    body = dict(extra_body={k: v for k, v in extra.items() if k != "stop"})
+    with pytest.raises(openai.BadRequestError) as err:
+      client.completions.create(model=MODEL, prompt="hi", max_tokens=1,
+                                stop=extra.get("stop"), **body)
+    assert err.value.body["param"] == param, err.value.body
 
 
 def test_bad_key_is_401_and_health_needs_none(server):
@@ -63,11 +65,11 @@ def test_bad_key_is_401_and_health_needs_none(server):
   import urllib.request
   with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/health") as resp:
     assert resp.status == 200
-  assert [m.id for m in _client(server, "key-a").models.list().data] == [MODEL]
+  assert [m.id for m in _client(server, KEY_A).models.list().data] == [MODEL]
 
 
 def test_tenants_never_share_cached_blocks(server):
-  a, b = _client(server, "key-a"), _client(server, "key-b")
+  a, b = _client(server, KEY_A), _client(server, KEY_B)
   assert _cached(a, "same") == 0
   assert _cached(a, "same") >= 16          # the tenant's own cache hits
   assert _cached(b, "same") == 0           # the same client salt from another tenant misses
@@ -76,7 +78,7 @@ def test_tenants_never_share_cached_blocks(server):
 
 
 def test_full_queue_is_429_and_draining_is_503(server):
-  client = _client(server, "key-a")
+  client = _client(server, KEY_A)
   # NOTE: 4 running (max_num_seqs) + 1 waiting (max_waiting) fill the server.
   streams = [client.completions.create(model=MODEL, prompt=f"Count to {i}:", max_tokens=200,
                                        temperature=0, stream=True) for i in range(4)]
