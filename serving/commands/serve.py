@@ -19,8 +19,8 @@ log = logging.getLogger("pagedjax.serve")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--host", default="127.0.0.1",
-                      help="address to bind (default %(default)s: this machine only; "
-                           "0.0.0.0: every interface, use with --api-key-file)")
+                      help="address to bind; 127.0.0.1 is this machine only, 0.0.0.0 every "
+                           "interface (use it with --api-key-file)")
   parser.add_argument("--api-key-file", default=None,
                       help="file of 'TENANT KEY' lines: every Inference call must then send "
                            "'authorization: Bearer KEY' and gets its tenant's own prefix "
