@@ -23,8 +23,8 @@ from engine.sampler import SamplingTensors, sample
 from models import llama
 
 
-def _written(kv_cache, k, v, slots, backend):
-  kv_cache = pallas_kernels.write_kv(kv_cache, k, v, slots, backend=backend)
+def _written(kv_cache, k, v, slots, backend, interpret):
+  kv_cache = pallas_kernels.write_kv(kv_cache, k, v, slots, backend=backend, interpret=interpret)
   if backend != "xla":
     return kv_cache
   # NOTE: the barrier keeps XLA from fusing the in-place write into the gathers
@@ -34,19 +34,23 @@ def _written(kv_cache, k, v, slots, backend):
   return jax.lax.optimization_barrier(kv_cache)
 
 
-def decode_attention(q, k, v, kv_cache, meta, *, backend):
-  """Attention seam for a decode step: write this token's K/V, attend over the cache."""
-  kv_cache = _written(kv_cache, k, v, meta["slots"], backend)
+def decode_attention(q, k, v, kv_cache, meta, *, backend, interpret=False):
+  """Attention seam for a decode step: write this token's K/V, attend over the cache.
+
+  `interpret` runs the Pallas kernels in interpret mode (CPU tests of the "triton" backend).
+  """
+  kv_cache = _written(kv_cache, k, v, meta["slots"], backend, interpret)
   out = pallas_kernels.paged_decode_attention(
-      q, kv_cache, meta["block_tables"], meta["lengths"], backend=backend)
+      q, kv_cache, meta["block_tables"], meta["lengths"], backend=backend, interpret=interpret)
   return out, kv_cache
 
 
-def prefill_attention(q, k, v, kv_cache, meta, *, backend):
+def prefill_attention(q, k, v, kv_cache, meta, *, backend, interpret=False):
   """Attention seam for a prefill step: write the chunk's K/V, attend causally over cache + chunk."""
-  kv_cache = _written(kv_cache, k, v, meta["slots"], backend)
+  kv_cache = _written(kv_cache, k, v, meta["slots"], backend, interpret)
   out = pallas_kernels.paged_prefill_attention(
-      q, kv_cache, meta["block_tables"], meta["cu_q_lens"], meta["kv_lens"], backend=backend)
+      q, kv_cache, meta["block_tables"], meta["cu_q_lens"], meta["kv_lens"], backend=backend,
+      interpret=interpret)
   return out, kv_cache
 
 
