@@ -64,7 +64,7 @@ def test_compiled_step_does_not_grow_with_the_layers(engines, kind, decode_steps
 
 @pytest.fixture(scope="module")
 def big_cache_engine():
-  """The cache (2 layers x 2048 blocks, 4 MiB) far outweighs every other buffer of a step."""
+  """The cache (2 layers x 2048 blocks, 8 MiB) far outweighs every other buffer of a step."""
   return LLM(loaded_model=tiny(2), num_blocks=2048, **ENGINE)
 
 
