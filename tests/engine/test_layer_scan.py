@@ -18,7 +18,7 @@ from engine.steps import decode_attention, layered, make_steps, prefill_attentio
 from models import LoadedModel, ModelConfig
 from models import llama
 from models.weights.random_init import random_params
-from tests import hlo
+from benchmarks import hlo
 
 TINY = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "tiny_llama.json")
 BLOCK = 8

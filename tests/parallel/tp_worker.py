@@ -22,7 +22,7 @@ from engine.steps import make_steps
 from models import LoadedModel, ModelConfig, load_model
 from models.fused import fuse_projections
 from models.weights.layout import expected_shape, param_entries, set_path
-from tests import hlo
+from benchmarks import hlo
 
 MAX_TOKENS = 12
 ENGINE = dict(block_size=8, num_blocks=96, max_num_seqs=4, max_batch_tokens=32,

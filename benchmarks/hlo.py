@@ -1,4 +1,5 @@
-"""Reading facts off compiled HLO text (`jax.stages.Compiled.as_text()`) for the tests."""
+"""Reading facts off compiled HLO text (`jax.stages.Compiled.as_text()`), for the benchmarks
+and the tests."""
 from __future__ import annotations
 
 import re
@@ -36,6 +37,15 @@ def while_loops(hlo: str) -> list[tuple[str, int | None]]:
       trip = _TRIP.search(line)
       out.append((m.group(1), int(trip.group(1)) if trip else None))
   return out
+
+
+def executed(hlo: str, op: str) -> int:
+  """How many `op` instructions one run of the module executes: those in a while loop's
+  body once per trip (known trip counts; loops nested in a loop body are not multiplied)."""
+  bodies = computations(hlo)
+  trips = dict(while_loops(hlo))
+  return sum(len(instructions(lines, op)) * (trips.get(name) or 1)
+             for name, lines in bodies.items())
 
 
 def instruction_count(hlo: str) -> int:
