@@ -32,6 +32,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from models.fused import fuse_projections
+from models.llama import check_params
 from models.weights.layout import is_layer_leaf
 
 AXIS = "tp"
@@ -157,6 +158,7 @@ def place_model(model, mesh: Mesh | None):
   n = 1 if mesh is None else mesh.size
   if mesh is not None:
     validate_tensor_parallel(model.config, n)
+  check_params(model.params, model.config)        # NOTE: the layers stacked, as the scan needs
   params = fuse_projections(model.params, model.config, n)
   return dataclasses.replace(model, params=shard_params(params, mesh))
 

@@ -106,6 +106,15 @@ def test_engine_steps_keep_the_cache_buffer(big_cache_engine):
   assert not np.allclose(layers[0, rows], layers[1, rows])
 
 
+def test_engine_rejects_params_in_the_old_per_layer_layout():
+  model = tiny(2)
+  old = {k: v for k, v in model.params.items() if k != "layers"}
+  for i in range(2):
+    old[f"layers_{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i], model.params["layers"])
+  with pytest.raises(ValueError, match="old per-layer layout"):
+    LLM(loaded_model=dataclasses.replace(model, params=old), num_blocks=16, **ENGINE)
+
+
 def _forward(model, cache, meta, seam):
   tokens = jnp.arange(meta["slots"].shape[0], dtype=jnp.int32) * 7 % 500
   run = jax.jit(llama.forward, static_argnames=("config", "attention_fn"))
