@@ -20,6 +20,7 @@ import numpy as np
 import pallas_kernels as pk
 from benchmarks.throughput import decode_engine
 from engine.sampler import SamplingTensors, sample
+from engine.steps import layered
 from models import llama
 
 
@@ -67,12 +68,14 @@ def main():
   res = {"engine_step": _time(lambda: runner._run_decode(x))}
   meta = {"slots": x.slots, "block_tables": x.block_tables, "lengths": x.lengths}
   for name, seam in seams(backend).items():
-    f = jax.jit(functools.partial(llama.forward, config=cfg, attention_fn=seam),
-                donate_argnames=("kv_caches",))
+    # NOTE: `layered` points each layer of the scan at its rows of the one cache.
+    f = jax.jit(functools.partial(llama.forward, config=cfg,
+                                  attention_fn=layered(seam, cfg.num_layers)),
+                donate_argnames=("kv_cache",))
 
     def call(f=f):   # NOTE: the cache is donated and fed back, as in the engine
       hidden, runner.kv_cache = f(params, tokens=x.tokens, positions=x.positions,
-                                  kv_caches=runner.kv_cache, attn_meta=meta)
+                                  kv_cache=runner.kv_cache, attn_meta=meta)
       return hidden
     res[f"forward_{name}"] = _time(call)
   hidden = jnp.ones((args.batch, cfg.hidden_size), jnp.bfloat16)

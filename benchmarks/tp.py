@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import time
 
 import jax
@@ -26,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from benchmarks import hlo
 from engine import packing, parallel
+from engine.runner import CacheConfig, cache_shape
 from engine.sampler import SamplingTensors
 from engine.sampling_params import SamplingParams
 from engine.step_inputs import DecodeInputs
@@ -83,12 +84,13 @@ def decode_inputs(batch: int, context: int, num_slots: int) -> DecodeInputs:
                       input_slots=np.full(batch, -1, np.int32),
                       sample_slots=np.arange(batch, dtype=np.int32) % (num_slots - 1),
                       positions=pos, slots=slots.astype(np.int32), block_tables=tables,
-                      lengths=pos + 1, sampling=sampling)
+                      lengths=pos + 1, num_steps=np.ones(batch, np.int32), sampling=sampling)
 
 
 def count_all_reduces(decode, args, layout) -> int:
-  hlo = decode.lower(*args, layout=layout, sampling_mode="greedy").compile().as_text()
-  return len(re.findall(r"= \S+ all-reduce(?:-start)?\(", hlo))
+  """All-reduces one decode step runs (those of the layer loop once per layer)."""
+  text = decode.lower(*args, layout=layout, sampling_mode="greedy").compile().as_text()
+  return hlo.executed(text, "all-reduce")
 
 
 def bench(config: ModelConfig, tp: int, batch: int, context: int, iters: int) -> dict:
@@ -97,10 +99,9 @@ def bench(config: ModelConfig, tp: int, batch: int, context: int, iters: int) ->
   params = jax.block_until_ready(sharded_random_params(config, mesh))
   init_s = time.perf_counter() - t0
   num_blocks = 1 + batch * -(-context // BLOCK_SIZE)
-  shape = (num_blocks, config.num_kv_heads, 2, BLOCK_SIZE, config.head_dim)
+  shape = cache_shape(config, CacheConfig(num_blocks, BLOCK_SIZE))   # all layers in one array
   cache_dev = parallel.cache_sharding(mesh) if mesh is not None else None
-  cache = tuple(jnp.zeros(shape, jnp.bfloat16, device=cache_dev)
-                for _ in range(config.num_layers))
+  cache = jnp.zeros(shape, jnp.bfloat16, device=cache_dev)
   num_slots = batch + 1
   buf = jnp.zeros((num_slots,), jnp.int32,
                   device=NamedSharding(mesh, P()) if mesh is not None else None)
@@ -129,8 +130,7 @@ def bench(config: ModelConfig, tp: int, batch: int, context: int, iters: int) ->
   out = dict(tp=tp, batch=batch, context=context, iters=iters, step_ms=step_s * 1e3,
              tokens_per_s=batch / step_s, all_reduces=all_reduces, init_s=init_s,
              compile_s=compile_s, device0_peak_gib=mem.get("peak_bytes_in_use", 0) / 2**30,
-             kv_cache_gib_per_device=num_blocks * np.prod(shape[1:]) * 2
-             * config.num_layers / tp / 2**30)
+             kv_cache_gib_per_device=cache.nbytes / tp / 2**30)
   del params, cache, buf
   return out
 

@@ -4,20 +4,23 @@ One engine = one 1-D mesh `("tp",)` over its first N devices, built per engine
 (no global state, so engines with different N live in one process). Weights
 are split Megatron-style and XLA's SPMD partitioner inserts the collectives:
 
-  qkv_kernel        [hidden, N, cols / N]        split on axis 1 (each shard's heads)
-  o_proj kernel     [heads*head_dim, hidden]     split on rows    -> all-reduce
-  gate_up_kernel    [hidden, N, 2, inter / N]    split on axis 1
-  down_proj         [intermediate, hidden]       split on rows    -> all-reduce
-  norms, embed, lm_head                          replicated
+  qkv_kernel        [L, hidden, N, cols / N]        split on the N axis (each shard's heads)
+  o_proj kernel     [L, heads*head_dim, hidden]     split on rows    -> all-reduce
+  gate_up_kernel    [L, hidden, N, 2, inter / N]    split on the N axis
+  down_proj         [L, intermediate, hidden]       split on rows    -> all-reduce
+  norms, embed, lm_head                             replicated
 
 (the engine serves the fused projections of models/fused.py, grouped by
-shard; the canonical q/k/v and gate/up kernels split on columns the same way)
+shard; the canonical q/k/v and gate/up kernels split on columns the same way;
+L, the stacked layer axis of models/weights/layout.py, is never split: every
+device runs every layer of the scan)
 
 so each decoder layer costs two all-reduces of [tokens, hidden]. The paged
 attention kernels know nothing of meshes: `shard_attention` runs them per
 shard inside `jax.shard_map`, each device seeing its own heads and its own
-slice of the KV cache `[num_blocks, kv_heads / N, 2, block_size, head_dim]`.
-Block tables, slots and lengths are replicated: one scheduler serves all shards.
+slice of the KV cache `[num_layers * num_blocks, kv_heads / N, 2, block_size,
+head_dim]`. Block tables, slots and lengths are replicated: one scheduler
+serves all shards.
 """
 from __future__ import annotations
 
@@ -29,11 +32,13 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from models.fused import fuse_projections
+from models.llama import check_params
+from models.weights.layout import is_layer_leaf
 
 AXIS = "tp"
 
-# NOTE: the head axis of q/k/v ([T, heads, head_dim]) and the kv-head axis of a
-# layer cache ([num_blocks, kv_heads, 2, block_size, head_dim]) are split.
+# NOTE: the head axis of q/k/v ([T, heads, head_dim]) and the kv-head axis of the
+# cache ([num_layers * num_blocks, kv_heads, 2, block_size, head_dim]) are split.
 HEADS_SPEC = P(None, AXIS, None)
 CACHE_SPEC = P(None, AXIS, None, None, None)
 
@@ -79,7 +84,17 @@ _FUSED_SPECS = {"qkv_kernel": P(None, AXIS, None), "qkv_bias": P(AXIS, None),
 
 
 def param_spec(path: tuple[str, ...], ndim: int) -> P:
-  """The PartitionSpec of one param, from its tree path (see models/weights/layout.py)."""
+  """The PartitionSpec of one param, from its tree path (see models/weights/layout.py).
+
+  NOTE: a stacked layer leaf ([L, ...]) gets its layer's spec behind an unsplit L axis.
+  """
+  if path and is_layer_leaf(path):
+    return P(None, *_layer_spec(path, ndim - 1))
+  return _layer_spec(path, ndim)
+
+
+def _layer_spec(path: tuple[str, ...], ndim: int) -> P:
+  """The spec of one layer's tensor (or of a leaf outside the layers)."""
   if path and path[-1] in _FUSED_SPECS:
     return _FUSED_SPECS[path[-1]]
   layer = path[-2] if len(path) >= 2 else ""
@@ -143,14 +158,15 @@ def place_model(model, mesh: Mesh | None):
   n = 1 if mesh is None else mesh.size
   if mesh is not None:
     validate_tensor_parallel(model.config, n)
+  check_params(model.params, model.config)        # NOTE: the layers stacked, as the scan needs
   params = fuse_projections(model.params, model.config, n)
   return dataclasses.replace(model, params=shard_params(params, mesh))
 
 
 def shard_attention(attention_fn: Callable, mesh: Mesh, meta_keys: tuple[str, ...]) -> Callable:
-  """Runs `attention_fn(q, k, v, layer_cache, meta)` per shard inside `jax.shard_map`.
+  """Runs `attention_fn(q, k, v, kv_cache, meta)` per shard inside `jax.shard_map`.
 
-  q/k/v are split on their head axis, the layer cache on its kv-head axis,
+  q/k/v are split on their head axis, the cache on its kv-head axis,
   every `meta` entry (block tables, slots, lengths, cu_q_lens) is replicated.
   NOTE: head h of q reads kv head h // (heads / kv_heads); contiguous splits
   keep each q head on the device of its kv head, as N divides kv_heads.
@@ -164,6 +180,6 @@ def shard_attention(attention_fn: Callable, mesh: Mesh, meta_keys: tuple[str, ..
       # are the contract, checked by the parity tests.
       check_vma=False)
 
-  def wrapped(q, k, v, layer_cache, meta: dict[str, Any]):
-    return sharded(q, k, v, layer_cache, {k_: meta[k_] for k_ in meta_keys})
+  def wrapped(q, k, v, kv_cache, meta: dict[str, Any]):
+    return sharded(q, k, v, kv_cache, {k_: meta[k_] for k_ in meta_keys})
   return wrapped

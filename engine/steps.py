@@ -1,8 +1,10 @@
 """The jitted prefill and decode steps: model forward over the paged cache + sampling.
 
-Both take the KV cache (a tuple with one `[num_blocks, kv_heads, 2,
-block_size, head_dim]` array per layer) as a donated argument and return the
-updated cache, so XLA writes the new K/V in place. Both also carry a small
+Both take the KV cache (ONE `[num_layers * num_blocks, kv_heads, 2,
+block_size, head_dim]` array, layer l's block b at row l * num_blocks + b; see
+`layer_meta`) as a donated argument and return the updated cache, so XLA
+writes the new K/V in place: the model's layer scan carries the whole cache
+and each layer's kernels see all of it. Both also carry a small
 device token buffer (one slot per running request): each step writes its
 sampled tokens there, and the next decode step reads them back on the device,
 so the host can schedule step N+1 before step N's tokens have reached it.
@@ -21,31 +23,59 @@ from engine.sampler import SamplingTensors, sample
 from models import llama
 
 
-def _written(layer_cache, k, v, slots, backend):
-  layer_cache = pallas_kernels.write_kv(layer_cache, k, v, slots, backend=backend)
+def _written(kv_cache, k, v, slots, backend, interpret):
+  kv_cache = pallas_kernels.write_kv(kv_cache, k, v, slots, backend=backend, interpret=interpret)
   if backend != "xla":
-    return layer_cache
+    return kv_cache
   # NOTE: the barrier keeps XLA from fusing the in-place write into the gathers
   # of the XLA attention path; fused, XLA:CPU copied the whole cache every layer
   # (measured: 0.6 s vs 0.06 s per SmolLM2 decode step). With the Pallas kernels
   # it cost 1.5-2.5 ms per decode step on an H100 (benchmarks/step_breakdown.py).
-  return jax.lax.optimization_barrier(layer_cache)
+  return jax.lax.optimization_barrier(kv_cache)
 
 
-def decode_attention(q, k, v, layer_cache, meta, *, backend):
-  """Attention seam for a decode step: write this token's K/V, attend over the cache."""
-  layer_cache = _written(layer_cache, k, v, meta["slots"], backend)
+def decode_attention(q, k, v, kv_cache, meta, *, backend, interpret=False):
+  """Attention seam for a decode step: write this token's K/V, attend over the cache.
+
+  `interpret` runs the Pallas kernels in interpret mode (CPU tests of the "triton" backend).
+  """
+  kv_cache = _written(kv_cache, k, v, meta["slots"], backend, interpret)
   out = pallas_kernels.paged_decode_attention(
-      q, layer_cache, meta["block_tables"], meta["lengths"], backend=backend)
-  return out, layer_cache
+      q, kv_cache, meta["block_tables"], meta["lengths"], backend=backend, interpret=interpret)
+  return out, kv_cache
 
 
-def prefill_attention(q, k, v, layer_cache, meta, *, backend):
+def prefill_attention(q, k, v, kv_cache, meta, *, backend, interpret=False):
   """Attention seam for a prefill step: write the chunk's K/V, attend causally over cache + chunk."""
-  layer_cache = _written(layer_cache, k, v, meta["slots"], backend)
+  kv_cache = _written(kv_cache, k, v, meta["slots"], backend, interpret)
   out = pallas_kernels.paged_prefill_attention(
-      q, layer_cache, meta["block_tables"], meta["cu_q_lens"], meta["kv_lens"], backend=backend)
-  return out, layer_cache
+      q, kv_cache, meta["block_tables"], meta["cu_q_lens"], meta["kv_lens"], backend=backend,
+      interpret=interpret)
+  return out, kv_cache
+
+
+def layer_meta(meta: dict, layer, blocks_per_layer: int, block_size: int) -> dict:
+  """`meta` (block tables and slots of layer 0) addressing layer `layer` of the flat cache.
+
+  NOTE: layer l's block b is row l * blocks_per_layer + b of the cache, so the
+  null block 0 and slot 0 of padding become layer l's own null block; the
+  kernels see the whole cache and need no layer argument. The runner keeps
+  num_layers * num_blocks * block_size below 2**31 (int32 slots).
+  """
+  out = dict(meta)
+  out["block_tables"] = meta["block_tables"] + layer * blocks_per_layer
+  out["slots"] = meta["slots"] + layer * (blocks_per_layer * block_size)
+  return out
+
+
+def layered(attention_fn, num_layers: int):
+  """The model's seam `(q, k, v, kv_cache, layer, meta)` over the flat cache of
+  `num_layers` layers, from a seam `(q, k, v, kv_cache, meta)` of one layer's tables."""
+  def seam(q, k, v, kv_cache, layer, meta):
+    blocks_per_layer = kv_cache.shape[0] // num_layers
+    return attention_fn(q, k, v, kv_cache,
+                        layer_meta(meta, layer, blocks_per_layer, kv_cache.shape[3]))
+  return seam
 
 
 def _decode_step(params, kv_cache, token_buffer, tokens, input_slots, sample_slots, positions,
@@ -62,7 +92,7 @@ def _decode_step(params, kv_cache, token_buffer, tokens, input_slots, sample_slo
   # the host) reads it from the device token buffer.
   pending = jnp.take(token_buffer, jnp.maximum(input_slots, 0))     # [rows]
   tokens = jnp.where(input_slots >= 0, pending, tokens)
-  block_size = kv_cache[0].shape[3]
+  block_size = kv_cache.shape[3]
   trash = token_buffer.shape[0] - 1
   sampled, logprobs = [], []
   for j in range(decode_steps):
@@ -133,6 +163,8 @@ def _make_steps(config, backend: str, mesh):
     decode_attn = parallel.shard_attention(decode_attn, mesh, ("slots", "block_tables", "lengths"))
     prefill_attn = parallel.shard_attention(
         prefill_attn, mesh, ("slots", "block_tables", "cu_q_lens", "kv_lens"))
+  decode_attn = layered(decode_attn, config.num_layers)
+  prefill_attn = layered(prefill_attn, config.num_layers)
   jit = functools.partial(jax.jit, donate_argnames=("kv_cache", "token_buffer"),
                           static_argnames=("layout", "sampling_mode", "decode_steps"))
   decode = jit(_from_packed(functools.partial(_decode_step, config=config,

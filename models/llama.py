@@ -1,15 +1,21 @@
 """The Llama-family decoder (Flax linen) and the pure functions the engine jits.
 
 Tokens live on one flat packed axis [T] (tokens of several sequences, no batch
-axis). Attention goes through a single seam, `attention_fn`, so the dense
-reference and the paged Pallas kernels are interchangeable:
+axis). The decoder layers run under `jax.lax.scan` over the stacked layer
+params (`params["layers"]`, leading axis L; models/weights/layout.py), so a
+step compiles one layer's program whatever the depth. Attention goes through a
+single seam, `attention_fn`, so the dense reference and the paged Pallas
+kernels are interchangeable:
 
-  attention_fn(q, k, v, layer_cache, attn_meta) -> (out, layer_cache)
+  attention_fn(q, k, v, kv_cache, layer, attn_meta) -> (out, kv_cache)
     q [T, num_heads, head_dim], k/v [T, num_kv_heads, head_dim] (rotary applied)
+    layer: int32 scalar (traced), the decoder layer being run
     out [T, num_heads, head_dim]; it applies the 1/sqrt(head_dim) scale and
     whatever causal/sequence masking attn_meta describes.
 
-The model never looks inside a layer cache or attn_meta.
+The KV cache is ONE pytree for all layers, carried through the scan: the seam
+finds layer `layer`'s part of it, so the cache is updated in place and never
+sliced per layer. The model never looks inside the cache or attn_meta.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import jax.numpy as jnp
 
 from models.config import ModelConfig
 from models.layers import RMSNorm, SwiGLU, apply_rope, rope_inv_freq
+from models.weights.layout import LAYERS
 
 AttentionFn = Callable[..., tuple[jax.Array, Any]]
 Params = dict[str, Any]
@@ -53,7 +60,7 @@ class Attention(nn.Module):
             v.reshape(t, cfg.num_kv_heads, cfg.head_dim))
 
   @nn.compact
-  def __call__(self, x, positions, layer_cache, attn_meta):
+  def __call__(self, x, positions, kv_cache, layer, attn_meta):
     cfg = self.config
     t = x.shape[0]
     q, k, v = self._qkv(x)
@@ -61,11 +68,11 @@ class Attention(nn.Module):
     q = apply_rope(q, positions, inv_freq)               # [T, num_heads, head_dim]
     k = apply_rope(k, positions, inv_freq)               # [T, num_kv_heads, head_dim]
     with jax.named_scope("attention_fn"):
-      out, layer_cache = self.attention_fn(q, k, v, layer_cache, attn_meta)
+      out, kv_cache = self.attention_fn(q, k, v, kv_cache, layer, attn_meta)
     out = out.astype(self.dtype).reshape(t, cfg.num_heads * cfg.head_dim)
     out = nn.Dense(cfg.hidden_size, use_bias=False, dtype=self.dtype,
                    param_dtype=self.dtype, name="o_proj")(out)
-    return out, layer_cache
+    return out, kv_cache
 
 
 class DecoderLayer(nn.Module):
@@ -75,37 +82,15 @@ class DecoderLayer(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, positions, layer_cache, attn_meta):
+  def __call__(self, x, positions, kv_cache, layer, attn_meta):
     eps = self.config.rms_norm_eps
     h = RMSNorm(eps, self.dtype, name="attn_norm")(x)
-    h, layer_cache = Attention(self.config, self.attention_fn, self.dtype, name="attn")(
-        h, positions, layer_cache, attn_meta)
+    h, kv_cache = Attention(self.config, self.attention_fn, self.dtype, name="attn")(
+        h, positions, kv_cache, layer, attn_meta)
     x = x + h
     h = RMSNorm(eps, self.dtype, name="mlp_norm")(x)
     x = x + SwiGLU(self.config, self.dtype, name="mlp")(h)
-    return x, layer_cache
-
-
-class LlamaModel(nn.Module):
-  """Embedding, decoder layers and final norm; returns normed hidden states."""
-  config: ModelConfig
-  attention_fn: AttentionFn
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, tokens, positions, kv_caches, attn_meta):
-    cfg = self.config
-    embed = self.param("embed", nn.initializers.normal(0.02),
-                       (cfg.vocab_size, cfg.hidden_size), self.dtype)
-    x = jnp.take(embed, tokens, axis=0).astype(self.dtype)  # [T, hidden]
-    new_caches = []
-    for i in range(cfg.num_layers):
-      with jax.named_scope(f"layer_{i}"):
-        x, cache = DecoderLayer(cfg, self.attention_fn, self.dtype, name=f"layers_{i}")(
-            x, positions, kv_caches[i], attn_meta)
-      new_caches.append(cache)
-    x = RMSNorm(cfg.rms_norm_eps, self.dtype, name="final_norm")(x)
-    return x, tuple(new_caches)
+    return x, kv_cache
 
 
 def params_dtype(params: Params) -> jnp.dtype:
@@ -113,27 +98,50 @@ def params_dtype(params: Params) -> jnp.dtype:
   return params["embed"].dtype
 
 
+def check_params(params: Params, config: ModelConfig) -> None:
+  """Raises ValueError unless the layer params are stacked, one row per layer."""
+  if LAYERS not in params:
+    old = " (the old per-layer layout: stack it with models.weights.layout.stack_legacy)" \
+        if "layers_0" in params else ""
+    raise ValueError(f"params have no stacked '{LAYERS}' subtree{old}")
+  depths = {x.shape[0] for x in jax.tree_util.tree_leaves(params[LAYERS])}
+  if depths != {config.num_layers}:
+    raise ValueError(f"params stack {sorted(depths)} layers, model has {config.num_layers}")
+
+
 def forward(params: Params, config: ModelConfig, tokens: jax.Array, positions: jax.Array,
-            kv_caches: tuple, attn_meta: Any, attention_fn: AttentionFn
-            ) -> tuple[jax.Array, tuple]:
+            kv_cache: Any, attn_meta: Any, attention_fn: AttentionFn) -> tuple[jax.Array, Any]:
   """Runs the decoder over a flat packed token axis.
 
   Args:
-    params: the param pytree (compute dtype = its dtype).
+    params: the param pytree, layers stacked (compute dtype = its dtype).
     config: static model config.
     tokens: int32 [T]; positions: int32 [T] (position of each token in its sequence).
-    kv_caches: tuple, one opaque entry per layer, handed to attention_fn.
+    kv_cache: opaque pytree for all layers, handed to attention_fn with the layer index.
     attn_meta: opaque pytree handed to attention_fn.
     attention_fn: the attention seam (see module docstring).
   Returns:
-    (hidden [T, hidden_size] after the final norm, updated kv_caches).
+    (hidden [T, hidden_size] after the final norm, updated kv_cache).
   """
-  if len(kv_caches) != config.num_layers:
-    raise ValueError(f"kv_caches has {len(kv_caches)} entries, model has "
-                     f"{config.num_layers} layers")
-  model = LlamaModel(config, attention_fn, params_dtype(params))
+  check_params(params, config)
+  dtype = params_dtype(params)
+  layer_module = DecoderLayer(config, attention_fn, dtype)
+
+  def body(carry, xs):
+    x, cache = carry
+    layer_params, layer = xs
+    # NOTE: one scope for every layer: the scan body is one program.
+    with jax.named_scope("decoder_layer"):
+      x, cache = layer_module.apply({"params": layer_params}, x, positions, cache, layer,
+                                    attn_meta)
+    return (x, cache), None
+
   with jax.named_scope("llama_forward"):
-    return model.apply({"params": params}, tokens, positions, tuple(kv_caches), attn_meta)
+    x = jnp.take(params["embed"], tokens, axis=0).astype(dtype)      # [T, hidden]
+    layers = (params[LAYERS], jnp.arange(config.num_layers, dtype=jnp.int32))
+    (x, kv_cache), _ = jax.lax.scan(body, (x, kv_cache), layers)
+    x = RMSNorm(config.rms_norm_eps, dtype).apply({"params": params["final_norm"]}, x)
+  return x, kv_cache
 
 
 def compute_logits(params: Params, config: ModelConfig, hidden: jax.Array) -> jax.Array:

@@ -1,5 +1,6 @@
 """The reference (oracle) path: dense causal attention over a contiguous
-per-sequence cache, a full-sequence forward and a plain greedy generate loop.
+per-sequence cache (one array for all layers), a full-sequence forward and a
+plain greedy generate loop.
 
 The paged engine is tested against this. It runs the same `forward` as the
 engine, only with `dense_attention` behind the attention seam.
@@ -21,17 +22,19 @@ _CACHE_ROUND = 512   # cache lengths are rounded up to this, so few compiles
 _MIN_BUCKET = 16     # smallest padded prompt length
 
 
-def dense_attention(q, k, v, layer_cache, attn_meta):
+def dense_attention(q, k, v, kv_cache, layer, attn_meta):
   """Dense causal attention for ONE sequence over a contiguous cache.
 
-  layer_cache: [2, max_len, num_kv_heads, head_dim] (K then V).
+  kv_cache: [num_layers, 2, max_len, num_kv_heads, head_dim] (K then V); this
+  call reads and writes row `layer`.
   attn_meta: {"positions": int32 [T]}; token t sees cache slots <= positions[t].
   NOTE: K/V are written at their positions before attending, so slots past a
   query's position may hold stale or padding values; the causal mask hides them.
   """
   positions = attn_meta["positions"]                          # [T]
-  cache = layer_cache.at[0, positions].set(k.astype(layer_cache.dtype))
-  cache = cache.at[1, positions].set(v.astype(layer_cache.dtype))
+  kv_cache = kv_cache.at[layer, 0, positions].set(k.astype(kv_cache.dtype))
+  kv_cache = kv_cache.at[layer, 1, positions].set(v.astype(kv_cache.dtype))
+  cache = kv_cache[layer]                                     # [2, max_len, kv, D]
   t, num_heads, head_dim = q.shape
   num_kv = k.shape[1]
   qg = q.reshape(t, num_kv, num_heads // num_kv, head_dim)    # [T, kv, group, D]
@@ -43,24 +46,23 @@ def dense_attention(q, k, v, layer_cache, attn_meta):
   probs = jax.nn.softmax(scores, axis=-1)                     # float32
   out = jnp.einsum("tkgs,skd->tkgd", probs.astype(cache.dtype), cache[1],
                    preferred_element_type=jnp.float32)
-  return out.reshape(t, num_heads, head_dim).astype(q.dtype), cache
+  return out.reshape(t, num_heads, head_dim).astype(q.dtype), kv_cache
 
 
-def empty_caches(config: ModelConfig, max_len: int, dtype) -> tuple:
-  """One zeroed [2, max_len, num_kv_heads, head_dim] cache per layer."""
-  shape = (2, max_len, config.num_kv_heads, config.head_dim)
-  return tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+def empty_cache(config: ModelConfig, max_len: int, dtype) -> jax.Array:
+  """One zeroed [num_layers, 2, max_len, num_kv_heads, head_dim] cache for all layers."""
+  return jnp.zeros((config.num_layers, 2, max_len, config.num_kv_heads, config.head_dim), dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("config",), donate_argnums=(4,))
-def dense_step(params: Params, config: ModelConfig, tokens, positions, caches,
+def dense_step(params: Params, config: ModelConfig, tokens, positions, cache,
                logit_index):
   """One forward over `tokens` [T] at `positions` [T]; returns float32 logits
-  [vocab] of row `logit_index` and the updated caches."""
-  hidden, caches = forward(params, config, tokens, positions, caches,
-                           {"positions": positions}, dense_attention)
+  [vocab] of row `logit_index` and the updated cache."""
+  hidden, cache = forward(params, config, tokens, positions, cache,
+                          {"positions": positions}, dense_attention)
   row = jax.lax.dynamic_slice_in_dim(hidden, logit_index, 1, axis=0)  # [1, hidden]
-  return compute_logits(params, config, row)[0], caches
+  return compute_logits(params, config, row)[0], cache
 
 
 def _bucket(n: int) -> int:
@@ -80,15 +82,15 @@ def reference_logits(config: ModelConfig, params: Params,
   bucket = _bucket(n)
   tokens = np.zeros(bucket, np.int32)
   tokens[:n] = token_ids
-  caches = empty_caches(config, bucket, params_dtype(params))
-  hidden = _full_forward(params, config, jnp.asarray(tokens), caches)
+  cache = empty_cache(config, bucket, params_dtype(params))
+  hidden = _full_forward(params, config, jnp.asarray(tokens), cache)
   return np.asarray(compute_logits(params, config, hidden[:n]))
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def _full_forward(params: Params, config: ModelConfig, tokens, caches):
+def _full_forward(params: Params, config: ModelConfig, tokens, cache):
   positions = jnp.arange(tokens.shape[0], dtype=jnp.int32)
-  hidden, _ = forward(params, config, tokens, positions, caches,
+  hidden, _ = forward(params, config, tokens, positions, cache,
                       {"positions": positions}, dense_attention)
   return hidden
 
@@ -111,13 +113,13 @@ def dense_generate(config: ModelConfig, params: Params, prompt_token_ids: Sequen
                      f"model's context ({config.max_position_embeddings})")
   bucket = _bucket(n)
   max_len = -(-max(bucket, n + max_new_tokens) // _CACHE_ROUND) * _CACHE_ROUND
-  caches = empty_caches(config, max_len, params_dtype(params))
+  cache = empty_cache(config, max_len, params_dtype(params))
   tokens = np.zeros(bucket, np.int32)
   tokens[:n] = prompt_token_ids
   # NOTE: padded prompt slots get positions n..bucket-1 (< max_len); decode
   # overwrites each of those slots before any query can see it.
-  logits, caches = dense_step(params, config, jnp.asarray(tokens),
-                              jnp.arange(bucket, dtype=jnp.int32), caches, n - 1)
+  logits, cache = dense_step(params, config, jnp.asarray(tokens),
+                             jnp.arange(bucket, dtype=jnp.int32), cache, n - 1)
   out: list[int] = []
   stops = set(stop_token_ids)
   for step in range(max_new_tokens):
@@ -128,8 +130,8 @@ def dense_generate(config: ModelConfig, params: Params, prompt_token_ids: Sequen
     if step + 1 == max_new_tokens:
       break
     pos = jnp.asarray([n + step], jnp.int32)
-    logits, caches = dense_step(params, config, jnp.asarray([token], jnp.int32),
-                                pos, caches, 0)
+    logits, cache = dense_step(params, config, jnp.asarray([token], jnp.int32),
+                               pos, cache, 0)
   return out, False
 
 

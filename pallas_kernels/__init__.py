@@ -1,6 +1,6 @@
 """Paged-attention kernels (Pallas) and their pure-jnp references.
 
-Cache layout (one array per layer):
+Cache layout (the engine passes all layers' blocks as one array, see docs/kernels.md):
   kv_cache [num_blocks, num_kv_heads, 2, block_size, head_dim]
 K at index 0 and V at index 1 of axis 2; token slot s lives in block
 s // block_size at offset s % block_size; block 0 is the null block that

@@ -1,4 +1,9 @@
-"""Our own converted checkpoint: orbax params + config.json + tokenizer files."""
+"""Our own converted checkpoint: orbax params + config.json + tokenizer files.
+
+Format 2 stores the param tree as the engine holds it, decoder layers stacked
+(models/weights/layout.py); format 1 (before 2026-12) stored one subtree per
+layer (`layers_{i}`) and is still read: its layers are stacked on load.
+"""
 from __future__ import annotations
 
 import json
@@ -9,10 +14,12 @@ import jax.numpy as jnp
 
 from models.config import ModelConfig
 from models.errors import ModelLoadError
-from models.weights.layout import expected_shape, param_entries, set_path
+from models.weights.layout import (expected_shape, legacy_entries, param_entries, set_path,
+                                   stack_legacy)
 
 MARKER = "pagedjax_checkpoint.json"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
+_LEGACY_VERSION = 1       # one subtree per layer
 
 
 def is_checkpoint(folder: str) -> bool:
@@ -39,16 +46,37 @@ def save_checkpoint(folder: str, config: ModelConfig, params: dict, tokenizer=No
 
 def load_checkpoint(folder: str, dtype: jnp.dtype = jnp.float32) -> tuple[ModelConfig, dict]:
   """Restores (config, params) written by save_checkpoint, cast to `dtype`."""
-  import orbax.checkpoint as ocp
   folder = os.path.abspath(folder)
   config = ModelConfig.from_json(os.path.join(folder, "config.json"))
+  version = _format_version(folder)
   target: dict = {}
-  for path, _, _ in param_entries(config):
-    set_path(target, path, jax.ShapeDtypeStruct(expected_shape(config, path), dtype))
+  if version == _FORMAT_VERSION:
+    for path, _, _ in param_entries(config):
+      set_path(target, path, jax.ShapeDtypeStruct(expected_shape(config, path), dtype))
+    return config, jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype),
+                                          _restore(folder, target))
+  for path, _, _, shape in legacy_entries(config):
+    set_path(target, path, jax.ShapeDtypeStruct(shape, dtype))
+  return config, stack_legacy(config, _restore(folder, target), dtype, folder)
+
+
+def _format_version(folder: str) -> int:
+  try:
+    with open(os.path.join(folder, MARKER), encoding="utf-8") as f:
+      version = json.load(f).get("format_version", _LEGACY_VERSION)
+  except (OSError, ValueError, AttributeError) as e:
+    raise ModelLoadError(f"{folder}: unreadable {MARKER}: {e}") from None
+  if version not in (_LEGACY_VERSION, _FORMAT_VERSION):
+    raise ModelLoadError(f"{folder}: checkpoint format {version} is not supported (this "
+                         f"pagedjax reads formats {_LEGACY_VERSION} and {_FORMAT_VERSION})")
+  return version
+
+
+def _restore(folder: str, target: dict) -> dict:
+  import orbax.checkpoint as ocp
   try:
     with ocp.StandardCheckpointer() as ckpt:
-      params = ckpt.restore(os.path.join(folder, "params"), target)
+      return ckpt.restore(os.path.join(folder, "params"), target)
   except Exception as e:
     raise ModelLoadError(f"{folder}: cannot restore checkpoint (does it match "
                          f"config.json?): {str(e).splitlines()[0]}") from None
-  return config, jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), params)

@@ -101,8 +101,8 @@ def test_steps_donate_the_kv_cache_and_token_buffer(warm):
   cache, buffer = runner.kv_cache, runner.token_buffer
   warm.generate(prompt_token_ids=[[5, 6, 7]], use_tqdm=False,
                 sampling_params=SamplingParams(temperature=0.0, max_tokens=2))
-  assert all(layer.is_deleted() for layer in cache) and buffer.is_deleted()
-  assert not any(layer.is_deleted() for layer in runner.kv_cache)
+  assert cache.is_deleted() and buffer.is_deleted()
+  assert not runner.kv_cache.is_deleted()
   assert not runner.token_buffer.is_deleted()
 
 

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from models.config import ModelConfig
-from models.weights.layout import expected_shape, param_entries
+from models.weights.layout import hf_tensors
 
 TINY_HF_CONFIG = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 64,
@@ -33,8 +33,7 @@ def write_hf_folder(folder: str, hf_config: dict, weights_config: dict | None = 
   cfg = ModelConfig.from_hf_config(weights_config or hf_config)
   rng = np.random.default_rng(seed)
   tensors = {}
-  for path, name, transpose in param_entries(cfg):
-    shape = expected_shape(cfg, path)
+  for name, shape, transpose in hf_tensors(cfg):
     arr = rng.normal(0, 0.05, shape).astype(np.float32)
     tensors[name] = np.ascontiguousarray(arr.T if transpose else arr)
   save_file(tensors, os.path.join(folder, "model.safetensors"))

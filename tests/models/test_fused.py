@@ -34,21 +34,27 @@ def _model(hf_config: dict, bias: bool):
 def test_fused_model_gives_the_same_logits_and_unfuses_exactly(hf_config, bias, groups):
   cfg, params = _model(hf_config, bias)
   fused = fuse_projections(params, cfg, groups)
-  attn, mlp = fused["layers_1"]["attn"], fused["layers_1"]["mlp"]
+  attn, mlp = fused["layers"]["attn"], fused["layers"]["mlp"]
   assert "q_proj" not in attn and "gate_proj" not in mlp
-  assert attn["qkv_kernel"].shape == (cfg.hidden_size, groups,
+  layers = cfg.num_layers
+  assert attn["qkv_kernel"].shape == (layers, cfg.hidden_size, groups,
                                       (cfg.num_heads + 2 * cfg.num_kv_heads) // groups
                                       * cfg.head_dim)
-  assert mlp["gate_up_kernel"].shape == (cfg.hidden_size, groups, 2,
+  assert mlp["gate_up_kernel"].shape == (layers, cfg.hidden_size, groups, 2,
                                          cfg.intermediate_size // groups)
   assert ("qkv_bias" in attn) == bias and fused_groups(fused) == groups
   tokens = [3, 17, 9, 40, 2, 33, 5]
   want = reference_logits(cfg, params, tokens)
   np.testing.assert_allclose(reference_logits(cfg, fused, tokens), want, atol=2e-5, rtol=1e-5)
-  # Group g of the fused kernel holds shard g's q heads (here: the last group's).
+  # Group g of layer 1's fused kernel holds shard g's q heads (here: the last group's).
   q_cols, g = cfg.num_heads // groups * cfg.head_dim, groups - 1
-  np.testing.assert_array_equal(attn["qkv_kernel"][:, g, :q_cols],
-                                params["layers_1"]["attn"]["q_proj"]["kernel"][:, g * q_cols:])
+  np.testing.assert_array_equal(attn["qkv_kernel"][1, :, g, :q_cols],
+                                params["layers"]["attn"]["q_proj"]["kernel"][1, :, g * q_cols:])
+  # ... and layer 1's gate and up columns of shard g.
+  inter = cfg.intermediate_size // groups
+  for c, name in enumerate(("gate_proj", "up_proj")):
+    np.testing.assert_array_equal(mlp["gate_up_kernel"][1, :, g, c],
+                                  params["layers"]["mlp"][name]["kernel"][1, :, g * inter:])
   back = unfuse_projections(fused, cfg)
   assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(params)
   jax.tree_util.tree_map(np.testing.assert_array_equal, back, params)

@@ -6,18 +6,19 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from models.config import ModelConfig, RopeScaling
 from models.layers import rope_inv_freq
 from models.llama import compute_logits, forward
-from models.reference import dense_attention, empty_caches, reference_logits
+from models.reference import dense_attention, empty_cache, reference_logits
 from models.weights.random_init import random_params
 from tests.models.helpers import TINY_HF_CONFIG
 
 CONFIG = ModelConfig.from_hf_config(TINY_HF_CONFIG)
 
 
-def _packed_attention(q, k, v, layer_cache, attn_meta):
+def _packed_attention(q, k, v, kv_cache, layer, attn_meta):
   """Dense attention over a packed axis: token t sees earlier tokens of its own
   sequence only (what the paged engine does with its metadata)."""
   seq, pos = attn_meta["seq"], attn_meta["positions"]
@@ -26,7 +27,7 @@ def _packed_attention(q, k, v, layer_cache, attn_meta):
   scores = jnp.einsum("thd,shd->hts", q, kk) / np.sqrt(q.shape[-1])
   mask = (seq[:, None] == seq[None, :]) & (pos[None, :] <= pos[:, None])
   probs = jax.nn.softmax(jnp.where(mask[None], scores, -jnp.inf), axis=-1)
-  return jnp.einsum("hts,shd->thd", probs, vv), layer_cache
+  return jnp.einsum("hts,shd->thd", probs, vv), kv_cache + 1    # counts the layers run
 
 
 def test_packed_sequences_match_separate_forwards():
@@ -36,9 +37,9 @@ def test_packed_sequences_match_separate_forwards():
   positions = jnp.asarray(list(range(len(a))) + list(range(len(b))), jnp.int32)
   meta = {"seq": jnp.asarray([0] * len(a) + [1] * len(b)), "positions": positions}
   jitted = jax.jit(forward, static_argnames=("config", "attention_fn"))
-  hidden, caches = jitted(params, CONFIG, tokens, positions, (None,) * CONFIG.num_layers,
-                          meta, _packed_attention)
-  assert hidden.shape == (8, CONFIG.hidden_size) and len(caches) == CONFIG.num_layers
+  hidden, layers_run = jitted(params, CONFIG, tokens, positions, jnp.int32(0), meta,
+                              _packed_attention)
+  assert hidden.shape == (8, CONFIG.hidden_size) and int(layers_run) == CONFIG.num_layers
   logits = np.asarray(compute_logits(params, CONFIG, hidden))
   np.testing.assert_allclose(logits[:5], reference_logits(CONFIG, params, a), atol=1e-5)
   np.testing.assert_allclose(logits[5:], reference_logits(CONFIG, params, b), atol=1e-5)
@@ -72,13 +73,17 @@ def test_bfloat16_forward_close_to_float32():
   assert np.max(np.abs(f32 - b16)) < 0.05 * np.max(np.abs(f32)) + 1e-2
 
 
-def test_forward_rejects_wrong_cache_count():
+def test_forward_rejects_unstacked_or_wrong_depth_params():
   params = random_params(CONFIG)
-  caches = empty_caches(CONFIG, 16, jnp.float32)[:1]
+  cache = empty_cache(CONFIG, 16, jnp.float32)
   tokens = jnp.zeros(4, jnp.int32)
-  try:
-    forward(params, CONFIG, tokens, tokens, caches, {"positions": tokens}, dense_attention)
-  except ValueError as e:
-    assert "kv_caches has 1 entries" in str(e)
-  else:
-    raise AssertionError("expected ValueError")
+  run = lambda p: forward(p, CONFIG, tokens, tokens, cache, {"positions": tokens},
+                          dense_attention)
+  one_layer = dict(params, layers=jax.tree_util.tree_map(lambda x: x[:1], params["layers"]))
+  with pytest.raises(ValueError, match=r"params stack \[1\] layers, model has 2"):
+    run(one_layer)
+  old = {k: v for k, v in params.items() if k != "layers"}
+  old["layers_0"] = jax.tree_util.tree_map(lambda x: x[0], params["layers"])
+  with pytest.raises(ValueError, match="old per-layer layout"):
+    run(old)
+

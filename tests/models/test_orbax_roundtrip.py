@@ -1,6 +1,7 @@
 """`pagedjax convert` checkpoints: save, restore, same logits."""
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -9,6 +10,7 @@ import pytest
 
 from models import load_model
 from models.reference import reference_logits
+from models import ModelLoadError
 from models.weights.orbax_io import MARKER, save_checkpoint
 from serving import cli
 from tests.models.helpers import TINY_HF_CONFIG, write_hf_folder, write_json
@@ -21,8 +23,10 @@ def test_convert_hf_folder_roundtrip(tmp_path, capsys):
   dst = str(tmp_path / "ckpt")
   assert cli.main(["convert", src, dst]) == 0
   assert "wrote" in capsys.readouterr().out
-  assert os.path.isfile(os.path.join(dst, MARKER))
+  with open(os.path.join(dst, MARKER), encoding="utf-8") as f:
+    assert json.load(f)["format_version"] == 2          # the layers stacked as served
   before, after = load_model(src), load_model(dst)
+  assert after.params["layers"]["mlp"]["down_proj"]["kernel"].shape == (2, 48, 32)
   assert after.config == before.config
   for a, b in zip(jax.tree_util.tree_leaves(before.params), jax.tree_util.tree_leaves(after.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -46,6 +50,42 @@ def test_random_config_roundtrip_bf16_and_tokenizer(tmp_path, smollm2_model):
   chat = [{"role": "user", "content": "hi"}]
   assert tok2.apply_chat_template(chat) == tok.apply_chat_template(chat)
   assert (tok2.bos_token_id, tok2.eos_token_ids) == (tok.bos_token_id, tok.eos_token_ids)
+
+
+def _write_format_1(folder: str, model) -> None:
+  """A checkpoint as `pagedjax convert` wrote it before the layers were stacked (format 1:
+  one `layers_{i}` subtree per layer)."""
+  import orbax.checkpoint as ocp
+  tree = {k: v for k, v in model.params.items() if k != "layers"}
+  for i in range(model.config.num_layers):
+    tree[f"layers_{i}"] = jax.tree_util.tree_map(lambda x: np.asarray(x[i]),
+                                                 model.params["layers"])
+  os.makedirs(folder)
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(os.path.join(folder, "params"), tree)
+  write_json(os.path.join(folder, "config.json"), model.config.to_hf_config())
+  write_json(os.path.join(folder, MARKER), {"format_version": 1, "dtype": "float32"})
+
+
+def test_old_per_layer_checkpoint_still_loads_stacked(tmp_path):
+  src = load_model(write_hf_folder(str(tmp_path / "hf"), TINY_HF_CONFIG, seed=5))
+  dst = str(tmp_path / "old")
+  _write_format_1(dst, src)
+  restored = load_model(dst)
+  assert jax.tree_util.tree_structure(restored.params) == \
+      jax.tree_util.tree_structure(src.params)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, restored.params, src.params)
+  assert restored.params["layers"]["attn"]["q_proj"]["kernel"].shape[0] == 2
+  np.testing.assert_array_equal(reference_logits(src.config, src.params, IDS),
+                                reference_logits(restored.config, restored.params, IDS))
+
+
+def test_unknown_checkpoint_format_fails_clearly(tmp_path):
+  dst = str(tmp_path / "future")
+  assert cli.main(["convert", write_hf_folder(str(tmp_path / "hf"), TINY_HF_CONFIG), dst]) == 0
+  write_json(os.path.join(dst, MARKER), {"format_version": 9})
+  with pytest.raises(ModelLoadError, match="checkpoint format 9 is not supported"):
+    load_model(dst)
 
 
 def test_convert_refuses_existing_checkpoint(tmp_path, capsys):

@@ -21,7 +21,7 @@ def main(process_id: int, port: int) -> None:
                              process_id=process_id, initialization_timeout=120)
   from tests.parallel.tp_worker import generate, tiny_model, tiny_prompts
   result, llm = generate(tiny_model(), 4, tiny_prompts())
-  cache = llm.engine.runner.kv_cache[0]     # [num_blocks, kv_heads, 2, block_size, head_dim]
+  cache = llm.engine.runner.kv_cache   # [num_layers * num_blocks, kv_heads, 2, block_size, head_dim]
   shards = sorted(cache.addressable_shards, key=lambda s: s.device.id)
   report = {
       "process_index": jax.process_index(), "process_count": jax.process_count(),

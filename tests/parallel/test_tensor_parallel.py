@@ -32,6 +32,7 @@ def test_tiny_llama_greedy_equals_single_device(report, tp):
 def test_tiny_llama_kv_cache_sharded_by_kv_head(report, tp):
   cache = report["tiny"][f"tp{tp}"]["cache"]
   num_blocks, kv_heads, two, block_size, head_dim = cache["shape"]
+  assert num_blocks == cache["num_layers"] * cache["num_blocks"] == 2 * 96    # all layers
   assert _spec(cache, 5) == ["None", "tp", "None", "None", "None"]
   assert cache["num_devices"] == tp
   assert sorted(s["device"] for s in cache["shards"]) == list(range(tp))
@@ -47,25 +48,38 @@ def test_tiny_llama_kv_cache_sharded_by_kv_head(report, tp):
 @pytest.mark.parametrize("tp", [2, 4])
 def test_tiny_llama_params_sharded_megatron_style(report, tp):
   params = report["tiny"][f"tp{tp}"]["params"]
-  # Fused kernels (models/fused.py): axis 1 groups each shard's columns.
-  assert _spec(params["qkv"], 3) == ["None", "tp", "None"]
-  assert _spec(params["gate_up"], 4) == ["None", "tp", "None", "None"]
+  # Stacked layers (leading axis 2, never split); fused kernels (models/fused.py): the
+  # group axis holds each shard's columns.
+  assert _spec(params["qkv"], 4) == ["None", "None", "tp", "None"]
+  assert _spec(params["gate_up"], 5) == ["None", "None", "tp", "None", "None"]
   for name in ("o", "down"):
-    assert _spec(params[name], 2) == ["tp", "None"], name
-  assert params["qkv"]["shard"] == [64, 1, (8 + 2 * 4) * 16 // tp]    # its q, k and v heads
-  assert params["gate_up"]["shard"] == [64, 1, 2, 128 // tp]
-  assert params["down"]["shard"] == [128 // tp, 64]
-  for name in ("norm", "embed"):
-    assert params[name]["spec"] == [] and params[name]["devices"] == tp, name
+    assert _spec(params[name], 3) == ["None", "tp", "None"], name
+  assert params["qkv"]["shard"] == [2, 64, 1, (8 + 2 * 4) * 16 // tp]    # its q, k and v heads
+  assert params["gate_up"]["shard"] == [2, 64, 1, 2, 128 // tp]
+  assert params["down"]["shard"] == [2, 128 // tp, 64]
+  assert params["layer_norm"]["shard"] == [2, 64] and params["layer_norm"]["devices"] == tp
+  for name in ("norm", "embed", "layer_norm"):
+    assert not set(params[name]["spec"]) - {"None"} and params[name]["devices"] == tp, name
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_compiled_step_takes_the_layer_params_unsplit_on_the_layer_axis(report, tp):
+  specs = report["tiny"][f"tp{tp}"]["compiled"]["layer_specs"]
+  assert specs["attn/qkv_kernel"] == ["None", "None", "tp", "None"]
+  assert specs["mlp/gate_up_kernel"] == ["None", "None", "tp", "None", "None"]
+  assert specs["attn/o_proj/kernel"] == specs["mlp/down_proj/kernel"] == ["None", "tp", "None"]
+  assert len(specs) == 6 and all(spec[:1] in ([], ["None"]) for spec in specs.values()), specs
 
 
 @pytest.mark.parametrize("tp", [2, 4])
 def test_two_all_reduces_per_layer_and_no_other_collective(report, tp):
   # Megatron: one all-reduce after attention's o_proj, one after the MLP's
-  # down_proj, 2 layers; the KV cache is never gathered.
-  assert report["tiny"][f"tp{tp}"]["collectives"] == {
-      "all-reduce": 4, "all-gather": 0, "all-to-all": 0, "collective-permute": 0,
-      "reduce-scatter": 0}
+  # down_proj, in the body of the layer loop, which runs once per layer (2);
+  # the KV cache is never gathered.
+  compiled = report["tiny"][f"tp{tp}"]["compiled"]
+  none = {"all-gather": 0, "all-to-all": 0, "collective-permute": 0, "reduce-scatter": 0}
+  assert compiled["collectives"] == {"all-reduce": 2, **none}
+  assert compiled["loops"] == [{"trip_count": 2, "all-reduce": 2, **none}]
 
 
 def test_smollm2_tp3_greedy_equals_single_device(report):
@@ -77,12 +91,13 @@ def test_smollm2_tp3_greedy_equals_single_device(report):
 def test_smollm2_tp3_kv_cache_holds_one_kv_head_per_device(report):
   cache = report["smollm"]["tp3"]["cache"]
   assert cache["shape"][1] == 3 and cache["num_devices"] == 3
+  assert cache["shape"][0] == 30 * cache["num_blocks"]
   assert _spec(cache, 5) == ["None", "tp", "None", "None", "None"]
   assert [s["heads"] for s in cache["shards"]] == [[0, 1], [1, 2], [2, 3]]
   assert all(s["shape"][1] == 1 and s["nonzero"] and s["max_diff"] < 1e-4
              for s in cache["shards"])
-  # 3 of 9 q heads + 1 of 3 kv heads for k and v, 64 wide each:
-  assert report["smollm"]["tp3"]["params"]["qkv"]["shard"] == [576, 1, (3 + 2) * 64]
+  # 30 layers, 3 of 9 q heads + 1 of 3 kv heads for k and v, 64 wide each:
+  assert report["smollm"]["tp3"]["params"]["qkv"]["shard"] == [30, 576, 1, (3 + 2) * 64]
 
 
 def test_smollm2_bad_tensor_parallel_errors(report):
@@ -119,16 +134,16 @@ def test_engine_config_rejects_bad_tensor_parallel():
   assert parallel.make_mesh(1) is None
 
 
-@pytest.mark.parametrize("path,ndim,want", [
-    (("layers_0", "attn", "q_proj", "kernel"), 2, P(None, "tp")),
-    (("layers_0", "attn", "k_proj", "bias"), 1, P("tp")),
-    (("layers_3", "attn", "o_proj", "kernel"), 2, P("tp", None)),
-    (("layers_3", "mlp", "up_proj", "kernel"), 2, P(None, "tp")),
-    (("layers_3", "mlp", "down_proj", "kernel"), 2, P("tp", None)),
-    (("layers_3", "attn", "qkv_kernel"), 3, P(None, "tp", None)),
-    (("layers_3", "attn", "qkv_bias"), 2, P("tp", None)),
-    (("layers_3", "mlp", "gate_up_kernel"), 4, P(None, "tp", None, None)),
-    (("layers_3", "attn_norm", "scale"), 1, P()),
+@pytest.mark.parametrize("path,ndim,want", [     # stacked layers: an unsplit axis first
+    (("layers", "attn", "q_proj", "kernel"), 3, P(None, None, "tp")),
+    (("layers", "attn", "k_proj", "bias"), 2, P(None, "tp")),
+    (("layers", "attn", "o_proj", "kernel"), 3, P(None, "tp", None)),
+    (("layers", "mlp", "up_proj", "kernel"), 3, P(None, None, "tp")),
+    (("layers", "mlp", "down_proj", "kernel"), 3, P(None, "tp", None)),
+    (("layers", "attn", "qkv_kernel"), 4, P(None, None, "tp", None)),
+    (("layers", "attn", "qkv_bias"), 3, P(None, "tp", None)),
+    (("layers", "mlp", "gate_up_kernel"), 5, P(None, None, "tp", None, None)),
+    (("layers", "attn_norm", "scale"), 2, P(None)),
     (("embed",), 2, P()),
     (("lm_head",), 2, P()),
 ])

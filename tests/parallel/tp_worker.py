@@ -8,7 +8,6 @@ Every fact the tests check is measured here on the real arrays and compiled HLO.
 from __future__ import annotations
 
 import json
-import re
 import sys
 
 import jax
@@ -23,6 +22,7 @@ from engine.steps import make_steps
 from models import LoadedModel, ModelConfig, load_model
 from models.fused import fuse_projections
 from models.weights.layout import expected_shape, param_entries, set_path
+from benchmarks import hlo
 
 MAX_TOKENS = 12
 ENGINE = dict(block_size=8, num_blocks=96, max_num_seqs=4, max_batch_tokens=32,
@@ -48,7 +48,7 @@ def tiny_model(seed: int = 0) -> LoadedModel:
     elif path == ("embed",):
       value = rng.standard_normal(shape)
     else:
-      value = rng.standard_normal(shape) / np.sqrt(shape[0])
+      value = rng.standard_normal(shape) / np.sqrt(shape[-2])          # [(L,) in, out]
     set_path(params, path, jnp.asarray(value, jnp.float32))
   return LoadedModel(config, params, None, "tiny-random")
 
@@ -60,8 +60,8 @@ def tiny_prompts() -> list[list[int]]:
 
 
 def cache_report(engine: LLMEngine, reference_cache=None) -> dict:
-  """Sharding of layer 0's KV cache as the arrays carry it, and each shard vs the 1-device cache."""
-  cache = engine.runner.kv_cache[0]      # [num_blocks, kv_heads, 2, block_size, head_dim]
+  """Sharding of the KV cache as the array carries it, and each shard vs the 1-device cache."""
+  cache = engine.runner.kv_cache   # [num_layers * num_blocks, kv_heads, 2, block_size, head_dim]
   shards = []
   for s in sorted(cache.addressable_shards, key=lambda s: s.device.id):
     heads = s.index[1]
@@ -74,16 +74,20 @@ def cache_report(engine: LLMEngine, reference_cache=None) -> dict:
     shards.append(entry)
   spec = getattr(cache.sharding, "spec", None)
   return {"shape": list(cache.shape), "spec": None if spec is None else [str(a) for a in spec],
-          "num_devices": len(cache.sharding.device_set), "shards": shards}
+          "num_devices": len(cache.sharding.device_set), "shards": shards,
+          "num_layers": engine.model.config.num_layers,
+          "num_blocks": engine.runner.cache_config.num_blocks}
 
 
 def param_report(params) -> dict:
   """Spec and per-device shard shape of one param of each kind."""
   out = {}
-  for name, leaf in (("qkv", params["layers_0"]["attn"]["qkv_kernel"]),
-                     ("o", params["layers_0"]["attn"]["o_proj"]["kernel"]),
-                     ("gate_up", params["layers_1"]["mlp"]["gate_up_kernel"]),
-                     ("down", params["layers_1"]["mlp"]["down_proj"]["kernel"]),
+  layers = params["layers"]          # stacked: [num_layers, ...]
+  for name, leaf in (("qkv", layers["attn"]["qkv_kernel"]),
+                     ("o", layers["attn"]["o_proj"]["kernel"]),
+                     ("gate_up", layers["mlp"]["gate_up_kernel"]),
+                     ("down", layers["mlp"]["down_proj"]["kernel"]),
+                     ("layer_norm", layers["attn_norm"]["scale"]),
                      ("norm", params["final_norm"]["scale"]), ("embed", params["embed"])):
     spec = getattr(leaf.sharding, "spec", None)
     out[name] = {"spec": None if spec is None else [str(a) for a in spec],
@@ -92,22 +96,32 @@ def param_report(params) -> dict:
   return out
 
 
-def collectives(model: LoadedModel, tp: int) -> dict:
-  """Counts the collectives in the compiled decode step (a real TP-sharded compile)."""
+COLLECTIVES = ("all-reduce", "all-gather", "all-to-all", "collective-permute", "reduce-scatter")
+
+
+def compiled_decode(model: LoadedModel, tp: int) -> dict:
+  """Facts of the compiled decode step (a real TP-sharded compile): its collectives, those
+  of the layer loop and its trip count, and the shardings of the stacked layer params."""
   mesh = parallel.make_mesh(tp)
   params = parallel.shard_params(fuse_projections(model.params, model.config, tp), mesh)
-  shape = (16, model.config.num_kv_heads, 2, 8, model.config.head_dim)
-  caches = tuple(jnp.zeros(shape, jnp.float32, device=parallel.cache_sharding(mesh))
-                 for _ in range(model.config.num_layers))
+  shape = (16 * model.config.num_layers, model.config.num_kv_heads, 2, 8, model.config.head_dim)
+  caches = jnp.zeros(shape, jnp.float32, device=parallel.cache_sharding(mesh))
   token_buffer = jnp.zeros((9,), jnp.int32, device=NamedSharding(mesh, P()))
   decode, _ = make_steps(model.config, None, mesh)
   x = empty_decode(8, 4, trash_slot=8)
   ints, floats, layout = packing.pack(x)
-  hlo = decode.lower(params, caches, token_buffer, ints, floats,
-                     layout=layout, sampling_mode="greedy").compile().as_text()
-  count = lambda op: len(re.findall(rf"= \S+ {op}(?:-start)?\(", hlo))
-  return {op: count(op) for op in ("all-reduce", "all-gather", "all-to-all",
-                                   "collective-permute", "reduce-scatter")}
+  compiled = decode.lower(params, caches, token_buffer, ints, floats,
+                          layout=layout, sampling_mode="greedy").compile()
+  text = compiled.as_text()
+  bodies = hlo.computations(text)
+  loops = [{"trip_count": trip, **{op: len(hlo.instructions(bodies[body], op))
+                                   for op in COLLECTIVES}}
+           for body, trip in hlo.while_loops(text)]
+  layers = compiled.input_shardings[0][0]["layers"]
+  specs = {"/".join(str(getattr(k, "key", k)) for k in path): [str(a) for a in sharding.spec]
+           for path, sharding in jax.tree_util.tree_leaves_with_path(layers)}
+  return {"collectives": {op: len(hlo.instructions(text.splitlines(), op)) for op in COLLECTIVES},
+          "loops": loops, "layer_specs": specs}
 
 
 def generate(model: LoadedModel, tp: int, prompts) -> tuple[dict, LLM]:
@@ -123,11 +137,11 @@ def tiny_scenarios() -> dict:
   for tp in (1, 2, 4):
     result, llm = generate(model, tp, prompts)
     if tp == 1:
-      reference = llm.engine.runner.kv_cache[0]
+      reference = llm.engine.runner.kv_cache
     else:
       result["cache"] = cache_report(llm.engine, reference)
       result["params"] = param_report(llm.engine.model.params)
-      result["collectives"] = collectives(model, tp)
+      result["compiled"] = compiled_decode(model, tp)
     report[f"tp{tp}"] = result
   return report
 
@@ -154,7 +168,7 @@ def smollm_scenarios() -> dict:
     report[f"tp{tp}"] = {"tokens": [o.token_ids for o in llm.generate(
         prompt_token_ids=prompts, sampling_params=params, use_tqdm=False)]}
     if tp == 1:
-      reference = llm.engine.runner.kv_cache[0]
+      reference = llm.engine.runner.kv_cache
     else:
       report["tp3"]["cache"] = cache_report(llm.engine, reference)
       report["tp3"]["params"] = param_report(llm.engine.model.params)
