@@ -11,8 +11,7 @@ import random
 from absl import logging
 
 from engine import output_processor as op
-from engine import parallel
-from engine.buckets import Buckets
+from engine import parallel, shape_plan
 from engine.config import EngineConfig
 from engine.memory import build_kv_manager, resolve_num_blocks
 from engine.outputs import FinishReason, TokenDelta
@@ -49,14 +48,11 @@ class LLMEngine:
                   if model is None else parallel.place_model(model, self.mesh))
     self.tokenizer = self.model.tokenizer
     mc = self.model.config
-    self.max_model_len = min(config.max_model_len or min(mc.max_position_embeddings, 4096),
-                             mc.max_position_embeddings)
+    self.max_model_len = shape_plan.max_model_len(config, mc)
     num_blocks = resolve_num_blocks(config, mc, self.model.params)
     self.kv = build_kv_manager(config, num_blocks)
     self.scheduler = Scheduler(self._scheduler_config(), self.kv)
-    buckets = Buckets.create(max_num_seqs=config.max_num_seqs,
-                             max_batch_tokens=self._step_tokens(),
-                             max_model_len=self.max_model_len, block_size=config.block_size)
+    buckets = shape_plan.buckets_for(config, mc)
     self.runner = ModelRunner(self.model, CacheConfig(num_blocks, config.block_size,
                                                       config.cache_dtype),
                               buckets, backend=config.attention_backend, mesh=self.mesh,
@@ -75,15 +71,10 @@ class LLMEngine:
     if config.warmup:
       self.runner.warmup()
 
-  def _step_tokens(self) -> int:
-    c = self.config
-    return c.max_batch_tokens if c.enable_chunked_prefill else max(c.max_batch_tokens,
-                                                                   self.max_model_len)
-
   def _scheduler_config(self) -> SchedulerConfig:
     c = self.config
     return SchedulerConfig(max_model_len=self.max_model_len, max_num_seqs=c.max_num_seqs,
-                           max_batch_tokens=self._step_tokens(),
+                           max_batch_tokens=shape_plan.step_tokens(c, self.max_model_len),
                            enable_chunked_prefill=c.enable_chunked_prefill,
                            watermark=c.watermark, num_decode_steps=c.num_decode_steps)
 

@@ -22,6 +22,25 @@ import jax
 
 MAX_DEFAULT_THREADS = 32    # NOTE: each XLA compile of a large model holds GBs of host memory
 
+# NOTE: XLA:GPU's command-buffer (CUDA graph) command types: its defaults
+# (FUSION … DYNAMIC_SLICE_FUSION, restated: the option replaces the list) plus
+# CONDITIONAL and WHILE. Outside a CUDA graph a conditional copies its branch
+# index to the host and blocks the dispatching thread until the device gets
+# there, which would serialise the host loop with every step (the sampler's
+# `lax.switch`, engine/sampler.py). Measured on an H200 (2026-12-01, a 32-step
+# fori_loop of 256x8192x8192 bf16 GEMMs then a 3-way switch): dispatch 1.9-4.4
+# ms = the whole step without, 0.3-1.0 ms with both; CONDITIONAL alone still
+# blocked; the same loop without a switch took 1.84 ms/step, 2.01 with both.
+_GPU_COMMAND_BUFFER = ("FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,"
+                       "CONDITIONAL,WHILE")
+
+
+def compiler_options(platform: str) -> dict[str, str] | None:
+  """XLA options the steps compile with on `platform` (a jax Device.platform)."""
+  if platform == "gpu":
+    return {"xla_gpu_enable_command_buffer": _GPU_COMMAND_BUFFER}
+  return None
+
 
 def default_threads() -> int:
   """One compile thread per CPU core this process may run on, at most MAX_DEFAULT_THREADS."""

@@ -7,14 +7,21 @@ distribution), then min-p, and draw with the key
 and parameters, never on the other rows of the batch, so a seeded request
 gives the same output whatever it is batched with.
 
-The host picks one of three static variants per step (`sampling_mode`):
-"greedy" (argmax only), "random" (no filters) or "filtered" (the general one).
-NOTE: no data-dependent `lax.cond` here: on a GPU a conditional copies its
-predicate to the host and waits for it, stalling the step mid-way.
+There are three variants: "greedy" (argmax only), "random" (no filters) and
+"filtered" (the general one). `sampling_mode` picks the cheapest exact one for a
+batch on the host; `from_params` stores its index as `SamplingTensors.mode`,
+and `sample_cheapest` branches on it on the device (`lax.switch`), so one
+compiled step serves every batch instead of one compilation of the whole model
+per variant.
+NOTE: a data-dependent conditional on a GPU copies its branch index to the
+host and blocks the dispatching thread until the device reaches it, unless XLA
+records it into the step's CUDA graph (a command-buffer "conditional");
+engine/executables.py turns that on for the steps' compilations.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import jax
@@ -37,6 +44,9 @@ class SamplingTensors:
   min_p: jax.Array        # f32 [B]; 0 = off
   seed: jax.Array         # u32 [B]
   step: jax.Array         # i32 [B]; tokens this request has generated so far
+  # i32 []: index in MODES of the cheapest variant exact for every row
+  # (`sampling_mode`, on the host); `sample_cheapest` runs that one.
+  mode: jax.Array
 
   @property
   def batch_size(self) -> int:
@@ -71,16 +81,20 @@ class SamplingTensors:
       min_p[i] = p.min_p
       seed[i] = seeds[i] % _UINT32_MOD
       step[i] = steps[i]
-    return cls(temperature, top_k, top_p, min_p, seed, step)
+    mode = np.int32(MODES.index(_cheapest(temperature, top_k, top_p, min_p)))
+    return cls(temperature, top_k, top_p, min_p, seed, step, mode)
 
 
 def sampling_mode(t: SamplingTensors) -> str:
   """The cheapest sampler variant that is exact for every row (host-side, numpy)."""
-  sampled = np.asarray(t.temperature) > 0.0
+  return _cheapest(*(np.asarray(a) for a in (t.temperature, t.top_k, t.top_p, t.min_p)))
+
+
+def _cheapest(temperature, top_k, top_p, min_p) -> str:
+  sampled = temperature > 0.0
   if not sampled.any():
     return "greedy"
-  filtered = sampled & ((np.asarray(t.top_k) > 0) | (np.asarray(t.top_p) < 1.0)
-                        | (np.asarray(t.min_p) > 0.0))
+  filtered = sampled & ((top_k > 0) | (top_p < 1.0) | (min_p > 0.0))
   return "filtered" if filtered.any() else "random"
 
 
@@ -158,10 +172,9 @@ def sample(logits: jax.Array, t: SamplingTensors,
     token ids i32 [B] and their log-probabilities f32 [B] under the raw
     (unscaled, unfiltered) distribution.
   """
-  if logits.ndim != 2 or logits.shape[0] != t.temperature.shape[0]:
-    raise ValueError(f"logits {logits.shape} do not match {t.temperature.shape[0]} rows")
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  _check_rows(logits, t)
   logits = logits.astype(jnp.float32)
   tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)          # [B]
   if mode != "greedy":
@@ -169,3 +182,16 @@ def sample(logits: jax.Array, t: SamplingTensors,
   # log_softmax at the chosen token only: no [B, V] log-prob array is built.
   chosen = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]  # [B]
   return tokens, chosen - jax.nn.logsumexp(logits, axis=-1)
+
+
+def sample_cheapest(logits: jax.Array, t: SamplingTensors) -> tuple[jax.Array, jax.Array]:
+  """`sample` in the variant `t.mode` names, picked on the device: one program
+  for greedy, random and filtered batches alike (see the module docstring)."""
+  _check_rows(logits, t)
+  branches = [functools.partial(sample, mode=mode) for mode in MODES]
+  return jax.lax.switch(t.mode, branches, logits, t)
+
+
+def _check_rows(logits: jax.Array, t: SamplingTensors) -> None:
+  if logits.ndim != 2 or logits.shape[0] != t.temperature.shape[0]:
+    raise ValueError(f"logits {logits.shape} do not match {t.temperature.shape[0]} rows")

@@ -104,7 +104,7 @@ def collectives(model: LoadedModel, tp: int) -> dict:
   x = empty_decode(8, 4, trash_slot=8)
   ints, floats, layout = packing.pack(x)
   hlo = decode.lower(params, caches, token_buffer, ints, floats,
-                     layout=layout, sampling_mode="greedy").compile().as_text()
+                     layout=layout).compile().as_text()
   count = lambda op: len(re.findall(rf"= \S+ {op}(?:-start)?\(", hlo))
   return {op: count(op) for op in ("all-reduce", "all-gather", "all-to-all",
                                    "collective-permute", "reduce-scatter")}
