@@ -11,7 +11,8 @@ import random
 from absl import logging
 
 from engine import output_processor as op
-from engine import parallel, shape_plan
+from engine import warmup_progress
+from engine import compile_cache, parallel, shape_plan
 from engine.config import EngineConfig
 from engine.memory import build_kv_manager, resolve_num_blocks
 from engine.outputs import FinishReason, TokenDelta
@@ -33,7 +34,8 @@ class EngineStats:
   prompt_tokens_total: int
   prefill_tokens_computed_total: int     # includes recomputation after preemption
   generation_tokens_total: int
-  num_compilations: int
+  num_compilations: int                  # step executables built (warm-up included)
+  compile_seconds: float                 # seconds spent building them
 
 
 class LLMEngine:
@@ -41,6 +43,8 @@ class LLMEngine:
 
   def __init__(self, config: EngineConfig = EngineConfig(), model=None):
     self.config = config
+    # NOTE: before anything compiles; process-wide (see engine/compile_cache.py).
+    self.compilation_cache_dir = compile_cache.configure(config.compilation_cache_dir)
     # NOTE: None for tensor_parallel=1; else the per-engine ("tp",) mesh, and
     # the params are placed shard by shard on it before the KV cache is sized.
     self.mesh = parallel.make_mesh(config.tensor_parallel)
@@ -69,7 +73,15 @@ class LLMEngine:
     logging.info("engine: %d KV blocks of %d tokens, max_model_len %d", num_blocks,
                  config.block_size, self.max_model_len)
     if config.warmup:
-      self.runner.warmup()
+      self.warmup()
+
+  def warmup(self, show_progress: bool = False, threads: int | None = None) -> None:
+    """Compiles every planned step shape (`runner.planned_shapes()`) now, so that serving
+    never compiles; logs each one (absl INFO) and, with `show_progress`, draws a tqdm bar
+    on stderr. Afterwards a compile logs a WARNING: it is a bug."""
+    with warmup_progress.WarmupProgress(len(self.runner.planned_shapes()),
+                                        show_progress) as progress:
+      self.runner.warmup(threads=threads, progress=progress)
 
   def _scheduler_config(self) -> SchedulerConfig:
     c = self.config
@@ -222,4 +234,5 @@ class LLMEngine:
         prompt_tokens_total=self._prompt_tokens_total,
         prefill_tokens_computed_total=self._prefill_tokens_computed,
         generation_tokens_total=self._generation_tokens_total,
-        num_compilations=self.runner.num_compilations)
+        num_compilations=self.runner.num_compilations,
+        compile_seconds=self.runner.compile_seconds)

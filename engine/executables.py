@@ -27,10 +27,11 @@ MAX_DEFAULT_THREADS = 32    # NOTE: each XLA compile of a large model holds GBs 
 # CONDITIONAL and WHILE. Outside a CUDA graph a conditional copies its branch
 # index to the host and blocks the dispatching thread until the device gets
 # there, which would serialise the host loop with every step (the sampler's
-# `lax.switch`, engine/sampler.py). Measured on an H200 (2026-12-01, a 32-step
-# fori_loop of 256x8192x8192 bf16 GEMMs then a 3-way switch): dispatch 1.9-4.4
-# ms = the whole step without, 0.3-1.0 ms with both; CONDITIONAL alone still
-# blocked; the same loop without a switch took 1.84 ms/step, 2.01 with both.
+# `lax.cond`s, engine/sampler.py). Measured on an H200 (2026-12-01; a 32-step
+# fori_loop of 256x8192x8192 bf16 GEMMs, then the sampler's two nested conds):
+# dispatch returned after 1.5-4.4 ms without, about the whole step; 0.3-1.0 ms
+# with both; CONDITIONAL alone still blocked. The loop without conds: 1.82 ms a
+# step, 2.00 with both types (the loop runs on the device), 2.1-2.2 with conds.
 _GPU_COMMAND_BUFFER = ("FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,"
                        "CONDITIONAL,WHILE")
 

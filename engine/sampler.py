@@ -10,7 +10,7 @@ gives the same output whatever it is batched with.
 There are three variants: "greedy" (argmax only), "random" (no filters) and
 "filtered" (the general one). `sampling_mode` picks the cheapest exact one for a
 batch on the host; `from_params` stores its index as `SamplingTensors.mode`,
-and `sample_cheapest` branches on it on the device (`lax.switch`), so one
+and `sample_cheapest` branches on it on the device (`lax.cond`), so one
 compiled step serves every batch instead of one compilation of the whole model
 per variant.
 NOTE: a data-dependent conditional on a GPU copies its branch index to the
@@ -21,7 +21,6 @@ engine/executables.py turns that on for the steps' compilations.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Sequence
 
 import jax
@@ -146,50 +145,59 @@ def _keep_mask(scaled: jax.Array, t: SamplingTensors) -> jax.Array:
   return (keys >= threshold[:, None]) & (scaled >= min_logit)
 
 
-def _draw(logits: jax.Array, t: SamplingTensors, filters: bool) -> jax.Array:
-  """Samples every row (greedy rows too; the caller overrides them)."""
+def _draw(logits: jax.Array, t: SamplingTensors, filters) -> jax.Array:
+  """Samples every row (greedy rows too; the caller overrides them); `filters` as in `_if`."""
   greedy = t.temperature <= 0.0
   temperature = jnp.where(greedy, 1.0, t.temperature)
   scaled = logits / temperature[:, None]                          # [B, V]
-  if filters:
-    # NOTE: a row without filters keeps every token, so it draws exactly as in "random".
-    filtered = ~greedy & ((t.top_k > 0) | (t.top_p < 1.0) | (t.min_p > 0.0))   # [B]
-    scaled = jnp.where(_keep_mask(scaled, t) | ~filtered[:, None], scaled, -jnp.inf)
+  # NOTE: a row without filters keeps every token, so it draws exactly as in "random".
+  filtered = ~greedy & ((t.top_k > 0) | (t.top_p < 1.0) | (t.min_p > 0.0))   # [B]
+  keep = lambda s: jnp.where(_keep_mask(s, t) | ~filtered[:, None], s, -jnp.inf)
+  scaled = _if(filters, keep, lambda s: s, scaled)
   keys = jax.vmap(lambda s, n: jax.random.fold_in(jax.random.PRNGKey(s), n))(t.seed, t.step)
   return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
 
 
+def _if(pred, on_true, on_false, *args):
+  """`pred` a Python bool: a static variant; a traced bool: `lax.cond` on the device."""
+  if isinstance(pred, bool):
+    return on_true(*args) if pred else on_false(*args)
+  return jax.lax.cond(pred, on_true, on_false, *args)
+
+
 def sample(logits: jax.Array, t: SamplingTensors,
-           mode: str = "filtered") -> tuple[jax.Array, jax.Array]:
+           mode: str | None = "filtered") -> tuple[jax.Array, jax.Array]:
   """Picks one token per row.
 
   Args:
     logits: f32 [B, V] raw model logits.
     t: per-row parameters with batch size B.
     mode: static; "greedy" treats every row as greedy, "random" ignores top-k/p
-      and min-p; `sampling_mode(t)` gives the cheapest exact one.
+      and min-p; `sampling_mode(t)` gives the cheapest exact one. None: the one
+      `t.mode` names, picked on the device (`sample_cheapest`).
   Returns:
     token ids i32 [B] and their log-probabilities f32 [B] under the raw
     (unscaled, unfiltered) distribution.
   """
-  if mode not in MODES:
+  if mode is not None and mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   _check_rows(logits, t)
   logits = logits.astype(jnp.float32)
-  tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)          # [B]
-  if mode != "greedy":
-    tokens = jnp.where(t.temperature <= 0.0, tokens, _draw(logits, t, mode == "filtered"))
+  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)          # [B]
+  only_greedy = mode == "greedy" if mode else t.mode == MODES.index("greedy")
+  filters = mode == "filtered" if mode else t.mode == MODES.index("filtered")
+  drawn = lambda: jnp.where(t.temperature <= 0.0, greedy, _draw(logits, t, filters))
+  tokens = _if(only_greedy, lambda: greedy, drawn)
   # log_softmax at the chosen token only: no [B, V] log-prob array is built.
   chosen = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]  # [B]
   return tokens, chosen - jax.nn.logsumexp(logits, axis=-1)
 
 
 def sample_cheapest(logits: jax.Array, t: SamplingTensors) -> tuple[jax.Array, jax.Array]:
-  """`sample` in the variant `t.mode` names, picked on the device: one program
-  for greedy, random and filtered batches alike (see the module docstring)."""
-  _check_rows(logits, t)
-  branches = [functools.partial(sample, mode=mode) for mode in MODES]
-  return jax.lax.switch(t.mode, branches, logits, t)
+  """`sample` in the variant `t.mode` names, picked on the device (two nested
+  `lax.cond`s: draw or not, filter or not): one program for greedy, random and
+  filtered batches alike, each branch compiled once (see the module docstring)."""
+  return sample(logits, t, None)
 
 
 def _check_rows(logits: jax.Array, t: SamplingTensors) -> None:

@@ -36,7 +36,11 @@ _ENGINE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
      "fraction of KV blocks kept free when admitting new requests"),
     ("--max-model-len", "max_model_len", int,
      "longest prompt + output (default: the model's context length)"),
-    ("--warmup", "warmup", bool, "compile every shape bucket at start-up"),
+    ("--warmup", "warmup", bool,
+     "compile every planned step shape at start-up (serve: on unless --no-warmup)"),
+    ("--compilation-cache-dir", "compilation_cache_dir", str,
+     "persistent XLA compilation cache (default: $PAGEDJAX_COMPILATION_CACHE_DIR, else "
+     "~/.cache/pagedjax/xla; 'off': none)"),
     # NOTE: --engine-seed, since --seed is the per-request sampling seed.
     ("--engine-seed", "seed", int, "draws the seeds of requests that give none"),
     ("--attention-backend", "attention_backend", str,
@@ -55,6 +59,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
   # The vLLM-style spelling of --no-enable-prefix-caching.
   group.add_argument("--no-prefix-cache", dest="enable_prefix_caching", action="store_false",
                      default=argparse.SUPPRESS, help="turn prefix caching off")
+  group.add_argument("--no-compilation-cache", dest="compilation_cache_dir",
+                     action="store_const", const="off", default=argparse.SUPPRESS,
+                     help="turn the persistent XLA compilation cache off")
   for flag, field, kind, help_text in _ENGINE_FLAGS:
     if kind is bool:
       group.add_argument(flag, dest=field, action=argparse.BooleanOptionalAction,

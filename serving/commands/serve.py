@@ -36,23 +36,43 @@ def run(args: argparse.Namespace) -> int:
     config = ServerConfig(host=args.host, port=args.port,
                           metrics_port=None if args.metrics_port < 0 else args.metrics_port,
                           max_waiting=args.max_waiting, shutdown_grace_s=args.shutdown_grace)
-    engine_config = engine_config_from_args(args)
+    # NOTE: serve warms up by default (--no-warmup: off), after it starts listening (health
+    # NOT_SERVING meanwhile), so the engine itself must not warm up in its constructor.
+    warmup = getattr(args, "warmup", True)
+    engine_config = engine_config_from_args(args, warmup=False)
   except ValueError as e:
     print(f"pagedjax serve: {e}", file=sys.stderr)
     return 2
   stop, force = threading.Event(), threading.Event()
   _install_signal_handlers(stop, force)
   engine = LLMEngine(engine_config)
-  server = InferenceServer(engine, config, force_stop=force)
+  server = InferenceServer(engine, config, force_stop=force, warmup=warmup)
   server.start()
-  # NOTE: tests and scripts wait for this line; keep its format.
+  # NOTE: tests and scripts wait for these lines; keep their format.
   print(f"pagedjax serve: listening on {config.host}:{server.port} "
         f"metrics_port={server.metrics_port}", flush=True)
-  while not stop.wait(0.2):
-    pass
+  status = _serve_until(stop, server, warmup)
   log.info("shutting down (grace %.1fs)", config.shutdown_grace_s)
   server.shutdown()
   log.info("stopped")
+  return status
+
+
+def _serve_until(stop: threading.Event, server, warmup: bool) -> int:
+  """Waits for a signal; 1 if the engine loop dies first (e.g. its warm-up failed)."""
+  if warmup:
+    print("pagedjax serve: warming up (health NOT_SERVING until every step shape is "
+          "compiled)", file=sys.stderr, flush=True)
+  announced = False
+  while not stop.wait(0.2):
+    if not announced and server.wait_until_serving(0):
+      stats = server.ready_stats
+      print(f"pagedjax serve: SERVING ({stats.num_compilations} compilations in "
+            f"{stats.compile_seconds:.1f} s)", flush=True)
+      announced = True
+    if not server.loop_alive():
+      log.error("the engine loop stopped; exiting")
+      return 1
   return 0
 
 

@@ -98,7 +98,7 @@ def test_one_program_runs_the_cheapest_variant_of_every_batch():
     np.testing.assert_array_equal(got[1], want[1])
   assert cheapest._cache_size() == 1                   # one compilation for all three
   hlo = cheapest.lower(logits, t).as_text()
-  assert "stablehlo.case" in hlo                       # the branch is on the device
+  assert "stablehlo.case" in hlo                       # the branches are on the device
   with pytest.raises(ValueError, match="rows"):
     sample_cheapest(jnp.zeros((2, 4)), _tensors([SamplingParams()]))
 
