@@ -75,11 +75,16 @@ class LLMEngine:
     if config.warmup:
       self.warmup()
 
+  def planned_shapes(self):
+    """Every step shape this engine can run (`engine.buckets.StepShape`s): what `warmup`
+    compiles, listed without compiling."""
+    return self.runner.planned_shapes()
+
   def warmup(self, show_progress: bool = False, threads: int | None = None) -> None:
     """Compiles every planned step shape (`runner.planned_shapes()`) now, so that serving
     never compiles; logs each one (absl INFO) and, with `show_progress`, draws a tqdm bar
     on stderr. Afterwards a compile logs a WARNING: it is a bug."""
-    with warmup_progress.WarmupProgress(len(self.runner.planned_shapes()),
+    with warmup_progress.WarmupProgress(len(self.planned_shapes()),
                                         show_progress) as progress:
       self.runner.warmup(threads=threads, progress=progress)
 

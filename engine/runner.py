@@ -102,6 +102,7 @@ class ModelRunner:
     self.num_compilations = 0          # by this runner (not those it found shared)
     self.compile_seconds = 0.0
     self.warm = False                  # warmup() finished: a compile now is a bug
+    self._planned = plan(buckets, num_decode_steps)
 
   def token_slot(self, request) -> int:
     """The request's slot in the device token buffer (None: the trash slot)."""
@@ -139,7 +140,7 @@ class ModelRunner:
 
   def planned_shapes(self) -> tuple[StepShape, ...]:
     """Every step shape this runner can dispatch (what `warmup` compiles); no compiling."""
-    return plan(self.buckets, self.num_decode_steps)
+    return self._planned
 
   def warmup(self, threads: int | None = None,
              progress: Callable[[int, int, StepShape], None] | None = None) -> None:

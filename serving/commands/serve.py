@@ -51,24 +51,25 @@ def run(args: argparse.Namespace) -> int:
   # NOTE: tests and scripts wait for these lines; keep their format.
   print(f"pagedjax serve: listening on {config.host}:{server.port} "
         f"metrics_port={server.metrics_port}", flush=True)
-  status = _serve_until(stop, server, warmup)
+  status = _serve_until(stop, server, warmup, len(engine.planned_shapes()))
   log.info("shutting down (grace %.1fs)", config.shutdown_grace_s)
   server.shutdown()
   log.info("stopped")
   return status
 
 
-def _serve_until(stop: threading.Event, server, warmup: bool) -> int:
+def _serve_until(stop: threading.Event, server, warmup: bool, planned: int) -> int:
   """Waits for a signal; 1 if the engine loop dies first (e.g. its warm-up failed)."""
   if warmup:
-    print("pagedjax serve: warming up (health NOT_SERVING until every step shape is "
-          "compiled)", file=sys.stderr, flush=True)
+    print(f"pagedjax serve: warming up {planned} step shapes (health NOT_SERVING until "
+          "they are compiled)", file=sys.stderr, flush=True)
   announced = False
   while not stop.wait(0.2):
     if not announced and server.wait_until_serving(0):
       stats = server.ready_stats
-      print(f"pagedjax serve: SERVING ({stats.num_compilations} compilations in "
-            f"{stats.compile_seconds:.1f} s)", flush=True)
+      print(f"pagedjax serve: SERVING ({planned} step shapes planned; "
+            f"{stats.num_compilations} compilations in {stats.compile_seconds:.1f} s)",
+            flush=True)
       announced = True
     if not server.loop_alive():
       log.error("the engine loop stopped; exiting")

@@ -237,7 +237,8 @@ def test_serve_warms_up_by_default_and_never_compiles_after(server, reference_ll
   planned = len(planned_shapes(reference_llm.engine.config, reference_llm.engine.model.config))
   with open(server.log_path) as f:
     log = f.read()
-  assert f"pagedjax serve: SERVING ({planned} compilations in " in log
+  assert f"pagedjax serve: SERVING ({planned} step shapes planned; {planned} compilations in " \
+      in log
   assert "AFTER warm-up" not in log
   m = server.metrics()
   assert m["pagedjax_compilations_total"] == planned
