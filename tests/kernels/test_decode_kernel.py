@@ -113,3 +113,15 @@ def test_short_rows_in_the_widest_table():
   want = helpers.naive_decode(q.astype(np.float64), paged, lengths, d ** -0.5)
   assert np.isfinite(out).all() and not out[2].any()
   assert helpers.rel_err(out, want) < helpers.tolerance(np.float32)
+
+
+def test_split_size_follows_the_row_not_the_table():
+  # 16 splits of a 256-block table, 4 pages per step: a 19-page row walks 4 pages per
+  # split (5 splits busy), as with a table of its own width; a full row 16.
+  assert heuristics.decode_pages_per_split(19, 16, 4) == 4
+  assert heuristics.decode_pages_per_split(256, 16, 4) == 16
+  assert heuristics.decode_pages_per_split(0, 16, 4) == 0
+  for pages in range(300):
+    for splits in (1, 2, 5, 16):
+      per = heuristics.decode_pages_per_split(pages, splits, 4)
+      assert per % 4 == 0 and splits * per >= pages and per - 4 < -(-pages // splits)
