@@ -2,8 +2,8 @@
 
 The runner dispatches every step through a `jax.stages.Compiled` (on CPU it
 costs no more host time per call than the jitted function; see
-`ModelRunner._run`). Warm-up lowers each (bucket shape, sampler mode) in the
-calling thread, since tracing holds the GIL, and compiles them on a thread
+`ModelRunner._run`). Warm-up lowers each planned step shape (`buckets.plan`) in
+the calling thread, since tracing holds the GIL, and compiles them on a thread
 pool, since XLA releases the GIL while it compiles.
 
 Runners built on the same memoized steps (`make_steps`) share one table of

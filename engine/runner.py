@@ -4,9 +4,9 @@ and the compiled steps.
 `execute()` pads a schedule to its buckets, dispatches the decode step and the
 prefill step (both run asynchronously on the device, the cache donated from
 one to the next; one compiled executable per step shape of `planned_shapes()`,
-whatever the sampler variant, see engine/executables.py) and returns a `PendingStep` whose sampled tokens
-are copied back to the host asynchronously; the engine collects them one step
-later, after it has dispatched the next step.
+whatever the sampler variant, see engine/executables.py) and returns a
+`PendingStep` whose sampled tokens are copied back to the host asynchronously;
+the engine collects them one step later, after it has dispatched the next step.
 """
 from __future__ import annotations
 
