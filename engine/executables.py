@@ -38,7 +38,7 @@ _GPU_COMMAND_BUFFER = ("FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_F
 
 def compiler_options(platform: str) -> dict[str, str] | None:
   """XLA options the steps compile with on `platform` (a jax Device.platform)."""
-  if platform == "gpu":
+  if platform in ("gpu", "cuda"):
     return {"xla_gpu_enable_command_buffer": _GPU_COMMAND_BUFFER}
   return None
 

@@ -115,3 +115,15 @@ def test_compiler_threads(monkeypatch):
     assert pool.submit(lambda: 7).result() == 7
     with pytest.raises(ZeroDivisionError):
       pool.submit(lambda: 1 / 0).result()
+
+
+def test_gpu_steps_keep_their_conditionals_in_the_cuda_graph():
+  """The sampler's conds must not send their branch index to the host on a GPU
+  (engine/executables.py); elsewhere XLA's defaults stay."""
+  for platform in ("gpu", "cuda"):
+    kinds = executables.compiler_options(platform)["xla_gpu_enable_command_buffer"].split(",")
+    assert {"CONDITIONAL", "WHILE", "FUSION", "CUSTOM_CALL"} <= set(kinds)
+  assert executables.compiler_options("cpu") is None
+  # Every command type is one this XLA knows (it validates the names on any platform).
+  import jax
+  jax.jit(lambda x: x + 1).lower(1.0).compile(executables.compiler_options("gpu"))
