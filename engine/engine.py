@@ -10,9 +10,8 @@ import random
 
 from absl import logging
 
+from engine import compile_cache, parallel, shape_plan, warmup_progress
 from engine import output_processor as op
-from engine import warmup_progress
-from engine import compile_cache, parallel, shape_plan
 from engine.config import EngineConfig
 from engine.memory import build_kv_manager, resolve_num_blocks
 from engine.outputs import FinishReason, TokenDelta

@@ -181,7 +181,8 @@ def sample(logits: jax.Array, t: SamplingTensors,
   """
   if mode is not None and mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-  _check_rows(logits, t)
+  if logits.ndim != 2 or logits.shape[0] != t.temperature.shape[0]:
+    raise ValueError(f"logits {logits.shape} do not match {t.temperature.shape[0]} rows")
   logits = logits.astype(jnp.float32)
   greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)          # [B]
   only_greedy = mode == "greedy" if mode else t.mode == MODES.index("greedy")
@@ -198,8 +199,3 @@ def sample_cheapest(logits: jax.Array, t: SamplingTensors) -> tuple[jax.Array, j
   `lax.cond`s: draw or not, filter or not): one program for greedy, random and
   filtered batches alike, each branch compiled once (see the module docstring)."""
   return sample(logits, t, None)
-
-
-def _check_rows(logits: jax.Array, t: SamplingTensors) -> None:
-  if logits.ndim != 2 or logits.shape[0] != t.temperature.shape[0]:
-    raise ValueError(f"logits {logits.shape} do not match {t.temperature.shape[0]} rows")
