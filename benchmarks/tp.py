@@ -89,7 +89,7 @@ def decode_inputs(batch: int, context: int, num_slots: int) -> DecodeInputs:
 
 def count_all_reduces(decode, args, layout) -> int:
   """All-reduces one decode step runs (those of the layer loop once per layer)."""
-  text = decode.lower(*args, layout=layout, sampling_mode="greedy").compile().as_text()
+  text = decode.lower(*args, layout=layout).compile().as_text()
   return hlo.executed(text, "all-reduce")
 
 
@@ -111,7 +111,7 @@ def bench(config: ModelConfig, tp: int, batch: int, context: int, iters: int) ->
   rest = (ints, floats)
 
   def step(cache, buf):          # the engine's decode step: forward + greedy sampling
-    cache, buf, tok, _ = decode(params, cache, buf, *rest, layout=layout, sampling_mode="greedy")
+    cache, buf, tok, _ = decode(params, cache, buf, *rest, layout=layout)
     return cache, buf, tok
   t0 = time.perf_counter()      # compile_s: the AOT compile (HLO check) + first call
   all_reduces = count_all_reduces(decode, (params, cache, buf) + rest, layout) if mesh else 0

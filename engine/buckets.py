@@ -1,13 +1,12 @@
 """Shape buckets: every jitted step is compiled for a fixed set of shapes.
 
 NOTE: a step's padded shapes always come from these sets, so steady-state
-serving never compiles; `--warmup` compiles all of them at start-up.
+serving never compiles; warm-up compiles all of them (`plan`) at start-up.
 """
 from __future__ import annotations
 
 import bisect
 import dataclasses
-import itertools
 
 
 def powers_of_two(lo: int, hi: int) -> tuple[int, ...]:
@@ -31,6 +30,16 @@ def pick(buckets: tuple[int, ...], n: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
+class StepShape:
+  """One compiled step: its kind, padded shapes and decode iterations."""
+  kind: str               # "decode" or "prefill"
+  tokens: int             # decode: rows; prefill: packed tokens
+  seqs: int               # decode: rows; prefill: sequences
+  width: int              # block-table width (blocks per sequence)
+  decode_steps: int = 1   # iterations of a decode step (1 for prefill)
+
+
+@dataclasses.dataclass(frozen=True)
 class Buckets:
   decode_rows: tuple[int, ...]       # decode batch sizes
   prefill_tokens: tuple[int, ...]    # packed token counts of a prefill step
@@ -39,19 +48,23 @@ class Buckets:
 
   @classmethod
   def create(cls, *, max_num_seqs: int, max_batch_tokens: int, max_model_len: int,
-             block_size: int, min_prefill_tokens: int = 16,
+             block_size: int, width_buckets: bool = True, min_prefill_tokens: int = 16,
              min_context: int = 256) -> Buckets:
+    """`width_buckets`: block-table widths in powers of two (for an attention backend
+    whose cost grows with the table's width, `pallas_kernels.reads_whole_block_table`),
+    else the one widest table.
+
+    NOTE: every width is a power of two (the widest: the one >= cdiv(max_model_len,
+    block_size)); the Triton kernels take the table as a block shape.
+    """
     max_width = -(-max_model_len // block_size)
-    min_width = min(max_width, max(1, min_context // block_size))
+    widths = powers_of_two(min(max_width, max(1, min_context // block_size)), max_width)
     return cls(
         decode_rows=powers_of_two(1, max_num_seqs),
         prefill_tokens=powers_of_two(min(min_prefill_tokens, max_batch_tokens), max_batch_tokens),
         max_prefill_seqs=min(max_num_seqs, max_batch_tokens),
-        table_widths=powers_of_two(min_width, max_width),
+        table_widths=widths if width_buckets else widths[-1:],
     )
-
-  def decode_shapes(self):
-    return list(itertools.product(self.decode_rows, self.table_widths))
 
   def prefill_seqs(self, num_tokens: int) -> int:
     """The sequence-axis size of a prefill step of `num_tokens` (a bucket) tokens.
@@ -63,6 +76,17 @@ class Buckets:
     """
     return min(num_tokens, self.max_prefill_seqs)
 
-  def prefill_shapes(self):
-    return [(t, self.prefill_seqs(t), w)
-            for t, w in itertools.product(self.prefill_tokens, self.table_widths)]
+
+def plan(buckets: Buckets, num_decode_steps: int = 1) -> tuple[StepShape, ...]:
+  """Every step shape an engine with these buckets can run: what warm-up compiles.
+
+  Decode: each row bucket x table width, once with one iteration and, if
+  `num_decode_steps` > 1, once with that many. Prefill: each token bucket x
+  width. The sampler variant is data, not a shape (engine/sampler.py).
+  """
+  steps = sorted({1, num_decode_steps})
+  decode = [StepShape("decode", rows, rows, width, k)
+            for rows in buckets.decode_rows for width in buckets.table_widths for k in steps]
+  prefill = [StepShape("prefill", tokens, buckets.prefill_seqs(tokens), width)
+             for tokens in buckets.prefill_tokens for width in buckets.table_widths]
+  return tuple(decode + prefill)

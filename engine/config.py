@@ -25,7 +25,11 @@ class EngineConfig:
   enable_chunked_prefill: bool = True
   allocator: str = "paged"               # "paged" or "contiguous" (the baseline)
   watermark: float = 0.01
-  warmup: bool = False                   # compile every shape bucket at start-up
+  warmup: bool = False                   # compile every planned step shape at start-up
+  # Persistent XLA compilation cache (engine/compile_cache.py): None =
+  # $PAGEDJAX_COMPILATION_CACHE_DIR, else ~/.cache/pagedjax/xla; "" or "off" = none.
+  # NOTE: process-wide; a directory JAX already uses wins.
+  compilation_cache_dir: str | None = None
   seed: int = 0                          # draws seeds for requests that give none
   attention_backend: str | None = None   # None: pallas_kernels decides from the platform
   tensor_parallel: int = 1               # devices the weights and KV heads are split over

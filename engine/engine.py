@@ -10,10 +10,8 @@ import random
 
 from absl import logging
 
-from engine import context_limit
+from engine import compile_cache, context_limit, parallel, shape_plan, warmup_progress
 from engine import output_processor as op
-from engine import parallel
-from engine.buckets import Buckets
 from engine.config import EngineConfig
 from engine.memory import build_kv_manager, resolve_num_blocks
 from engine.outputs import FinishReason, TokenDelta
@@ -35,7 +33,8 @@ class EngineStats:
   prompt_tokens_total: int
   prefill_tokens_computed_total: int     # includes recomputation after preemption
   generation_tokens_total: int
-  num_compilations: int
+  num_compilations: int                  # step executables built (warm-up included)
+  compile_seconds: float                 # seconds spent building them
 
 
 class LLMEngine:
@@ -43,6 +42,8 @@ class LLMEngine:
 
   def __init__(self, config: EngineConfig = EngineConfig(), model=None):
     self.config = config
+    # NOTE: before anything compiles; process-wide (see engine/compile_cache.py).
+    self.compilation_cache_dir = compile_cache.configure(config.compilation_cache_dir)
     # NOTE: None for tensor_parallel=1; else the per-engine ("tp",) mesh, and
     # the params are placed shard by shard on it before the KV cache is sized.
     self.mesh = parallel.make_mesh(config.tensor_parallel)
@@ -57,9 +58,7 @@ class LLMEngine:
     self.max_model_len = self.context_limit.tokens
     self.kv = build_kv_manager(config, num_blocks)
     self.scheduler = Scheduler(self._scheduler_config(), self.kv)
-    buckets = Buckets.create(max_num_seqs=config.max_num_seqs,
-                             max_batch_tokens=self._step_tokens(),
-                             max_model_len=self.max_model_len, block_size=config.block_size)
+    buckets = shape_plan.buckets_for(config, self.max_model_len)
     self.runner = ModelRunner(self.model, CacheConfig(num_blocks, config.block_size,
                                                       config.cache_dtype),
                               buckets, backend=config.attention_backend, mesh=self.mesh,
@@ -76,17 +75,25 @@ class LLMEngine:
     logging.info("engine: %d KV blocks of %d tokens, %s", num_blocks, config.block_size,
                  self.context_limit.describe())
     if config.warmup:
-      self.runner.warmup()
+      self.warmup()
 
-  def _step_tokens(self) -> int:
-    c = self.config
-    return c.max_batch_tokens if c.enable_chunked_prefill else max(c.max_batch_tokens,
-                                                                   self.max_model_len)
+  def planned_shapes(self):
+    """Every step shape this engine can run (`engine.buckets.StepShape`s): what `warmup`
+    compiles, listed without compiling."""
+    return self.runner.planned_shapes()
+
+  def warmup(self, show_progress: bool = False, threads: int | None = None) -> None:
+    """Compiles every planned step shape (`runner.planned_shapes()`) now, so that serving
+    never compiles; logs each one (absl INFO) and, with `show_progress`, draws a tqdm bar
+    on stderr. Afterwards a compile logs a WARNING: it is a bug."""
+    with warmup_progress.WarmupProgress(len(self.planned_shapes()),
+                                        show_progress) as progress:
+      self.runner.warmup(threads=threads, progress=progress)
 
   def _scheduler_config(self) -> SchedulerConfig:
     c = self.config
     return SchedulerConfig(max_model_len=self.max_model_len, max_num_seqs=c.max_num_seqs,
-                           max_batch_tokens=self._step_tokens(),
+                           max_batch_tokens=shape_plan.step_tokens(c, self.max_model_len),
                            enable_chunked_prefill=c.enable_chunked_prefill,
                            watermark=c.watermark, num_decode_steps=c.num_decode_steps)
 
@@ -237,4 +244,5 @@ class LLMEngine:
         prompt_tokens_total=self._prompt_tokens_total,
         prefill_tokens_computed_total=self._prefill_tokens_computed,
         generation_tokens_total=self._generation_tokens_total,
-        num_compilations=self.runner.num_compilations)
+        num_compilations=self.runner.num_compilations,
+        compile_seconds=self.runner.compile_seconds)

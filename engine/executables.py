@@ -2,8 +2,8 @@
 
 The runner dispatches every step through a `jax.stages.Compiled` (on CPU it
 costs no more host time per call than the jitted function; see
-`ModelRunner._run`). Warm-up lowers each (bucket shape, sampler mode) in the
-calling thread, since tracing holds the GIL, and compiles them on a thread
+`ModelRunner._run`). Warm-up lowers each planned step shape (`buckets.plan`) in
+the calling thread, since tracing holds the GIL, and compiles them on a thread
 pool, since XLA releases the GIL while it compiles.
 
 Runners built on the same memoized steps (`make_steps`) share one table of
@@ -21,6 +21,26 @@ import threading
 import jax
 
 MAX_DEFAULT_THREADS = 32    # NOTE: each XLA compile of a large model holds GBs of host memory
+
+# NOTE: XLA:GPU's command-buffer (CUDA graph) command types: its defaults
+# (FUSION … DYNAMIC_SLICE_FUSION, restated: the option replaces the list) plus
+# CONDITIONAL and WHILE. Outside a CUDA graph a conditional copies its branch
+# index to the host and blocks the dispatching thread until the device gets
+# there, which would serialise the host loop with every step (the sampler's
+# `lax.cond`s, engine/sampler.py). Measured on an H200 (2026-12-01; a 32-step
+# fori_loop of 256x8192x8192 bf16 GEMMs, then the sampler's two nested conds):
+# dispatch returned after 1.5-4.4 ms without, about the whole step; 0.3-1.0 ms
+# with both; CONDITIONAL alone still blocked. The loop without conds: 1.82 ms a
+# step, 2.00 with both types (the loop runs on the device), 2.1-2.2 with conds.
+_GPU_COMMAND_BUFFER = ("FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,"
+                       "CONDITIONAL,WHILE")
+
+
+def compiler_options(platform: str) -> dict[str, str] | None:
+  """XLA options the steps compile with on `platform` (a jax Device.platform)."""
+  if platform in ("gpu", "cuda"):
+    return {"xla_gpu_enable_command_buffer": _GPU_COMMAND_BUFFER}
+  return None
 
 
 def default_threads() -> int:

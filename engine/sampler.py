@@ -7,10 +7,16 @@ distribution), then min-p, and draw with the key
 and parameters, never on the other rows of the batch, so a seeded request
 gives the same output whatever it is batched with.
 
-The host picks one of three static variants per step (`sampling_mode`):
-"greedy" (argmax only), "random" (no filters) or "filtered" (the general one).
-NOTE: no data-dependent `lax.cond` here: on a GPU a conditional copies its
-predicate to the host and waits for it, stalling the step mid-way.
+There are three variants: "greedy" (argmax only), "random" (no filters) and
+"filtered" (the general one). `sampling_mode` picks the cheapest exact one for a
+batch on the host; `from_params` stores its index as `SamplingTensors.mode`,
+and `sample_cheapest` branches on it on the device (`lax.cond`), so one
+compiled step serves every batch instead of one compilation of the whole model
+per variant.
+NOTE: a data-dependent conditional on a GPU copies its branch index to the
+host and blocks the dispatching thread until the device reaches it, unless XLA
+records it into the step's CUDA graph (a command-buffer "conditional");
+engine/executables.py turns that on for the steps' compilations.
 """
 from __future__ import annotations
 
@@ -37,6 +43,9 @@ class SamplingTensors:
   min_p: jax.Array        # f32 [B]; 0 = off
   seed: jax.Array         # u32 [B]
   step: jax.Array         # i32 [B]; tokens this request has generated so far
+  # i32 []: index in MODES of the cheapest variant exact for every row
+  # (`sampling_mode`, on the host); `sample_cheapest` runs that one.
+  mode: jax.Array
 
   @property
   def batch_size(self) -> int:
@@ -71,16 +80,20 @@ class SamplingTensors:
       min_p[i] = p.min_p
       seed[i] = seeds[i] % _UINT32_MOD
       step[i] = steps[i]
-    return cls(temperature, top_k, top_p, min_p, seed, step)
+    mode = np.int32(MODES.index(_cheapest(temperature, top_k, top_p, min_p)))
+    return cls(temperature, top_k, top_p, min_p, seed, step, mode)
 
 
 def sampling_mode(t: SamplingTensors) -> str:
   """The cheapest sampler variant that is exact for every row (host-side, numpy)."""
-  sampled = np.asarray(t.temperature) > 0.0
+  return _cheapest(*(np.asarray(a) for a in (t.temperature, t.top_k, t.top_p, t.min_p)))
+
+
+def _cheapest(temperature, top_k, top_p, min_p) -> str:
+  sampled = temperature > 0.0
   if not sampled.any():
     return "greedy"
-  filtered = sampled & ((np.asarray(t.top_k) > 0) | (np.asarray(t.top_p) < 1.0)
-                        | (np.asarray(t.min_p) > 0.0))
+  filtered = sampled & ((top_k > 0) | (top_p < 1.0) | (min_p > 0.0))
   return "filtered" if filtered.any() else "random"
 
 
@@ -132,40 +145,57 @@ def _keep_mask(scaled: jax.Array, t: SamplingTensors) -> jax.Array:
   return (keys >= threshold[:, None]) & (scaled >= min_logit)
 
 
-def _draw(logits: jax.Array, t: SamplingTensors, filters: bool) -> jax.Array:
-  """Samples every row (greedy rows too; the caller overrides them)."""
+def _draw(logits: jax.Array, t: SamplingTensors, filters) -> jax.Array:
+  """Samples every row (greedy rows too; the caller overrides them); `filters` as in `_if`."""
   greedy = t.temperature <= 0.0
   temperature = jnp.where(greedy, 1.0, t.temperature)
   scaled = logits / temperature[:, None]                          # [B, V]
-  if filters:
-    # NOTE: a row without filters keeps every token, so it draws exactly as in "random".
-    filtered = ~greedy & ((t.top_k > 0) | (t.top_p < 1.0) | (t.min_p > 0.0))   # [B]
-    scaled = jnp.where(_keep_mask(scaled, t) | ~filtered[:, None], scaled, -jnp.inf)
+  # NOTE: a row without filters keeps every token, so it draws exactly as in "random".
+  filtered = ~greedy & ((t.top_k > 0) | (t.top_p < 1.0) | (t.min_p > 0.0))   # [B]
+  keep = lambda s: jnp.where(_keep_mask(s, t) | ~filtered[:, None], s, -jnp.inf)
+  scaled = _if(filters, keep, lambda s: s, scaled)
   keys = jax.vmap(lambda s, n: jax.random.fold_in(jax.random.PRNGKey(s), n))(t.seed, t.step)
   return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
 
 
+def _if(pred, on_true, on_false, *args):
+  """`pred` a Python bool: a static variant; a traced bool: `lax.cond` on the device."""
+  if isinstance(pred, bool):
+    return on_true(*args) if pred else on_false(*args)
+  return jax.lax.cond(pred, on_true, on_false, *args)
+
+
 def sample(logits: jax.Array, t: SamplingTensors,
-           mode: str = "filtered") -> tuple[jax.Array, jax.Array]:
+           mode: str | None = "filtered") -> tuple[jax.Array, jax.Array]:
   """Picks one token per row.
 
   Args:
     logits: f32 [B, V] raw model logits.
     t: per-row parameters with batch size B.
     mode: static; "greedy" treats every row as greedy, "random" ignores top-k/p
-      and min-p; `sampling_mode(t)` gives the cheapest exact one.
+      and min-p; `sampling_mode(t)` gives the cheapest exact one. None: the one
+      `t.mode` names, picked on the device (`sample_cheapest`).
   Returns:
     token ids i32 [B] and their log-probabilities f32 [B] under the raw
     (unscaled, unfiltered) distribution.
   """
+  if mode is not None and mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   if logits.ndim != 2 or logits.shape[0] != t.temperature.shape[0]:
     raise ValueError(f"logits {logits.shape} do not match {t.temperature.shape[0]} rows")
-  if mode not in MODES:
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   logits = logits.astype(jnp.float32)
-  tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)          # [B]
-  if mode != "greedy":
-    tokens = jnp.where(t.temperature <= 0.0, tokens, _draw(logits, t, mode == "filtered"))
+  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)          # [B]
+  only_greedy = mode == "greedy" if mode else t.mode == MODES.index("greedy")
+  filters = mode == "filtered" if mode else t.mode == MODES.index("filtered")
+  drawn = lambda: jnp.where(t.temperature <= 0.0, greedy, _draw(logits, t, filters))
+  tokens = _if(only_greedy, lambda: greedy, drawn)
   # log_softmax at the chosen token only: no [B, V] log-prob array is built.
   chosen = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]  # [B]
   return tokens, chosen - jax.nn.logsumexp(logits, axis=-1)
+
+
+def sample_cheapest(logits: jax.Array, t: SamplingTensors) -> tuple[jax.Array, jax.Array]:
+  """`sample` in the variant `t.mode` names, picked on the device (two nested
+  `lax.cond`s: draw or not, filter or not): one program for greedy, random and
+  filtered batches alike, each branch compiled once (see the module docstring)."""
+  return sample(logits, t, None)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 import pallas_kernels
 from engine import packing, parallel
-from engine.sampler import SamplingTensors, sample
+from engine.sampler import SamplingTensors, sample_cheapest
 from models import llama
 
 
@@ -80,7 +80,7 @@ def layered(attention_fn, num_layers: int):
 
 def _decode_step(params, kv_cache, token_buffer, tokens, input_slots, sample_slots, positions,
                  slots, block_tables, lengths, num_steps, sampling: SamplingTensors, *, config,
-                 attention_fn, sampling_mode, decode_steps: int = 1):
+                 attention_fn, decode_steps: int = 1):
   """`decode_steps` (static) decode iterations; returns tokens and logprobs [decode_steps, rows].
 
   NOTE: iteration j feeds iteration j-1's sampled tokens back in, at position
@@ -110,7 +110,7 @@ def _decode_step(params, kv_cache, token_buffer, tokens, input_slots, sample_slo
     with jax.named_scope("sample"):
       logits = llama.compute_logits(params, config, hidden)   # [rows, vocab]
       step_sampling = dataclasses.replace(sampling, step=sampling.step + j)
-      tokens, token_logprobs = sample(logits, step_sampling, sampling_mode)
+      tokens, token_logprobs = sample_cheapest(logits, step_sampling)
     token_buffer = token_buffer.at[jnp.where(active, sample_slots, trash)].set(tokens)
     sampled.append(tokens)
     logprobs.append(token_logprobs)
@@ -119,7 +119,7 @@ def _decode_step(params, kv_cache, token_buffer, tokens, input_slots, sample_slo
 
 def _prefill_step(params, kv_cache, token_buffer, tokens, positions, slots, block_tables,
                   cu_q_lens, kv_lens, logits_indices, sample_slots, sampling: SamplingTensors, *,
-                  config, attention_fn, sampling_mode):
+                  config, attention_fn):
   meta = {"slots": slots, "block_tables": block_tables, "cu_q_lens": cu_q_lens,
           "kv_lens": kv_lens}
   with jax.named_scope("prefill_forward"):
@@ -128,15 +128,14 @@ def _prefill_step(params, kv_cache, token_buffer, tokens, positions, slots, bloc
   with jax.named_scope("sample"):
     last = jnp.take(hidden, logits_indices, axis=0)         # [seqs, hidden]
     logits = llama.compute_logits(params, config, last)     # [seqs, vocab]
-    token_ids, logprobs = sample(logits, sampling, sampling_mode)
+    token_ids, logprobs = sample_cheapest(logits, sampling)
   return kv_cache, token_buffer.at[sample_slots].set(token_ids), token_ids[None], logprobs[None]
 
 
 def _from_packed(step):
-  """`step` taking (params, kv_cache, token_buffer, ints, floats, *, layout, sampling_mode, ...)."""
-  def packed(params, kv_cache, token_buffer, ints, floats, *, layout, sampling_mode, **static):
-    return step(params, kv_cache, token_buffer, **packing.unpack(ints, floats, layout),
-                sampling_mode=sampling_mode, **static)
+  """`step` taking (params, kv_cache, token_buffer, ints, floats, *, layout, ...)."""
+  def packed(params, kv_cache, token_buffer, ints, floats, *, layout, **static):
+    return step(params, kv_cache, token_buffer, **packing.unpack(ints, floats, layout), **static)
   return packed
 
 
@@ -166,7 +165,7 @@ def _make_steps(config, backend: str, mesh):
   decode_attn = layered(decode_attn, config.num_layers)
   prefill_attn = layered(prefill_attn, config.num_layers)
   jit = functools.partial(jax.jit, donate_argnames=("kv_cache", "token_buffer"),
-                          static_argnames=("layout", "sampling_mode", "decode_steps"))
+                          static_argnames=("layout", "decode_steps"))
   decode = jit(_from_packed(functools.partial(_decode_step, config=config,
                                               attention_fn=decode_attn)))
   prefill = jit(_from_packed(functools.partial(_prefill_step, config=config,

@@ -8,6 +8,7 @@ padded tokens write to and no sequence reads. See docs/kernels.md.
 """
 
 from pallas_kernels.backend import default_backend
+from pallas_kernels.backend import reads_whole_block_table
 from pallas_kernels.backend import resolve_backend
 from pallas_kernels.decode import paged_decode_attention
 from pallas_kernels.decode_reference import paged_decode_attention_reference
@@ -22,6 +23,7 @@ __all__ = [
     "paged_decode_attention_reference",
     "paged_prefill_attention",
     "paged_prefill_attention_reference",
+    "reads_whole_block_table",
     "resolve_backend",
     "write_kv",
     "write_kv_reference",

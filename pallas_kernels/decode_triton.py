@@ -1,7 +1,10 @@
 """Paged decode attention as a Pallas kernel lowered through Triton.
 
 Grid: (batch, num_kv_heads, num_splits). One program handles all query heads
-of one KV head for one split of one row's pages. The QK^T and PV products run
+of one KV head for one split of one row's pages: each row's own pages are cut
+into `num_splits` equal runs (whole inner-loop steps), so a short row in a wide
+block table spreads over the splits as a long one does, and splits past its end
+do nothing. The QK^T and PV products run
 on tensor cores, which need 16 rows: a power-of-two group is read straight
 from q [batch, q_heads, d] and repeated to 16 rows inside the kernel (the
 copies compute the same values; one is written back, straight into the
@@ -22,6 +25,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
+
+from pallas_kernels import heuristics
 
 # NOTE: finite "minus infinity" so that exp(m_old - m_new) never sees inf-inf.
 NEG_BIG = -1e30
@@ -50,16 +55,19 @@ def _first_copy(x, n: int):
 
 
 def _decode_kernel(len_ref, bt_ref, q_ref, k_ref, v_ref, *out_refs, scale,
-                   pages_per_step, pages_per_split, final, rows):
+                   pages_per_step, num_splits, final, rows):
   """One (row, kv head, split) program; see the module docstring."""
   split = pl.program_id(2)
   _, block_size, head_dim = k_ref.shape
   group = q_ref.shape[0]
   block_k = pages_per_step * block_size
   length = len_ref[0]
+  row_pages = pl.cdiv(length, block_size)
+  # NOTE: the splits cover pages [0, num_splits * pages_per_split) ⊇ [0, row_pages),
+  # and no table entry at or past row_pages is read.
+  pages_per_split = heuristics.decode_pages_per_split(row_pages, num_splits, pages_per_step)
   first_page = split * pages_per_split
-  end_page = jnp.minimum(pl.cdiv(length, block_size),
-                         first_page + pages_per_split)
+  end_page = jnp.minimum(row_pages, first_page + pages_per_split)
   num_pages = jnp.maximum(end_page - first_page, 0)
   q = _repeat_rows(q_ref[...], rows)  # [rows, head_dim]
   exact = k_ref.dtype == jnp.float32
@@ -167,7 +175,7 @@ def decode_triton(q, kv_cache, block_tables, lengths, *, scale, num_splits,
   q_in, q_spec, out_shape, out_specs, tile = _q_and_out_specs(q, hkv, rows, num_splits)
   kernel = functools.partial(
       _decode_kernel, scale=scale, pages_per_step=pages_per_step,
-      pages_per_split=pages_per_split, final=num_splits == 1, rows=rows)
+      num_splits=num_splits, final=num_splits == 1, rows=rows)
   kv_spec = lambda which: pl.BlockSpec(
       (num_blocks, None, None, block_size, d),
       lambda b, h, s: (0, h, which, 0, 0))

@@ -33,6 +33,19 @@ def decode_num_splits(batch: int, num_kv_heads: int, max_blocks: int,
   return splits
 
 
+def decode_pages_per_split(row_pages, num_splits: int, pages_per_step: int):
+  """Pages of one row that one split walks: the row's own pages cut into
+  `num_splits` runs of whole inner-loop steps (Python ints or traced int32).
+
+  NOTE: from the row's length, not the table's width: the engine passes one
+  table as wide as the model's context (engine/buckets.py), and a short row
+  spreads over as many splits as its pages allow, as it did with a table of
+  its own width.
+  """
+  per_split = (row_pages + num_splits - 1) // num_splits
+  return (per_split + pages_per_step - 1) // pages_per_step * pages_per_step
+
+
 PREFILL_ROWS = 128
 PREFILL_TOKENS_PER_STEP = 128
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from typing import Sequence
 
@@ -93,9 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   args = parser.parse_args(argv)
   _setup_logging(args.verbose)
-  # NOTE: compiled steps are cached on disk, so a second run skips compilation.
-  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                        os.path.join(os.path.expanduser("~"), ".cache", "pagedjax", "xla"))
+  # NOTE: every engine turns the persistent compilation cache on itself
+  # (engine/compile_cache.py: --compilation-cache-dir, $PAGEDJAX_COMPILATION_CACHE_DIR).
   try:
     return int(args._run(args) or 0)
   except _expected_errors() as e:

@@ -39,8 +39,12 @@ _ENGINE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--watermark", "watermark", float,
      "fraction of KV blocks kept free when admitting new requests"),
     ("--max-model-len", "max_model_len", int,
-     "longest prompt + output (default: the model's context length, at most 4096)"),
-    ("--warmup", "warmup", bool, "compile every shape bucket at start-up"),
+     "longest prompt + output (default: the least of the model's context length, 4096 and "
+     "what the KV cache holds)"),
+    ("--warmup", "warmup", bool, "compile every planned step shape at start-up"),
+    ("--compilation-cache-dir", "compilation_cache_dir", str,
+     "persistent XLA compilation cache; 'off': none (default: $PAGEDJAX_COMPILATION_CACHE_DIR, "
+     "else $XDG_CACHE_HOME/pagedjax/xla or ~/.cache/pagedjax/xla)"),
     # NOTE: --engine-seed, since --seed is the per-request sampling seed.
     ("--engine-seed", "seed", int, "draws the seeds of requests that give none"),
     ("--attention-backend", "attention_backend", str,
@@ -71,16 +75,25 @@ def _dest(field: str) -> str:
   return "engine_" + field
 
 
-def add_engine_args(parser: argparse.ArgumentParser) -> None:
-  """Adds every engine flag to `parser`, in an "engine" argument group."""
+def add_engine_args(parser: argparse.ArgumentParser, **defaults: Any) -> None:
+  """Adds every engine flag to `parser`, in an "engine" argument group.
+
+  `defaults` overrides `EngineConfig`'s default of a field for this command (serve warms
+  up by default: `warmup=True`); help shows the command's own default.
+  """
   group = parser.add_argument_group("engine")
   for flag, field, kind, help_text in _ENGINE_FLAGS:
+    default = defaults.get(field, _DEFAULTS[field])
     if kind is bool:
-      group.add_argument(flag, dest=_dest(field), action=_Switch, default=_DEFAULTS[field],
+      group.add_argument(flag, dest=_dest(field), action=_Switch, default=default,
                          aliases=_ALIASES.get(field, ()), help=help_text)
     else:
-      group.add_argument(flag, dest=_dest(field), type=kind, default=_DEFAULTS[field],
+      group.add_argument(flag, dest=_dest(field), type=kind, default=default,
                          metavar=field.upper(), help=help_text)
+  group.add_argument("--no-compilation-cache", dest=_dest("compilation_cache_dir"),
+                     action="store_const", const="off", default=argparse.SUPPRESS,
+                     help="turn the persistent XLA compilation cache off (default: the cache "
+                          "is on; see --compilation-cache-dir)")
 
 
 def engine_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:

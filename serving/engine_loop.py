@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from engine.outputs import TokenDelta
 from serving.metrics import ServingMetrics
@@ -86,11 +86,24 @@ class EngineLoop:
     self._engine_waiting = 0   # engine's num_waiting after the last add/step
     self._stopping = False
     self._active: dict[str, _Track] = {}   # loop thread only
+    self._warmup = False                    # set by start()
+    self._on_ready: Callable[[], None] | None = None
     self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
 
-  def start(self) -> None:
+  def start(self, warmup: bool = False, on_ready: Callable[[], None] | None = None) -> None:
+    """Starts the loop thread. With `warmup` it first compiles every step shape
+    (`engine.warmup`, on this thread: the engine's only caller); `on_ready` runs once
+    the loop takes requests.
+
+    NOTE: requests submitted during the warm-up wait in the queue.
+    """
     self._metrics.observe_stats(self._engine.stats())
+    self._warmup, self._on_ready = warmup, on_ready
     self._thread.start()
+
+  def is_alive(self) -> bool:
+    """False once the loop thread has stopped or crashed."""
+    return self._thread.is_alive()
 
   def submit(self, sub: Submission) -> None:
     """Queues `sub`; its events will arrive on `sub.outputs`.
@@ -129,6 +142,11 @@ class EngineLoop:
 
   def _run(self) -> None:
     try:
+      if self._warmup:
+        self._engine.warmup(show_progress=True)
+        self._publish(pending_done=0)
+      if self._on_ready is not None:
+        self._on_ready()
       stop = False
       while not stop:
         busy = self._engine.has_unfinished_requests()

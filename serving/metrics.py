@@ -26,6 +26,10 @@ _COUNTERS = {
     "num_preemptions_total": ("pagedjax_preemptions", "Requests preempted (KV blocks reclaimed)"),
     "generation_tokens_total": ("pagedjax_generation_tokens", "Tokens generated"),
     "prompt_tokens_total": ("pagedjax_prompt_tokens", "Prompt tokens processed"),
+    "num_compilations": (
+        "pagedjax_compilations", "Engine steps compiled (warm-up included; one after warm-up "
+        "is a bug, logged as a warning)"),
+    "compile_seconds": ("pagedjax_compile_seconds", "Seconds spent compiling engine steps"),
 }
 # EngineStats field -> gauge name, help.
 _GAUGES = {

@@ -83,11 +83,18 @@ def _model_name(engine, config: ServerConfig) -> str:
 
 
 class InferenceServer:
-  """Serves one engine over gRPC until `shutdown()`."""
+  """Serves one engine over gRPC until `shutdown()`.
+
+  With `warmup`, `start()` listens at once but health answers NOT_SERVING
+  until the engine loop has compiled every step shape; then SERVING.
+  """
 
   def __init__(self, engine, config: ServerConfig,
-               force_stop: threading.Event | None = None):
+               force_stop: threading.Event | None = None, warmup: bool = False):
     self.config = config
+    self._engine = engine
+    self._warmup = warmup
+    self.ready_stats = None        # the engine's stats when it started taking requests
     self.metrics = ServingMetrics()
     self._loop = EngineLoop(engine, self.metrics, config.max_waiting)
     self._tokenize_pool = BoundedPool(config.tokenize_workers, config.max_tokenize_queue)
@@ -121,9 +128,11 @@ class InferenceServer:
     self.http_port: int | None = None
     self._force = force_stop or threading.Event()   # set: cut the drain short
     self._stopped = threading.Event()
+    self._serving = threading.Event()
 
   def start(self) -> None:
-    """Binds the ports, starts the engine loop and marks the server SERVING."""
+    """Binds the ports and starts serving: health NOT_SERVING while the engine loop warms
+    up (if asked), SERVING once it takes requests."""
     self.port = self._server.add_insecure_port(f"{self.config.host}:{self.config.port}")
     if self.port == 0:
       raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
@@ -133,15 +142,37 @@ class InferenceServer:
       log.warning("serving on %s without authentication: anyone who can reach the port "
                   "can generate, and choose any cache_salt (see --api-key-file)",
                   self.config.host)
-    self._loop.start()
+    self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     self._server.start()
     if self._http is not None:
-      self.http_port = self._http.start()
+      self.http_port = self._http.start()       # NOTE: /health answers 503 until _ready
+    log.info("listening for %s on %s:%d (metrics port %s, HTTP port %s)%s", SERVICE_NAME,
+             self.config.host, self.port, self.metrics_port, self.http_port,
+             "; warming up" if self._warmup else "")
+    self._loop.start(warmup=self._warmup, on_ready=self._ready)
+
+  def _ready(self) -> None:
+    """Called by the engine loop (its thread) once it takes requests (after its warm-up)."""
+    self.ready_stats = self._engine.stats()
+    self._set_health(health_pb2.HealthCheckResponse.SERVING)
+    if self._http is not None:
       self._http.api.set_serving(True)
+    self._serving.set()
+    log.info("serving %s on %s:%d", SERVICE_NAME, self.config.host, self.port)
+
+  def _set_health(self, status) -> None:
+    # NOTE: after enter_graceful_shutdown() the servicer ignores set(): a warm-up that
+    # ends during shutdown never flips health back to SERVING.
     for name in ("", SERVICE_NAME):
-      self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving %s on %s:%d (metrics port %s, HTTP port %s)", SERVICE_NAME,
-             self.config.host, self.port, self.metrics_port, self.http_port)
+      self._health.set(name, status)
+
+  def wait_until_serving(self, timeout: float | None = None) -> bool:
+    """Blocks until health says SERVING (warm); False on timeout."""
+    return self._serving.wait(timeout)
+
+  def loop_alive(self) -> bool:
+    """False once the engine loop has stopped (shutdown) or crashed (warm-up or a step)."""
+    return self._loop.is_alive()
 
   def _http_api(self, engine) -> ApiConfig:
     """The HTTP API's limits and keys: the same as gRPC's (one key file, one salt rule)."""

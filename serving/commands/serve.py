@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="requests allowed to wait for a slot; past it: RESOURCE_EXHAUSTED")
   parser.add_argument("--shutdown-grace", type=float, default=30.0,
                       help="seconds in-flight requests get to finish on SIGTERM/SIGINT")
-  add_engine_args(parser)
+  add_engine_args(parser, warmup=True)   # NOTE: serve warms up by default
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,7 +59,10 @@ def run(args: argparse.Namespace) -> int:
                           max_waiting=args.max_waiting, shutdown_grace_s=args.shutdown_grace,
                           http_port=args.http_port, served_model_name=args.served_model_name,
                           api_keys=api_keys, client_cache_salt=args.client_cache_salt)
-    engine_config = engine_config_from_args(args)
+    # NOTE: serve warms up by default (--no-warmup: off), after it starts listening (health
+    # NOT_SERVING meanwhile), so the engine itself must not warm up in its constructor.
+    warmup = args.engine_warmup
+    engine_config = engine_config_from_args(args, warmup=False)
   except (OSError, ValueError) as e:
     print(f"pagedjax serve: {e}", file=sys.stderr)
     return 2
@@ -70,16 +73,34 @@ def run(args: argparse.Namespace) -> int:
   except ValueError as e:   # e.g. --max-model-len more than the KV cache holds
     print(f"pagedjax serve: {e}", file=sys.stderr)
     return 2
-  server = InferenceServer(engine, config, force_stop=force)
+  server = InferenceServer(engine, config, force_stop=force, warmup=warmup)
   server.start()
-  # NOTE: tests and scripts wait for this line; keep its format.
+  # NOTE: tests and scripts wait for these lines; keep their format.
   print(f"pagedjax serve: listening on {config.host}:{server.port} "
         f"metrics_port={server.metrics_port} http_port={server.http_port}", flush=True)
-  while not stop.wait(0.2):
-    pass
+  status = _serve_until(stop, server, warmup, len(engine.planned_shapes()))
   log.info("shutting down (grace %.1fs)", config.shutdown_grace_s)
   server.shutdown()
   log.info("stopped")
+  return status
+
+
+def _serve_until(stop: threading.Event, server, warmup: bool, planned: int) -> int:
+  """Waits for a signal; 1 if the engine loop dies first (e.g. its warm-up failed)."""
+  if warmup:
+    print(f"pagedjax serve: warming up {planned} step shapes (health NOT_SERVING until "
+          "they are compiled)", file=sys.stderr, flush=True)
+  announced = False
+  while not stop.wait(0.2):
+    if not announced and server.wait_until_serving(0):
+      stats = server.ready_stats
+      print(f"pagedjax serve: SERVING ({planned} step shapes planned; "
+            f"{stats.num_compilations} compilations in {stats.compile_seconds:.1f} s)",
+            flush=True)
+      announced = True
+    if not server.loop_alive():
+      log.error("the engine loop stopped; exiting")
+      return 1
   return 0
 
 

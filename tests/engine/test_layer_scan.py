@@ -40,7 +40,7 @@ def compiled(llm: LLM, kind: str, decode_steps: int = 1) -> jax.stages.Compiled:
   decode, prefill = make_steps(llm.engine.model.config, None, None)
   step, static = (decode, {"decode_steps": decode_steps}) if kind == "decode" else (prefill, {})
   return step.lower(runner.model.params, runner.kv_cache, runner.token_buffer, ints, floats,
-                    layout=layout, sampling_mode="greedy", **static).compile()
+                    layout=layout, **static).compile()
 
 
 STEPS = [("decode", 1), ("decode", 4), ("prefill", 1)]

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from engine.sampler import SamplingTensors, sample, sampling_mode
+from engine.sampler import MODES, SamplingTensors, sample, sample_cheapest, sampling_mode
 from engine.sampling_params import SamplingParams
 
 _sample = jax.jit(sample)
@@ -78,6 +78,29 @@ def test_cheapest_mode_is_exact_for_its_batch():
   assert not np.array_equal(cheap[5::6], exact[5::6])
   with pytest.raises(ValueError, match="mode"):
     sample(jnp.zeros((1, 4)), _tensors([SamplingParams()]), "beam")
+
+
+def test_one_program_runs_the_cheapest_variant_of_every_batch():
+  """`sample_cheapest` branches on the host-chosen `mode` on the device: one compiled
+  program gives each batch exactly its cheapest variant's tokens and logprobs."""
+  rng = np.random.default_rng(4)
+  logits = (rng.normal(size=(5, 300)) * 2).astype(np.float32)
+  greedy = [SamplingParams(temperature=0.0)] * 5
+  random = greedy[:3] + [SamplingParams(temperature=0.8, seed=1)] * 2
+  filtered = random[:4] + [SamplingParams(temperature=1.1, top_k=4, seed=2)]
+  cheapest = jax.jit(sample_cheapest)
+  for params, mode in ((greedy, "greedy"), (random, "random"), (filtered, "filtered")):
+    t = _tensors(params, seeds=list(range(5)), steps=[2] * 5)
+    assert int(t.mode) == MODES.index(mode) == MODES.index(sampling_mode(t))
+    got = cheapest(logits, t)
+    want = jax.jit(sample, static_argnames="mode")(logits, t, mode)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+  assert cheapest._cache_size() == 1                   # one compilation for all three
+  hlo = cheapest.lower(logits, t).as_text()
+  assert "stablehlo.case" in hlo                       # the branches are on the device
+  with pytest.raises(ValueError, match="rows"):
+    sample_cheapest(jnp.zeros((2, 4)), _tensors([SamplingParams()]))
 
 
 def test_seeded_reproducible_and_batch_independent():

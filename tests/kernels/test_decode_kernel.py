@@ -93,3 +93,35 @@ def test_split_heuristic():
   assert heuristics.decode_num_splits(1, 1, 2, 16) == 1  # never > steps
   splits = heuristics.decode_num_splits(2, 2, 4096, 8)
   assert splits & (splits - 1) == 0 and 1 < splits <= heuristics.MAX_SPLITS
+
+
+def test_short_rows_in_the_widest_table():
+  """The engine passes the GPU kernel one table width, the model's whole context
+  (engine/buckets.py): short rows at a small batch then get the heuristic's most splits,
+  most of them past the rows' ends. Those read nothing (the unused table entries point at
+  NaN-poisoned blocks) and contribute nothing."""
+  lengths, hkv, d, block_size = [5, 40, 0], 2, 64, 16
+  rng = np.random.default_rng(21)
+  paged = helpers.make_paged(rng, lengths, hkv, d, block_size, np.float32, extra_cols=253)
+  assert paged.block_tables.shape[1] == 256
+  assert heuristics.decode_num_splits(len(lengths), hkv, 256, block_size) == 16
+  q = rng.standard_normal((len(lengths), 8, d)).astype(np.float32)
+  out = np.asarray(pk.paged_decode_attention(
+      jnp.asarray(q), jnp.asarray(paged.kv_cache), jnp.asarray(paged.block_tables),
+      jnp.asarray(lengths, jnp.int32), backend=helpers.BACKEND, interpret=helpers.INTERPRET),
+      np.float64)
+  want = helpers.naive_decode(q.astype(np.float64), paged, lengths, d ** -0.5)
+  assert np.isfinite(out).all() and not out[2].any()
+  assert helpers.rel_err(out, want) < helpers.tolerance(np.float32)
+
+
+def test_split_size_follows_the_row_not_the_table():
+  # 16 splits of a 256-block table, 4 pages per step: a 19-page row walks 4 pages per
+  # split (5 splits busy), as with a table of its own width; a full row 16.
+  assert heuristics.decode_pages_per_split(19, 16, 4) == 4
+  assert heuristics.decode_pages_per_split(256, 16, 4) == 16
+  assert heuristics.decode_pages_per_split(0, 16, 4) == 0
+  for pages in range(300):
+    for splits in (1, 2, 5, 16):
+      per = heuristics.decode_pages_per_split(pages, splits, 4)
+      assert per % 4 == 0 and splits * per >= pages and per - 4 < -(-pages // splits)

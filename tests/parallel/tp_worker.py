@@ -111,7 +111,7 @@ def compiled_decode(model: LoadedModel, tp: int) -> dict:
   x = empty_decode(8, 4, trash_slot=8)
   ints, floats, layout = packing.pack(x)
   compiled = decode.lower(params, caches, token_buffer, ints, floats,
-                          layout=layout, sampling_mode="greedy").compile()
+                          layout=layout).compile()
   text = compiled.as_text()
   bodies = hlo.computations(text)
   loops = [{"trip_count": trip, **{op: len(hlo.instructions(bodies[body], op))

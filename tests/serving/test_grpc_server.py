@@ -232,6 +232,20 @@ def test_metrics_endpoint_has_every_metric(server):
   assert m["pagedjax_prompt_tokens_total"] > 0
 
 
+def test_serve_warms_up_by_default_and_never_compiles_after(server, reference_llm):
+  """No --warmup flag: every planned step shape compiled before SERVING, none since."""
+  from engine.shape_plan import planned_shapes
+  planned = len(planned_shapes(reference_llm.engine.config, reference_llm.engine.model.config))
+  with open(server.log_path) as f:
+    log = f.read()
+  assert f"pagedjax serve: SERVING ({planned} step shapes planned; {planned} compilations in " \
+      in log
+  assert "AFTER warm-up" not in log
+  m = server.metrics()
+  assert m["pagedjax_compilations_total"] == planned
+  assert m["pagedjax_compile_seconds_total"] > 0
+
+
 def test_client_cli_streams_and_prints_json(server, serving_tmp):
   want = server.client.generate(PROMPT, temperature=0.0, max_tokens=5)
   args = ["client", "--host", "127.0.0.1", "--port", str(server.port), "--no-chat-template",

@@ -2,8 +2,13 @@
 context limit from a small KV cache, and the cache-salt policy."""
 from __future__ import annotations
 
+import concurrent.futures
+import threading
+import time
+
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from serving.auth import ApiKeys
 from serving.client import PagedJaxClient
@@ -60,3 +65,37 @@ def test_two_servers_in_one_process_and_a_prompt_longer_than_the_cache(smollm2_m
   finally:
     for s in servers:
       s.shutdown(grace_s=0)
+
+
+def test_health_is_not_serving_until_the_warm_up_is_done(smollm2_model):
+  """The server listens at once; health says NOT_SERVING while the engine loop warms up
+  (held back here by a gate around the real warm-up) and SERVING after; a request sent
+  meanwhile waits and is then served."""
+  from engine import EngineConfig, LLMEngine
+  engine = LLMEngine(EngineConfig(**ENGINE_KWARGS), model=smollm2_model)
+  gate, warm_up = threading.Event(), engine.warmup
+  engine.warmup = lambda **kw: (gate.wait(60), warm_up(**kw))
+  server = InferenceServer(engine, ServerConfig(host="127.0.0.1", port=0, metrics_port=None,
+                                                max_waiting=4, shutdown_grace_s=5), warmup=True)
+  pool = concurrent.futures.ThreadPoolExecutor(1)
+  try:
+    server.start()
+    with PagedJaxClient(f"127.0.0.1:{server.port}") as c:
+      assert c.health() == c.health("pagedjax.v1.Inference") == "NOT_SERVING"
+      early = pool.submit(c.generate, "The capital of France is", temperature=0.0, max_tokens=3)
+      time.sleep(0.5)
+      assert not early.done() and not server.wait_until_serving(0)
+      gate.set()
+      assert server.wait_until_serving(240)
+      assert c.health() == c.health("pagedjax.v1.Inference") == "SERVING"
+      assert len(early.result(timeout=120).token_ids) == 3
+    assert engine.runner.warm and server.ready_stats.compile_seconds > 0
+    samples = {s.name: s.value for f in text_string_to_metric_families(server.metrics.render())
+               for s in f.samples}
+    assert samples["pagedjax_compilations_total"] == engine.stats().num_compilations
+    assert samples["pagedjax_compile_seconds_total"] == pytest.approx(
+        engine.stats().compile_seconds)
+  finally:
+    gate.set()
+    server.shutdown(grace_s=0)
+    pool.shutdown()

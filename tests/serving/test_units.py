@@ -43,6 +43,34 @@ def test_engine_flags_build_the_config_and_keep_its_defaults():
     engine_config_from_args(parser.parse_args(["--num-decode-steps", "0"]))
 
 
+def test_warmup_and_compilation_cache_flags():
+  from serving.commands import serve
+  parser = argparse.ArgumentParser()
+  serve.add_arguments(parser)
+  assert parser.parse_args([]).engine_warmup is True       # serve: warm unless --no-warmup
+  assert parser.parse_args(["--no-warmup"]).engine_warmup is False
+  assert parser.parse_args(["--warmup"]).engine_warmup is True
+  off = engine_config_from_args(parser.parse_args(["--no-compilation-cache"]))
+  assert off.compilation_cache_dir == "off"
+  moved = engine_config_from_args(parser.parse_args(["--compilation-cache-dir", "/tmp/x"]))
+  assert moved.compilation_cache_dir == "/tmp/x"
+
+
+def test_compile_counters_reach_prometheus():
+  from engine.engine import EngineStats
+  metrics = ServingMetrics()
+  stats = dict(num_running=0, num_waiting=0, kv_blocks_used=0, kv_blocks_total=8,
+               prefix_query_tokens_total=0, prefix_hit_tokens_total=0, num_preemptions_total=0,
+               prompt_tokens_total=0, prefill_tokens_computed_total=0,
+               generation_tokens_total=0, num_compilations=4, compile_seconds=2.5)
+  metrics.observe_stats(EngineStats(**stats))
+  metrics.observe_stats(EngineStats(**dict(stats, num_compilations=5, compile_seconds=3.0)))
+  text = metrics.render()
+  assert "pagedjax_compilations_total 5.0" in text
+  assert "pagedjax_compile_seconds_total 3.0" in text
+
+
+
 def test_sampling_flags_default_to_sampling_params():
   from engine import SamplingParams
   parser = argparse.ArgumentParser()
@@ -92,6 +120,7 @@ def test_two_servers_metrics_live_in_one_process():
     num_running, num_waiting, kv_blocks_used, kv_blocks_total = 1, 2, 3, 10
     prefix_query_tokens_total, prefix_hit_tokens_total = 40, 16
     num_preemptions_total, prompt_tokens_total, generation_tokens_total = 0, 40, 9
+    num_compilations, compile_seconds = 4, 1.5
 
   a.observe_stats(Stats)
   a.observe_stats(Stats)  # totals are not double counted
