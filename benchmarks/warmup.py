@@ -90,7 +90,9 @@ def run_once(args, cache_dir: str, log_path: str) -> dict:
   from serving.client import PagedJaxClient        # NOTE: grpc only, no JAX
   port, metrics_port = _free_port(), _free_port()
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-  env.update(PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
+  # NOTE: the repository first, then whatever PYTHONPATH already held (carried wheels).
+  env.update(PYTHONPATH=os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p),
+             PYTHONUNBUFFERED="1")
   with open(log_path, "w") as log:
     t0 = time.perf_counter()
     proc = subprocess.Popen(serve_command(args, port, metrics_port, cache_dir), cwd=REPO,

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One GPU visit's measurements, in two parts that each fit one device call (run from the
+# repository root on the GPU machine; results under OUT, logs printed at the end).
+#   bash benchmarks/h200_visit.sh start-up OUT   # issue 19: cold / cached start to SERVING,
+#                                                # 8B throughput now and at BASELINE (.baseline/)
+#   bash benchmarks/h200_visit.sh traffic OUT    # the incident's traffic cold vs warm, kernels
+# Needs the wheels the GPU image lacks in .whl/ (docs/benchmarks.md) and, for the baseline,
+# `git archive REV engine models pallas_kernels serving benchmarks configs | tar -x -C .baseline`.
+set -u
+part=$1 out=$2
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl >/dev/null 2>&1 || { echo "wheel install failed"; exit 1; }
+export PYTHONPATH=/tmp/site:.
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,noheader
+
+run() {  # run NAME SECONDS CMD...: output to OUT/NAME.log, its last lines printed
+  local name=$1 secs=$2; shift 2
+  local t0=$SECONDS
+  timeout "$secs" "$@" >"$out/$name.log" 2>&1
+  echo "== $name: exit $? after $((SECONDS - t0)) s"
+  grep -v -i -E "deprecat|warn\(|^\s*$" "$out/$name.log" | tail -n 14
+}
+
+case $part in
+  start-up)
+    run warmup 200 python3 -m benchmarks.warmup --out "$out/warmup.json" --num-decode-steps 4
+    mkdir -p "$out/now" "$out/base"
+    run throughput_now 190 python3 -m benchmarks.throughput --out "$out/now" \
+      --models llama3-8b --batches 64,256 --decode-steps 1
+    (cd .baseline && run throughput_base 190 python3 -m benchmarks.throughput --skip-check \
+      --out "$out/base" --models llama3-8b --batches 64,256 --decode-steps 1)
+    ;;
+  traffic)
+    run mixed 300 python3 -m benchmarks.mixed_workload --out "$out"
+    if [ -f benchmarks/mosaic_probe.py ]; then
+      run mosaic 150 python3 -m benchmarks.mosaic_probe --out "$out"
+    fi
+    ;;
+  *) echo "unknown part $part"; exit 2 ;;
+esac
