@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import json
 import os
 import threading
 
@@ -37,10 +38,16 @@ _GPU_COMMAND_BUFFER = ("FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_F
 
 
 def compiler_options(platform: str) -> dict[str, str] | None:
-  """XLA options the steps compile with on `platform` (a jax Device.platform)."""
-  if platform in ("gpu", "cuda"):
-    return {"xla_gpu_enable_command_buffer": _GPU_COMMAND_BUFFER}
-  return None
+  """XLA options the steps compile with on `platform` (a jax Device.platform).
+
+  `$PAGEDJAX_XLA_OPTIONS` (a JSON object of XLA debug options, e.g.
+  '{"xla_gpu_enable_dynamic_slice_fusion": true}') is merged on top, for measuring
+  alternatives (benchmarks) without editing this table.
+  """
+  options = ({"xla_gpu_enable_command_buffer": _GPU_COMMAND_BUFFER}
+             if platform in ("gpu", "cuda") else {})
+  options.update(json.loads(os.environ.get("PAGEDJAX_XLA_OPTIONS") or "{}"))
+  return options or None
 
 
 def default_threads() -> int:
