@@ -35,6 +35,14 @@ MAX_DEFAULT_THREADS = 32    # NOTE: each XLA compile of a large model holds GBs 
 # step, 2.00 with both types (the loop runs on the device), 2.1-2.2 with conds.
 _GPU_COMMAND_BUFFER = ("FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,"
                        "CONDITIONAL,WHILE")
+# NOTE: cuBLAS, not XLA's Triton GEMM fusions, for the steps' matmuls: the decoder layers
+# run in a loop over stacked weights (models/llama.py), and a Triton GEMM fusion cannot read
+# its layer's slice in place, so XLA copied every layer's four weight matrices before their
+# GEMMs (`memcpy128`, 128 calls and 6.7 ms of a 12.6 ms Llama-3-8B decode step at batch 64
+# on an H200, 2026-12-01); cuBLAS reads them at their offset. Same day and device: 12.6 ->
+# 5.4 ms per decode step at batch 64, 15.8 -> 9.2 ms at batch 256 (docs/benchmarks.md).
+_GPU_OPTIONS = {"xla_gpu_enable_command_buffer": _GPU_COMMAND_BUFFER,
+                "xla_gpu_enable_triton_gemm": False}
 
 
 def compiler_options(platform: str) -> dict[str, str] | None:
@@ -44,8 +52,7 @@ def compiler_options(platform: str) -> dict[str, str] | None:
   '{"xla_gpu_enable_dynamic_slice_fusion": true}') is merged on top, for measuring
   alternatives (benchmarks) without editing this table.
   """
-  options = ({"xla_gpu_enable_command_buffer": _GPU_COMMAND_BUFFER}
-             if platform in ("gpu", "cuda") else {})
+  options = dict(_GPU_OPTIONS) if platform in ("gpu", "cuda") else {}
   options.update(json.loads(os.environ.get("PAGEDJAX_XLA_OPTIONS") or "{}"))
   return options or None
 
