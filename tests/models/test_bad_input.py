@@ -92,7 +92,8 @@ def test_good_tiny_folder_loads(tmp_path):
 
 
 def test_cli_error_in_process(tmp_path, capsys):
-  rc = cli.main(["generate", "--model", str(tmp_path / "missing.gguf"), "hi"])
+  # NOTE: --no-progress: only the error itself on stderr (no "loading ..." line).
+  rc = cli.main(["generate", "--no-progress", "--model", str(tmp_path / "missing.gguf"), "hi"])
   err = capsys.readouterr().err
   assert rc == 2
   assert err.strip().splitlines() == [f"pagedjax: error: {tmp_path / 'missing.gguf'}: file not found"]
@@ -107,8 +108,8 @@ def test_cli_bad_flag_value(capsys, tmp_path):
 def test_cli_corrupt_file_subprocess_no_traceback(tmp_path, gguf_bytes):
   path = tmp_path / "trunc.gguf"
   path.write_bytes(gguf_bytes[:3_000_000])
-  proc = subprocess.run([sys.executable, "-m", "serving.cli", "generate", "--model",
-                         str(path), "hi"], capture_output=True, text=True, timeout=120)
+  proc = subprocess.run([sys.executable, "-m", "serving.cli", "generate", "--no-progress",
+                         "--model", str(path), "hi"], capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2
   assert "Traceback" not in proc.stderr
   lines = proc.stderr.strip().splitlines()

@@ -79,7 +79,10 @@ def test_two_all_reduces_per_layer_and_no_other_collective(report, tp):
   compiled = report["tiny"][f"tp{tp}"]["compiled"]
   none = {"all-gather": 0, "all-to-all": 0, "collective-permute": 0, "reduce-scatter": 0}
   assert compiled["collectives"] == {"all-reduce": 2, **none}
-  assert compiled["loops"] == [{"trip_count": 2, "all-reduce": 2, **none}]
+  # NOTE: the other loops (the sampler's filtered branch) hold no collective.
+  with_collectives = [loop for loop in compiled["loops"]
+                      if any(loop[op] for op in ("all-reduce", *none))]
+  assert with_collectives == [{"trip_count": 2, "all-reduce": 2, **none}]
 
 
 def test_smollm2_tp3_greedy_equals_single_device(report):

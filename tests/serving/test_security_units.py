@@ -126,12 +126,13 @@ def test_serve_binds_loopback_by_default_and_its_flags_match_the_config():
 
   from serving.commands import serve
   from serving.server import ServerConfig
-  parser = argparse.ArgumentParser()
+  from serving.help_format import HelpFormatter
+  parser = argparse.ArgumentParser(formatter_class=HelpFormatter)   # as `pagedjax` builds it
   serve.add_arguments(parser)
   args = parser.parse_args([])
   assert args.host == ServerConfig().host == "127.0.0.1"
   assert args.client_cache_salt == ServerConfig().client_cache_salt
   assert args.api_key_file is None and ServerConfig().api_keys is None
-  assert "default 127.0.0.1" in parser.format_help()
+  assert "(default: 127.0.0.1)" in parser.format_help()
   with pytest.raises(ValueError, match="client_cache_salt"):
     ServerConfig(client_cache_salt="maybe")
