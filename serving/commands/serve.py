@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 
 from serving.auth import SALT_POLICIES
 from serving.engine_flags import add_engine_args, engine_config_from_args
@@ -68,8 +69,12 @@ def run(args: argparse.Namespace) -> int:
     return 2
   stop, force = threading.Event(), threading.Event()
   _install_signal_handlers(stop, force)
+  from serving.progress import model_label, say
+  say(f"loading {model_label(engine_config)} ({engine_config.dtype}) ...")
+  start = time.perf_counter()
   try:
     engine = LLMEngine(engine_config)
+    say(f"model loaded in {time.perf_counter() - start:.1f} s")
   except ValueError as e:   # e.g. --max-model-len more than the KV cache holds
     print(f"pagedjax serve: {e}", file=sys.stderr)
     return 2
