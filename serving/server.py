@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from serving import limits
 from serving.auth import SALT_POLICIES, ApiKeys
+from serving.admissions import Admissions
 from serving.engine_loop import EngineLoop
 from serving.http.app import ApiConfig
 from serving.http.server import HttpConfig, HttpServer, served_model_name
@@ -97,9 +98,10 @@ class InferenceServer:
     self.ready_stats = None        # the engine's stats when it started taking requests
     self.metrics = ServingMetrics()
     self._loop = EngineLoop(engine, self.metrics, config.max_waiting)
+    self._admissions = Admissions(self._loop)    # NOTE: one for gRPC and HTTP together
     self._tokenize_pool = BoundedPool(config.tokenize_workers, config.max_tokenize_queue)
     self._servicer = InferenceServicer(
-        self._loop, engine.tokenizer, engine.context_limit, self.metrics, self._tokenize_pool,
+        self._loop, self._admissions, engine.tokenizer, engine.context_limit, self.metrics, self._tokenize_pool,
         api_keys=config.api_keys, client_cache_salt=config.client_cache_salt)
     self._health = health.HealthServicer()
     # NOTE: each admitted generation holds a worker thread while it streams
@@ -120,7 +122,7 @@ class InferenceServer:
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
     self._http = None if config.http_port is None else HttpServer(
-        self._loop, engine.tokenizer, self._http_api(engine), self.metrics,
+        self._loop, self._admissions, engine.tokenizer, self._http_api(engine), self.metrics,
         HttpConfig(config.host, config.http_port, _model_name(engine, config)),
         self._tokenize_pool)
     self.port: int | None = None
@@ -180,9 +182,6 @@ class InferenceServer:
     return ApiConfig(_model_name(engine, c), engine.context_limit,
                      self._servicer.max_prompt_bytes, c.api_keys, c.client_cache_salt)
 
-  def _num_inflight(self) -> int:
-    http = self._http.api.num_inflight() if self._http is not None else 0
-    return self._servicer.num_inflight() + http
 
   def force_stop(self) -> None:
     """Cuts a running `shutdown()` short: remaining requests are aborted."""
@@ -199,14 +198,12 @@ class InferenceServer:
       return
     grace = self.config.shutdown_grace_s if grace_s is None else grace_s
     self._health.enter_graceful_shutdown()
-    self._servicer.start_draining()
-    if self._http is not None:
-      self._http.api.start_draining()
+    self._admissions.start_draining()
     deadline = time.monotonic() + grace
-    while (self._num_inflight() and time.monotonic() < deadline
+    while (self._admissions.num_inflight() and time.monotonic() < deadline
            and not self._force.is_set()):
       time.sleep(0.05)
-    left = self._num_inflight()
+    left = self._admissions.num_inflight()
     if left:
       log.warning("shutdown: aborting %d requests still in flight", left)
     self._loop.stop()            # aborts what is left; handlers see ABORT

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import threading
 import time
 import uuid
 from typing import Iterator
@@ -22,6 +21,7 @@ import grpc
 from engine.context_limit import ContextLimit
 from engine.outputs import FinishReason
 from serving import auth, limits
+from serving.admissions import Admissions, DrainingError
 from serving import request_convert as rc
 from serving.engine_loop import (EngineLoop, Event, QueueFullError, RejectKind,
                                  ShuttingDownError, Submission)
@@ -43,11 +43,12 @@ _REJECT_CODES = {
 class InferenceServicer(pb_grpc.InferenceServicer):
   """Streams engine output to clients; counts in-flight generations for drain."""
 
-  def __init__(self, loop: EngineLoop, tokenizer, context_limit: ContextLimit,
-               metrics: ServingMetrics, tokenize_pool: BoundedPool, *,
+  def __init__(self, loop: EngineLoop, admissions: Admissions, tokenizer,
+               context_limit: ContextLimit, metrics: ServingMetrics, tokenize_pool: BoundedPool, *,
                api_keys: auth.ApiKeys | None = None, client_cache_salt: str = "allow",
                request_limits: limits.RequestLimits = limits.RequestLimits()):
     self._loop = loop
+    self._admissions = admissions
     self._tokenizer = tokenizer
     self._context_limit = context_limit
     self._metrics = metrics
@@ -59,20 +60,6 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     # in prompt_token_ids; its bound is then the message limit alone.
     token_bytes = tokenizer.max_token_bytes if tokenizer else limits.MAX_MESSAGE_BYTES
     self.max_prompt_bytes = request_limits.max_prompt_bytes(context_limit.tokens, token_bytes)
-    self._lock = threading.Lock()
-    self._inflight = 0
-    self._draining = False
-
-  # --- drain support (used by the server's graceful shutdown) -----------------
-
-  def start_draining(self) -> None:
-    """New generations get UNAVAILABLE from now on; in-flight ones go on."""
-    with self._lock:
-      self._draining = True
-
-  def num_inflight(self) -> int:
-    with self._lock:
-      return self._inflight
 
   # --- RPCs -------------------------------------------------------------------
 
@@ -160,17 +147,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     engine_id = f"{request.request_id[:64] or 'req'}#{uuid.uuid4().hex[:16]}"
     sub = Submission(engine_id, ids, params, cache_salt=salt,
                      priority=request.priority, received_at=received_at)
-    with self._lock:
-      if self._draining:
-        context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-      try:
-        self._loop.submit(sub)
-      except QueueFullError as e:
-        self._metrics.rejected.labels(code="resource_exhausted").inc()
-        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
-      except ShuttingDownError as e:
-        context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
-      self._inflight += 1
+    try:
+      self._admissions.submit(sub)
+    except QueueFullError as e:
+      self._metrics.rejected.labels(code="resource_exhausted").inc()
+      context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+    except (DrainingError, ShuttingDownError) as e:
+      context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
     if not context.add_callback(lambda: self._loop.abort(engine_id)):
       self._loop.abort(engine_id)  # the RPC already ended
     return sub
@@ -197,5 +180,4 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         return
 
   def _release(self) -> None:
-    with self._lock:
-      self._inflight -= 1
+    self._admissions.release()

@@ -23,6 +23,7 @@ from aiohttp import web
 from engine.context_limit import ContextLimit
 from engine.outputs import FinishReason
 from serving import auth
+from serving.admissions import Admissions, DrainingError
 from serving.engine_loop import EngineLoop, Event, QueueFullError, ShuttingDownError, Submission
 from serving.http import convert, errors
 from serving.http.events import AsyncEvents
@@ -54,33 +55,23 @@ class ApiConfig:
 class OpenAIApi:
   """The API's state: serving/draining flags and the in-flight count (thread-safe)."""
 
-  def __init__(self, loop: EngineLoop, tokenizer, config: ApiConfig, metrics: ServingMetrics,
-               tokenize_pool: BoundedPool):
+  def __init__(self, loop: EngineLoop, admissions: Admissions, tokenizer, config: ApiConfig,
+               metrics: ServingMetrics, tokenize_pool: BoundedPool):
     self._loop = loop
+    self._admissions = admissions
     self._tokenizer = tokenizer
     self._config = config
     self._metrics = metrics
     self._tokenize_pool = tokenize_pool
     self._token_text = token_text_fn(tokenizer)
     self._lock = threading.Lock()
-    self._inflight = 0
     self._serving = False
-    self._draining = False
 
   # --- state, from any thread -------------------------------------------------------
 
   def set_serving(self, serving: bool) -> None:
     with self._lock:
       self._serving = serving
-
-  def start_draining(self) -> None:
-    """New generations get 503 from now on; in-flight ones go on."""
-    with self._lock:
-      self._draining = True
-
-  def num_inflight(self) -> int:
-    with self._lock:
-      return self._inflight
 
   # --- the application ------------------------------------------------------------
 
@@ -95,7 +86,7 @@ class OpenAIApi:
 
   async def _health(self, request: web.Request) -> web.Response:
     with self._lock:
-      ok = self._serving and not self._draining
+      ok = self._serving and not self._admissions.draining
     return web.json_response({"status": "ok" if ok else "not_serving"},
                              status=200 if ok else 503)
 
@@ -144,8 +135,7 @@ class OpenAIApi:
     finally:
       if not done:  # NOTE: disconnect (cancelled), error or refusal: free the blocks now
         self._loop.abort(sub.request_id)
-      with self._lock:
-        self._inflight -= 1
+      self._admissions.release()
 
   def _tenant(self, request: web.Request) -> str | None:
     if self._config.api_keys is None:
@@ -169,16 +159,12 @@ class OpenAIApi:
     sub = Submission(request_id, ids, params, cache_salt=salt,
                      priority=req.priority, received_at=received_at,
                      outputs=AsyncEvents(asyncio.get_running_loop()))
-    with self._lock:
-      if self._draining:
-        raise errors.unavailable("server is shutting down")
-      try:
-        self._loop.submit(sub)
-      except QueueFullError as e:
-        raise errors.queue_full(str(e)) from None
-      except ShuttingDownError as e:
-        raise errors.unavailable(str(e)) from None
-      self._inflight += 1
+    try:
+      self._admissions.submit(sub)
+    except QueueFullError as e:
+      raise errors.queue_full(str(e)) from None
+    except (DrainingError, ShuttingDownError) as e:
+      raise errors.unavailable(str(e)) from None
     return sub
 
 

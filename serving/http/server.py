@@ -13,6 +13,7 @@ import threading
 
 from aiohttp import web
 
+from serving.admissions import Admissions
 from serving.engine_loop import EngineLoop
 from serving.http.app import ApiConfig, OpenAIApi
 from serving.tokenize_pool import BoundedPool
@@ -54,11 +55,12 @@ def served_model_name(model: str | None) -> str:
 class HttpServer:
   """Serves the API until `stop()`; `start()` returns the bound port."""
 
-  def __init__(self, loop: EngineLoop, tokenizer, api: ApiConfig, metrics: ServingMetrics,
-               config: HttpConfig, tokenize_pool: BoundedPool):
-    """`tokenize_pool` is the gRPC server's: one bound on tokenization for both APIs."""
+  def __init__(self, loop: EngineLoop, admissions: Admissions, tokenizer, api: ApiConfig,
+               metrics: ServingMetrics, config: HttpConfig, tokenize_pool: BoundedPool):
+    """`admissions` and `tokenize_pool` are the gRPC server's: one drain and one bound on
+    tokenization for both APIs."""
     self.config = config
-    self.api = OpenAIApi(loop, tokenizer, api, metrics, tokenize_pool)
+    self.api = OpenAIApi(loop, admissions, tokenizer, api, metrics, tokenize_pool)
     self.port: int | None = None
     self._aloop: asyncio.AbstractEventLoop | None = None
     self._ready = threading.Event()

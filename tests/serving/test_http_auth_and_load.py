@@ -96,7 +96,7 @@ def test_full_queue_is_429_and_draining_is_503(server):
     for s in streams:
       s.close()
     waiting.join(120)
-  server._http.api.start_draining()
+  server._admissions.start_draining()
   with pytest.raises(openai.InternalServerError) as err:
     client.completions.create(model=MODEL, prompt="Late:", max_tokens=1)
   assert err.value.status_code == 503
