@@ -1,0 +1,258 @@
+"""The Mosaic GPU (Hopper) paged prefill kernel body: one CTA per (tile, KV head).
+
+Warp-specialised, as JAX's `attention_mgpu`: `compute_wgs` compute warpgroups
+own 64 query rows each (wgmma M = 64) and one memory warpgroup streams the
+tile's K/V through shared memory. Per pipeline step the memory warpgroup
+gathers `block_kv` cache tokens: one TMA copy per KV block (or per slice of a
+block larger than `block_kv`), the block index read from the block table in
+global memory, into stage `step % stages` of the K and V buffers. Barriers:
+
+  k_ready[s] / v_ready[s]  TMA landed in stage s (one arrival per copy)
+  k_free[s] / v_free[s]    every compute warpgroup is done with stage s
+  v_tail                   the last step's V copies (see below)
+  sched                    ping-pong of the compute warpgroups' wgmma issue
+
+Compute warpgroups: S = Q Kᵀ (wgmma, f32 accumulator), causal mask on the
+diagonal steps only, exp2 online softmax in f32 registers, O += P V (wgmma
+with P in registers). Rows are (token, head of the GQA group) as in
+prefill_tiles.fold_queries.
+
+NOTE: cache slots at or past a sequence's length may hold anything (NaN in
+the tests), and 0 * NaN poisons P V. The only step that reads them is a
+tile's last one (positions >= `end`); its V copies land on `v_tail`, the
+memory warpgroup zeroes those rows in shared memory, fences, and then
+arrives on v_ready itself, so the compute warpgroups see a clean tile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+ROWS_PER_WG = 64  # wgmma M of one warpgroup
+NEG_BIG = -1e30
+LOG2E = math.log2(math.e)
+FIX_TILE = 64  # rows/cols of the chunks the memory warpgroup zeroes
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+  """Compile-time facts the kernel body needs."""
+  block_kv: int  # cache tokens per pipeline step, a multiple of 64
+  stages: int  # K/V buffers in flight
+  compute_wgs: int  # 1 or 2 compute warpgroups (64 rows each)
+  pingpong: bool  # schedule barrier between two compute warpgroups
+  # P V with P in registers accumulating in place (as attention_mgpu), else P
+  # stored to shared memory and a fresh accumulator added in registers.
+  # NOTE: JAX 0.11.2's GPU interpreter simulates wgmma only with both operands
+  # in shared memory and a zero-initialised accumulator, so interpret mode
+  # runs p_in_regs=False.
+  p_in_regs: bool
+  group_pad: int  # GQA group padded to a power of two (rows per token)
+  max_blocks: int  # block-table row length
+  scale: float  # softmax scale
+
+  @property
+  def rows(self) -> int:
+    return ROWS_PER_WG * self.compute_wgs
+
+
+def _cdiv(a, b: int):
+  return lax.div(a + (b - 1), b)  # NOTE: a >= 0, so no floor/trunc difference
+
+
+class Tile:
+  """Scalars of one CTA's tile, read from global memory by every warpgroup."""
+
+  def __init__(self, meta, cfg: Static, block_size: int):
+    rows_ref, pos_ref, kvlen_ref, seq_ref = meta  # each int32 [n_tiles] (GMEM)
+    n_tiles = rows_ref.shape[0]
+    # NOTE: CTAs visit tiles last-first: later tiles of a sequence see more
+    # context, so the longest CTAs start first.
+    self.index = n_tiles - 1 - lax.axis_index("tile")
+    self.head = lax.axis_index("head")
+    tokens = rows_ref[self.index]
+    self.first_pos = pos_ref[self.index]
+    live = tokens > 0
+    # Cache positions [0, end) are visible to some row of this tile.
+    self.end = jnp.where(
+        live, jnp.minimum(kvlen_ref[self.index], self.first_pos + tokens), 0)
+    self.num_steps = _cdiv(self.end, cfg.block_kv)
+    # Steps wholly at or below the first token's position need no mask.
+    self.num_full = jnp.where(live, lax.div(self.first_pos + 1, cfg.block_kv),
+                              0)
+    self.last_page = jnp.maximum(_cdiv(self.end, block_size) - 1, 0)
+    self.table_base = seq_ref[self.index] * cfg.max_blocks
+
+
+def producer(tile: Tile, bt_ref, kv_ref, bufs, bars, cfg: Static):
+  """Memory warpgroup: TMA K/V stages ahead of the compute warpgroups."""
+  plgpu.set_max_registers(40, action="decrease")
+  k_smem, v_smem = bufs  # each [stages, block_kv, head_dim] (SMEM, swizzled)
+  block_size = kv_ref.shape[3]  # kv_ref [blocks, hkv, 2, bs, d] (GMEM)
+  sub = min(block_size, cfg.block_kv)  # tokens per copy
+
+  def issue(step, slot, which, dst, barrier):
+    for j in range(cfg.block_kv // sub):
+      pos = step * cfg.block_kv + j * sub
+      # Blocks past the tile's end re-read its last block (masked anyway).
+      page = jnp.minimum(lax.div(pos, block_size), tile.last_page)
+      offset = lax.rem(pos, block_size) if sub < block_size else 0
+      block = bt_ref[tile.table_base + page]  # bt_ref int32 [seqs * max_blocks]
+      plgpu.copy_gmem_to_smem(
+          kv_ref.at[block, tile.head, which, pl.ds(offset, sub)],
+          dst.at[slot, pl.ds(j * sub, sub)], barrier)
+
+  @pl.loop(0, tile.num_steps)
+  def _step(step):
+    slot = lax.rem(step, cfg.stages)
+    refill = step >= cfg.stages
+    pl.when(refill)(lambda: plgpu.barrier_wait(bars["k_free"].at[slot]))
+    issue(step, slot, 0, k_smem, bars["k_ready"].at[slot])
+    pl.when(refill)(lambda: plgpu.barrier_wait(bars["v_free"].at[slot]))
+    tail = (step == tile.num_steps - 1) & (
+        lax.rem(tile.end, cfg.block_kv) != 0)
+    pl.when(~tail)(
+        lambda: issue(step, slot, 1, v_smem, bars["v_ready"].at[slot]))
+
+    @pl.when(tail)
+    def _clean_tail():
+      issue(step, slot, 1, v_smem, bars["v_tail"])
+      plgpu.barrier_wait(bars["v_tail"])
+      _zero_rows(v_smem.at[slot], tile.end - step * cfg.block_kv)
+      plgpu.commit_smem()  # generic-proxy writes before wgmma reads them
+      for _ in range(cfg.block_kv // sub):
+        plgpu.barrier_arrive(bars["v_ready"].at[slot])
+
+  # Observe the last stages' releases too (every phase of a barrier a thread
+  # waits on must be observed; the interpreter checks it).
+  @pl.loop(jnp.maximum(tile.num_steps - cfg.stages, 0), tile.num_steps)
+  def _drain(step):
+    slot = lax.rem(step, cfg.stages)
+    plgpu.barrier_wait(bars["k_free"].at[slot])
+    plgpu.barrier_wait(bars["v_free"].at[slot])
+
+
+def _zero_rows(v_ref, valid):
+  """Zeroes rows >= valid of v_ref [block_kv, head_dim] (SMEM, swizzled)."""
+  block_kv, head_dim = v_ref.shape
+  for r0 in range(0, block_kv, FIX_TILE):
+    for c0 in range(0, head_dim, FIX_TILE):
+      chunk = v_ref.at[pl.ds(r0, FIX_TILE), pl.ds(c0, FIX_TILE)]
+      row = plgpu.broadcasted_iota(jnp.int32, (FIX_TILE, FIX_TILE), 0,
+                                   layout=plgpu.Layout.WGMMA) + r0
+      x = chunk[...]
+      chunk[...] = jnp.where(row < valid, x, jnp.zeros_like(x))
+
+
+def consumer(tile: Tile, q_ref, o_ref, bufs, bars, cfg: Static):
+  """Compute warpgroup `wg`: attention of its 64 rows over the tile's steps."""
+  plgpu.set_max_registers(232, action="increase")
+  qo_smem, p_all, k_smem, v_smem = bufs
+  # qo_smem [wgs, 64, d]; p_all [wgs, 64, block_kv] or None; k/v_smem
+  # [stages, block_kv, d] (all SMEM, swizzled)
+  wg = lax.axis_index("wg")
+  qo = qo_smem.at[wg]  # [64, d]: this warpgroup's Q, later its output
+  p_smem = None if p_all is None else p_all.at[wg]  # [64, block_kv]
+  rows = pl.ds(wg * ROWS_PER_WG, ROWS_PER_WG)
+  # q_ref / o_ref [n_tiles, hkv, rows, d] (GMEM)
+  plgpu.copy_gmem_to_smem(q_ref.at[tile.index, tile.head, rows], qo,
+                          bars["q"].at[wg])
+  plgpu.barrier_wait(bars["q"].at[wg])
+  head_dim = qo.shape[-1]
+  shape = (ROWS_PER_WG, cfg.block_kv)
+  row = plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=plgpu.Layout.WGMMA)
+  # Row r is token r // group_pad; padded rows are clamped to the last
+  # visible position so they never see unwritten slots.
+  limit = jnp.minimum(
+      tile.first_pos + lax.div(row + wg * ROWS_PER_WG, cfg.group_pad),
+      tile.end - 1)
+  carry = (plgpu.layout_cast(jnp.zeros((ROWS_PER_WG, head_dim), jnp.float32),
+                             plgpu.Layout.WGMMA),
+           plgpu.layout_cast(jnp.full((ROWS_PER_WG,), NEG_BIG, jnp.float32),
+                             plgpu.Layout.WGMMA.reduce(1)),
+           plgpu.layout_cast(jnp.zeros((ROWS_PER_WG,), jnp.float32),
+                             plgpu.Layout.WGMMA.reduce(1)))
+  sched = _Sched(bars["sched"], wg) if cfg.pingpong else None
+  if sched:
+    pl.when(wg == 1)(sched.sync)
+  step = functools.partial(_step, qo=qo, p_smem=p_smem, k_smem=k_smem,
+                           v_smem=v_smem, bars=bars, cfg=cfg, sched=sched)
+  carry = lax.fori_loop(0, tile.num_full, functools.partial(step, limit=None),
+                        carry)
+  acc, _, l = lax.fori_loop(tile.num_full, tile.num_steps,
+                            functools.partial(step, limit=limit), carry)
+  if sched:
+    pl.when(wg == 0)(sched.sync)
+  safe = jnp.where(l > 0, l, 1.0)
+  inv = jnp.where(l > 0, 1.0 / safe, 0.0)  # empty tiles output zeros
+  qo[...] = (acc * lax.broadcast_in_dim(inv, acc.shape, [0])).astype(qo.dtype)
+  plgpu.commit_smem()
+  plgpu.copy_smem_to_gmem(qo, o_ref.at[tile.index, tile.head, rows])
+  plgpu.wait_smem_to_gmem(0)
+
+
+class _Sched:
+  """Ping-pong of two compute warpgroups (as attention_mgpu): while one runs
+  its softmax the other issues its wgmma."""
+
+  def __init__(self, barrier, wg):
+    self.barrier, self.wg = barrier, wg
+
+  def sync(self):
+    plgpu.barrier_arrive(self.barrier)
+    plgpu.barrier_wait(self.barrier)
+
+
+def _step(step, carry, *, qo, p_smem, k_smem, v_smem, bars, cfg: Static,
+          sched, limit):
+  """One pipeline step of a compute warpgroup; `limit` None = no mask."""
+  acc, m_prev, l_prev = carry  # [64, d] f32, [64] f32, [64] f32
+  slot = lax.rem(step, cfg.stages)
+  plgpu.barrier_wait(bars["k_ready"].at[slot])
+
+  def qk(acc_ref):  # acc_ref [64, block_kv] f32
+    plgpu.wgmma(acc_ref, qo, k_smem.at[slot].transpose((1, 0)))
+    if sched:
+      sched.sync()
+    return acc_ref[...]
+
+  s = pl.run_scoped(qk, plgpu.ACC((ROWS_PER_WG, cfg.block_kv), jnp.float32))
+  plgpu.barrier_arrive(bars["k_free"].at[slot])
+  s = s * (cfg.scale * LOG2E)  # log2 domain
+  if limit is not None:
+    pos = plgpu.broadcasted_iota(jnp.int32, s.shape, 1,
+                                 layout=plgpu.Layout.WGMMA) + step * cfg.block_kv
+    s = jnp.where(pos <= limit, s, NEG_BIG)
+  m_new = jnp.maximum(m_prev, s.max(axis=1))
+  alpha = jnp.exp2(m_prev - m_new)
+  p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
+  l_new = l_prev * alpha + p.sum(axis=1)
+  acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+  p16 = p.astype(v_smem.dtype)
+  if p_smem is not None:  # P through shared memory (see Static.p_in_regs)
+    p_smem[...] = p16
+    plgpu.commit_smem()
+  if sched:
+    plgpu.barrier_arrive(sched.barrier)  # softmax done
+  plgpu.barrier_wait(bars["v_ready"].at[slot])
+  if sched:
+    plgpu.barrier_wait(sched.barrier)  # the tensor cores are ours
+  if p_smem is None:
+    def pv(acc_ref):  # acc_ref [64, d] f32, accumulates onto acc
+      plgpu.wgmma(acc_ref, p16, v_smem.at[slot])
+    acc = pl.run_state(pv)(plgpu.ACC.init(acc))
+  else:
+    def pv(acc_ref):  # acc_ref [64, d] f32, starts at zero
+      plgpu.wgmma(acc_ref, p_smem, v_smem.at[slot])
+      return acc_ref[...]
+    acc = acc + pl.run_scoped(pv, plgpu.ACC(acc.shape, jnp.float32))
+  plgpu.barrier_arrive(bars["v_free"].at[slot])
+  return acc, m_new, l_new
