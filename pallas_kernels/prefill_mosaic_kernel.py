@@ -40,6 +40,7 @@ ROWS_PER_WG = 64  # wgmma M of one warpgroup
 NEG_BIG = -1e30
 LOG2E = math.log2(math.e)
 FIX_TILE = 64  # rows/cols of the chunks the memory warpgroup zeroes
+MEMORY_REGISTERS = 40  # per thread of the memory warpgroup (TMA issue only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +95,7 @@ class Tile:
 
 def producer(tile: Tile, bt_ref, kv_ref, bufs, bars, cfg: Static):
   """Memory warpgroup: TMA K/V stages ahead of the compute warpgroups."""
-  plgpu.set_max_registers(40, action="decrease")
+  plgpu.set_max_registers(MEMORY_REGISTERS, action="decrease")
   k_smem, v_smem = bufs  # each [stages, block_kv, head_dim] (SMEM, swizzled)
   block_size = kv_ref.shape[3]  # kv_ref [blocks, hkv, 2, bs, d] (GMEM)
   sub = min(block_size, cfg.block_kv)  # tokens per copy
@@ -111,7 +112,7 @@ def producer(tile: Tile, bt_ref, kv_ref, bufs, bars, cfg: Static):
           dst.at[slot, pl.ds(j * sub, sub)], barrier)
 
   @pl.loop(0, tile.num_steps)
-  def _step(step):
+  def _produce(step):
     slot = lax.rem(step, cfg.stages)
     refill = step >= cfg.stages
     pl.when(refill)(lambda: plgpu.barrier_wait(bars["k_free"].at[slot]))
@@ -152,107 +153,123 @@ def _zero_rows(v_ref, valid):
       chunk[...] = jnp.where(row < valid, x, jnp.zeros_like(x))
 
 
+def _compute_registers(compute_wgs: int) -> int:
+  """Registers per compute thread: the SM's 64K minus the memory warpgroup's
+  share, split over the compute warpgroups (<= 256, a multiple of 8)."""
+  return min(256, (512 - MEMORY_REGISTERS) // compute_wgs) // 8 * 8
+
+
 def consumer(tile: Tile, q_ref, o_ref, bufs, bars, cfg: Static):
   """Compute warpgroup `wg`: attention of its 64 rows over the tile's steps."""
-  plgpu.set_max_registers(232, action="increase")
+  plgpu.set_max_registers(_compute_registers(cfg.compute_wgs),
+                          action="increase")
   qo_smem, p_all, k_smem, v_smem = bufs
   # qo_smem [wgs, 64, d]; p_all [wgs, 64, block_kv] or None; k/v_smem
   # [stages, block_kv, d] (all SMEM, swizzled)
   wg = lax.axis_index("wg")
   qo = qo_smem.at[wg]  # [64, d]: this warpgroup's Q, later its output
-  p_smem = None if p_all is None else p_all.at[wg]  # [64, block_kv]
   rows = pl.ds(wg * ROWS_PER_WG, ROWS_PER_WG)
   # q_ref / o_ref [n_tiles, hkv, rows, d] (GMEM)
   plgpu.copy_gmem_to_smem(q_ref.at[tile.index, tile.head, rows], qo,
                           bars["q"].at[wg])
   plgpu.barrier_wait(bars["q"].at[wg])
-  head_dim = qo.shape[-1]
-  shape = (ROWS_PER_WG, cfg.block_kv)
-  row = plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=plgpu.Layout.WGMMA)
-  # Row r is token r // group_pad; padded rows are clamped to the last
-  # visible position so they never see unwritten slots.
-  limit = jnp.minimum(
-      tile.first_pos + lax.div(row + wg * ROWS_PER_WG, cfg.group_pad),
-      tile.end - 1)
-  carry = (plgpu.layout_cast(jnp.zeros((ROWS_PER_WG, head_dim), jnp.float32),
-                             plgpu.Layout.WGMMA),
+  sched = bars["sched"] if cfg.pingpong else None
+  if sched is not None:
+    pl.when(wg == 1)(lambda: _sync(sched))
+  step = functools.partial(
+      _step, tile=tile, wg=wg, qo=qo,
+      p_smem=None if p_all is None else p_all.at[wg],  # [64, block_kv]
+      k_smem=k_smem, v_smem=v_smem, bars=bars, cfg=cfg, sched=sched)
+  row_layout = plgpu.Layout.WGMMA.reduce(1)
+  carry = (plgpu.layout_cast(jnp.zeros(qo.shape, jnp.float32),
+                             plgpu.Layout.WGMMA),  # acc [64, d]
            plgpu.layout_cast(jnp.full((ROWS_PER_WG,), NEG_BIG, jnp.float32),
-                             plgpu.Layout.WGMMA.reduce(1)),
+                             row_layout),  # running max [64] (log2 domain)
            plgpu.layout_cast(jnp.zeros((ROWS_PER_WG,), jnp.float32),
-                             plgpu.Layout.WGMMA.reduce(1)))
-  sched = _Sched(bars["sched"], wg) if cfg.pingpong else None
-  if sched:
-    pl.when(wg == 1)(sched.sync)
-  step = functools.partial(_step, qo=qo, p_smem=p_smem, k_smem=k_smem,
-                           v_smem=v_smem, bars=bars, cfg=cfg, sched=sched)
-  carry = lax.fori_loop(0, tile.num_full, functools.partial(step, limit=None),
-                        carry)
+                             row_layout))  # running sum [64]
+  carry = lax.fori_loop(0, tile.num_full,
+                        functools.partial(step, masked=False), carry)
   acc, _, l = lax.fori_loop(tile.num_full, tile.num_steps,
-                            functools.partial(step, limit=limit), carry)
-  if sched:
-    pl.when(wg == 0)(sched.sync)
-  safe = jnp.where(l > 0, l, 1.0)
-  inv = jnp.where(l > 0, 1.0 / safe, 0.0)  # empty tiles output zeros
+                            functools.partial(step, masked=True), carry)
+  if sched is not None:
+    pl.when(wg == 0)(lambda: _sync(sched))
+  inv = jnp.where(l > 0, 1.0 / jnp.where(l > 0, l, 1.0), 0.0)  # empty: zeros
   qo[...] = (acc * lax.broadcast_in_dim(inv, acc.shape, [0])).astype(qo.dtype)
   plgpu.commit_smem()
   plgpu.copy_smem_to_gmem(qo, o_ref.at[tile.index, tile.head, rows])
   plgpu.wait_smem_to_gmem(0)
 
 
-class _Sched:
-  """Ping-pong of two compute warpgroups (as attention_mgpu): while one runs
-  its softmax the other issues its wgmma."""
-
-  def __init__(self, barrier, wg):
-    self.barrier, self.wg = barrier, wg
-
-  def sync(self):
-    plgpu.barrier_arrive(self.barrier)
-    plgpu.barrier_wait(self.barrier)
+def _sync(barrier):
+  """Arrive and wait: the ping-pong of two compute warpgroups (as in
+  attention_mgpu): while one runs its softmax the other issues its wgmma."""
+  plgpu.barrier_arrive(barrier)
+  plgpu.barrier_wait(barrier)
 
 
-def _step(step, carry, *, qo, p_smem, k_smem, v_smem, bars, cfg: Static,
-          sched, limit):
-  """One pipeline step of a compute warpgroup; `limit` None = no mask."""
+def _causal_mask(s, step, tile: Tile, wg, cfg: Static):
+  """s [64, block_kv] with keys past each row's position set to NEG_BIG.
+
+  Row r is token r // group_pad of the tile; padded rows are clamped to the
+  last visible position, so they never see slots past the sequence.
+  """
+  row = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=plgpu.Layout.WGMMA)
+  key = plgpu.broadcasted_iota(jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA)
+  limit = jnp.minimum(
+      tile.first_pos + lax.div(row + wg * ROWS_PER_WG, cfg.group_pad),
+      tile.end - 1)
+  return jnp.where(key + step * cfg.block_kv <= limit, s, NEG_BIG)
+
+
+def _step(step, carry, *, tile, wg, qo, p_smem, k_smem, v_smem, bars,
+          cfg: Static, sched, masked: bool):
+  """One pipeline step of a compute warpgroup (causal mask if `masked`)."""
   acc, m_prev, l_prev = carry  # [64, d] f32, [64] f32, [64] f32
   slot = lax.rem(step, cfg.stages)
   plgpu.barrier_wait(bars["k_ready"].at[slot])
 
   def qk(acc_ref):  # acc_ref [64, block_kv] f32
     plgpu.wgmma(acc_ref, qo, k_smem.at[slot].transpose((1, 0)))
-    if sched:
-      sched.sync()
+    if sched is not None:
+      _sync(sched)
     return acc_ref[...]
 
   s = pl.run_scoped(qk, plgpu.ACC((ROWS_PER_WG, cfg.block_kv), jnp.float32))
   plgpu.barrier_arrive(bars["k_free"].at[slot])
   s = s * (cfg.scale * LOG2E)  # log2 domain
-  if limit is not None:
-    pos = plgpu.broadcasted_iota(jnp.int32, s.shape, 1,
-                                 layout=plgpu.Layout.WGMMA) + step * cfg.block_kv
-    s = jnp.where(pos <= limit, s, NEG_BIG)
+  if masked:
+    s = _causal_mask(s, step, tile, wg, cfg)
   m_new = jnp.maximum(m_prev, s.max(axis=1))
   alpha = jnp.exp2(m_prev - m_new)
   p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
   l_new = l_prev * alpha + p.sum(axis=1)
   acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-  p16 = p.astype(v_smem.dtype)
+  p16 = p.astype(v_smem.dtype)  # [64, block_kv]
   if p_smem is not None:  # P through shared memory (see Static.p_in_regs)
     p_smem[...] = p16
     plgpu.commit_smem()
-  if sched:
-    plgpu.barrier_arrive(sched.barrier)  # softmax done
+  if sched is not None:
+    plgpu.barrier_arrive(sched)  # softmax done
   plgpu.barrier_wait(bars["v_ready"].at[slot])
-  if sched:
-    plgpu.barrier_wait(sched.barrier)  # the tensor cores are ours
-  if p_smem is None:
-    def pv(acc_ref):  # acc_ref [64, d] f32, accumulates onto acc
-      plgpu.wgmma(acc_ref, p16, v_smem.at[slot])
-    acc = pl.run_state(pv)(plgpu.ACC.init(acc))
-  else:
-    def pv(acc_ref):  # acc_ref [64, d] f32, starts at zero
-      plgpu.wgmma(acc_ref, p_smem, v_smem.at[slot])
-      return acc_ref[...]
-    acc = acc + pl.run_scoped(pv, plgpu.ACC(acc.shape, jnp.float32))
+  if sched is not None:
+    plgpu.barrier_wait(sched)  # the tensor cores are ours
+  acc = _pv(acc, p16, p_smem, v_smem.at[slot])
   plgpu.barrier_arrive(bars["v_free"].at[slot])
   return acc, m_new, l_new
+
+
+def _pv(acc, p16, p_smem, v):
+  """acc [64, d] f32 + P [64, block_kv] @ v [block_kv, d] (SMEM) on wgmma.
+
+  With p_smem None, P comes from registers and wgmma accumulates onto acc;
+  else P was stored in p_smem and a zeroed accumulator is added to acc.
+  """
+  if p_smem is None:
+    def pv_in_place(acc_ref):  # acc_ref [64, d] f32, starts at acc
+      plgpu.wgmma(acc_ref, p16, v)
+    return pl.run_state(pv_in_place)(plgpu.ACC.init(acc))
+
+  def pv_fresh(acc_ref):  # acc_ref [64, d] f32, starts at zero
+    plgpu.wgmma(acc_ref, p_smem, v)
+    return acc_ref[...]
+  return acc + pl.run_scoped(pv_fresh, plgpu.ACC(acc.shape, jnp.float32))

@@ -8,6 +8,7 @@ warpgroups, barriers and TMA copies), compiled on a GPU machine.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -56,6 +57,42 @@ def test_tile_variants_match_oracle(config):
   args, want = _problem()
   _check(prefill_mosaic.prefill_mosaic(
       *args, scale=D ** -0.5, config=config, interpret=helpers.INTERPRET), want)
+
+
+@pytest.mark.parametrize("shape,config", [
+    ((16, 32, 8, 128), prefill_mosaic.MosaicConfig()),  # the 8B's heads
+    ((16, 32, 8, 128), prefill_mosaic.MosaicConfig(block_kv=64, stages=3)),
+    ((16, 32, 8, 128), prefill_mosaic.MosaicConfig(compute_wgs=1)),
+    ((16, 32, 8, 128), prefill_mosaic.MosaicConfig(pingpong=False)),
+    ((8, 4, 4, 64), prefill_mosaic.MosaicConfig()),
+    ((256, 9, 3, 64), prefill_mosaic.MosaicConfig()),
+    ((16, 8, 1, 256), heuristics.prefill_mosaic_config(256)),
+], ids=str)
+def test_lowers_for_hopper(shape, config):
+  """Pallas -> Mosaic GPU lowering for sm_90, P V from registers included
+  (the path interpret mode cannot run). jax.export lowers for CUDA on a CPU
+  machine (Mosaic assumes compute capability 9.0 without a GPU); it checks
+  layouts, TMA shapes and the shared-memory budget, not ptxas."""
+  block_size, hq, hkv, d = shape
+  spec = lambda *s, dt=jnp.bfloat16: jax.ShapeDtypeStruct(s, dt)
+  f = jax.jit(lambda *a: prefill_mosaic.prefill_mosaic(
+      *a, scale=d ** -0.5, config=config))
+  exported = jax.export.export(f, platforms=["cuda"])(
+      spec(300, hq, d), spec(64, hkv, 2, block_size, d),
+      spec(3, 32, dt=jnp.int32), spec(4, dt=jnp.int32), spec(3, dt=jnp.int32))
+  assert "mosaic_gpu" in exported.mlir_module()
+
+
+def test_shared_memory_overflow_is_a_lowering_error():
+  spec = lambda *s, dt=jnp.bfloat16: jax.ShapeDtypeStruct(s, dt)
+  config = prefill_mosaic.MosaicConfig(block_kv=128, stages=3)
+  assert config.smem_bytes(256, 2) > prefill_mosaic.SMEM_BYTES
+  f = jax.jit(lambda *a: prefill_mosaic.prefill_mosaic(
+      *a, scale=0.1, config=config))
+  with pytest.raises(ValueError, match="shared memory"):
+    jax.export.export(f, platforms=["cuda"])(
+        spec(64, 8, 256), spec(16, 1, 2, 16, 256), spec(1, 8, dt=jnp.int32),
+        spec(2, dt=jnp.int32), spec(1, dt=jnp.int32))
 
 
 @pytest.mark.skipif(not helpers.INTERPRET,
