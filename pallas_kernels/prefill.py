@@ -59,12 +59,19 @@ def paged_prefill_attention(
         q, kv_cache, block_tables, cu_q_lens, kv_lens, scale=float(scale),
         config=heuristics.prefill_mosaic_config(q.shape[-1]),
         interpret=interpret)
+  return _prefill_triton(q, kv_cache, block_tables, cu_q_lens, kv_lens,
+                         float(scale), interpret)
+
+
+def _prefill_triton(q, kv_cache, block_tables, cu_q_lens, kv_lens, scale,
+                    interpret):
+  """The Triton kernel with its heuristic tiling."""
   _, hkv, _, block_size, _ = kv_cache.shape
   group_pad = pl.next_power_of_2(q.shape[1] // hkv)
   itemsize = kv_cache.dtype.itemsize
   pages = heuristics.prefill_pages_per_step(block_size, itemsize)
   return prefill_triton(
-      q, kv_cache, block_tables, cu_q_lens, kv_lens, scale=float(scale),
+      q, kv_cache, block_tables, cu_q_lens, kv_lens, scale=scale,
       block_q=heuristics.prefill_block_q(group_pad, itemsize),
       pages_per_step=pages,
       num_warps=4 if itemsize > 2 else 8,

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels import prefill_mosaic_kernel as kernel_lib
 from pallas_kernels import prefill_tiles
 from pallas_kernels.prefill_mosaic_kernel import ROWS_PER_WG
 from pallas_kernels.prefill_mosaic_kernel import Static
@@ -65,6 +66,15 @@ def supports(q: jax.Array, kv_cache: jax.Array) -> bool:
           and head_dim % 64 == 0 and group_pad <= 2 * ROWS_PER_WG)
 
 
+def _smem(shape, dtype):
+  """A shared-memory buffer in the swizzled tiling wgmma and TMA expect."""
+  itemsize = jnp.dtype(dtype).itemsize
+  swizzle = plgpu.find_swizzle(shape[-1] * itemsize * 8)
+  return plgpu.SMEM(shape, dtype, transforms=(
+      plgpu.TilingTransform((8, swizzle // itemsize)),
+      plgpu.SwizzleTransform(swizzle)))
+
+
 def _entry(rows_ref, pos_ref, kvlen_ref, seq_ref, bt_ref, q_ref, kv_ref, o_ref,
            *, cfg: Static):
   """Allocates shared memory and barriers, then splits by warpgroup.
@@ -75,36 +85,30 @@ def _entry(rows_ref, pos_ref, kvlen_ref, seq_ref, bt_ref, q_ref, kv_ref, o_ref,
   kv_ref: [num_blocks, hkv, 2, block_size, head_dim] the paged cache.
   """
   head_dim, dtype = q_ref.shape[-1], q_ref.dtype
-  block_size = kv_ref.shape[3]
-  swizzle = plgpu.find_swizzle(head_dim * jnp.dtype(dtype).itemsize * 8)
-  elems = swizzle // jnp.dtype(dtype).itemsize
-  tf = (plgpu.TilingTransform((8, elems)), plgpu.SwizzleTransform(swizzle))
-  copies = cfg.block_kv // min(block_size, cfg.block_kv)
-  stage = lambda: plgpu.SMEM((cfg.stages, cfg.block_kv, head_dim), dtype,
-                             transforms=tf)
-  ready = lambda: plgpu.Barrier(num_arrivals=copies, num_barriers=cfg.stages)
-  free = lambda: plgpu.Barrier(num_arrivals=cfg.compute_wgs,
-                               num_barriers=cfg.stages)
+  wgs, stages = cfg.compute_wgs, cfg.stages
+  copies = kernel_lib.copies_per_stage(kv_ref.shape[3], cfg)
 
   def body(qo, p, k, v, **bars):
-    tile = Tile((rows_ref, pos_ref, kvlen_ref, seq_ref), cfg, block_size)
+    tile = Tile((rows_ref, pos_ref, kvlen_ref, seq_ref), cfg, kv_ref.shape[3])
     wg = jax.lax.axis_index("wg")
-    pl.when(wg < cfg.compute_wgs)(
+    pl.when(wg < wgs)(
         lambda: consumer(tile, q_ref, o_ref, (qo, p, k, v), bars, cfg))
-    pl.when(wg == cfg.compute_wgs)(
+    pl.when(wg == wgs)(
         lambda: producer(tile, bt_ref, kv_ref, (k, v), bars, cfg))
 
   pl.run_scoped(
       body,
-      plgpu.SMEM((cfg.compute_wgs, ROWS_PER_WG, head_dim), dtype, transforms=tf),
-      None if cfg.p_in_regs else plgpu.SMEM(
-          (cfg.compute_wgs, ROWS_PER_WG, cfg.block_kv), dtype, transforms=tf),
-      stage(), stage(),
-      q=plgpu.Barrier(num_barriers=cfg.compute_wgs),
-      k_ready=ready(), v_ready=ready(),
+      _smem((wgs, ROWS_PER_WG, head_dim), dtype),  # Q, then O, per warpgroup
+      None if cfg.p_in_regs else _smem((wgs, ROWS_PER_WG, cfg.block_kv), dtype),
+      _smem((stages, cfg.block_kv, head_dim), dtype),  # K stages
+      _smem((stages, cfg.block_kv, head_dim), dtype),  # V stages
+      q=plgpu.Barrier(num_barriers=wgs),
+      k_ready=plgpu.Barrier(num_arrivals=copies, num_barriers=stages),
+      v_ready=plgpu.Barrier(num_arrivals=copies, num_barriers=stages),
       v_tail=plgpu.Barrier(num_arrivals=copies),
-      k_free=free(), v_free=free(),
-      sched=plgpu.Barrier(num_arrivals=cfg.compute_wgs),
+      k_free=plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),
+      v_free=plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),
+      sched=plgpu.Barrier(num_arrivals=wgs),
       collective_axes="wg")
 
 

@@ -30,7 +30,6 @@ import dataclasses
 import functools
 import math
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
@@ -97,39 +96,27 @@ def producer(tile: Tile, bt_ref, kv_ref, bufs, bars, cfg: Static):
   """Memory warpgroup: TMA K/V stages ahead of the compute warpgroups."""
   plgpu.set_max_registers(MEMORY_REGISTERS, action="decrease")
   k_smem, v_smem = bufs  # each [stages, block_kv, head_dim] (SMEM, swizzled)
-  block_size = kv_ref.shape[3]  # kv_ref [blocks, hkv, 2, bs, d] (GMEM)
-  sub = min(block_size, cfg.block_kv)  # tokens per copy
-
-  def issue(step, slot, which, dst, barrier):
-    for j in range(cfg.block_kv // sub):
-      pos = step * cfg.block_kv + j * sub
-      # Blocks past the tile's end re-read its last block (masked anyway).
-      page = jnp.minimum(lax.div(pos, block_size), tile.last_page)
-      offset = lax.rem(pos, block_size) if sub < block_size else 0
-      block = bt_ref[tile.table_base + page]  # bt_ref int32 [seqs * max_blocks]
-      plgpu.copy_gmem_to_smem(
-          kv_ref.at[block, tile.head, which, pl.ds(offset, sub)],
-          dst.at[slot, pl.ds(j * sub, sub)], barrier)
+  issue = functools.partial(_issue, tile, bt_ref, kv_ref, cfg)
 
   @pl.loop(0, tile.num_steps)
   def _produce(step):
     slot = lax.rem(step, cfg.stages)
     refill = step >= cfg.stages
     pl.when(refill)(lambda: plgpu.barrier_wait(bars["k_free"].at[slot]))
-    issue(step, slot, 0, k_smem, bars["k_ready"].at[slot])
+    issue(step, 0, k_smem.at[slot], bars["k_ready"].at[slot])
     pl.when(refill)(lambda: plgpu.barrier_wait(bars["v_free"].at[slot]))
     tail = (step == tile.num_steps - 1) & (
         lax.rem(tile.end, cfg.block_kv) != 0)
     pl.when(~tail)(
-        lambda: issue(step, slot, 1, v_smem, bars["v_ready"].at[slot]))
+        lambda: issue(step, 1, v_smem.at[slot], bars["v_ready"].at[slot]))
 
     @pl.when(tail)
     def _clean_tail():
-      issue(step, slot, 1, v_smem, bars["v_tail"])
+      issue(step, 1, v_smem.at[slot], bars["v_tail"])
       plgpu.barrier_wait(bars["v_tail"])
       _zero_rows(v_smem.at[slot], tile.end - step * cfg.block_kv)
       plgpu.commit_smem()  # generic-proxy writes before wgmma reads them
-      for _ in range(cfg.block_kv // sub):
+      for _ in range(copies_per_stage(kv_ref.shape[3], cfg)):
         plgpu.barrier_arrive(bars["v_ready"].at[slot])
 
   # Observe the last stages' releases too (every phase of a barrier a thread
@@ -139,6 +126,30 @@ def producer(tile: Tile, bt_ref, kv_ref, bufs, bars, cfg: Static):
     slot = lax.rem(step, cfg.stages)
     plgpu.barrier_wait(bars["k_free"].at[slot])
     plgpu.barrier_wait(bars["v_free"].at[slot])
+
+
+def copies_per_stage(block_size: int, cfg: Static) -> int:
+  """TMA copies per K (or V) stage: one per block, or per block slice."""
+  return cfg.block_kv // min(block_size, cfg.block_kv)
+
+
+def _issue(tile: Tile, bt_ref, kv_ref, cfg: Static, step, which, dst, barrier):
+  """Copies K (which=0) or V (1) of the step's cache positions into dst.
+
+  bt_ref int32 [seqs * max_blocks], kv_ref [blocks, hkv, 2, bs, d] (GMEM);
+  dst [block_kv, d] (SMEM, swizzled). Blocks past the tile's end re-read its
+  last block (masked anyway).
+  """
+  block_size = kv_ref.shape[3]
+  sub = cfg.block_kv // copies_per_stage(block_size, cfg)  # tokens per copy
+  for j in range(cfg.block_kv // sub):
+    pos = step * cfg.block_kv + j * sub
+    page = jnp.minimum(lax.div(pos, block_size), tile.last_page)
+    offset = lax.rem(pos, block_size) if sub < block_size else 0
+    block = bt_ref[tile.table_base + page]
+    plgpu.copy_gmem_to_smem(
+        kv_ref.at[block, tile.head, which, pl.ds(offset, sub)],
+        dst.at[pl.ds(j * sub, sub)], barrier)
 
 
 def _zero_rows(v_ref, valid):
