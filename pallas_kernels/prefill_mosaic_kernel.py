@@ -18,10 +18,12 @@ with P in registers). Rows are (token, head of the GQA group) as in
 prefill_tiles.fold_queries.
 
 NOTE: cache slots at or past a sequence's length may hold anything (NaN in
-the tests), and 0 * NaN poisons P V. The only step that reads them is a
-tile's last one (positions >= `end`); its V copies land on `v_tail`, the
-memory warpgroup zeroes those rows in shared memory, fences, and then
-arrives on v_ready itself, so the compute warpgroups see a clean tile.
+the tests), and 0 * NaN poisons P V. Only a tile's last step can read them,
+and only if the tile's last block is the sequence's last and is partial
+(`Tile.dirty_tail`); then that step's V copies land on `v_tail`, the memory
+warpgroup zeroes the rows at positions >= the tile's end in shared memory,
+fences, and then arrives on v_ready itself, so the compute warpgroups see a
+clean tile.
 """
 
 from __future__ import annotations
@@ -80,15 +82,19 @@ class Tile:
     self.head = lax.axis_index("head")
     tokens = rows_ref[self.index]
     self.first_pos = pos_ref[self.index]
+    kv_len = kvlen_ref[self.index]
     live = tokens > 0
     # Cache positions [0, end) are visible to some row of this tile.
     self.end = jnp.where(
-        live, jnp.minimum(kvlen_ref[self.index], self.first_pos + tokens), 0)
+        live, jnp.minimum(kv_len, self.first_pos + tokens), 0)
     self.num_steps = _cdiv(self.end, cfg.block_kv)
     # Steps wholly at or below the first token's position need no mask.
     self.num_full = jnp.where(live, lax.div(self.first_pos + 1, cfg.block_kv),
                               0)
     self.last_page = jnp.maximum(_cdiv(self.end, block_size) - 1, 0)
+    # The tile reads blocks 0..last_page only, so it can meet unwritten slots
+    # only if that block is the sequence's last and is partial.
+    self.dirty_tail = (self.last_page + 1) * block_size > kv_len
     self.table_base = seq_ref[self.index] * cfg.max_blocks
 
 
@@ -96,23 +102,22 @@ def producer(tile: Tile, bt_ref, kv_ref, bufs, bars, cfg: Static):
   """Memory warpgroup: TMA K/V stages ahead of the compute warpgroups."""
   plgpu.set_max_registers(MEMORY_REGISTERS, action="decrease")
   k_smem, v_smem = bufs  # each [stages, block_kv, head_dim] (SMEM, swizzled)
-  issue = functools.partial(_issue, tile, bt_ref, kv_ref, cfg)
 
   @pl.loop(0, tile.num_steps)
   def _produce(step):
     slot = lax.rem(step, cfg.stages)
     refill = step >= cfg.stages
+    issue = functools.partial(_issue, tile, kv_ref, _block_ids(
+        tile, bt_ref, kv_ref.shape[3], cfg, step))
     pl.when(refill)(lambda: plgpu.barrier_wait(bars["k_free"].at[slot]))
-    issue(step, 0, k_smem.at[slot], bars["k_ready"].at[slot])
+    issue(0, k_smem.at[slot], bars["k_ready"].at[slot])
     pl.when(refill)(lambda: plgpu.barrier_wait(bars["v_free"].at[slot]))
-    tail = (step == tile.num_steps - 1) & (
-        lax.rem(tile.end, cfg.block_kv) != 0)
-    pl.when(~tail)(
-        lambda: issue(step, 1, v_smem.at[slot], bars["v_ready"].at[slot]))
+    tail = (step == tile.num_steps - 1) & tile.dirty_tail
+    pl.when(~tail)(lambda: issue(1, v_smem.at[slot], bars["v_ready"].at[slot]))
 
     @pl.when(tail)
     def _clean_tail():
-      issue(step, 1, v_smem.at[slot], bars["v_tail"])
+      issue(1, v_smem.at[slot], bars["v_tail"])
       plgpu.barrier_wait(bars["v_tail"])
       _zero_rows(v_smem.at[slot], tile.end - step * cfg.block_kv)
       plgpu.commit_smem()  # generic-proxy writes before wgmma reads them
@@ -133,20 +138,29 @@ def copies_per_stage(block_size: int, cfg: Static) -> int:
   return cfg.block_kv // min(block_size, cfg.block_kv)
 
 
-def _issue(tile: Tile, bt_ref, kv_ref, cfg: Static, step, which, dst, barrier):
-  """Copies K (which=0) or V (1) of the step's cache positions into dst.
+def _block_ids(tile: Tile, bt_ref, block_size: int, cfg: Static, step):
+  """(cache block, row offset) of each copy of a step, from the block table.
 
-  bt_ref int32 [seqs * max_blocks], kv_ref [blocks, hkv, 2, bs, d] (GMEM);
-  dst [block_kv, d] (SMEM, swizzled). Blocks past the tile's end re-read its
-  last block (masked anyway).
+  bt_ref int32 [seqs * max_blocks] (GMEM). Blocks past the tile's end re-read
+  its last block (masked anyway).
   """
-  block_size = kv_ref.shape[3]
   sub = cfg.block_kv // copies_per_stage(block_size, cfg)  # tokens per copy
+  ids = []
   for j in range(cfg.block_kv // sub):
     pos = step * cfg.block_kv + j * sub
     page = jnp.minimum(lax.div(pos, block_size), tile.last_page)
     offset = lax.rem(pos, block_size) if sub < block_size else 0
-    block = bt_ref[tile.table_base + page]
+    ids.append((bt_ref[tile.table_base + page], offset))
+  return ids
+
+
+def _issue(tile: Tile, kv_ref, ids, which, dst, barrier):
+  """TMA of K (which=0) or V (1) of a step's blocks `ids` into dst.
+
+  kv_ref [blocks, hkv, 2, bs, d] (GMEM); dst [block_kv, d] (SMEM, swizzled).
+  """
+  sub = dst.shape[0] // len(ids)
+  for j, (block, offset) in enumerate(ids):
     plgpu.copy_gmem_to_smem(
         kv_ref.at[block, tile.head, which, pl.ds(offset, sub)],
         dst.at[pl.ds(j * sub, sub)], barrier)

@@ -30,7 +30,7 @@ CASES = [  # block_size, hq, hkv, d, dtype, q_lens, kv_lens
     (128, 6, 2, 64, BF16, [33], [300]),  # group 3
     (256, 9, 3, 64, BF16, [100, 17], [300, 17]),  # blocks > a K/V step
     (16, 8, 2, 64, BF16, [128, 16], [256, 16]),  # exact block/step multiples
-    (16, 4, 1, 64, BF16, [150, 40], [2600, 40]),  # long prefix, stage reuse
+    (16, 4, 1, 64, BF16, [60, 40], [700, 40]),  # prefix over 6 K/V steps
 ]
 
 

@@ -23,7 +23,7 @@ from tests.kernels import helpers
 BF16 = ml_dtypes.bfloat16
 # 3 sequences: a prefix with a chunk (several K/V steps, stages reused), one
 # without, an empty one; chunks start and end mid-block; group 4.
-Q_LENS, KV_LENS = [70, 0, 9], [700, 0, 9]
+Q_LENS, KV_LENS = [40, 0, 9], [330, 0, 9]
 BLOCK_SIZE, HQ, HKV, D = 16, 8, 2, 64
 
 
