@@ -47,7 +47,7 @@ MEMORY_REGISTERS = 40  # per thread of the memory warpgroup (TMA issue only)
 @dataclasses.dataclass(frozen=True)
 class Static:
   """Compile-time facts the kernel body needs."""
-  block_kv: int  # cache tokens per pipeline step, a multiple of 64
+  block_kv: int  # cache tokens per pipeline step: 64, 128 or 256
   stages: int  # K/V buffers in flight
   compute_wgs: int  # 1 or 2 compute warpgroups (64 rows each)
   pingpong: bool  # schedule barrier between two compute warpgroups

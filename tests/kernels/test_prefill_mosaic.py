@@ -128,7 +128,7 @@ def test_default_config_fits_shared_memory():
 
 def test_config_rejects_bad_tiles():
   with pytest.raises(ValueError, match="block_kv"):
-    prefill_mosaic.MosaicConfig(block_kv=96)
+    prefill_mosaic.MosaicConfig(block_kv=192)
   with pytest.raises(ValueError, match="stages"):
     prefill_mosaic.MosaicConfig(stages=1)
   with pytest.raises(ValueError, match="compute_wgs"):
