@@ -148,7 +148,7 @@ def bench_prefill(rows, key, backends=PREFILL_BACKENDS, q_len=4096):
                                                prefix), limit=ERROR_CHARS)
       if isinstance(r, str):
         print(f"prefill {backend} prefix {prefix} FAILED:\n{r}", flush=True)
-        r = dict(us=float("nan"), tok_s=0, tflops=0, err=r.splitlines()[-1])
+        r = dict(us=float("nan"), tok_s=0, tflops=0, err=r.splitlines()[0])
       rows.append(dict(name=name, **r))
       print(json.dumps(rows[-1]), flush=True)
   rows.extend(prefill_baselines.dense_rows(key, q_len, timed))

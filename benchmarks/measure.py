@@ -28,14 +28,16 @@ def timed(f, *args, iters=20):
 def guarded(fn, limit=300):
   """fn() or the exception's text, so one failure doesn't end the run.
 
-  limit > 300 returns the end of the traceback (Mosaic GPU compile errors
-  carry the failing op near the end).
+  With limit > 300 the text is the one-line summary, then the last `limit`
+  characters of the traceback (Mosaic GPU compile errors carry the failing
+  op near its end).
   """
   try:
     return fn()
   except Exception as e:  # pylint: disable=broad-except
+    summary = f"{type(e).__name__}: {str(e)[:300]}".splitlines()[0]
     if limit > 300:
-      return traceback.format_exc()[-limit:]
+      return summary + "\n" + traceback.format_exc()[-limit:]
     return f"{type(e).__name__}: {str(e)[:limit]}"
 
 

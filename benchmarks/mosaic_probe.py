@@ -149,7 +149,7 @@ def child(jobs, interpret=False):
     r = guarded(lambda: _run_job(variant, shape, cache, interpret), limit=4000)
     if isinstance(r, str):
       print(r, flush=True)
-      r = dict(status="error", detail=r.strip().splitlines()[-1][:300])
+      r = dict(status="error", detail=r.splitlines()[0])
     print(RESULT + json.dumps(dict(variant=variant, shape=shape, **r)),
           flush=True)
 
@@ -183,10 +183,12 @@ def parent(jobs, job_timeout_s, startup_s, interpret=False):
       except queue.Empty:
         proc.kill()
         proc.wait()
-        results.append(dict(variant=todo[0][0], shape=todo[0][1], status="hung",
-                            detail=f"no result in {job_timeout_s} s; killed"))
-        print(f"HUNG {todo[0]}: killed", flush=True)
-        todo = todo[1:]
+        if todo:  # else the child was only slow to exit
+          results.append(dict(variant=todo[0][0], shape=todo[0][1],
+                              status="hung",
+                              detail=f"no result in {job_timeout_s} s; killed"))
+          print(f"HUNG {todo[0]}: killed", flush=True)
+          todo = todo[1:]
         break
       if line is None:  # the child exited
         if todo:  # before reporting this job: it took the child down
