@@ -52,13 +52,13 @@ def paged_prefill_attention(
     return paged_prefill_attention_reference(
         q, kv_cache, block_tables, cu_q_lens, kv_lens, scale=scale)
   # NOTE: "mosaic" runs the Mosaic GPU kernel where prefill_mosaic.supports()
-  # (16-bit caches, head_dim % 64 == 0); float32 and other shapes fall back
-  # to the Triton kernel, which stays the reference GPU path.
-  if backend == "mosaic" and prefill_mosaic.supports(q, kv_cache):
+  # (16-bit caches, head_dim % 64 == 0, shared memory fits); float32 and other
+  # shapes fall back to the Triton kernel, which stays the reference GPU path.
+  config = heuristics.prefill_mosaic_config(q.shape[-1])
+  if backend == "mosaic" and prefill_mosaic.supports(q, kv_cache, config):
     return prefill_mosaic.prefill_mosaic(
         q, kv_cache, block_tables, cu_q_lens, kv_lens, scale=float(scale),
-        config=heuristics.prefill_mosaic_config(q.shape[-1]),
-        interpret=interpret)
+        config=config, interpret=interpret)
   return _prefill_triton(q, kv_cache, block_tables, cu_q_lens, kv_lens,
                          float(scale), interpret)
 

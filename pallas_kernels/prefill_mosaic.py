@@ -5,10 +5,10 @@ of one sequence (prefill_tiles.py), the GQA group's heads folded into a tile's
 rows, and each (tile, KV head) CTA walks its sequence's cache up to the tile's
 last token. The kernel body and its pipeline are in prefill_mosaic_kernel.py.
 
-Supported: 16-bit caches (bf16, f16) with head_dim a multiple of 64 and GQA
-groups padded to at most 128 rows; `supports()` says so and prefill.py sends
-everything else (float32 caches, head_dim 32/96, huge groups) to the Triton
-kernel.
+Supported: 16-bit caches (bf16, f16) with head_dim a multiple of 64 (up to
+256 with the default tiling: shared memory) and GQA groups padded to at most
+128 rows; `supports()` says so and prefill.py sends everything else (float32
+caches, head_dim 32/96/512, huge groups) to the Triton kernel.
 """
 
 from __future__ import annotations
@@ -59,12 +59,15 @@ class MosaicConfig:
             + 2 * self.stages * self.block_kv * head_dim) * itemsize
 
 
-def supports(q: jax.Array, kv_cache: jax.Array) -> bool:
-  """Whether the Mosaic kernel handles these shapes/dtypes (else Triton)."""
+def supports(q: jax.Array, kv_cache: jax.Array, config: MosaicConfig) -> bool:
+  """Whether the Mosaic kernel runs these shapes/dtypes with `config` (16-bit,
+  head_dim % 64 == 0, groups <= 128, shared memory fits); else Triton."""
   hkv, head_dim = kv_cache.shape[1], kv_cache.shape[4]
+  itemsize = kv_cache.dtype.itemsize
   group_pad = pl.next_power_of_2(q.shape[1] // hkv)
-  return (kv_cache.dtype.itemsize == 2 and q.dtype == kv_cache.dtype
-          and head_dim % 64 == 0 and group_pad <= 2 * ROWS_PER_WG)
+  return (itemsize == 2 and q.dtype == kv_cache.dtype
+          and head_dim % 64 == 0 and group_pad <= 2 * ROWS_PER_WG
+          and config.smem_bytes(head_dim, itemsize) <= SMEM_BYTES)
 
 
 def _smem(shape, dtype):
@@ -144,7 +147,7 @@ def prefill_mosaic(q, kv_cache, block_tables, cu_q_lens, kv_lens, *, scale,
                    config: MosaicConfig = MosaicConfig(), interpret=False):
   """Runs the kernel; arguments as `paged_prefill_attention`, pre-validated.
 
-  Requires supports(q, kv_cache). `interpret` may also be an
+  Requires supports(q, kv_cache, config). `interpret` may also be an
   InterpretGPUParams (e.g. with detect_races=True).
   """
   num_tokens, hq, head_dim = q.shape

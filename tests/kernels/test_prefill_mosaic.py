@@ -110,14 +110,16 @@ def test_pipeline_has_no_data_races():
 
 
 def test_supports_16_bit_caches_with_head_dim_multiple_of_64():
-  q = jnp.zeros((4, 8, 128), jnp.bfloat16)
-  cache = lambda d, dt: jnp.zeros((3, 2, 2, 16, d), dt)
-  assert prefill_mosaic.supports(q, cache(128, jnp.bfloat16))
-  assert not prefill_mosaic.supports(q.astype(jnp.float32),
-                                     cache(128, jnp.float32))
-  assert not prefill_mosaic.supports(q[..., :96], cache(96, jnp.bfloat16))
-  assert not prefill_mosaic.supports(jnp.zeros((4, 512, 64), jnp.bfloat16),
-                                     cache(64, jnp.bfloat16))  # group 256
+  q = lambda hq, d, dt=jnp.bfloat16: jnp.zeros((4, hq, d), dt)
+  cache = lambda d, dt=jnp.bfloat16: jnp.zeros((3, 2, 2, 16, d), dt)
+  ok = lambda q, c: prefill_mosaic.supports(
+      q, c, heuristics.prefill_mosaic_config(c.shape[-1]))
+  assert ok(q(8, 128), cache(128))
+  assert ok(q(8, 256), cache(256))
+  assert not ok(q(8, 128, jnp.float32), cache(128, jnp.float32))
+  assert not ok(q(8, 96), cache(96))
+  assert not ok(q(8, 512), cache(512))  # shared memory
+  assert not ok(q(512, 64), cache(64))  # group 256
 
 
 def test_default_config_fits_shared_memory():
