@@ -93,3 +93,11 @@ def test_split_heuristic():
   assert heuristics.decode_num_splits(1, 1, 2, 16) == 1  # never > steps
   splits = heuristics.decode_num_splits(2, 2, 4096, 8)
   assert splits & (splits - 1) == 0 and 1 < splits <= heuristics.MAX_SPLITS
+
+
+def test_backend_mosaic_runs_the_triton_decode():
+  """No Mosaic GPU decode kernel yet: "mosaic" must give Triton's result."""
+  _, _, args, want = _run(CASES[1], seed=5)
+  out = pk.paged_decode_attention(*args, backend="mosaic", num_splits=2,
+                                  interpret=helpers.INTERPRET)
+  np.testing.assert_array_equal(np.asarray(out, np.float64), want)
