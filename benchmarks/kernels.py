@@ -1,13 +1,17 @@
 """GPU benchmark of the paged-attention kernels (run on an H100/H200).
 
-Usage: PYTHONPATH=. python -m benchmarks.kernels [--out DIR] [--quick]
+Usage: PYTHONPATH=. python -m benchmarks.kernels [--out DIR] [--skip ...]
 
 Checks the compiled kernels against the references on random inputs, then
 times (CUPTI kernel time, median of several iterations) our decode kernel,
 JAX's built-in Pallas paged_attention (best of a settings sweep), the XLA
 gather+einsum reference and a read-only pass over the same KV bytes; and our
-prefill kernel next to cuDNN / Pallas Triton / Pallas Mosaic GPU dense causal
-attention and a bf16 matmul. Prints markdown tables and writes them to --out.
+prefill kernels (backends "triton" and "mosaic") next to cuDNN / Pallas
+Triton / Pallas Mosaic GPU dense causal attention and a bf16 matmul. The
+Mosaic kernel first passes a preflight in a watched child process
+(benchmarks/mosaic_probe.py): if it fails to compile, is wrong or hangs
+there, its rows say so and the rest of the run goes on. Prints markdown
+tables and writes them to --out.
 """
 
 from __future__ import annotations
@@ -15,14 +19,19 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import subprocess
+import sys
 import time
 import warnings
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import pallas_kernels as pk
+from benchmarks import prefill_baselines
+from benchmarks.kernel_checks import ERROR_CHARS, PREFILL_BACKENDS, check_small
+from benchmarks.measure import guarded, rel_err, timed  # noqa: F401 (re-exported)
+from benchmarks.prefill_baselines import causal_flops
 
 DECODE_SHAPES = (  # (batch, context, q_heads, kv_heads, head_dim)
     (64, 2048, 32, 8, 128), (8, 8192, 32, 8, 128), (256, 1024, 32, 8, 128),
@@ -30,37 +39,6 @@ DECODE_SHAPES = (  # (batch, context, q_heads, kv_heads, head_dim)
 BLOCK_SIZE = 16
 TUNE_SKIP = {"decode"}  # tuned on 2026-11-22; the chosen values are defaults
 DEADLINE = [float("inf")]  # wall-clock time after which sections are skipped
-
-
-def timed(f, *args, iters=20):
-  """Median device time of f(*args) in µs (CUPTI kernel time, else wall)."""
-  f = jax.jit(f)
-  jax.block_until_ready(f(*args))
-  try:
-    from jax.experimental.mosaic.gpu import profiler  # pylint: disable=g-import-not-at-top
-    _, times = profiler.measure(f, iterations=iters)(*args)
-    return float(np.median(times)) * 1e3
-  except Exception:  # pylint: disable=broad-except
-    t0 = time.perf_counter()
-    for _ in range(iters):
-      out = f(*args)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - t0) / iters * 1e6
-
-
-def guarded(fn):
-  """fn() or the exception's short text, so one failure doesn't end the run."""
-  try:
-    return fn()
-  except Exception as e:  # pylint: disable=broad-except
-    return f"{type(e).__name__}: {str(e)[:300]}"
-
-
-def rel_err(out, ref):
-  out = np.asarray(out, np.float32)
-  ref = np.asarray(ref, np.float32)
-  assert np.isfinite(out).all(), "non-finite output"
-  return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
 
 
 def make_decode(key, batch, ctx, hq, hkv, d, dtype):
@@ -154,61 +132,34 @@ def prefill_problem(key, q_len, prefix, hq=32, hkv=8, d=128):
   return q, kv, tables, cu, jnp.array([kv_len], jnp.int32)
 
 
-def causal_flops(q_len, prefix, hq=32, d=128):
-  visible = q_len * prefix + q_len * (q_len + 1) / 2
-  return 4 * hq * d * visible
-
-
-def bench_prefill(rows, key, q_len=4096):
+def bench_prefill(rows, key, backends=PREFILL_BACKENDS, q_len=4096):
   for prefix in (0, 2048):
     if time.time() > DEADLINE[0]:
       continue
     args = prefill_problem(key, q_len, prefix)
-    ours = functools.partial(pk.paged_prefill_attention, backend="triton")
-    err = rel_err(ours(*args), pk.paged_prefill_attention_reference(*args))
-    t = timed(ours, *args, iters=10)
-    fl = causal_flops(q_len, prefix)
-    rows.append(dict(name=f"ours paged, prefix {prefix}", us=t,
-                     tok_s=q_len / t * 1e6, tflops=fl / t / 1e6, err=err))
-    print(json.dumps(rows[-1]), flush=True)
-  q = jax.random.normal(key, (1, q_len, 32, 128), jnp.bfloat16)
-  k = jax.random.normal(jax.random.fold_in(key, 1), (1, q_len, 8, 128), jnp.bfloat16)
-  v = jax.random.normal(jax.random.fold_in(key, 2), (1, q_len, 8, 128), jnp.bfloat16)
-  fl = causal_flops(q_len, 0)
-  dense = {}
-  dense["cuDNN dense causal"] = lambda: (functools.partial(
-      jax.nn.dot_product_attention, is_causal=True, implementation="cudnn"), (q, k, v))
-  def triton_mha():
-    from jax.experimental.pallas.ops.gpu import attention  # pylint: disable=g-import-not-at-top
-    rep = lambda x: jnp.repeat(x, 4, axis=2)
-    return functools.partial(attention.mha, segment_ids=None, causal=True,
-                             sm_scale=128 ** -0.5), (q, rep(k), rep(v))
-  dense["Pallas Triton mha (dense, kv heads repeated)"] = triton_mha
-  def mgpu():
-    from jax.experimental.pallas.ops.gpu import attention_mgpu as am  # pylint: disable=g-import-not-at-top
-    cfg = am.TuningConfig(block_q=64, block_kv=128, max_concurrent_steps=2,
-                          causal=True)
-    # NOTE: attention_mgpu in JAX 0.11.2 fails on bf16 (dtype mismatch in its
-    # epilogue), so it runs in float16, as in its own benchmark.
-    f16 = lambda x: x.astype(jnp.float16)
-    return functools.partial(am.attention, config=cfg), (f16(q), f16(k), f16(v))
-  dense["Pallas Mosaic GPU attention_mgpu (dense, float16)"] = mgpu
-  for name, make in dense.items():
-    try:
-      fn, a = make()
-      t = timed(fn, *a, iters=10)
-      rows.append(dict(name=name, us=t, tok_s=q_len / t * 1e6,
-                       tflops=fl / t / 1e6))
-    except Exception as e:  # pylint: disable=broad-except
-      rows.append(dict(name=name, us=float("nan"), tok_s=0, tflops=0,
-                       err=f"{type(e).__name__}: {str(e)[:200]}"))
-    print(json.dumps(rows[-1]), flush=True)
-  a = jax.random.normal(key, (8192, 8192), jnp.bfloat16)
-  b = jax.random.normal(jax.random.fold_in(key, 3), (8192, 8192), jnp.bfloat16)
-  t = timed(jnp.dot, a, b, iters=10)
-  rows.append(dict(name="bf16 matmul 8192^3", us=t, tok_s=0,
-                   tflops=2 * 8192 ** 3 / t / 1e6))
-  print(json.dumps(rows[-1]), flush=True)
+    ref = pk.paged_prefill_attention_reference(*args)
+    for backend in PREFILL_BACKENDS:
+      name = f"{backend} paged, prefix {prefix}"
+      if backend not in backends:
+        rows.append(dict(name=name, us=float("nan"), tok_s=0, tflops=0,
+                         err="skipped: failed the preflight (mosaic_preflight.md)"))
+        continue
+      r = guarded(lambda: _bench_paged_prefill(args, ref, backend, q_len,
+                                               prefix), limit=ERROR_CHARS)
+      if isinstance(r, str):
+        print(f"prefill {backend} prefix {prefix} FAILED:\n{r}", flush=True)
+        r = dict(us=float("nan"), tok_s=0, tflops=0, err=r.splitlines()[0])
+      rows.append(dict(name=name, **r))
+      print(json.dumps(rows[-1]), flush=True)
+  rows.extend(prefill_baselines.dense_rows(key, q_len, timed))
+
+
+def _bench_paged_prefill(args, ref, backend, q_len, prefix):
+  ours = functools.partial(pk.paged_prefill_attention, backend=backend)
+  err = rel_err(ours(*args), ref)
+  t = timed(ours, *args, iters=10)
+  return dict(us=t, tok_s=q_len / t * 1e6,
+              tflops=causal_flops(q_len, prefix) / t / 1e6, err=err)
 
 
 def tune(rows, key):
@@ -244,34 +195,6 @@ def tune(rows, key):
               t, float) else 1e9, cfg=f"bq={block_q} pages={pages} w={warps} st={stages}"))
 
 
-def check_small(key):
-  """Compiled kernels vs references on varied small shapes (f32 and bf16)."""
-  errs = []
-  for dtype in (jnp.float32, jnp.bfloat16):
-    for bs, hq, hkv, d in ((8, 8, 8, 64), (32, 12, 4, 128), (256, 9, 3, 64)):
-      key, sub = jax.random.split(key)
-      nb = 5 * (512 // bs) + 1
-      kv = jax.random.normal(sub, (nb, hkv, 2, bs, d), dtype)
-      tables = (jax.random.permutation(sub, nb - 1) + 1).reshape(5, -1).astype(jnp.int32)
-      q = jax.random.normal(jax.random.fold_in(sub, 1), (5, hq, d), dtype)
-      lengths = jnp.array([1, 0, 511, 512, 77], jnp.int32)
-      errs.append(("decode", str(dtype.dtype), bs, hq, hkv, d, guarded(
-          lambda: rel_err(pk.paged_decode_attention(
-              q, kv, tables, lengths, backend="triton"),
-              pk.paged_decode_attention_reference(q, kv, tables, lengths)))))
-      tq = jax.random.normal(jax.random.fold_in(sub, 2), (300, hq, d), dtype)
-      cu = jnp.array([0, 100, 100, 290], jnp.int32)
-      kvl = jnp.array([400, 0, 190], jnp.int32)
-      t3 = tables[:3]
-      errs.append(("prefill", str(dtype.dtype), bs, hq, hkv, d, guarded(
-          lambda: rel_err(pk.paged_prefill_attention(
-              tq, kv, t3, cu, kvl, backend="triton"),
-              pk.paged_prefill_attention_reference(tq, kv, t3, cu, kvl)))))
-  for e in errs:
-    print("check", e, flush=True)
-  return errs
-
-
 def to_markdown(decode_rows, prefill_rows):
   lines = ["| shape (batch x ctx, q/kv heads x head_dim) | ours µs | ours TB/s "
            "| % of read-only | built-in µs (best cfg) | built-in % | XLA ref µs "
@@ -283,12 +206,31 @@ def to_markdown(decode_rows, prefill_rows):
         f"{r['ours_pct']:.0f}% | {r['builtin_us']:.1f} ({r['builtin_cfg']}) | "
         f"{r['builtin_pct']:.0f}% | {r['xla_us']:.1f} | {r['read_us']:.1f} "
         f"({r['read_tbs']:.2f}) | {r['speedup']:.2f}x |")
+  cudnn = [r["tflops"] for r in prefill_rows if r["name"].startswith("cuDNN")]
   lines += ["", "| prefill (4096 new tokens, 32/8 heads x 128, bf16) | µs | "
-            "tokens/s | TFLOP/s |", "|---|---|---|---|"]
+            "tokens/s | TFLOP/s | % of cuDNN | rel. error |",
+            "|---|---|---|---|---|---|"]
   for r in prefill_rows:
+    pct = f"{100 * r['tflops'] / cudnn[0]:.0f}%" if cudnn and cudnn[0] else "-"
+    err = r.get("err", "")
+    err = f"{err:.1e}" if isinstance(err, float) else str(err)[:80]
     lines.append(f"| {r['name']} | {r['us']:.1f} | {r['tok_s']:.3g} | "
-                 f"{r['tflops']:.0f} |")
+                 f"{r['tflops']:.0f} | {pct} | {err} |")
   return "\n".join(lines)
+
+
+def mosaic_preflight(out):
+  """True if the Mosaic prefill kernel compiled, ran and matched the reference
+  on this script's problems in a watched child (benchmarks/mosaic_probe.py
+  --preflight), so a compile error or a hung kernel cannot take this run down.
+
+  NOTE: runs before this process starts JAX, so the child has the whole GPU.
+  """
+  cmd = [sys.executable, "-m", "benchmarks.mosaic_probe", "--preflight"]
+  rc = subprocess.run(cmd + (["--out", out] if out else []), check=False).returncode
+  print(f"mosaic preflight: {'passed' if rc == 0 else f'FAILED (exit {rc})'}",
+        flush=True)
+  return rc == 0
 
 
 def main():
@@ -299,14 +241,17 @@ def main():
   args = parser.parse_args()
   DEADLINE[0] = time.time() + args.budget_s
   skip = set(args.skip.split(","))
+  backends = PREFILL_BACKENDS
+  if not {"check", "prefill"} <= skip and not mosaic_preflight(args.out):
+    backends = tuple(b for b in PREFILL_BACKENDS if b != "mosaic")
   print(jax.devices(), jax.__version__, flush=True)
   key = jax.random.key(0)
-  errs = [] if "check" in skip else check_small(key)
+  errs = [] if "check" in skip else check_small(key, backends)
   decode_rows, prefill_rows = [], []
   if "decode" not in skip:
     bench_decode(decode_rows, key)
   if "prefill" not in skip:
-    bench_prefill(prefill_rows, key)
+    bench_prefill(prefill_rows, key, backends)
   tune_rows = []
   if "tune" not in skip:
     tune(tune_rows, key)

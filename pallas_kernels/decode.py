@@ -33,7 +33,7 @@ def paged_decode_attention(
     lengths: int32 [batch]: cached tokens including the current one (already
       written); 0 marks a padding row, which outputs zeros and reads nothing.
     scale: softmax scale, default head_dim ** -0.5.
-    backend: None (platform default), "triton" or "xla".
+    backend: None (platform default), "triton", "mosaic" or "xla".
     num_splits: split-K factor for the GPU kernel; None = heuristic.
     interpret: run the Pallas kernel in interpret mode (CPU tests).
 
@@ -49,6 +49,7 @@ def paged_decode_attention(
   if backend == "xla":
     return paged_decode_attention_reference(
         q, kv_cache, block_tables, lengths, scale=scale)
+  # NOTE: no Mosaic GPU decode kernel yet: "mosaic" runs the Triton one.
   _, hkv, _, block_size, _ = kv_cache.shape
   # NOTE: the tiling comes from the device's measured table (pallas_kernels/tuning/),
   # else from the shape heuristics; an explicit num_splits overrides only the split.

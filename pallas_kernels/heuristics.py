@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pallas_kernels.prefill_mosaic import MosaicConfig
+
 # NOTE: H100/H200 have 132 SMs; two programs per SM hide most load latency.
 TARGET_PROGRAMS = 264
 DECODE_TOKENS_PER_STEP = 64
@@ -78,3 +80,15 @@ def num_stages(tokens_per_step: int, head_dim: int, itemsize: int) -> int:
   """
   return 3 if tokens_per_step * head_dim * itemsize <= 16 * 1024 else (
       2 if tokens_per_step * head_dim * itemsize <= 32 * 1024 else 1)
+
+
+def prefill_mosaic_config(head_dim: int) -> MosaicConfig:
+  """Mosaic prefill tiling: 2 x 64 query rows, 128-token K/V steps, 2 stages.
+
+  The tiling of JAX's attention_mgpu benchmark (block_q 64 per warpgroup,
+  block_kv 128, 2 concurrent steps); head_dim 256 halves the K/V step to fit
+  shared memory. Not yet measured on our paged kernel (benchmarks/
+  mosaic_probe.py sweeps the alternatives).
+  """
+  return MosaicConfig(block_kv=128 if head_dim <= 128 else 64, stages=2,
+                      compute_wgs=2, pingpong=True, p_in_regs=True)

@@ -64,7 +64,7 @@ def write_kv(
       offset s % block_size. Real tokens must have distinct slots; padded
       tokens go to the null block 0, where colliding writes may land in any
       order.
-    backend: None (platform default), "triton" or "xla".
+    backend: None (platform default), "triton", "mosaic" or "xla".
     interpret: run the Pallas kernel in interpret mode (CPU tests).
 
   Returns:
@@ -73,4 +73,5 @@ def write_kv(
   validation.check_write_args(kv_cache, k, v, slot_mapping)
   if backend_lib.resolve_backend(backend) == "xla":
     return _write(kv_cache, k, v, slot_mapping)
+  # NOTE: no Mosaic GPU KV-write kernel yet: "mosaic" runs the Triton one.
   return write_kv_triton(kv_cache, k, v, slot_mapping, interpret=interpret)

@@ -7,6 +7,7 @@ from jax.experimental import pallas as pl
 
 from pallas_kernels import backend as backend_lib
 from pallas_kernels import heuristics
+from pallas_kernels import prefill_mosaic
 from pallas_kernels import validation
 from pallas_kernels.prefill_reference import paged_prefill_attention_reference
 from pallas_kernels.prefill_triton import prefill_triton
@@ -37,7 +38,7 @@ def paged_prefill_attention(
       i of sequence s sits at position kv_lens[s] - q_len[s] + i and sees
       positions 0..that position.
     scale: softmax scale, default head_dim ** -0.5.
-    backend: None (platform default), "triton" or "xla".
+    backend: None (platform default), "triton", "mosaic" or "xla".
     interpret: run the Pallas kernel in interpret mode (CPU tests).
 
   Returns:
@@ -50,12 +51,27 @@ def paged_prefill_attention(
   if backend == "xla":
     return paged_prefill_attention_reference(
         q, kv_cache, block_tables, cu_q_lens, kv_lens, scale=scale)
+  # NOTE: "mosaic" runs the Mosaic GPU kernel where prefill_mosaic.supports()
+  # (16-bit caches, head_dim % 64 == 0, shared memory fits); float32 and other
+  # shapes fall back to the Triton kernel, which stays the reference GPU path.
+  config = heuristics.prefill_mosaic_config(q.shape[-1])
+  if backend == "mosaic" and prefill_mosaic.supports(q, kv_cache, config):
+    return prefill_mosaic.prefill_mosaic(
+        q, kv_cache, block_tables, cu_q_lens, kv_lens, scale=float(scale),
+        config=config, interpret=interpret)
+  return _prefill_triton(q, kv_cache, block_tables, cu_q_lens, kv_lens,
+                         float(scale), interpret)
+
+
+def _prefill_triton(q, kv_cache, block_tables, cu_q_lens, kv_lens, scale,
+                    interpret):
+  """The Triton kernel with its heuristic tiling."""
   _, hkv, _, block_size, _ = kv_cache.shape
   group_pad = pl.next_power_of_2(q.shape[1] // hkv)
   itemsize = kv_cache.dtype.itemsize
   pages = heuristics.prefill_pages_per_step(block_size, itemsize)
   return prefill_triton(
-      q, kv_cache, block_tables, cu_q_lens, kv_lens, scale=float(scale),
+      q, kv_cache, block_tables, cu_q_lens, kv_lens, scale=scale,
       block_q=heuristics.prefill_block_q(group_pad, itemsize),
       pages_per_step=pages,
       num_warps=4 if itemsize > 2 else 8,

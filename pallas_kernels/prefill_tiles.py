@@ -71,3 +71,32 @@ def scatter_tiles(y: jax.Array, tiles: Tiles, num_tokens: int) -> jax.Array:
   out = jnp.zeros((num_tokens + 1,) + y.shape[2:], y.dtype)
   out = out.at[idx].set(y.reshape((-1,) + y.shape[2:]), mode="drop")
   return out[:num_tokens]
+
+
+def fold_queries(q: jax.Array, tiles: Tiles, num_kv_heads: int, group_pad: int,
+                 block_q: int) -> jax.Array:
+  """[T, hq, d] -> [num_tiles, hkv, block_q * group_pad, d] tile rows.
+
+  Row r of a tile is token r // group_pad and query head r % group_pad of the
+  KV head's group; heads past the group and tokens past `rows` are zeros.
+  """
+  num_tokens, hq, d = q.shape
+  group = hq // num_kv_heads
+  qg = q.reshape(num_tokens, num_kv_heads, group, d)
+  qg = jnp.pad(qg, ((0, 0), (0, 0), (0, group_pad - group), (0, 0)))
+  qt = gather_tiles(qg, tiles, block_q)  # [tiles, bq, hkv, gp, d]
+  return qt.transpose(0, 2, 1, 3, 4).reshape(
+      qt.shape[0], num_kv_heads, block_q * group_pad, d)
+
+
+def unfold_outputs(out: jax.Array, tiles: Tiles, num_tokens: int, group: int,
+                   group_pad: int) -> jax.Array:
+  """Inverse of fold_queries: [tiles, hkv, rows, d] -> [T, hkv * group, d].
+
+  Padding tokens (covered by no tile) are zeros.
+  """
+  n_tiles, hkv, num_rows, d = out.shape
+  out = out.reshape(n_tiles, hkv, num_rows // group_pad, group_pad, d)
+  out = out.transpose(0, 2, 1, 3, 4)  # [tiles, bq, hkv, gp, d]
+  out = scatter_tiles(out, tiles, num_tokens)  # [T, hkv, gp, d]
+  return out[:, :, :group, :].reshape(num_tokens, hkv * group, d)

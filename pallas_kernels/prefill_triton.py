@@ -94,10 +94,7 @@ def prefill_triton(q, kv_cache, block_tables, cu_q_lens, kv_lens, *, scale,
   num_seqs, max_blocks = block_tables.shape
   tiles = prefill_tiles.make_tiles(cu_q_lens, kv_lens, num_tokens, block_q)
   n_tiles = tiles.seq.shape[0]
-  qg = q.reshape(num_tokens, hkv, group, d)
-  qg = jnp.pad(qg, ((0, 0), (0, 0), (0, group_pad - group), (0, 0)))
-  qt = prefill_tiles.gather_tiles(qg, tiles, block_q)  # [tiles, bq, hkv, gp, d]
-  qt = qt.transpose(0, 2, 1, 3, 4).reshape(n_tiles, hkv, num_rows, d)
+  qt = prefill_tiles.fold_queries(q, tiles, hkv, group_pad, block_q)
   kernel = functools.partial(
       _prefill_kernel, scale=scale, group_pad=group_pad,
       pages_per_step=pages_per_step, max_blocks=max_blocks)
@@ -123,7 +120,4 @@ def prefill_triton(q, kv_cache, block_tables, cu_q_lens, kv_lens, *, scale,
       name="paged_prefill_triton",
   )(tiles.rows, tiles.first_pos, tiles.kv_len, tiles.seq,
     block_tables.reshape(-1), qt, kv_cache, kv_cache)
-  out = out.reshape(n_tiles, hkv, block_q, group_pad, d)
-  out = out.transpose(0, 2, 1, 3, 4)  # [tiles, bq, hkv, gp, d]
-  out = prefill_tiles.scatter_tiles(out, tiles, num_tokens)  # [T, hkv, gp, d]
-  return out[:, :, :group, :].reshape(num_tokens, hq, d)
+  return prefill_tiles.unfold_outputs(out, tiles, num_tokens, group, group_pad)

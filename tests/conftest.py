@@ -1,7 +1,16 @@
 """Session-wide fixtures shared by every test area."""
 from __future__ import annotations
 
-import pytest
+import os
+
+# NOTE: must precede the first JAX computation (the CPU client reads it when it
+# starts). Mosaic GPU interpret mode runs one CPU thread per warpgroup, each
+# blocking an XLA pool thread at barriers; a 2-core machine's default pool of
+# 2 deadlocks (pallas_kernels/prefill_mosaic.interpret_params).
+if not (os.environ.get("PJRT_NPROC") or os.environ.get("NPROC")):
+  os.environ["PJRT_NPROC"] = str(max(8, os.cpu_count() or 1))
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from models import load_model
 from models.loader import default_model_path

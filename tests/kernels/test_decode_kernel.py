@@ -125,3 +125,11 @@ def test_split_size_follows_the_row_not_the_table():
     for splits in (1, 2, 5, 16):
       per = heuristics.decode_pages_per_split(pages, splits, 4)
       assert per % 4 == 0 and splits * per >= pages and per - 4 < -(-pages // splits)
+
+
+def test_backend_mosaic_runs_the_triton_decode():
+  """No Mosaic GPU decode kernel yet: "mosaic" must give Triton's result."""
+  _, _, args, want = _run(CASES[1], seed=5)
+  out = pk.paged_decode_attention(*args, backend="mosaic", num_splits=2,
+                                  interpret=helpers.INTERPRET)
+  np.testing.assert_array_equal(np.asarray(out, np.float64), want)

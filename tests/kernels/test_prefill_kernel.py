@@ -12,6 +12,9 @@ from pallas_kernels import prefill_tiles
 from tests.kernels import helpers
 
 BF16 = ml_dtypes.bfloat16
+# "mosaic" runs the Mosaic GPU kernel on bf16 cases and falls back to Triton
+# on float32 ones (pallas_kernels/prefill.py).
+BACKENDS = ("triton", "mosaic")
 
 CASES = [  # block_size, hq, hkv, d, dtype, q_lens, kv_lens
     (8, 4, 4, 64, np.float32, [5, 0, 9], [5, 0, 30]),  # mixed prefix / none
@@ -21,22 +24,38 @@ CASES = [  # block_size, hq, hkv, d, dtype, q_lens, kv_lens
     (128, 6, 2, 64, np.float32, [33], [300]),
     (256, 9, 3, 64, np.float32, [100, 17], [300, 17]),
     (16, 4, 1, 64, np.float32, [150, 40], [2600, 40]),  # long prefix
+    # bf16 (the Mosaic kernel's dtype):
+    (8, 4, 4, 64, BF16, [5, 0, 9], [5, 0, 30]),  # GQA 1, empty sequence
+    (32, 16, 4, 128, BF16, [40, 1], [70, 1]),  # head_dim 128, length 1
+    (128, 6, 2, 64, BF16, [33], [300]),  # group 3
+    (256, 9, 3, 64, BF16, [100, 17], [300, 17]),  # blocks > a K/V step
+    (16, 8, 2, 64, BF16, [128, 16], [256, 16]),  # exact block/step multiples
+    (16, 4, 1, 64, BF16, [60, 40], [700, 40]),  # prefix over 6 K/V steps
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"bs{c[0]}-{c[1]}x{c[2]}")
-def test_prefill_kernel_matches_oracle(case):
+def _problem(case, extra_tokens=6):
+  """Random packed problem; returns (args, q, paged)."""
   block_size, hq, hkv, d, dtype, q_lens, kv_lens = case
   rng = np.random.default_rng(block_size + 3 * hq)
   paged = helpers.make_paged(rng, kv_lens, hkv, d, block_size, dtype)
-  num_tokens = sum(q_lens) + 6  # padded tokens at the end
+  num_tokens = sum(q_lens) + extra_tokens  # padded tokens at the end
   q = rng.standard_normal((num_tokens, hq, d)).astype(dtype)
   cu = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
   args = (jnp.asarray(q), jnp.asarray(paged.kv_cache),
           jnp.asarray(paged.block_tables), jnp.asarray(cu),
           jnp.asarray(kv_lens, jnp.int32))
+  return args, q, paged
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: (
+    f"bs{c[0]}-{c[1]}x{c[2]}x{c[3]}-{np.dtype(c[4]).name}-{c[6][0]}"))
+def test_prefill_kernel_matches_oracle(case, backend):
+  block_size, hq, hkv, d, dtype, q_lens, kv_lens = case
+  args, q, paged = _problem(case)
   out = np.asarray(pk.paged_prefill_attention(
-      *args, backend=helpers.BACKEND, interpret=helpers.INTERPRET), np.float64)
+      *args, backend=backend, interpret=helpers.INTERPRET), np.float64)
   q64 = q.astype(np.float64)
   scale = d ** -0.5
   tol = helpers.tolerance(dtype)
@@ -51,21 +70,27 @@ def test_prefill_kernel_matches_oracle(case):
     assert helpers.rel_err(out, broken) > tol, mutation
 
 
-def test_causal_shift_forward_is_caught():
+@pytest.mark.parametrize("backend,dtype", [("triton", np.float32),
+                                           ("mosaic", BF16)])
+def test_causal_shift_forward_is_caught(backend, dtype):
   """A mask that lets a token see the next one (off by one) must fail."""
   rng = np.random.default_rng(0)
   q_lens, kv_lens = [12], [20]
-  paged = helpers.make_paged(rng, kv_lens, 2, 64, 8, np.float32)
-  q = rng.standard_normal((12, 4, 64)).astype(np.float32)
+  paged = helpers.make_paged(rng, kv_lens, 2, 64, 8, dtype)
+  q = rng.standard_normal((12, 4, 64)).astype(dtype)
   out = pk.paged_prefill_attention(
       jnp.asarray(q), jnp.asarray(paged.kv_cache),
       jnp.asarray(paged.block_tables), jnp.asarray([0, 12], jnp.int32),
-      jnp.asarray(kv_lens, jnp.int32), backend=helpers.BACKEND,
+      jnp.asarray(kv_lens, jnp.int32), backend=backend,
       interpret=helpers.INTERPRET)
+  q64 = q.astype(np.float64)
   # Only rows before the last can see one more real token.
-  broken = helpers.naive_prefill(q[:11], paged, [11], [19], 64 ** -0.5,
+  broken = helpers.naive_prefill(q64[:11], paged, [11], [19], 64 ** -0.5,
                                  causal_shift=1)
-  assert helpers.rel_err(np.asarray(out)[:11], broken) > 1e-5
+  want = helpers.naive_prefill(q64, paged, q_lens, kv_lens, 64 ** -0.5)
+  out = np.asarray(out, np.float64)
+  assert helpers.rel_err(out, want) < helpers.tolerance(dtype)
+  assert helpers.rel_err(out[:11], broken) > helpers.tolerance(dtype)
 
 
 @pytest.mark.parametrize("block_q", [4, 16])

@@ -95,8 +95,7 @@ def test_backend_resolution():
   assert pk.resolve_backend(None) == expected
   assert pk.resolve_backend("xla") == "xla"
   assert pk.resolve_backend("triton") == "triton"
-  with pytest.raises(ValueError, match="not implemented"):
-    pk.resolve_backend("mosaic")
+  assert pk.resolve_backend("mosaic") == "mosaic"
   with pytest.raises(ValueError, match="unknown backend"):
     pk.resolve_backend("cuda")
   with pytest.raises(ValueError, match="unknown backend"):

@@ -33,6 +33,9 @@ def _write_fns():
       ("xla", lambda *a: pk.write_kv(*a, backend="xla")),
       (helpers.BACKEND, lambda *a: pk.write_kv(
           *a, backend=helpers.BACKEND, interpret=helpers.INTERPRET)),
+      # No Mosaic GPU KV write yet: "mosaic" runs the Triton kernel.
+      ("mosaic", lambda *a: pk.write_kv(
+          *a, backend="mosaic", interpret=helpers.INTERPRET)),
   ]
 
 

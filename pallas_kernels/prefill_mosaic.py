@@ -1,0 +1,180 @@
+"""Paged prefill attention as a Pallas Mosaic GPU kernel (Hopper).
+
+Same contract as prefill_triton.py: the packed tokens are cut into query tiles
+of one sequence (prefill_tiles.py), the GQA group's heads folded into a tile's
+rows, and each (tile, KV head) CTA walks its sequence's cache up to the tile's
+last token. The kernel body and its pipeline are in prefill_mosaic_kernel.py.
+
+Supported: 16-bit caches (bf16, f16) with head_dim a multiple of 64 (up to
+256 with the default tiling: shared memory) and GQA groups padded to at most
+128 rows; `supports()` says so and prefill.py sends everything else (float32
+caches, head_dim 32/96/512, huge groups) to the Triton kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pallas_kernels import prefill_mosaic_kernel as kernel_lib
+from pallas_kernels import prefill_tiles
+from pallas_kernels.prefill_mosaic_kernel import ROWS_PER_WG
+from pallas_kernels.prefill_mosaic_kernel import Static
+from pallas_kernels.prefill_mosaic_kernel import Tile
+from pallas_kernels.prefill_mosaic_kernel import consumer
+from pallas_kernels.prefill_mosaic_kernel import producer
+
+SMEM_BYTES = 227 * 1024  # per-CTA dynamic shared memory on H100/H200
+
+
+@dataclasses.dataclass(frozen=True)
+class MosaicConfig:
+  """Tiling of the Mosaic prefill kernel (static)."""
+  block_kv: int = 128  # cache tokens per pipeline step: 64, 128 or 256
+  stages: int = 2  # K/V stages in flight, >= 2
+  compute_wgs: int = 2  # compute warpgroups; a CTA owns 64 * this query rows
+  pingpong: bool = True  # alternate the two compute warpgroups' wgmma
+  p_in_regs: bool = True  # P V from registers (False: P through SMEM)
+
+  def __post_init__(self):
+    # NOTE: a power of two, so a step is whole blocks or a slice of one.
+    if self.block_kv not in (64, 128, 256):
+      raise ValueError(f"block_kv must be 64, 128 or 256, got {self.block_kv}")
+    if self.stages < 2:
+      raise ValueError(f"stages must be >= 2, got {self.stages}")
+    if self.compute_wgs not in (1, 2):
+      raise ValueError(f"compute_wgs must be 1 or 2, got {self.compute_wgs}")
+
+  def smem_bytes(self, head_dim: int, itemsize: int) -> int:
+    """Shared memory of the Q/O tiles and the K/V stages."""
+    rows = self.compute_wgs * ROWS_PER_WG
+    p = 0 if self.p_in_regs else rows * self.block_kv
+    return (rows * head_dim + p
+            + 2 * self.stages * self.block_kv * head_dim) * itemsize
+
+
+def supports(q: jax.Array, kv_cache: jax.Array, config: MosaicConfig) -> bool:
+  """Whether the Mosaic kernel runs these shapes/dtypes with `config` (16-bit,
+  head_dim % 64 == 0, groups <= 128, shared memory fits); else Triton."""
+  hkv, head_dim = kv_cache.shape[1], kv_cache.shape[4]
+  itemsize = kv_cache.dtype.itemsize
+  group_pad = pl.next_power_of_2(q.shape[1] // hkv)
+  return (itemsize == 2 and q.dtype == kv_cache.dtype
+          and head_dim % 64 == 0 and group_pad <= 2 * ROWS_PER_WG
+          and config.smem_bytes(head_dim, itemsize) <= SMEM_BYTES)
+
+
+def _smem(shape, dtype):
+  """A shared-memory buffer in the swizzled tiling wgmma and TMA expect."""
+  itemsize = jnp.dtype(dtype).itemsize
+  swizzle = plgpu.find_swizzle(shape[-1] * itemsize * 8)
+  return plgpu.SMEM(shape, dtype, transforms=(
+      plgpu.TilingTransform((8, swizzle // itemsize)),
+      plgpu.SwizzleTransform(swizzle)))
+
+
+def _entry(rows_ref, pos_ref, kvlen_ref, seq_ref, bt_ref, q_ref, kv_ref, o_ref,
+           *, cfg: Static):
+  """Allocates shared memory and barriers, then splits by warpgroup.
+
+  rows/pos/kvlen/seq_ref: int32 [n_tiles] tile metadata (GMEM).
+  bt_ref: int32 [num_seqs * max_blocks] flattened block tables (GMEM).
+  q_ref, o_ref: [n_tiles, hkv, rows, head_dim] folded query/output tiles.
+  kv_ref: [num_blocks, hkv, 2, block_size, head_dim] the paged cache.
+  """
+  head_dim, dtype = q_ref.shape[-1], q_ref.dtype
+  wgs, stages = cfg.compute_wgs, cfg.stages
+  copies = kernel_lib.copies_per_stage(kv_ref.shape[3], cfg)
+
+  def body(qo, p, k, v, **bars):
+    tile = Tile((rows_ref, pos_ref, kvlen_ref, seq_ref), cfg, kv_ref.shape[3])
+    wg = jax.lax.axis_index("wg")
+    pl.when(wg < wgs)(
+        lambda: consumer(tile, q_ref, o_ref, (qo, p, k, v), bars, cfg))
+    pl.when(wg == wgs)(
+        lambda: producer(tile, bt_ref, kv_ref, (k, v), bars, cfg))
+
+  pl.run_scoped(
+      body,
+      _smem((wgs, ROWS_PER_WG, head_dim), dtype),  # Q, then O, per warpgroup
+      None if cfg.p_in_regs else _smem((wgs, ROWS_PER_WG, cfg.block_kv), dtype),
+      _smem((stages, cfg.block_kv, head_dim), dtype),  # K stages
+      _smem((stages, cfg.block_kv, head_dim), dtype),  # V stages
+      q=plgpu.Barrier(num_barriers=wgs),
+      k_ready=plgpu.Barrier(num_arrivals=copies, num_barriers=stages),
+      v_ready=plgpu.Barrier(num_arrivals=copies, num_barriers=stages),
+      v_tail=plgpu.Barrier(num_arrivals=copies),
+      k_free=plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),
+      v_free=plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),
+      sched=plgpu.Barrier(num_arrivals=wgs),
+      collective_axes="wg")
+
+
+def interpret_params(interpret, num_warpgroups: int):
+  """Mosaic GPU interpret mode needs InterpretGPUParams, not `True`.
+
+  NOTE: in JAX 0.11.2 `interpret=True` selects the generic HLO interpreter,
+  which has no rule for Mosaic GPU primitives (copy_gmem_to_smem, barriers,
+  wgmma); InterpretGPUParams runs the GPU simulator (one CPU thread per
+  warpgroup, barriers, TMA) instead. Uninitialised shared memory reads as NaN
+  there. Each simulated warpgroup blocks an XLA CPU pool thread while it waits
+  on a barrier, so a pool of <= num_warpgroups threads deadlocks: the pool
+  size comes from PJRT_NPROC / NPROC (else the core count) when the CPU
+  client starts; tests/conftest.py sets it.
+  """
+  if not interpret:
+    return None
+  nproc = os.environ.get("PJRT_NPROC") or os.environ.get("NPROC")
+  pool = int(nproc) if nproc else (os.cpu_count() or 1)
+  if pool < num_warpgroups + 2:
+    raise RuntimeError(
+        f"Mosaic GPU interpret mode needs >= {num_warpgroups + 2} XLA CPU "
+        f"threads (has {pool}); set PJRT_NPROC=8 before JAX starts")
+  if isinstance(interpret, plgpu.InterpretGPUParams):
+    return interpret
+  return plgpu.InterpretGPUParams()
+
+
+@functools.partial(jax.jit,
+                   static_argnames=("scale", "config", "interpret"))
+def prefill_mosaic(q, kv_cache, block_tables, cu_q_lens, kv_lens, *, scale,
+                   config: MosaicConfig = MosaicConfig(), interpret=False):
+  """Runs the kernel; arguments as `paged_prefill_attention`, pre-validated.
+
+  Requires supports(q, kv_cache, config). `interpret` may also be an
+  InterpretGPUParams (e.g. with detect_races=True).
+  """
+  num_tokens, hq, head_dim = q.shape
+  hkv = kv_cache.shape[1]
+  group = hq // hkv
+  group_pad = pl.next_power_of_2(group)
+  # A tile holds at least one token: 128-head groups need both warpgroups.
+  wgs = max(config.compute_wgs, -(-group_pad // ROWS_PER_WG))
+  cfg = Static(block_kv=config.block_kv, stages=config.stages,
+               compute_wgs=wgs, pingpong=config.pingpong and wgs == 2,
+               p_in_regs=config.p_in_regs and not interpret,
+               group_pad=group_pad,
+               max_blocks=block_tables.shape[1], scale=scale)
+  block_q = cfg.rows // group_pad
+  tiles = prefill_tiles.make_tiles(cu_q_lens, kv_lens, num_tokens, block_q)
+  qt = prefill_tiles.fold_queries(q, tiles, hkv, group_pad, block_q)
+  n_tiles = qt.shape[0]
+  out = plgpu.kernel(
+      functools.partial(_entry, cfg=cfg),
+      out_type=jax.ShapeDtypeStruct(qt.shape, q.dtype),
+      grid=(n_tiles, hkv),
+      grid_names=("tile", "head"),
+      num_threads=wgs + 1,
+      thread_name="wg",
+      compiler_params=plgpu.CompilerParams(approx_math=True),
+      interpret=interpret_params(interpret, wgs + 1),
+      kernel_name="paged_prefill_mosaic",
+  )(tiles.rows, tiles.first_pos, tiles.kv_len, tiles.seq,
+    block_tables.reshape(-1), qt, kv_cache)
+  return prefill_tiles.unfold_outputs(out, tiles, num_tokens, group, group_pad)

@@ -1,0 +1,300 @@
+"""The Mosaic GPU (Hopper) paged prefill kernel body: one CTA per (tile, KV head).
+
+Warp-specialised, as JAX's `attention_mgpu`: `compute_wgs` compute warpgroups
+own 64 query rows each (wgmma M = 64) and one memory warpgroup streams the
+tile's K/V through shared memory. Per pipeline step the memory warpgroup
+gathers `block_kv` cache tokens: one TMA copy per KV block (or per slice of a
+block larger than `block_kv`), the block index read from the block table in
+global memory, into stage `step % stages` of the K and V buffers. Barriers:
+
+  k_ready[s] / v_ready[s]  TMA landed in stage s (one arrival per copy)
+  k_free[s] / v_free[s]    every compute warpgroup is done with stage s
+  v_tail                   the last step's V copies (see below)
+  sched                    ping-pong of the compute warpgroups' wgmma issue
+
+Compute warpgroups: S = Q Kᵀ (wgmma, f32 accumulator), causal mask on the
+diagonal steps only, exp2 online softmax in f32 registers, O += P V (wgmma
+with P in registers). Rows are (token, head of the GQA group) as in
+prefill_tiles.fold_queries.
+
+NOTE: cache slots at or past a sequence's length may hold anything (NaN in
+the tests), and 0 * NaN poisons P V. Only a tile's last step can read them,
+and only if the tile's last block is the sequence's last and is partial
+(`Tile.dirty_tail`); then that step's V copies land on `v_tail`, the memory
+warpgroup zeroes the rows at positions >= the tile's end in shared memory,
+fences, and then arrives on v_ready itself, so the compute warpgroups see a
+clean tile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+ROWS_PER_WG = 64  # wgmma M of one warpgroup
+NEG_BIG = -1e30
+LOG2E = math.log2(math.e)
+FIX_TILE = 64  # rows/cols of the chunks the memory warpgroup zeroes
+MEMORY_REGISTERS = 40  # per thread of the memory warpgroup (TMA issue only)
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+  """Compile-time facts the kernel body needs."""
+  block_kv: int  # cache tokens per pipeline step: 64, 128 or 256
+  stages: int  # K/V buffers in flight
+  compute_wgs: int  # 1 or 2 compute warpgroups (64 rows each)
+  pingpong: bool  # schedule barrier between two compute warpgroups
+  # P V with P in registers accumulating in place (as attention_mgpu), else P
+  # stored to shared memory and a fresh accumulator added in registers.
+  # NOTE: JAX 0.11.2's GPU interpreter simulates wgmma only with both operands
+  # in shared memory and a zero-initialised accumulator, so interpret mode
+  # runs p_in_regs=False.
+  p_in_regs: bool
+  group_pad: int  # GQA group padded to a power of two (rows per token)
+  max_blocks: int  # block-table row length
+  scale: float  # softmax scale
+
+  @property
+  def rows(self) -> int:
+    return ROWS_PER_WG * self.compute_wgs
+
+
+def _cdiv(a, b: int):
+  return lax.div(a + (b - 1), b)  # NOTE: a >= 0, so no floor/trunc difference
+
+
+class Tile:
+  """Scalars of one CTA's tile, read from global memory by every warpgroup."""
+
+  def __init__(self, meta, cfg: Static, block_size: int):
+    rows_ref, pos_ref, kvlen_ref, seq_ref = meta  # each int32 [n_tiles] (GMEM)
+    n_tiles = rows_ref.shape[0]
+    # NOTE: CTAs visit tiles last-first: later tiles of a sequence see more
+    # context, so the longest CTAs start first.
+    self.index = n_tiles - 1 - lax.axis_index("tile")
+    self.head = lax.axis_index("head")
+    tokens = rows_ref[self.index]
+    self.first_pos = pos_ref[self.index]
+    kv_len = kvlen_ref[self.index]
+    live = tokens > 0
+    # Cache positions [0, end) are visible to some row of this tile.
+    self.end = jnp.where(
+        live, jnp.minimum(kv_len, self.first_pos + tokens), 0)
+    self.num_steps = _cdiv(self.end, cfg.block_kv)
+    # Steps wholly at or below the first token's position need no mask.
+    self.num_full = jnp.where(live, lax.div(self.first_pos + 1, cfg.block_kv),
+                              0)
+    self.last_page = jnp.maximum(_cdiv(self.end, block_size) - 1, 0)
+    # The tile reads blocks 0..last_page only, so it can meet unwritten slots
+    # only if that block is the sequence's last and is partial.
+    self.dirty_tail = (self.last_page + 1) * block_size > kv_len
+    self.table_base = seq_ref[self.index] * cfg.max_blocks
+
+
+def producer(tile: Tile, bt_ref, kv_ref, bufs, bars, cfg: Static):
+  """Memory warpgroup: TMA K/V stages ahead of the compute warpgroups."""
+  plgpu.set_max_registers(MEMORY_REGISTERS, action="decrease")
+  k_smem, v_smem = bufs  # each [stages, block_kv, head_dim] (SMEM, swizzled)
+
+  @pl.loop(0, tile.num_steps)
+  def _produce(step):
+    slot = lax.rem(step, cfg.stages)
+    refill = step >= cfg.stages
+    issue = functools.partial(_issue, tile, kv_ref, _block_ids(
+        tile, bt_ref, kv_ref.shape[3], cfg, step))
+    pl.when(refill)(lambda: plgpu.barrier_wait(bars["k_free"].at[slot]))
+    issue(0, k_smem.at[slot], bars["k_ready"].at[slot])
+    pl.when(refill)(lambda: plgpu.barrier_wait(bars["v_free"].at[slot]))
+    tail = (step == tile.num_steps - 1) & tile.dirty_tail
+    pl.when(~tail)(lambda: issue(1, v_smem.at[slot], bars["v_ready"].at[slot]))
+
+    @pl.when(tail)
+    def _clean_tail():
+      issue(1, v_smem.at[slot], bars["v_tail"])
+      plgpu.barrier_wait(bars["v_tail"])
+      _zero_rows(v_smem.at[slot], tile.end - step * cfg.block_kv)
+      plgpu.commit_smem()  # generic-proxy writes before wgmma reads them
+      for _ in range(copies_per_stage(kv_ref.shape[3], cfg)):
+        plgpu.barrier_arrive(bars["v_ready"].at[slot])
+
+  # Observe the last stages' releases too (every phase of a barrier a thread
+  # waits on must be observed; the interpreter checks it).
+  @pl.loop(jnp.maximum(tile.num_steps - cfg.stages, 0), tile.num_steps)
+  def _drain(step):
+    slot = lax.rem(step, cfg.stages)
+    plgpu.barrier_wait(bars["k_free"].at[slot])
+    plgpu.barrier_wait(bars["v_free"].at[slot])
+
+
+def copies_per_stage(block_size: int, cfg: Static) -> int:
+  """TMA copies per K (or V) stage: one per block, or per block slice."""
+  return cfg.block_kv // min(block_size, cfg.block_kv)
+
+
+def _block_ids(tile: Tile, bt_ref, block_size: int, cfg: Static, step):
+  """(cache block, row offset) of each copy of a step, from the block table.
+
+  bt_ref int32 [seqs * max_blocks] (GMEM). Blocks past the tile's end re-read
+  its last block (masked anyway).
+  """
+  sub = cfg.block_kv // copies_per_stage(block_size, cfg)  # tokens per copy
+  ids = []
+  for j in range(cfg.block_kv // sub):
+    pos = step * cfg.block_kv + j * sub
+    page = jnp.minimum(lax.div(pos, block_size), tile.last_page)
+    offset = lax.rem(pos, block_size) if sub < block_size else 0
+    ids.append((bt_ref[tile.table_base + page], offset))
+  return ids
+
+
+def _issue(tile: Tile, kv_ref, ids, which, dst, barrier):
+  """TMA of K (which=0) or V (1) of a step's blocks `ids` into dst.
+
+  kv_ref [blocks, hkv, 2, bs, d] (GMEM); dst [block_kv, d] (SMEM, swizzled).
+  """
+  sub = dst.shape[0] // len(ids)
+  for j, (block, offset) in enumerate(ids):
+    plgpu.copy_gmem_to_smem(
+        kv_ref.at[block, tile.head, which, pl.ds(offset, sub)],
+        dst.at[pl.ds(j * sub, sub)], barrier)
+
+
+def _zero_rows(v_ref, valid):
+  """Zeroes rows >= valid of v_ref [block_kv, head_dim] (SMEM, swizzled)."""
+  block_kv, head_dim = v_ref.shape
+  for r0 in range(0, block_kv, FIX_TILE):
+    for c0 in range(0, head_dim, FIX_TILE):
+      chunk = v_ref.at[pl.ds(r0, FIX_TILE), pl.ds(c0, FIX_TILE)]
+      row = plgpu.broadcasted_iota(jnp.int32, (FIX_TILE, FIX_TILE), 0,
+                                   layout=plgpu.Layout.WGMMA) + r0
+      x = chunk[...]
+      chunk[...] = jnp.where(row < valid, x, jnp.zeros_like(x))
+
+
+def _compute_registers(compute_wgs: int) -> int:
+  """Registers per compute thread: the SM's 64K minus the memory warpgroup's
+  share, split over the compute warpgroups (<= 256, a multiple of 8)."""
+  return min(256, (512 - MEMORY_REGISTERS) // compute_wgs) // 8 * 8
+
+
+def consumer(tile: Tile, q_ref, o_ref, bufs, bars, cfg: Static):
+  """Compute warpgroup `wg`: attention of its 64 rows over the tile's steps."""
+  plgpu.set_max_registers(_compute_registers(cfg.compute_wgs),
+                          action="increase")
+  qo_smem, p_all, k_smem, v_smem = bufs
+  # qo_smem [wgs, 64, d]; p_all [wgs, 64, block_kv] or None; k/v_smem
+  # [stages, block_kv, d] (all SMEM, swizzled)
+  wg = lax.axis_index("wg")
+  qo = qo_smem.at[wg]  # [64, d]: this warpgroup's Q, later its output
+  rows = pl.ds(wg * ROWS_PER_WG, ROWS_PER_WG)
+  # q_ref / o_ref [n_tiles, hkv, rows, d] (GMEM)
+  plgpu.copy_gmem_to_smem(q_ref.at[tile.index, tile.head, rows], qo,
+                          bars["q"].at[wg])
+  plgpu.barrier_wait(bars["q"].at[wg])
+  sched = bars["sched"] if cfg.pingpong else None
+  if sched is not None:
+    pl.when(wg == 1)(lambda: _sync(sched))
+  step = functools.partial(
+      _step, tile=tile, wg=wg, qo=qo,
+      p_smem=None if p_all is None else p_all.at[wg],  # [64, block_kv]
+      k_smem=k_smem, v_smem=v_smem, bars=bars, cfg=cfg, sched=sched)
+  row_layout = plgpu.Layout.WGMMA.reduce(1)
+  carry = (plgpu.layout_cast(jnp.zeros(qo.shape, jnp.float32),
+                             plgpu.Layout.WGMMA),  # acc [64, d]
+           plgpu.layout_cast(jnp.full((ROWS_PER_WG,), NEG_BIG, jnp.float32),
+                             row_layout),  # running max [64] (log2 domain)
+           plgpu.layout_cast(jnp.zeros((ROWS_PER_WG,), jnp.float32),
+                             row_layout))  # running sum [64]
+  carry = lax.fori_loop(0, tile.num_full,
+                        functools.partial(step, masked=False), carry)
+  acc, _, l = lax.fori_loop(tile.num_full, tile.num_steps,
+                            functools.partial(step, masked=True), carry)
+  if sched is not None:
+    pl.when(wg == 0)(lambda: _sync(sched))
+  inv = jnp.where(l > 0, 1.0 / jnp.where(l > 0, l, 1.0), 0.0)  # empty: zeros
+  qo[...] = (acc * lax.broadcast_in_dim(inv, acc.shape, [0])).astype(qo.dtype)
+  plgpu.commit_smem()
+  plgpu.copy_smem_to_gmem(qo, o_ref.at[tile.index, tile.head, rows])
+  plgpu.wait_smem_to_gmem(0)
+
+
+def _sync(barrier):
+  """Arrive and wait: the ping-pong of two compute warpgroups (as in
+  attention_mgpu): while one runs its softmax the other issues its wgmma."""
+  plgpu.barrier_arrive(barrier)
+  plgpu.barrier_wait(barrier)
+
+
+def _causal_mask(s, step, tile: Tile, wg, cfg: Static):
+  """s [64, block_kv] with keys past each row's position set to NEG_BIG.
+
+  Row r is token r // group_pad of the tile; padded rows are clamped to the
+  last visible position, so they never see slots past the sequence.
+  """
+  row = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=plgpu.Layout.WGMMA)
+  key = plgpu.broadcasted_iota(jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA)
+  limit = jnp.minimum(
+      tile.first_pos + lax.div(row + wg * ROWS_PER_WG, cfg.group_pad),
+      tile.end - 1)
+  return jnp.where(key + step * cfg.block_kv <= limit, s, NEG_BIG)
+
+
+def _step(step, carry, *, tile, wg, qo, p_smem, k_smem, v_smem, bars,
+          cfg: Static, sched, masked: bool):
+  """One pipeline step of a compute warpgroup (causal mask if `masked`)."""
+  acc, m_prev, l_prev = carry  # [64, d] f32, [64] f32, [64] f32
+  slot = lax.rem(step, cfg.stages)
+  plgpu.barrier_wait(bars["k_ready"].at[slot])
+
+  def qk(acc_ref):  # acc_ref [64, block_kv] f32
+    plgpu.wgmma(acc_ref, qo, k_smem.at[slot].transpose((1, 0)))
+    if sched is not None:
+      _sync(sched)
+    return acc_ref[...]
+
+  s = pl.run_scoped(qk, plgpu.ACC((ROWS_PER_WG, cfg.block_kv), jnp.float32))
+  plgpu.barrier_arrive(bars["k_free"].at[slot])
+  s = s * (cfg.scale * LOG2E)  # log2 domain
+  if masked:
+    s = _causal_mask(s, step, tile, wg, cfg)
+  m_new = jnp.maximum(m_prev, s.max(axis=1))
+  alpha = jnp.exp2(m_prev - m_new)
+  p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
+  l_new = l_prev * alpha + p.sum(axis=1)
+  acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+  p16 = p.astype(v_smem.dtype)  # [64, block_kv]
+  if p_smem is not None:  # P through shared memory (see Static.p_in_regs)
+    p_smem[...] = p16
+    plgpu.commit_smem()
+  if sched is not None:
+    plgpu.barrier_arrive(sched)  # softmax done
+  plgpu.barrier_wait(bars["v_ready"].at[slot])
+  if sched is not None:
+    plgpu.barrier_wait(sched)  # the tensor cores are ours
+  acc = _pv(acc, p16, p_smem, v_smem.at[slot])
+  plgpu.barrier_arrive(bars["v_free"].at[slot])
+  return acc, m_new, l_new
+
+
+def _pv(acc, p16, p_smem, v):
+  """acc [64, d] f32 + P [64, block_kv] @ v [block_kv, d] (SMEM) on wgmma.
+
+  With p_smem None, P comes from registers and wgmma accumulates onto acc;
+  else P was stored in p_smem and a zeroed accumulator is added to acc.
+  """
+  if p_smem is None:
+    def pv_in_place(acc_ref):  # acc_ref [64, d] f32, starts at acc
+      plgpu.wgmma(acc_ref, p16, v)
+    return pl.run_state(pv_in_place)(plgpu.ACC.init(acc))
+
+  def pv_fresh(acc_ref):  # acc_ref [64, d] f32, starts at zero
+    plgpu.wgmma(acc_ref, p_smem, v)
+    return acc_ref[...]
+  return acc + pl.run_scoped(pv_fresh, plgpu.ACC(acc.shape, jnp.float32))
