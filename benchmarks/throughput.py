@@ -33,7 +33,7 @@ import numpy as np
 import pallas_kernels
 from engine import LLM, SamplingParams
 from engine import step_inputs
-from engine.runner import bytes_per_block
+from engine.kv_layout import bytes_per_block
 
 PROMPT, NEW = 128, 256
 

@@ -27,7 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from benchmarks import hlo
 from engine import packing, parallel
-from engine.runner import CacheConfig, cache_shape
+from engine.kv_layout import cache_shape
 from engine.sampler import SamplingTensors
 from engine.sampling_params import SamplingParams
 from engine.step_inputs import DecodeInputs
@@ -99,7 +99,7 @@ def bench(config: ModelConfig, tp: int, batch: int, context: int, iters: int) ->
   params = jax.block_until_ready(sharded_random_params(config, mesh))
   init_s = time.perf_counter() - t0
   num_blocks = 1 + batch * -(-context // BLOCK_SIZE)
-  shape = cache_shape(config, CacheConfig(num_blocks, BLOCK_SIZE))   # all layers in one array
+  shape = cache_shape(config, num_blocks, BLOCK_SIZE)   # all layers in one array
   cache_dev = parallel.cache_sharding(mesh) if mesh is not None else None
   cache = jnp.zeros(shape, jnp.bfloat16, device=cache_dev)
   num_slots = batch + 1

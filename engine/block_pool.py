@@ -13,7 +13,7 @@ from typing import Iterable
 
 from engine.prefix_cache import PrefixCache
 
-NULL_BLOCK_ID = 0
+from engine.kv_layout import NULL_BLOCK_ID  # noqa: F401  (re-exported: the pool owns it)
 
 
 class NoFreeBlocksError(RuntimeError):

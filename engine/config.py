@@ -5,7 +5,7 @@ import dataclasses
 
 from engine.context_limit import check_fits_cache
 
-_BLOCK_SIZES = tuple(2 ** i for i in range(3, 9))   # 8 … 256
+from engine.kv_layout import BLOCK_SIZES as _BLOCK_SIZES
 
 
 @dataclasses.dataclass(frozen=True)

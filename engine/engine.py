@@ -13,7 +13,8 @@ from absl import logging
 from engine import compile_cache, context_limit, parallel, shape_plan, warmup_progress
 from engine import output_processor as op
 from engine.config import EngineConfig
-from engine.memory import build_kv_manager, resolve_num_blocks
+from engine.kv_budget import resolve_num_blocks
+from engine.memory import build_kv_manager
 from engine.outputs import FinishReason, TokenDelta
 from engine.request import Request
 from engine.runner import CacheConfig, ModelRunner

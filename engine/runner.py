@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from engine import executables, packing, parallel, step_inputs
+from engine import executables, kv_layout, packing, parallel, step_inputs
 from engine.buckets import Buckets, StepShape, plan
 from engine.scheduler import ScheduledRequest, ScheduleOutput
 from engine.steps import make_steps
@@ -33,23 +33,6 @@ class CacheConfig:
   num_blocks: int            # including the null block 0
   block_size: int
   dtype: str = "float32"
-
-
-def cache_shape(model_config, cache: CacheConfig) -> tuple[int, ...]:
-  """[num_layers * num_blocks, kv_heads, 2 (K, V), block_size, head_dim]: ONE array for all
-  layers, layer l's block b at row l * num_blocks + b (engine/steps.py `layer_meta`)."""
-  rows = model_config.num_layers * cache.num_blocks
-  # NOTE: a step addresses the cache by int32 slot (row * block_size + offset).
-  if rows * cache.block_size >= 2**31:
-    raise ValueError(f"KV cache of {model_config.num_layers} layers x {cache.num_blocks} "
-                     f"blocks x {cache.block_size} tokens exceeds 2**31 int32 slots; "
-                     "use fewer blocks")
-  return (rows, model_config.num_kv_heads, 2, cache.block_size, model_config.head_dim)
-
-
-def bytes_per_block(model_config, block_size: int, dtype: str) -> int:
-  per_layer = model_config.num_kv_heads * 2 * block_size * model_config.head_dim
-  return per_layer * model_config.num_layers * jnp.dtype(dtype).itemsize
 
 
 @dataclasses.dataclass
@@ -87,7 +70,9 @@ class ModelRunner:
     self.num_decode_steps = num_decode_steps
     # NOTE: with a tensor-parallel mesh each device allocates only its kv heads' slice.
     device = parallel.cache_sharding(mesh) if mesh is not None else None
-    self.kv_cache = jnp.zeros(cache_shape(self.config, cache), cache.dtype, device=device)
+    self.kv_cache = jnp.zeros(kv_layout.cache_shape(self.config, cache.num_blocks,
+                                                    cache.block_size), cache.dtype,
+                              device=device)
     # One token-buffer slot per running request, plus a trash slot for padding rows.
     num_slots = (max_num_seqs or max(buckets.decode_rows)) + 1
     self.trash_slot = num_slots - 1

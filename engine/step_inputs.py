@@ -9,6 +9,7 @@ import dataclasses
 
 import numpy as np
 
+from engine import kv_layout
 from engine.buckets import Buckets, pick
 from engine.sampler import SamplingTensors
 from engine.scheduler import ScheduledRequest
@@ -43,7 +44,7 @@ class PrefillInputs:
 def _slots(block_table: list[int], start: int, n: int, block_size: int) -> np.ndarray:
   pos = np.arange(start, start + n)
   table = np.asarray(block_table, dtype=np.int64)
-  return (table[pos // block_size] * block_size + pos % block_size).astype(np.int32)
+  return kv_layout.slot(table, pos, block_size).astype(np.int32)
 
 
 def _tables(scheduled: list[ScheduledRequest], rows: int, width: int) -> np.ndarray:
@@ -89,8 +90,7 @@ def build_decode(scheduled: list[ScheduledRequest], buckets: Buckets, block_size
       tokens[i] = s.request.token_at(s.start)
     else:                                  # NOTE: sampled by the step in flight
       input_slots[i] = token_slot(s.request)
-  slots = [s.block_table[p // block_size] * block_size + p % block_size
-           for s, p in zip(scheduled, starts)]
+  slots = [kv_layout.slot(s.block_table, p, block_size) for s, p in zip(scheduled, starts)]
   pad = lambda values, fill: np.array(values + [fill] * (rows - n), np.int32)
   return DecodeInputs(pad(tokens, 0), pad(input_slots, -1),
                       _sample_slots(scheduled, rows, token_slot), pad(starts, 0), pad(slots, 0),

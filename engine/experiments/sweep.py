@@ -15,7 +15,7 @@ from engine.experiments import metrics
 from engine.experiments.cost_model import CostModel, ModelShape
 from engine.experiments.replay import Backend, ReplayOptions, RunLog, replay
 from engine.experiments.workload import TraceRequest
-from engine.runner import bytes_per_block
+from engine.kv_layout import bytes_per_block
 
 BLOCK_SIZES = (8, 16, 32, 64, 128, 256)
 MODES = {                          # name: (allocator, prefix caching)

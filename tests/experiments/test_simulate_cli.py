@@ -63,3 +63,18 @@ def test_bundled_cost_models_keep_notes_out_of_plot_titles(tmp_path, capsys):
   meta = json.loads((out / "simulate.json").read_text())["meta"]
   assert meta["title"] == "simulated random:smollm2-135m on cpu" and "partial" not in meta
   assert "paged/chunked" in capsys.readouterr().out
+
+
+def test_simulate_never_imports_jax(tmp_path):
+  """The simulator is host-only: the engine's scheduler, KV managers and KV layout arithmetic
+  (engine/kv_layout.py), a cost model instead of the device. A fresh process checks it."""
+  import subprocess
+  import sys
+  code = ("import sys\nfrom serving import cli\n"
+          f"rc = cli.main(['simulate', *{TINY_RUN!r}, '--modes', 'paged', "
+          f"'--out', {str(tmp_path / 'out')!r}])\n"
+          "print(rc, 'jax' in sys.modules, 'flax' in sys.modules, 'pallas_kernels' in sys.modules)")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        timeout=300, env=dict(os.environ, PYTHONPATH=REPO))
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.split()[-4:] == ["0", "False", "False", "False"], proc.stdout
