@@ -63,9 +63,6 @@ class BlockPool:
     self._check_id(block_id)
     return self._ref_counts[block_id]
 
-  def is_free(self, block_id: int) -> bool:
-    return block_id in self._free
-
   def free_block_ids(self) -> list[int]:
     """The free queue, head (next to be allocated) first."""
     return list(self._free)

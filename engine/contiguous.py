@@ -41,10 +41,6 @@ class ContiguousKVCacheManager(BaseKVCacheManager):
     """Whether one hole of `num_blocks` consecutive blocks exists."""
     return num_blocks <= 0 or self.largest_free_run() >= num_blocks
 
-  def region_blocks(self, request: Request) -> int:
-    """Blocks the request's region covers: prompt + max_tokens slots."""
-    return self.num_blocks_for_tokens(request.max_total_tokens)
-
   def num_blocks_needed(self, request: Request, num_tokens: int) -> int:
     if request.request_id in self._regions:
       return 0

@@ -267,5 +267,3 @@ class KVCacheManager(BaseKVCacheManager):
     if table:
       self.block_pool.release(reversed(table))
 
-
-PagedKVCacheManager = KVCacheManager

@@ -106,12 +106,6 @@ class ModelConfig:
     )
 
   @classmethod
-  def from_gguf(cls, reader_or_path: Any) -> "ModelConfig":
-    """Builds a config from GGUF metadata (a `gguf.GGUFReader` or a path)."""
-    from models.weights.gguf_meta import config_from_gguf  # avoid import cycle
-    return config_from_gguf(reader_or_path)
-
-  @classmethod
   def from_json(cls, path: str | os.PathLike) -> "ModelConfig":
     """Reads an HF-style `config.json`."""
     try:
