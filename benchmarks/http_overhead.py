@@ -25,21 +25,10 @@ import sys
 import tempfile
 import time
 
+from engine.context_limit import ContextLimit
+from engine.engine import EngineStats
 from engine.outputs import FinishReason, TokenDelta, Usage
 from serving.server import InferenceServer, ServerConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class _Stats:
-  num_running: int
-  num_waiting: int = 0
-  kv_blocks_used: int = 0
-  kv_blocks_total: int = 0
-  prefix_query_tokens_total: int = 0
-  prefix_hit_tokens_total: int = 0
-  num_preemptions_total: int = 0
-  generation_tokens_total: int = 0
-  prompt_tokens_total: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +42,8 @@ class PacedEngine:
 
   def __init__(self, tokenizer, step_s: float, max_num_seqs: int):
     self.tokenizer = tokenizer
-    self.max_model_len = 4096
+    self.context_limit = ContextLimit(4096, "the stand-in's")
+    self.max_model_len = self.context_limit.tokens
     self.config = _Config(max_num_seqs)
     self._step_s = step_s
     self._requests: dict[str, list] = {}   # id -> [prompt_len, max_tokens, produced]
@@ -70,8 +60,13 @@ class PacedEngine:
   def has_unfinished_requests(self) -> bool:
     return bool(self._requests)
 
-  def stats(self) -> _Stats:
-    return _Stats(num_running=len(self._requests), generation_tokens_total=self._tokens)
+  def stats(self) -> EngineStats:
+    return EngineStats(num_running=len(self._requests), num_waiting=0, kv_blocks_used=0,
+                       kv_blocks_total=0, prefix_query_tokens_total=0,
+                       prefix_hit_tokens_total=0, num_preemptions_total=0,
+                       prompt_tokens_total=0, prefill_tokens_computed_total=0,
+                       generation_tokens_total=self._tokens, num_compilations=0,
+                       compile_seconds=0.0)
 
   def step(self) -> list[TokenDelta]:
     time.sleep(self._step_s)
