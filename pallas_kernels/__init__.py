@@ -4,7 +4,10 @@ Cache layout (the engine passes all layers' blocks as one array, see docs/kernel
   kv_cache [num_blocks, num_kv_heads, 2, block_size, head_dim]
 K at index 0 and V at index 1 of axis 2; token slot s lives in block
 s // block_size at offset s % block_size; block 0 is the null block that
-padded tokens write to and no sequence reads. See docs/kernels.md.
+padded tokens write to and no sequence reads. An 8-bit cache is a
+`QuantizedKV(values, scales)` (quantization.py): int8 or float8_e4m3fn values
+in that layout and float32 scales [num_blocks, num_kv_heads, 2, block_size];
+every kernel takes either. See docs/kernels.md.
 """
 
 from pallas_kernels.backend import default_backend
@@ -16,6 +19,7 @@ from pallas_kernels.kv_write import write_kv
 from pallas_kernels.kv_write import write_kv_reference
 from pallas_kernels.prefill import paged_prefill_attention
 from pallas_kernels.prefill_reference import paged_prefill_attention_reference
+from pallas_kernels.quantization import QuantizedKV
 
 __all__ = [
     "default_backend",
@@ -23,6 +27,7 @@ __all__ = [
     "paged_decode_attention_reference",
     "paged_prefill_attention",
     "paged_prefill_attention_reference",
+    "QuantizedKV",
     "reads_whole_block_table",
     "resolve_backend",
     "write_kv",

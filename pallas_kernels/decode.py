@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 
 from pallas_kernels import backend as backend_lib
+from pallas_kernels import quantization
 from pallas_kernels import tuning
 from pallas_kernels import validation
 from pallas_kernels.decode_reference import paged_decode_attention_reference
@@ -28,7 +29,9 @@ def paged_decode_attention(
     q: [batch, num_q_heads, head_dim]; query head h uses KV head
       h // (num_q_heads // num_kv_heads).
     kv_cache: [num_blocks, num_kv_heads, 2, block_size, head_dim] (K at 0,
-      V at 1 on axis 2), bfloat16 or float32.
+      V at 1 on axis 2), bfloat16 or float32; or a `QuantizedKV` (int8 or
+      float8_e4m3fn values in that layout, float32 scales [num_blocks,
+      num_kv_heads, 2, block_size]), dequantized on the fly.
     block_tables: int32 [batch, max_blocks_per_seq].
     lengths: int32 [batch]: cached tokens including the current one (already
       written); 0 marks a padding row, which outputs zeros and reads nothing.
@@ -50,12 +53,14 @@ def paged_decode_attention(
     return paged_decode_attention_reference(
         q, kv_cache, block_tables, lengths, scale=scale)
   # NOTE: no Mosaic GPU decode kernel yet: "mosaic" runs the Triton one.
-  _, hkv, _, block_size, _ = kv_cache.shape
+  values = quantization.values_of(kv_cache)
+  _, hkv, _, block_size, _ = values.shape
   # NOTE: the tiling comes from the device's measured table (pallas_kernels/tuning/),
   # else from the shape heuristics; an explicit num_splits overrides only the split.
+  # An 8-bit cache (itemsize 1) has no table entries yet: the heuristics.
   cfg = tuning.decode_config(jax.devices()[0].device_kind, q.shape[0], hkv,
                              block_tables.shape[1], block_size, q.shape[-1],
-                             kv_cache.dtype.itemsize)
+                             values.dtype.itemsize)
   return decode_triton(
       q, kv_cache, block_tables, lengths, scale=float(scale),
       num_splits=num_splits or cfg.num_splits, pages_per_step=cfg.pages_per_step,

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from pallas_kernels import quantization
 from pallas_kernels import validation
 
 
@@ -15,14 +16,15 @@ from pallas_kernels import validation
 HIGHEST = lax.Precision.HIGHEST
 
 
-def gather_sequence_kv(
-    kv_cache: jax.Array, block_table: jax.Array
-) -> tuple[jax.Array, jax.Array]:
+def gather_sequence_kv(kv_cache, block_table: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Gathers one sequence's K and V as dense [context, kv_heads, head_dim].
 
-  `block_table` is [max_blocks]; context = max_blocks * block_size.
+  `block_table` is [max_blocks]; context = max_blocks * block_size. A
+  quantized cache is dequantized (float32); a float cache keeps its dtype.
   """
-  blocks = kv_cache[block_table]  # [max_blocks, kv_heads, 2, bs, head_dim]
+  blocks = quantization.values_of(kv_cache)[block_table]  # [mb, kv_heads, 2, bs, d]
+  if quantization.is_quantized(kv_cache):
+    blocks = quantization.dequantize(blocks, kv_cache.scales[block_table])
   mb, hkv, _, bs, d = blocks.shape
   blocks = blocks.transpose(2, 0, 3, 1, 4)  # [2, max_blocks, bs, kv_heads, d]
   blocks = blocks.reshape(2, mb * bs, hkv, d)
@@ -76,7 +78,8 @@ def paged_decode_attention_reference(
 
   Args:
     q: [batch, num_q_heads, head_dim] queries.
-    kv_cache: [num_blocks, num_kv_heads, 2, block_size, head_dim].
+    kv_cache: [num_blocks, num_kv_heads, 2, block_size, head_dim], or a
+      `QuantizedKV` (dequantized as it is gathered).
     block_tables: int32 [batch, max_blocks_per_seq].
     lengths: int32 [batch], cached tokens including the current one; 0 marks
       a padding row, whose output is zeros.

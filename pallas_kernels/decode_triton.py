@@ -13,6 +13,12 @@ pages `pages_per_step` blocks at a time; each block's K (and V) is one
 contiguous [block_size, head_dim] tile of the cache. Online softmax in
 float32. With one split the kernel normalises and writes the output itself;
 with several it writes (acc, max, sum) and `combine_splits` merges them.
+
+A quantized cache (`QuantizedKV`) adds the K and V scales of the KV head,
+`[num_blocks, block_size]` each, read with the same block ids as the tile:
+8-bit K and V are converted to q's dtype (exact: int8 and e4m3 values are
+bf16 numbers), K's scales multiply the score columns and V's the
+probabilities before P V, so no element of the tile is rescaled.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels import heuristics
+from pallas_kernels import quantization
 
 # NOTE: finite "minus infinity" so that exp(m_old - m_new) never sees inf-inf.
 NEG_BIG = -1e30
@@ -54,11 +61,33 @@ def _first_copy(x, n: int):
   return x.reshape((x.shape[0] // n, n) + x.shape[1:]).max(axis=0)
 
 
-def _decode_kernel(len_ref, bt_ref, q_ref, k_ref, v_ref, *out_refs, scale,
-                   pages_per_step, num_splits, final, rows):
+def load_tile(refs, ids, block_k: int, dtype, valid=None):
+  """K and V of blocks `ids` as [block_k, head_dim] tiles (8-bit ones in `dtype`), and
+  their scales [block_k] (None for a float cache).
+
+  `refs` is (k_ref, v_ref) or (k_ref, v_ref, k_scale_ref, v_scale_ref).
+  NOTE: V's scales past `valid` are zeroed (0 x NaN in an unwritten slot would
+  poison P V); K's need nothing, their columns are selected away.
+  """
+  k_ref, v_ref = refs[:2]
+  head_dim = k_ref.shape[-1]
+  k = k_ref[ids].reshape(block_k, head_dim)
+  v = v_ref[ids].reshape(block_k, head_dim)
+  if len(refs) == 2:
+    return k, v, None, None
+  k_scale = refs[2][ids].reshape(block_k)
+  v_scale = refs[3][ids].reshape(block_k)
+  if valid is not None:
+    v_scale = jnp.where(valid, v_scale, 0.0)
+  return k.astype(dtype), v.astype(dtype), k_scale, v_scale
+
+
+def _decode_kernel(len_ref, bt_ref, q_ref, *refs, scale, pages_per_step, num_splits, final,
+                   rows, quantized):
   """One (row, kv head, split) program; see the module docstring."""
+  kv_refs, out_refs = (refs[:4], refs[4:]) if quantized else (refs[:2], refs[2:])
   split = pl.program_id(2)
-  _, block_size, head_dim = k_ref.shape
+  _, block_size, head_dim = kv_refs[0].shape
   group = q_ref.shape[0]
   block_k = pages_per_step * block_size
   length = len_ref[0]
@@ -70,7 +99,8 @@ def _decode_kernel(len_ref, bt_ref, q_ref, k_ref, v_ref, *out_refs, scale,
   end_page = jnp.minimum(row_pages, first_page + pages_per_split)
   num_pages = jnp.maximum(end_page - first_page, 0)
   q = _repeat_rows(q_ref[...], rows)  # [rows, head_dim]
-  exact = k_ref.dtype == jnp.float32
+  dtype = q_ref.dtype if quantized else kv_refs[0].dtype
+  exact = dtype == jnp.float32
 
   def body(step, carry):
     acc, m_prev, l_prev = carry
@@ -79,20 +109,24 @@ def _decode_kernel(len_ref, bt_ref, q_ref, k_ref, v_ref, *out_refs, scale,
     # below), so no block outside the sequence is ever touched.
     local = jnp.minimum(local, num_pages - 1)
     ids = bt_ref[first_page + local]  # [pages_per_step]
-    k = k_ref[ids].reshape(block_k, head_dim)
-    v = v_ref[ids].reshape(block_k, head_dim)
     first_token = (first_page + step * pages_per_step) * block_size
     pos = first_token + jnp.arange(block_k)  # [block_k]
     valid = pos < length  # [block_k]
+    k, v, k_scale, v_scale = load_tile(kv_refs, ids, block_k, dtype, valid)
     s = plgpu.dot(q.astype(k.dtype), k, trans_b=True, allow_tf32=not exact)
+    if quantized:
+      s = s * k_scale[None, :]
     s = jnp.where(valid[None, :], s * (scale * LOG2E), NEG_BIG)  # log2 domain
     m_new = jnp.maximum(m_prev, s.max(axis=1))
     alpha = jnp.exp2(m_prev - m_new)
     p = jnp.exp2(s - m_new[:, None])
+    l_new = l_prev * alpha + p.sum(axis=1)
     v = jnp.where(valid[:, None], v, jnp.zeros_like(v))
+    if quantized:
+      p = p * v_scale[None, :]
     # [rows, head_dim]
     pv = plgpu.dot(p.astype(v.dtype), v, allow_tf32=not exact)
-    return acc * alpha[:, None] + pv, m_new, l_prev * alpha + p.sum(axis=1)
+    return acc * alpha[:, None] + pv, m_new, l_new
 
   acc = jnp.zeros((rows, head_dim), jnp.float32)
   m = jnp.full((rows,), NEG_BIG, jnp.float32)
@@ -164,7 +198,7 @@ def decode_triton(q, kv_cache, block_tables, lengths, *, scale, num_splits,
                   pages_per_step, num_warps=4, num_stages=2, interpret=False):
   """Runs the kernel; arguments as `paged_decode_attention`, pre-validated."""
   batch, hq, d = q.shape
-  num_blocks, hkv, _, block_size, _ = kv_cache.shape
+  hkv = quantization.values_of(kv_cache).shape[1]
   group = hq // hkv
   rows = padded_group(group)
   max_blocks = block_tables.shape[1]
@@ -173,12 +207,11 @@ def decode_triton(q, kv_cache, block_tables, lengths, *, scale, num_splits,
   padded_blocks = pages_per_split * num_splits
   tables = jnp.pad(block_tables, ((0, 0), (0, padded_blocks - max_blocks)))
   q_in, q_spec, out_shape, out_specs, tile = _q_and_out_specs(q, hkv, rows, num_splits)
+  quantized = quantization.is_quantized(kv_cache)
   kernel = functools.partial(
       _decode_kernel, scale=scale, pages_per_step=pages_per_step,
-      num_splits=num_splits, final=num_splits == 1, rows=rows)
-  kv_spec = lambda which: pl.BlockSpec(
-      (num_blocks, None, None, block_size, d),
-      lambda b, h, s: (0, h, which, 0, 0))
+      num_splits=num_splits, final=num_splits == 1, rows=rows, quantized=quantized)
+  kv_specs, kv_args = kv_operands(kv_cache, lambda b, h, s: h)
   outs = pl.pallas_call(
       kernel,
       grid=(batch, hkv, num_splits),
@@ -186,8 +219,7 @@ def decode_triton(q, kv_cache, block_tables, lengths, *, scale, num_splits,
           pl.BlockSpec((None, 1), lambda b, h, s: (b, 0)),  # lengths
           pl.BlockSpec((None, padded_blocks), lambda b, h, s: (b, 0)),  # tables
           q_spec,  # the q heads of kv head h: [tile, d]
-          kv_spec(0),  # K of kv head h: [num_blocks, block_size, d]
-          kv_spec(1),  # V
+          *kv_specs,  # K, V of kv head h: [num_blocks, block_size, d] (and their scales)
       ],
       out_specs=out_specs,
       out_shape=out_shape,
@@ -195,8 +227,24 @@ def decode_triton(q, kv_cache, block_tables, lengths, *, scale, num_splits,
                                            num_stages=num_stages),
       interpret=interpret,
       name="paged_decode_triton",
-  )(lengths.reshape(batch, 1), tables, q_in, kv_cache, kv_cache)
+  )(lengths.reshape(batch, 1), tables, q_in, *kv_args)
   o = outs[0] if num_splits == 1 else combine_splits(*outs)   # [.., tile, d] or [b, hq, d]
   if tile != group:
     o = o.reshape(batch, hkv, tile, d)[:, :, :group, :]
   return o.reshape(batch, hq, d).astype(q.dtype)
+
+
+def kv_operands(kv_cache, head_of) -> tuple[list, list]:
+  """BlockSpecs and operands of one KV head's K and V (and their scales) for a grid whose
+  KV head is `head_of(*program ids)`: K [num_blocks, block_size, d], V the same, then, for
+  a quantized cache, K's and V's scales [num_blocks, block_size]."""
+  values = quantization.values_of(kv_cache)
+  num_blocks, _, _, block_size, d = values.shape
+  specs = [pl.BlockSpec((num_blocks, None, None, block_size, d),
+                        lambda *ids, w=which: (0, head_of(*ids), w, 0, 0)) for which in (0, 1)]
+  args = [values, values]
+  if quantization.is_quantized(kv_cache):
+    specs += [pl.BlockSpec((num_blocks, None, None, block_size),
+                           lambda *ids, w=which: (0, head_of(*ids), w, 0)) for which in (0, 1)]
+    args += [kv_cache.scales, kv_cache.scales]
+  return specs, args

@@ -12,6 +12,11 @@ and offset computed from the slot. Its output aliases that input
 buffer: inside a jitted step with the cache donated no copy is made, and the
 only memory traffic is the 2 * num_tokens * num_kv_heads * head_dim elements
 written (plus reading k, v and the slots).
+
+A quantized cache (`QuantizedKV`) passes its scales as one more aliased
+operand `[num_blocks, 2, block_size]` per KV head: the program quantizes its
+token's K and V vectors (`quantization.quantize`, one scale each) and stores
+the 8-bit vectors and the two scales.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-# Position of the cache among the pallas_call operands (slots, k, v, cache).
+from pallas_kernels import quantization
+
+# Position of the cache among the pallas_call operands (slots, k, v, cache[, scales]).
 _CACHE_INPUT = 3
 
 
@@ -45,6 +52,20 @@ def _write_kv_kernel(slot_ref, k_ref, v_ref, cache_in_ref, cache_ref):
   cache_ref[block, 1, offset, :] = v_ref[...].astype(cache_ref.dtype)
 
 
+def _write_quantized_kernel(slot_ref, k_ref, v_ref, cache_in_ref, scales_in_ref,
+                            cache_ref, scales_ref):
+  """`_write_kv_kernel` for a quantized cache: scales_ref [num_blocks, 2, block_size]."""
+  del cache_in_ref, scales_in_ref  # Aliased to the outputs; written through them.
+  block_size = cache_ref.shape[2]
+  slot = slot_ref[0]
+  block = slot // block_size
+  offset = slot % block_size
+  for which, ref in ((0, k_ref), (1, v_ref)):
+    values, scale = quantization.quantize(ref[...], cache_ref.dtype)
+    cache_ref[block, which, offset, :] = values
+    scales_ref[block, which, offset] = scale
+
+
 @functools.partial(jax.jit, static_argnames=("num_warps", "interpret"))
 def write_kv_triton(kv_cache, k, v, slot_mapping, *, num_warps=1,
                     interpret=False):
@@ -53,27 +74,35 @@ def write_kv_triton(kv_cache, k, v, slot_mapping, *, num_warps=1,
   Returns the updated cache (the same buffer as `kv_cache` when the caller
   donates it; otherwise XLA copies the input first to keep it intact).
   """
-  num_blocks, _, _, block_size, d = kv_cache.shape
+  values = quantization.values_of(kv_cache)
+  num_blocks, _, _, block_size, d = values.shape
   num_tokens, hkv, _ = k.shape
   if num_tokens == 0:
     return kv_cache
   token_spec = pl.BlockSpec((None, None, d), lambda t, h: (t, h, 0))
   cache_spec = pl.BlockSpec((num_blocks, None, 2, block_size, d),
                             lambda t, h: (0, h, 0, 0, 0))
-  return pl.pallas_call(
-      _write_kv_kernel,
+  caches, specs = [values], [cache_spec]  # of head h: [num_blocks, 2, block_size(, d)]
+  kernel = _write_kv_kernel
+  if quantization.is_quantized(kv_cache):
+    caches.append(kv_cache.scales)
+    specs.append(pl.BlockSpec((num_blocks, None, 2, block_size), lambda t, h: (0, h, 0, 0)))
+    kernel = _write_quantized_kernel
+  out = pl.pallas_call(
+      kernel,
       grid=(num_tokens, hkv),
       in_specs=[
           pl.BlockSpec((None, 1), lambda t, h: (t, 0)),  # slot of t: [1]
           token_spec,  # k of (t, h): [head_dim]
           token_spec,  # v of (t, h): [head_dim]
-          cache_spec,  # cache of head h: [num_blocks, 2, block_size, d]
+          *specs,  # cache (and scales) of head h
       ],
-      out_specs=cache_spec,  # the same view of the aliased output
-      out_shape=jax.ShapeDtypeStruct(kv_cache.shape, kv_cache.dtype),
-      input_output_aliases={_CACHE_INPUT: 0},
+      out_specs=specs,  # the same views of the aliased outputs
+      out_shape=[jax.ShapeDtypeStruct(c.shape, c.dtype) for c in caches],
+      input_output_aliases={_CACHE_INPUT + i: i for i in range(len(caches))},
       compiler_params=plgpu.CompilerParams(num_warps=num_warps,
                                            num_stages=1),
       interpret=interpret,
       name="write_kv_triton",
-  )(slot_mapping.reshape(num_tokens, 1), k, v, kv_cache)
+  )(slot_mapping.reshape(num_tokens, 1), k, v, *caches)
+  return quantization.QuantizedKV(*out) if len(out) == 2 else out[0]

@@ -8,6 +8,7 @@ from jax.experimental import pallas as pl
 from pallas_kernels import backend as backend_lib
 from pallas_kernels import heuristics
 from pallas_kernels import prefill_mosaic
+from pallas_kernels import quantization
 from pallas_kernels import validation
 from pallas_kernels.prefill_reference import paged_prefill_attention_reference
 from pallas_kernels.prefill_triton import prefill_triton
@@ -30,7 +31,8 @@ def paged_prefill_attention(
     q: [num_tokens, num_q_heads, head_dim]; sequences packed back to back,
       then padding (which outputs zeros).
     kv_cache: [num_blocks, num_kv_heads, 2, block_size, head_dim], already
-      holding this chunk's K/V.
+      holding this chunk's K/V; or a `QuantizedKV` (see paged_decode_attention),
+      dequantized on the fly (not by the "mosaic" backend: ValueError).
     block_tables: int32 [num_seqs, max_blocks_per_seq].
     cu_q_lens: int32 [num_seqs + 1], cu_q_lens[0] == 0; padded sequences
       have q_len 0.
@@ -51,6 +53,8 @@ def paged_prefill_attention(
   if backend == "xla":
     return paged_prefill_attention_reference(
         q, kv_cache, block_tables, cu_q_lens, kv_lens, scale=scale)
+  if backend == "mosaic" and quantization.is_quantized(kv_cache):
+    raise ValueError(MOSAIC_QUANTIZED)
   # NOTE: "mosaic" runs the Mosaic GPU kernel where prefill_mosaic.supports()
   # (16-bit caches, head_dim % 64 == 0, shared memory fits); float32 and other
   # shapes fall back to the Triton kernel, which stays the reference GPU path.
@@ -63,12 +67,22 @@ def paged_prefill_attention(
                          float(scale), interpret)
 
 
+# NOTE: the Mosaic kernel's memory warpgroup TMA-copies 16-bit K/V tiles straight into
+# the wgmma operands; an 8-bit tile would need a conversion pass through shared memory
+# (not written). A clear error rather than a silent fallback to Triton.
+MOSAIC_QUANTIZED = ("the 'mosaic' prefill kernel does not read 8-bit KV caches "
+                    "(int8, float8_e4m3); use the 'triton' backend with them")
+
+
 def _prefill_triton(q, kv_cache, block_tables, cu_q_lens, kv_lens, scale,
                     interpret):
   """The Triton kernel with its heuristic tiling."""
-  _, hkv, _, block_size, _ = kv_cache.shape
+  _, hkv, _, block_size, _ = quantization.values_of(kv_cache).shape
   group_pad = pl.next_power_of_2(q.shape[1] // hkv)
-  itemsize = kv_cache.dtype.itemsize
+  # NOTE: an 8-bit cache's tiles are converted to q's dtype in the kernel, so the
+  # tiling follows the 16-bit one (or float32's, for float32 queries).
+  itemsize = (q.dtype.itemsize if quantization.is_quantized(kv_cache)
+              else kv_cache.dtype.itemsize)
   pages = heuristics.prefill_pages_per_step(block_size, itemsize)
   return prefill_triton(
       q, kv_cache, block_tables, cu_q_lens, kv_lens, scale=scale,

@@ -87,7 +87,7 @@ def paged_prefill_attention_reference(
     q: [num_tokens, num_q_heads, head_dim]; sequences packed back to back,
       then padding up to num_tokens (padding rows output zeros).
     kv_cache: [num_blocks, num_kv_heads, 2, block_size, head_dim], already
-      holding this chunk's K/V.
+      holding this chunk's K/V; or a `QuantizedKV` (dequantized as gathered).
     block_tables: int32 [num_seqs, max_blocks_per_seq].
     cu_q_lens: int32 [num_seqs + 1] cumulative query lengths, starting at 0.
     kv_lens: int32 [num_seqs] cached tokens per sequence including this chunk.

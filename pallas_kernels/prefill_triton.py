@@ -7,6 +7,8 @@ r % group_pad), so each K/V block is loaded once per KV head and tile. The
 program walks the sequence's cache from position 0 up to the tile's last
 token: first the chunks entirely below the causal diagonal without masks,
 then the diagonal chunks with the causal mask. Online softmax in float32.
+A quantized cache is read as in decode_triton.py (`load_tile`: 8-bit tiles
+in q's dtype, K's scales on the score columns, V's on the probabilities).
 """
 
 from __future__ import annotations
@@ -21,16 +23,22 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels import prefill_tiles
+from pallas_kernels import quantization
+from pallas_kernels.decode_triton import kv_operands, load_tile
 
 NEG_BIG = -1e30
 LOG2E = math.log2(math.e)
 
 
-def _prefill_kernel(rows_ref, pos_ref, kvlen_ref, seq_ref, bt_ref, q_ref,
-                    k_ref, v_ref, o_ref, *, scale, group_pad, pages_per_step,
-                    max_blocks):
-  """One (tile, kv head) program; see the module docstring."""
-  _, block_size, head_dim = k_ref.shape
+def _prefill_kernel(rows_ref, pos_ref, kvlen_ref, seq_ref, bt_ref, q_ref, *refs, scale,
+                    group_pad, pages_per_step, max_blocks):
+  """One (tile, kv head) program; see the module docstring.
+
+  refs: K, V (and, quantized, their scales) of the KV head, then the output.
+  """
+  kv_refs, o_ref = refs[:-1], refs[-1]
+  quantized = len(kv_refs) == 4
+  _, block_size, head_dim = kv_refs[0].shape
   num_rows = q_ref.shape[0]
   block_k = pages_per_step * block_size
   tokens = rows_ref[0]
@@ -41,26 +49,33 @@ def _prefill_kernel(rows_ref, pos_ref, kvlen_ref, seq_ref, bt_ref, q_ref,
   table_base = seq_ref[0] * max_blocks
   row_pos = first_pos + jnp.arange(num_rows) // group_pad  # [num_rows]
   q = q_ref[...]  # [num_rows, head_dim]
-  exact = k_ref.dtype == jnp.float32
+  dtype = q_ref.dtype if quantized else kv_refs[0].dtype
+  exact = dtype == jnp.float32
 
   def body(step, carry, masked):
     acc, m_prev, l_prev = carry
     local = step * pages_per_step + jnp.arange(pages_per_step)
     ids = bt_ref[table_base + jnp.minimum(local, num_pages - 1)]
-    k = k_ref[ids].reshape(block_k, head_dim)
-    v = v_ref[ids].reshape(block_k, head_dim)
+    pos = step * block_k + jnp.arange(block_k)  # [block_k]
+    # NOTE: unmasked chunks lie below `end`, so only masked ones need V's scales cut.
+    k, v, k_scale, v_scale = load_tile(kv_refs, ids, block_k, dtype,
+                                       (pos < end) if masked else None)
     s = plgpu.dot(q.astype(k.dtype), k, trans_b=True, allow_tf32=not exact)
+    if quantized:
+      s = s * k_scale[None, :]
     s = s * (scale * LOG2E)  # [num_rows, block_k], log2 domain
     if masked:
-      pos = step * block_k + jnp.arange(block_k)  # [block_k]
       ok = (pos[None, :] <= row_pos[:, None]) & (pos[None, :] < end)
       s = jnp.where(ok, s, NEG_BIG)
       v = jnp.where((pos < end)[:, None], v, jnp.zeros_like(v))
     m_new = jnp.maximum(m_prev, s.max(axis=1))
     alpha = jnp.exp2(m_prev - m_new)
     p = jnp.exp2(s - m_new[:, None])
+    l_new = l_prev * alpha + p.sum(axis=1)
+    if quantized:
+      p = p * v_scale[None, :]
     pv = plgpu.dot(p.astype(v.dtype), v, allow_tf32=not exact)
-    return acc * alpha[:, None] + pv, m_new, l_prev * alpha + p.sum(axis=1)
+    return acc * alpha[:, None] + pv, m_new, l_new
 
   carry = (jnp.zeros((num_rows, head_dim), jnp.float32),
            jnp.full((num_rows,), NEG_BIG, jnp.float32),
@@ -87,7 +102,7 @@ def prefill_triton(q, kv_cache, block_tables, cu_q_lens, kv_lens, *, scale,
                    interpret=False):
   """Runs the kernel; arguments as `paged_prefill_attention`, pre-validated."""
   num_tokens, hq, d = q.shape
-  num_blocks, hkv, _, block_size, _ = kv_cache.shape
+  hkv = quantization.values_of(kv_cache).shape[1]
   group = hq // hkv
   group_pad = pl.next_power_of_2(group)
   num_rows = block_q * group_pad
@@ -102,8 +117,7 @@ def prefill_triton(q, kv_cache, block_tables, cu_q_lens, kv_lens, *, scale,
   # context, and starting the longest programs first shortens the tail.
   rev = lambda t: n_tiles - 1 - t
   scalar = pl.BlockSpec((1,), lambda t, h: (rev(t),))
-  kv_spec = lambda which: pl.BlockSpec(
-      (num_blocks, None, None, block_size, d), lambda t, h: (0, h, which, 0, 0))
+  kv_specs, kv_args = kv_operands(kv_cache, lambda t, h: h)
   tile_spec = pl.BlockSpec((None, None, num_rows, d),
                            lambda t, h: (rev(t), h, 0, 0))
   out = pl.pallas_call(
@@ -111,7 +125,7 @@ def prefill_triton(q, kv_cache, block_tables, cu_q_lens, kv_lens, *, scale,
       grid=(n_tiles, hkv),
       in_specs=[scalar, scalar, scalar, scalar,
                 pl.BlockSpec((num_seqs * max_blocks,), lambda t, h: (0,)),
-                tile_spec, kv_spec(0), kv_spec(1)],
+                tile_spec, *kv_specs],
       out_specs=tile_spec,
       out_shape=jax.ShapeDtypeStruct((n_tiles, hkv, num_rows, d), q.dtype),
       compiler_params=plgpu.CompilerParams(num_warps=num_warps,
@@ -119,5 +133,5 @@ def prefill_triton(q, kv_cache, block_tables, cu_q_lens, kv_lens, *, scale,
       interpret=interpret,
       name="paged_prefill_triton",
   )(tiles.rows, tiles.first_pos, tiles.kv_len, tiles.seq,
-    block_tables.reshape(-1), qt, kv_cache, kv_cache)
+    block_tables.reshape(-1), qt, *kv_args)
   return prefill_tiles.unfold_outputs(out, tiles, num_tokens, group, group_pad)

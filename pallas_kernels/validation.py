@@ -9,7 +9,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels import quantization
+
 FLOAT_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32))
+QUANTIZED_DTYPES = tuple(stored for stored, _ in quantization.FORMATS.values())
 MIN_BLOCK_SIZE = 8
 MAX_BLOCK_SIZE = 256
 
@@ -28,22 +31,29 @@ def check_int32(name: str, x: jax.Array, ndim: int) -> None:
   )
 
 
-def check_kv_cache(kv_cache: jax.Array) -> tuple[int, int, int, int]:
+def check_kv_cache(kv_cache) -> tuple[int, int, int, int]:
   """Validates the cache layout; returns (num_blocks, kv_heads, bs, head_dim).
 
-  Layout: [num_blocks, num_kv_heads, 2, block_size, head_dim].
+  Layout: [num_blocks, num_kv_heads, 2, block_size, head_dim], bfloat16 or
+  float32; or a `QuantizedKV` of int8 / float8_e4m3fn values in that layout
+  and float32 scales [num_blocks, num_kv_heads, 2, block_size].
   """
+  values = quantization.values_of(kv_cache)
   _require(
-      kv_cache.ndim == 5,
+      getattr(values, "ndim", None) == 5,
       "kv_cache must have shape [num_blocks, num_kv_heads, 2, block_size, "
-      f"head_dim], got {kv_cache.shape}",
+      f"head_dim], got {getattr(values, 'shape', type(values).__name__)}",
   )
-  num_blocks, num_kv_heads, two, block_size, head_dim = kv_cache.shape
+  num_blocks, num_kv_heads, two, block_size, head_dim = values.shape
   _require(two == 2, f"kv_cache axis 2 must be 2 (K, V), got {two}")
-  _require(
-      jnp.dtype(kv_cache.dtype) in FLOAT_DTYPES,
-      f"kv_cache dtype must be bfloat16 or float32, got {kv_cache.dtype}",
-  )
+  if quantization.is_quantized(kv_cache):
+    _check_quantized(kv_cache)
+  else:
+    _require(
+        jnp.dtype(values.dtype) in FLOAT_DTYPES,
+        "kv_cache dtype must be bfloat16 or float32 (or a QuantizedKV of int8 or "
+        f"float8_e4m3fn), got {values.dtype}",
+    )
   _require(
       MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE
       and block_size & (block_size - 1) == 0,
@@ -53,6 +63,23 @@ def check_kv_cache(kv_cache: jax.Array) -> tuple[int, int, int, int]:
   _require(num_blocks >= 1, "kv_cache must have at least one block")
   _require(num_kv_heads >= 1, "kv_cache must have at least one KV head")
   return num_blocks, num_kv_heads, block_size, head_dim
+
+
+def _check_quantized(kv_cache) -> None:
+  values, scales = kv_cache
+  _require(
+      jnp.dtype(values.dtype) in QUANTIZED_DTYPES,
+      f"quantized kv_cache values must be int8 or float8_e4m3fn, got {values.dtype}",
+  )
+  _require(
+      scales.shape == values.shape[:4],
+      f"kv_cache scales must have shape {values.shape[:4]} (one per token slot, "
+      f"KV head and K/V), got {scales.shape}",
+  )
+  _require(
+      jnp.dtype(scales.dtype) == quantization.SCALE_DTYPE,
+      f"kv_cache scales must be float32, got {scales.dtype}",
+  )
 
 
 def check_query(
