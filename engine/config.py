@@ -6,6 +6,7 @@ import dataclasses
 from engine.context_limit import check_fits_cache
 
 from engine.kv_layout import BLOCK_SIZES as _BLOCK_SIZES
+from engine.kv_layout import KV_CACHE_DTYPES, is_quantized
 
 
 @dataclasses.dataclass(frozen=True)
@@ -13,7 +14,8 @@ class EngineConfig:
   """Everything that shapes one engine. Two engines may differ in any field."""
   model: str | None = None               # None = the default SmolLM2-135M-Instruct
   dtype: str = "float32"                 # compute dtype of the weights
-  kv_cache_dtype: str | None = None      # default: same as dtype
+  # "auto" (= dtype), "bfloat16", or 8-bit with per-token scales: "float8_e4m3", "int8"
+  kv_cache_dtype: str = "auto"
   block_size: int = 16
   num_blocks: int | None = None          # None: derived from kv_cache_memory_* below
   kv_cache_memory_fraction: float = 0.85  # of free accelerator memory (GPU)
@@ -55,6 +57,12 @@ class EngineConfig:
       raise ValueError("kv_cache_memory_fraction must be in (0, 1]")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+    if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+      raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
+                       f"got {self.kv_cache_dtype!r}")
+    if self.attention_backend == "mosaic" and is_quantized(self.cache_dtype):
+      raise ValueError(f"attention_backend 'mosaic' does not read an 8-bit KV cache "
+                       f"(kv_cache_dtype {self.kv_cache_dtype}); use 'triton'")
     if not isinstance(self.num_decode_steps, int) or not 1 <= self.num_decode_steps <= 64:
       raise ValueError(f"num_decode_steps must be an int in 1..64, got {self.num_decode_steps!r}")
     if not isinstance(self.tensor_parallel, int) or self.tensor_parallel < 1:
@@ -70,4 +78,5 @@ class EngineConfig:
 
   @property
   def cache_dtype(self) -> str:
-    return self.kv_cache_dtype or self.dtype
+    """The KV cache's dtype name (engine/kv_layout.py): `kv_cache_dtype`, "auto" = `dtype`."""
+    return self.dtype if self.kv_cache_dtype == "auto" else self.kv_cache_dtype

@@ -2,9 +2,11 @@
 
 One array for all layers, `[num_layers * num_blocks, kv_heads, 2 (K, V), block_size,
 head_dim]`: layer l's block b is row l * num_blocks + b. Block 0 of every layer is the
-null block. The scheduler, the KV managers, the simulator and the cost model size and
-address blocks through these functions; the runner allocates the array with
-`cache_shape`.
+null block. An 8-bit KV-cache dtype (int8, float8_e4m3) adds a float32 scale per token
+slot, KV head and K/V beside it, `[num_layers * num_blocks, kv_heads, 2, block_size]`
+(pallas_kernels/quantization.py), allocated, addressed and freed with the blocks. The
+scheduler, the KV managers, the simulator and the cost model size and address blocks
+through these functions; the runner allocates the arrays with `cache_shape`.
 """
 from __future__ import annotations
 
@@ -12,7 +14,11 @@ from __future__ import annotations
 # allocated, freed or hashed (engine/block_pool.py owns it).
 NULL_BLOCK_ID = 0
 BLOCK_SIZES = tuple(2 ** i for i in range(3, 9))   # 8 ... 256 tokens
-ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3": 1, "int8": 1}
+QUANTIZED = ("float8_e4m3", "int8")     # stored with one SCALE_BYTES scale per vector
+SCALE_BYTES = 4                         # float32
+# `--kv-cache-dtype`: "auto" is the compute dtype (float32 or bfloat16).
+KV_CACHE_DTYPES = ("auto", "bfloat16", "float8_e4m3", "int8")
 
 
 def cdiv(a: int, b: int) -> int:
@@ -26,14 +32,25 @@ def itemsize(dtype: str) -> int:
   return ITEMSIZE[dtype]
 
 
+def is_quantized(dtype: str) -> bool:
+  return dtype in QUANTIZED
+
+
+def bytes_per_token(model_config, dtype: str) -> int:
+  """KV bytes of one token across all layers: K and V of every KV head, and their
+  scales for an 8-bit dtype."""
+  vector = model_config.head_dim * itemsize(dtype) + (SCALE_BYTES if is_quantized(dtype) else 0)
+  return model_config.num_layers * model_config.num_kv_heads * 2 * vector
+
+
 def bytes_per_block(model_config, block_size: int, dtype: str) -> int:
-  """Bytes of one block across all layers (K and V of every KV head)."""
-  per_layer = model_config.num_kv_heads * 2 * block_size * model_config.head_dim
-  return per_layer * model_config.num_layers * itemsize(dtype)
+  """Bytes of one block across all layers (K and V of every KV head, and scales)."""
+  return block_size * bytes_per_token(model_config, dtype)
 
 
 def cache_shape(model_config, num_blocks: int, block_size: int) -> tuple[int, ...]:
-  """The one cache array's shape (see the module docstring)."""
+  """The cache values' shape (see the module docstring; an 8-bit cache's scales are this
+  without the last axis)."""
   rows = model_config.num_layers * num_blocks
   # NOTE: a step addresses the cache by int32 slot (row * block_size + offset).
   if rows * block_size >= 2**31:

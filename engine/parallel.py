@@ -38,9 +38,11 @@ from models.weights.layout import is_layer_leaf
 AXIS = "tp"
 
 # NOTE: the head axis of q/k/v ([T, heads, head_dim]) and the kv-head axis of the
-# cache ([num_layers * num_blocks, kv_heads, 2, block_size, head_dim]) are split.
+# cache ([num_layers * num_blocks, kv_heads, 2, block_size, head_dim]) are split. The
+# cache spec names only its first two axes, so it is also the spec of an 8-bit cache's
+# every leaf (a pytree prefix): its scales [..., kv_heads, 2, block_size] split alike.
 HEADS_SPEC = P(None, AXIS, None)
-CACHE_SPEC = P(None, AXIS, None, None, None)
+CACHE_SPEC = P(None, AXIS)
 
 # The leaf name of each split kernel / bias, and the axis split.
 _COLUMN_SPLIT = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
@@ -129,7 +131,7 @@ def shard_params(params, mesh: Mesh | None):
 
 
 def cache_sharding(mesh: Mesh) -> NamedSharding:
-  """Each device holds its kv heads' slice of every block."""
+  """Each device holds its kv heads' slice of every block (and of its scales)."""
   return NamedSharding(mesh, CACHE_SPEC)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
+from pallas_kernels import quantization
 from engine import executables, kv_layout, packing, parallel, step_inputs
 from engine.buckets import Buckets, StepShape, plan
 from engine.scheduler import ScheduledRequest, ScheduleOutput
@@ -32,7 +33,7 @@ from engine.steps import make_steps
 class CacheConfig:
   num_blocks: int            # including the null block 0
   block_size: int
-  dtype: str = "float32"
+  dtype: str = "float32"     # a KV-cache dtype name (engine/kv_layout.py ITEMSIZE)
 
 
 @dataclasses.dataclass
@@ -70,9 +71,11 @@ class ModelRunner:
     self.num_decode_steps = num_decode_steps
     # NOTE: with a tensor-parallel mesh each device allocates only its kv heads' slice.
     device = parallel.cache_sharding(mesh) if mesh is not None else None
-    self.kv_cache = jnp.zeros(kv_layout.cache_shape(self.config, cache.num_blocks,
-                                                    cache.block_size), cache.dtype,
-                              device=device)
+    # NOTE: an 8-bit dtype gives a QuantizedKV (values, scales) pytree; the steps
+    # carry, donate and return it as they do one array.
+    self.kv_cache = quantization.empty(
+        kv_layout.cache_shape(self.config, cache.num_blocks, cache.block_size), cache.dtype,
+        device=device)
     # One token-buffer slot per running request, plus a trash slot for padding rows.
     num_slots = (max_num_seqs or max(buckets.decode_rows)) + 1
     self.trash_slot = num_slots - 1

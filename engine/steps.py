@@ -2,7 +2,8 @@
 
 Both take the KV cache (ONE `[num_layers * num_blocks, kv_heads, 2,
 block_size, head_dim]` array, layer l's block b at row l * num_blocks + b; see
-`layer_meta`) as a donated argument and return the updated cache, so XLA
+`layer_meta`; for an 8-bit cache a `QuantizedKV` of that array and its scales,
+addressed by the same rows) as a donated argument and return the updated cache, so XLA
 writes the new K/V in place: the model's layer scan carries the whole cache
 and each layer's kernels see all of it. Both also carry a small
 device token buffer (one slot per running request): each step writes its
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 
 import pallas_kernels
 from engine import packing, parallel
+from pallas_kernels.quantization import values_of
 from engine.sampler import SamplingTensors, sample_cheapest
 from models import llama
 
@@ -72,9 +74,10 @@ def layered(attention_fn, num_layers: int):
   """The model's seam `(q, k, v, kv_cache, layer, meta)` over the flat cache of
   `num_layers` layers, from a seam `(q, k, v, kv_cache, meta)` of one layer's tables."""
   def seam(q, k, v, kv_cache, layer, meta):
-    blocks_per_layer = kv_cache.shape[0] // num_layers
+    values = values_of(kv_cache)
+    blocks_per_layer = values.shape[0] // num_layers
     return attention_fn(q, k, v, kv_cache,
-                        layer_meta(meta, layer, blocks_per_layer, kv_cache.shape[3]))
+                        layer_meta(meta, layer, blocks_per_layer, values.shape[3]))
   return seam
 
 
@@ -92,7 +95,7 @@ def _decode_step(params, kv_cache, token_buffer, tokens, input_slots, sample_slo
   # the host) reads it from the device token buffer.
   pending = jnp.take(token_buffer, jnp.maximum(input_slots, 0))     # [rows]
   tokens = jnp.where(input_slots >= 0, pending, tokens)
-  block_size = kv_cache.shape[3]
+  block_size = values_of(kv_cache).shape[3]
   trash = token_buffer.shape[0] - 1
   sampled, logprobs = [], []
   for j in range(decode_steps):

@@ -30,7 +30,7 @@ def paged_decode_attention(
       h // (num_q_heads // num_kv_heads).
     kv_cache: [num_blocks, num_kv_heads, 2, block_size, head_dim] (K at 0,
       V at 1 on axis 2), bfloat16 or float32; or a `QuantizedKV` (int8 or
-      float8_e4m3fn values in that layout, float32 scales [num_blocks,
+      uint8 float8_e4m3fn bits in that layout, float32 scales [num_blocks,
       num_kv_heads, 2, block_size]), dequantized on the fly.
     block_tables: int32 [batch, max_blocks_per_seq].
     lengths: int32 [batch]: cached tokens including the current one (already

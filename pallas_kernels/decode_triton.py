@@ -79,7 +79,8 @@ def load_tile(refs, ids, block_k: int, dtype, valid=None):
   v_scale = refs[3][ids].reshape(block_k)
   if valid is not None:
     v_scale = jnp.where(valid, v_scale, 0.0)
-  return k.astype(dtype), v.astype(dtype), k_scale, v_scale
+  return (quantization.numbers(k).astype(dtype), quantization.numbers(v).astype(dtype),
+          k_scale, v_scale)
 
 
 def _decode_kernel(len_ref, bt_ref, q_ref, *refs, scale, pages_per_step, num_splits, final,

@@ -70,7 +70,7 @@ def write_kv(
   Args:
     kv_cache: [num_blocks, num_kv_heads, 2, block_size, head_dim] (K at 0,
       V at 1 on axis 2), bfloat16 or float32, or a `QuantizedKV` (int8 or
-      float8_e4m3fn values and their float32 scales). Donate it under jit to
+      uint8 float8_e4m3fn bits, and their float32 scales). Donate it under jit to
       have it updated in place.
     k, v: [num_tokens, num_kv_heads, head_dim]; cast to the cache's dtype, or
       quantized per token and KV head.

@@ -1,18 +1,22 @@
 """8-bit KV caches: the (values, scales) pytree and the one quantization rule.
 
 A quantized cache is `QuantizedKV(values, scales)`:
-  values [num_blocks, num_kv_heads, 2, block_size, head_dim]  int8 or float8_e4m3fn
+  values [num_blocks, num_kv_heads, 2, block_size, head_dim]  int8, or uint8
+                                                              holding float8_e4m3fn bits
   scales [num_blocks, num_kv_heads, 2, block_size]            float32
 one scale per (token slot, KV head, K|V): the vector's absolute maximum over
-head_dim divided by the format's largest value, so `value * scale` is the
-stored vector. Per token rather than per block: a block is written one token
-at a time by decode, so a per-block scale would have to be fixed before the
-block's later tokens are known (or the block requantized as it grows), and
-the measured quality was worse even with the block's final maximum known in
-advance (docs/kernels.md). The scales sit beside the values with the same
-leading axes, so a kernel program reads a block's K (or V) tile and its
-`[block_size]` scales in the same step, and folds them into the score
-columns (K) or the probabilities (V) instead of rescaling every element.
+head_dim divided by the format's largest value, so `number * scale` is the
+stored vector. The scales sit beside the values with the same leading axes,
+so a kernel program reads a block's K (or V) tile and its `[block_size]`
+scales in the same step, and folds them into the score columns (K) or the
+probabilities (V) instead of rescaling every element.
+
+NOTE: e4m3 values are stored as their uint8 bit patterns and reinterpreted
+(`numbers`) where they are read. XLA:CPU has no native float8 scatter: a
+4-token write into a float8 cache of SmolLM2's 1920 blocks copied the whole
+array through a wider type (69 ms, vs 0.1 ms for a uint8 or int8 cache), and
+a bitcast of the whole array is a copy there too (7 ms); a bitcast of the
+written vectors or of a gathered tile costs nothing.
 
 `quantize` is plain jnp on the last axis, written only with operations the
 Pallas Triton lowering has (no `round`: half away from zero via a truncating
@@ -26,10 +30,19 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-# name (engine/kv_layout.py KV-cache dtype) -> (storage dtype, largest magnitude used)
+
+
+class Format(NamedTuple):
+  """An 8-bit KV format: the array dtype, the number type it holds, the largest magnitude."""
+  storage: jnp.dtype
+  number: jnp.dtype
+  qmax: float
+
+
+# name (an engine/kv_layout.py KV-cache dtype) -> its format
 FORMATS = {
-    "int8": (jnp.dtype(jnp.int8), 127.0),
-    "float8_e4m3": (jnp.dtype(jnp.float8_e4m3fn), 448.0),
+    "int8": Format(jnp.dtype(jnp.int8), jnp.dtype(jnp.int8), 127.0),
+    "float8_e4m3": Format(jnp.dtype(jnp.uint8), jnp.dtype(jnp.float8_e4m3fn), 448.0),
 }
 SCALE_DTYPE = jnp.dtype(jnp.float32)
 
@@ -50,36 +63,49 @@ def values_of(kv_cache) -> jax.Array:
 
 
 def storage_dtype(name: str) -> jnp.dtype:
-  """The array dtype of a KV-cache dtype name ('int8' -> int8, 'bfloat16' -> bfloat16)."""
-  return FORMATS[name][0] if name in FORMATS else jnp.dtype(name)
+  """The array dtype of a KV-cache dtype name ('int8' -> int8, 'float8_e4m3' -> uint8,
+  'bfloat16' -> bfloat16)."""
+  return FORMATS[name].storage if name in FORMATS else jnp.dtype(name)
 
 
-def _qmax(dtype) -> float:
-  for stored, qmax in FORMATS.values():
-    if stored == jnp.dtype(dtype):
-      return qmax
-  raise ValueError(f"{dtype} is not an 8-bit KV-cache dtype; expected one of "
-                   f"{[str(d) for d, _ in FORMATS.values()]}")
+def format_of(storage) -> Format:
+  """The 8-bit format stored in arrays of dtype `storage` (int8 or uint8)."""
+  for fmt in FORMATS.values():
+    if fmt.storage == jnp.dtype(storage):
+      return fmt
+  raise ValueError(f"{storage} holds no 8-bit KV format; expected one of "
+                   f"{[str(f.storage) for f in FORMATS.values()]}")
 
 
-def quantize(x: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
-  """x [..., d] -> (values [..., d] of `dtype`, float32 scales [...]).
+def numbers(values: jax.Array) -> jax.Array:
+  """Stored values as the numbers they hold (int8 as is; uint8 bits as float8_e4m3fn)."""
+  fmt = format_of(values.dtype)
+  if fmt.number == fmt.storage:
+    return values
+  return jax.lax.bitcast_convert_type(values, fmt.number)
+
+
+def quantize(x: jax.Array, storage) -> tuple[jax.Array, jax.Array]:
+  """x [..., d] -> (values [..., d] of dtype `storage`, float32 scales [...]).
 
   NOTE: an all-zero vector gets scale 0 and zero values (no division by 0).
   """
-  qmax = _qmax(dtype)
+  fmt = format_of(storage)
   x = x.astype(jnp.float32)
   amax = jnp.max(jnp.abs(x), axis=-1)
-  inv = jnp.where(amax > 0, qmax / jnp.where(amax > 0, amax, 1.0), 0.0)
-  y = jnp.clip(x * inv[..., None], -qmax, qmax)
-  if jnp.issubdtype(dtype, jnp.integer):
+  inv = jnp.where(amax > 0, fmt.qmax / jnp.where(amax > 0, amax, 1.0), 0.0)
+  y = jnp.clip(x * inv[..., None], -fmt.qmax, fmt.qmax)
+  if jnp.issubdtype(fmt.number, jnp.integer):
     y = jnp.where(y >= 0, y + 0.5, y - 0.5)   # NOTE: the cast truncates: half away from 0
-  return y.astype(dtype), amax * (1.0 / qmax)
+  y = y.astype(fmt.number)
+  if fmt.number != fmt.storage:
+    y = jax.lax.bitcast_convert_type(y, fmt.storage)
+  return y, amax * (1.0 / fmt.qmax)
 
 
 def dequantize(values: jax.Array, scales: jax.Array) -> jax.Array:
   """values [..., d] * scales [...] in float32."""
-  return values.astype(jnp.float32) * scales[..., None]
+  return numbers(values).astype(jnp.float32) * scales[..., None]
 
 
 def empty(shape: tuple[int, ...], name: str, device=None):

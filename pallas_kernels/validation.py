@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from pallas_kernels import quantization
 
 FLOAT_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32))
-QUANTIZED_DTYPES = tuple(stored for stored, _ in quantization.FORMATS.values())
+QUANTIZED_DTYPES = tuple(f.storage for f in quantization.FORMATS.values())
 MIN_BLOCK_SIZE = 8
 MAX_BLOCK_SIZE = 256
 
@@ -35,8 +35,8 @@ def check_kv_cache(kv_cache) -> tuple[int, int, int, int]:
   """Validates the cache layout; returns (num_blocks, kv_heads, bs, head_dim).
 
   Layout: [num_blocks, num_kv_heads, 2, block_size, head_dim], bfloat16 or
-  float32; or a `QuantizedKV` of int8 / float8_e4m3fn values in that layout
-  and float32 scales [num_blocks, num_kv_heads, 2, block_size].
+  float32; or a `QuantizedKV` of int8 / uint8 (float8_e4m3fn bits) values in
+  that layout and float32 scales [num_blocks, num_kv_heads, 2, block_size].
   """
   values = quantization.values_of(kv_cache)
   _require(
@@ -51,8 +51,8 @@ def check_kv_cache(kv_cache) -> tuple[int, int, int, int]:
   else:
     _require(
         jnp.dtype(values.dtype) in FLOAT_DTYPES,
-        "kv_cache dtype must be bfloat16 or float32 (or a QuantizedKV of int8 or "
-        f"float8_e4m3fn), got {values.dtype}",
+        "kv_cache dtype must be bfloat16 or float32 (or a QuantizedKV of 8-bit "
+        f"values and scales), got {values.dtype}",
     )
   _require(
       MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE
@@ -69,7 +69,8 @@ def _check_quantized(kv_cache) -> None:
   values, scales = kv_cache
   _require(
       jnp.dtype(values.dtype) in QUANTIZED_DTYPES,
-      f"quantized kv_cache values must be int8 or float8_e4m3fn, got {values.dtype}",
+      "quantized kv_cache values must be int8 or uint8 (float8_e4m3fn bits), got "
+      f"{values.dtype}",
   )
   _require(
       scales.shape == values.shape[:4],
