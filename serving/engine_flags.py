@@ -19,7 +19,9 @@ _ENGINE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--model", "model", str,
      "GGUF file or model directory (default: the bundled SmolLM2-135M-Instruct)"),
     ("--dtype", "dtype", str, "compute dtype of the weights: float32 or bfloat16"),
-    ("--kv-cache-dtype", "kv_cache_dtype", str, "KV-cache dtype (default: --dtype)"),
+    ("--kv-cache-dtype", "kv_cache_dtype", str,
+     "KV-cache dtype: auto (the same as --dtype), bfloat16, or 8-bit with a scale per "
+     "token and KV head: float8_e4m3 or int8 (about half the bytes of bfloat16)"),
     ("--block-size", "block_size", int, "tokens per KV-cache block (a power of two, 8-256)"),
     ("--num-blocks", "num_blocks", int,
      "KV-cache blocks (default: sized from the memory budget below)"),

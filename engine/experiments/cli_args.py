@@ -65,13 +65,19 @@ ALL_MODES = "contiguous,paged,paged+prefix"
 def add_grid_args(parser: argparse.ArgumentParser, block_sizes: str,
                   modes: str = ALL_MODES, chunked: str = "both") -> None:
   """The grid flags; the arguments are the command's defaults (its grid's size)."""
-  g = parser.add_argument_group("grid (runs = block sizes x modes x chunked settings)")
+  g = parser.add_argument_group(
+      "grid (runs = block sizes x modes x chunked settings x KV-cache dtypes)")
   g.add_argument("--block-sizes", type=_ints, default=_ints(block_sizes),
                  help="comma-separated block sizes, e.g. 8,16,32,64,128,256")
   g.add_argument("--modes", type=_names, default=_names(modes),
                  help=f"comma-separated, some of {ALL_MODES}")
   g.add_argument("--chunked", choices=("both", "on", "off"), default=chunked,
                  help="chunked prefill on, off, or both")
+  g.add_argument("--kv-cache-dtypes", type=_names, default=("auto",),
+                 help="comma-separated KV-cache dtypes, some of auto,bfloat16,float8_e4m3,int8 "
+                      "(auto: the model shape's: sweep --dtype, simulate --kv-dtype or the "
+                      "cost model's); each run's blocks hold as many bytes of its dtype as "
+                      "the KV budget allows")
   g.add_argument("--max-batch-tokens", type=int, default=512, help="per-step token budget")
   g.add_argument("--max-num-seqs", type=int, default=64, help="running requests at most")
   g.add_argument("--max-model-len", type=int, default=None,

@@ -18,7 +18,8 @@ def sweep_config_from_args(args: argparse.Namespace, kv_budget_bytes: int, max_m
                       max_num_seqs=args.max_num_seqs, max_model_len=max_model_len,
                       watermark=args.watermark, allow_small_kv_cache=True)
   return SweepConfig(kv_budget_bytes=kv_budget_bytes, block_sizes=tuple(args.block_sizes),
-                     modes=tuple(args.modes), chunked_prefill=chunked_of(args), base=base,
+                     modes=tuple(args.modes), chunked_prefill=chunked_of(args),
+                     kv_cache_dtypes=tuple(args.kv_cache_dtypes), base=base,
                      replay=ReplayOptions(clock=args.clock, step_dt=args.step_dt,
                                           queue_timeout_s=args.queue_timeout))
 
@@ -34,7 +35,7 @@ def write_outputs(args: argparse.Namespace, rows: list[dict], stem: str,
   return paths
 
 
-TABLE_COLUMNS = ("mode", "block_size", "num_blocks", "waste_pct",
+TABLE_COLUMNS = ("mode", "block_size", "kv_cache_dtype", "num_blocks", "waste_pct",
                  "stranded_free_pct_when_blocked", "mean_concurrency", "failed_for_memory",
                  "preemptions", "prefill_tokens_computed", "chat_itl_p99_s", "report_itl_p99_s",
                  "report_ttft_p99_s", "throughput_tok_s")

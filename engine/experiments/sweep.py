@@ -1,9 +1,10 @@
-"""The block-size x memory-mode grid, run through the real engine or the simulator.
+"""The block-size x memory-mode x KV-dtype grid, run through the real engine or the simulator.
 
 Every run gets the same KV memory budget in bytes, so num_blocks shrinks as
-the block size grows (num_blocks = budget // bytes_per_block + the null
-block). Modes: contiguous (the incident's allocator), paged, and paged with
-prefix caching; each with and without chunked prefill.
+the block size grows and grows as the KV dtype shrinks (num_blocks = budget //
+bytes_per_block + the null block; an 8-bit block counts its scales). Modes:
+contiguous (the incident's allocator), paged, and paged with prefix caching;
+each with and without chunked prefill.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from engine.experiments import metrics
 from engine.experiments.cost_model import CostModel, ModelShape
 from engine.experiments.replay import Backend, ReplayOptions, RunLog, replay
 from engine.experiments.workload import TraceRequest
-from engine.kv_layout import bytes_per_block
+from engine.kv_layout import KV_CACHE_DTYPES, bytes_per_block
 
 BLOCK_SIZES = (8, 16, 32, 64, 128, 256)
 MODES = {                          # name: (allocator, prefix caching)
@@ -32,6 +33,7 @@ class SweepConfig:
   block_sizes: tuple[int, ...] = BLOCK_SIZES
   modes: tuple[str, ...] = tuple(MODES)
   chunked_prefill: tuple[bool, ...] = (True, False)
+  kv_cache_dtypes: tuple[str, ...] = ("auto",)   # "auto": the model shape's dtype
   base: EngineConfig = EngineConfig()      # model, dtype, token budget, max_num_seqs, ...
   replay: ReplayOptions = ReplayOptions()
 
@@ -42,9 +44,13 @@ class SweepConfig:
     bad = sorted(set(self.block_sizes) - set(BLOCK_SIZES))
     if bad:
       raise ValueError(f"block sizes must be in {BLOCK_SIZES}, got {bad}")
+    bad = sorted(set(self.kv_cache_dtypes) - set(KV_CACHE_DTYPES))
+    if bad:
+      raise ValueError(f"KV-cache dtypes must be in {KV_CACHE_DTYPES}, got {bad}")
     if self.kv_budget_bytes <= 0:
       raise ValueError("kv_budget_bytes must be > 0")
-    if not self.block_sizes or not self.modes or not self.chunked_prefill:
+    if (not self.block_sizes or not self.modes or not self.chunked_prefill
+        or not self.kv_cache_dtypes):
       raise ValueError("the grid is empty")
 
 
@@ -56,27 +62,31 @@ class RunSpec:
   block_size: int
   num_blocks: int
   config: EngineConfig
+  kv_dtype: str = "bfloat16"           # the KV cache's dtype name ("auto" resolved)
 
   @property
   def label(self) -> str:
-    return f"{self.mode}/{'chunked' if self.chunked_prefill else 'whole'}"
+    label = f"{self.mode}/{'chunked' if self.chunked_prefill else 'whole'}"
+    return label if self.config.kv_cache_dtype == "auto" else f"{label}/{self.kv_dtype}"
 
 
 def run_specs(config: SweepConfig, shape: ModelShape) -> list[RunSpec]:
   """The grid's runs, in a stable order."""
   specs = []
-  for mode in config.modes:
-    allocator, prefix = MODES[mode]
-    for chunked in config.chunked_prefill:
-      for bs in config.block_sizes:
-        # NOTE: a ModelShape has the model config's KV fields, so the runner's formula applies.
-        num_blocks = config.kv_budget_bytes // bytes_per_block(shape, bs, shape.dtype) + 1
-        if num_blocks < 2:
-          raise ValueError(f"KV budget of {config.kv_budget_bytes} bytes holds no block of {bs}")
-        cfg = dataclasses.replace(config.base, block_size=bs, num_blocks=num_blocks,
-                                  allocator=allocator, enable_prefix_caching=prefix,
-                                  enable_chunked_prefill=chunked)
-        specs.append(RunSpec(mode, chunked, bs, num_blocks, cfg))
+  for dtype in config.kv_cache_dtypes:
+    kv_dtype = shape.dtype if dtype == "auto" else dtype
+    for mode in config.modes:
+      allocator, prefix = MODES[mode]
+      for chunked in config.chunked_prefill:
+        for bs in config.block_sizes:
+          # NOTE: a ModelShape has the model config's KV fields, so the runner's formula applies.
+          num_blocks = config.kv_budget_bytes // bytes_per_block(shape, bs, kv_dtype) + 1
+          if num_blocks < 2:
+            raise ValueError(f"KV budget of {config.kv_budget_bytes} bytes holds no block of {bs}")
+          cfg = dataclasses.replace(config.base, block_size=bs, num_blocks=num_blocks,
+                                    allocator=allocator, enable_prefix_caching=prefix,
+                                    enable_chunked_prefill=chunked, kv_cache_dtype=dtype)
+          specs.append(RunSpec(mode, chunked, bs, num_blocks, cfg, kv_dtype))
   return specs
 
 
@@ -96,9 +106,11 @@ def run_one(trace: Sequence[TraceRequest], spec: RunSpec, make_backend: BackendF
             ) -> tuple[dict, RunLog]:
   """Replays `trace` on one backend; returns the sweep row and the raw log."""
   log = replay(make_backend(spec), trace, options)
+  if cost_model is not None:
+    cost_model = cost_model.for_kv_dtype(spec.kv_dtype)
   row = {"mode": spec.label, "memory": spec.mode, "chunked_prefill": spec.chunked_prefill,
-         "block_size": spec.block_size, "num_blocks": spec.num_blocks,
-         **metrics.summarize(log, cost_model)}
+         "block_size": spec.block_size, "kv_cache_dtype": spec.kv_dtype,
+         "num_blocks": spec.num_blocks, **metrics.summarize(log, cost_model)}
   return row, log
 
 
@@ -119,7 +131,8 @@ def run_sweep(trace: Sequence[TraceRequest], config: SweepConfig, shape: ModelSh
     bar.set_postfix_str(f"{spec.label} bs={spec.block_size}")
     row, log = run_one(trace, spec, make_backend, config.replay, cost_model)
     rows.append(row)
-    steps += [{"mode": spec.label, "block_size": spec.block_size, "features": f, "seconds": s}
+    steps += [{"mode": spec.label, "block_size": spec.block_size,
+               "kv_cache_dtype": spec.kv_dtype, "features": f, "seconds": s}
               for f, s in log.timed_steps]
     if on_row is not None:
       on_row(rows, steps)

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
   def make(spec):
     return SimBackend(SimulatedEngine(spec.config, shape, spec.num_blocks, args.vocab_size),
-                      model)
+                      model.for_kv_dtype(spec.kv_dtype))
 
   meta = {"backend": "simulator", "cost_model": args.cost_model, "device": model.device,
           "shape": shape.name, "kv_budget_bytes": config.kv_budget_bytes,

@@ -12,6 +12,8 @@ import dataclasses
 import jax
 import numpy as np
 
+from pallas_kernels import quantization
+
 # Interpret mode on CPU; the same tests run compiled on a GPU machine.
 INTERPRET = jax.default_backend() != "gpu"
 BACKEND = "triton"
@@ -112,3 +114,44 @@ def rel_err(out, ref) -> float:
 def tolerance(dtype) -> float:
   """Relative-norm tolerance: bf16 operands ~2e-3 measured, f32 ~1e-7."""
   return 1e-2 if np.dtype(dtype).itemsize == 2 else 1e-5
+
+
+# 8-bit caches (pallas_kernels/quantization.py): the names the engine uses.
+QUANTIZED = ("int8", "float8_e4m3")
+
+
+def poison_values(rng, shape, name):
+  """Stored values for slots no sequence owns: NaN bits for e4m3 (0x7F), random int8."""
+  if name == "float8_e4m3":
+    return np.full(shape, 0x7F, np.uint8)
+  return rng.integers(-127, 128, shape).astype(np.int8)
+
+
+def make_paged_quantized(rng, kv_lens, num_kv_heads, head_dim, block_size, name,
+                         extra_cols=1):
+  """`make_paged` stored as the 8-bit cache `name` (quantized per token and head);
+  unowned slots hold NaN scales (and NaN e4m3 values). The dense copies are the
+  dequantized stored values, so the oracle sees exactly what the kernels must."""
+  paged = make_paged(rng, kv_lens, num_kv_heads, head_dim, block_size, np.float32,
+                     extra_cols)
+  owned = np.isfinite(paged.kv_cache[..., 0])               # [nb, hkv, 2, bs]
+  values, scales = (np.asarray(x) for x in quantization.quantize(
+      jax.numpy.asarray(np.nan_to_num(paged.kv_cache)), quantization.storage_dtype(name)))
+  values = np.where(owned[..., None], values,
+                    poison_values(rng, values.shape, name)).astype(values.dtype)
+  scales = np.where(owned, scales, np.nan).astype(np.float32)
+  cache = quantization.QuantizedKV(values, scales)
+  deq = np.asarray(quantization.dequantize(jax.numpy.asarray(values),
+                                           jax.numpy.asarray(scales)), np.float64)
+  dense_k, dense_v = [], []
+  for s, n in enumerate(kv_lens):
+    rows = [deq[paged.block_tables[s, t // block_size], :, :, t % block_size] for t in range(n)]
+    kv = np.stack(rows) if rows else np.zeros((0, num_kv_heads, 2, head_dim))
+    dense_k.append(kv[:, :, 0])
+    dense_v.append(kv[:, :, 1])
+  return Paged(cache, paged.block_tables, dense_k, dense_v)
+
+
+def device_cache(cache):
+  """A numpy cache (array or QuantizedKV of arrays) as JAX arrays."""
+  return jax.tree_util.tree_map(jax.numpy.asarray, cache)
