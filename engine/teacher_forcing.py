@@ -29,6 +29,25 @@ from pallas_kernels import quantization
 
 Pick = Callable[[np.ndarray], np.ndarray]          # logits [n, vocab] -> tokens [n]
 
+# The KV-quantization quality measurement's prompts (20 chat questions) and tokens each.
+QUALITY_QUESTIONS = (
+    "What is the capital of France?", "Write a poem about the sea.",
+    "Explain photosynthesis to a child.", "How do I reverse a list in Python?",
+    "Give me three tips for better sleep.", "What causes rain?",
+    "Summarize the plot of Romeo and Juliet.", "Why is the sky blue?",
+    "Translate 'good morning' into Spanish and French.", "What is 17 times 23?",
+    "Describe a cat in two sentences.", "List the planets of the solar system.",
+    "What is machine learning?", "Write a haiku about autumn.",
+    "How does a bicycle stay upright?", "Tell me a fun fact about octopuses.",
+    "What should I pack for a weekend hiking trip?", "Explain what a prime number is.",
+    "Who wrote Pride and Prejudice?", "How do vaccines work?")
+QUALITY_TOKENS = 64
+
+
+def quality_prompts(tokenizer) -> list[list[int]]:
+  """QUALITY_QUESTIONS as chat prompts (the model's template, assistant cue)."""
+  return [tokenizer.encode_chat([{"role": "user", "content": q}]) for q in QUALITY_QUESTIONS]
+
 
 class Forced(NamedTuple):
   logits: np.ndarray          # [n, num_tokens, vocab] float32: row j predicts token j
@@ -61,6 +80,10 @@ def _forward(params, cache, tokens, positions, meta, *, config, seam):
   return llama.compute_logits(params, config, hidden), cache
 
 
+PREFILL_TOKENS = 64
+PREFILL_SEQS = 4
+
+
 def _pow2(n: int, least: int = 16) -> int:
   return max(least, 1 << (max(int(n), 1) - 1).bit_length())
 
@@ -91,22 +114,41 @@ class _Run:
                       positions.astype(np.int32), meta)
 
   def prefill(self, chunks: Sequence[np.ndarray], starts: Sequence[int]) -> list[np.ndarray]:
-    """Chunk i of sequence i at positions starts[i]...; logits [len(chunk i), vocab] each."""
-    total = sum(len(c) for c in chunks)
-    size = _pow2(total)
-    tokens, positions, slots = (np.zeros(size, np.int32) for _ in range(3))
-    cu = np.full(len(chunks) + 1, total, np.int32)
+    """Chunk i of sequence i at positions starts[i]...; logits [len(chunk i), vocab] each.
+
+    NOTE: packed into steps of at most PREFILL_TOKENS tokens and PREFILL_SEQS sequences
+    (one shape to compile): the CPU reference attends every packed token of a step to
+    each sequence's context, so one step of all 20 prompts cost ~10x their own windows.
+    """
+    out, group = [], []
+    for i, chunk in enumerate(chunks):
+      if group and (len(group) == PREFILL_SEQS
+                    or sum(len(chunks[g]) for g in group) + len(chunk) > PREFILL_TOKENS):
+        out += self._prefill_step([(g, chunks[g], starts[g]) for g in group])
+        group = []
+      group.append(i)
+    return out + self._prefill_step([(g, chunks[g], starts[g]) for g in group])
+
+  def _prefill_step(self, group) -> list[np.ndarray]:
+    """One packed prefill step of (sequence, chunk, start) items."""
+    total = sum(len(c) for _, c, _ in group)
+    tokens, positions, slots = (np.zeros(max(PREFILL_TOKENS, _pow2(total)), np.int32)
+                                for _ in range(3))
+    seqs = max(PREFILL_SEQS, len(group))
+    tables = np.zeros((seqs, self.tables.shape[1]), np.int32)
+    cu = np.full(seqs + 1, total, np.int32)                # NOTE: padded sequences are empty
+    kv_lens = np.zeros(seqs, np.int32)
     offset = 0
-    for i, (chunk, start) in enumerate(zip(chunks, starts)):
+    for i, (seq, chunk, start) in enumerate(group):
       pos = np.arange(start, start + len(chunk))
-      tokens[offset:offset + len(chunk)], positions[offset:offset + len(chunk)] = chunk, pos
-      slots[offset:offset + len(chunk)] = kv_layout.slot(self.tables[i], pos, self.bs)
-      cu[i] = offset
-      offset += len(chunk)
-    kv_lens = np.array([s + len(c) for c, s in zip(chunks, starts)], np.int32)
-    meta = {"slots": slots, "block_tables": self.tables, "cu_q_lens": cu, "kv_lens": kv_lens}
+      end = offset + len(chunk)
+      tokens[offset:end], positions[offset:end] = chunk, pos
+      slots[offset:end] = kv_layout.slot(self.tables[seq], pos, self.bs)
+      tables[i], cu[i], kv_lens[i] = self.tables[seq], offset, start + len(chunk)
+      offset = end
+    meta = {"slots": slots, "block_tables": tables, "cu_q_lens": cu, "kv_lens": kv_lens}
     logits = self._call(self.seams.prefill, tokens, positions, meta)
-    return [logits[cu[i]:cu[i] + len(c)] for i, c in enumerate(chunks)]
+    return [logits[cu[i]:cu[i] + len(c)] for i, (_, c, _) in enumerate(group)]
 
 
 def logits(model, seams: Seams, prompts: Sequence[Sequence[int]], num_tokens: int, *,

@@ -22,6 +22,25 @@ def test_bytes_per_block_counts_every_layer_k_and_v(tiny):
     kv_layout.bytes_per_block(tiny, 16, "int4")
 
 
+@pytest.mark.parametrize("dtype", ["int8", "float8_e4m3"])
+def test_an_8bit_block_counts_one_byte_values_and_a_float32_scale_per_vector(tiny, dtype):
+  vectors = tiny.num_layers * tiny.num_kv_heads * 2 * 16
+  assert kv_layout.bytes_per_block(tiny, 16, dtype) == vectors * (tiny.head_dim + 4)
+  assert kv_layout.bytes_per_token(tiny, dtype) * 16 == kv_layout.bytes_per_block(tiny, 16, dtype)
+  assert kv_layout.is_quantized(dtype) and not kv_layout.is_quantized("bfloat16")
+
+
+def test_llama3_8b_holds_1_9x_the_2000_token_requests_in_8_bits():
+  from models.weights.random_init import config_path
+  config = ModelConfig.from_json(config_path("llama3-8b"))
+  budget = 100 << 30
+  fits = {d: (budget // kv_layout.bytes_per_block(config, 16, d)) // kv_layout.cdiv(2000, 16)
+          for d in ("bfloat16", "int8", "float8_e4m3")}
+  assert kv_layout.bytes_per_block(config, 16, "bfloat16") == 2 << 20         # 2 MiB
+  assert kv_layout.bytes_per_block(config, 16, "int8") == 32 * 8 * 2 * 16 * 132
+  assert fits["int8"] == fits["float8_e4m3"] and 1.93 < fits["int8"] / fits["bfloat16"] < 1.95
+
+
 def test_cache_shape_is_one_array_for_all_layers(tiny):
   shape = kv_layout.cache_shape(tiny, 10, 16)
   assert shape == (tiny.num_layers * 10, tiny.num_kv_heads, 2, 16, tiny.head_dim)

@@ -1,6 +1,6 @@
 """What an 8-bit KV cache does to SmolLM2's next-token distributions (issue 15).
 
-Teacher forcing (engine/teacher_forcing.py) over 20 chat prompts x 64 tokens: the
+Teacher forcing (engine/teacher_forcing.py) over its 20 chat prompts x 64 tokens: the
 bf16-cache engine picks the continuation greedily, and the 8-bit caches are fed the same
 tokens, through the decode seam (one token a step) and through the prefill seam (chunks
 of 16). Each position's logits are compared with the bf16 cache's: top-1 agreement
@@ -10,31 +10,18 @@ of 16). Each position's logits are compared with the bf16 cache's: top-1 agreeme
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from engine import teacher_forcing as tf
 from pallas_kernels import quantization
 
-QUESTIONS = [
-    "What is the capital of France?", "Write a poem about the sea.",
-    "Explain photosynthesis to a child.", "How do I reverse a list in Python?",
-    "Give me three tips for better sleep.", "What causes rain?",
-    "Summarize the plot of Romeo and Juliet.", "Why is the sky blue?",
-    "Translate 'good morning' into Spanish and French.", "What is 17 times 23?",
-    "Describe a cat in two sentences.", "List the planets of the solar system.",
-    "What is machine learning?", "Write a haiku about autumn.",
-    "How does a bicycle stay upright?", "Tell me a fun fact about octopuses.",
-    "What should I pack for a weekend hiking trip?", "Explain what a prime number is.",
-    "Who wrote Pride and Prejudice?", "How do vaccines work?"]
-NUM_TOKENS = 64
+NUM_TOKENS = tf.QUALITY_TOKENS
 TOP1, KL = 0.97, 0.01
 
 
 @pytest.fixture(scope="module")
 def prompts(smollm2_model):
-  tok = smollm2_model.tokenizer
-  return [tok.encode_chat([{"role": "user", "content": q}]) for q in QUESTIONS]
+  return tf.quality_prompts(smollm2_model.tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +38,7 @@ def test_8bit_cache_keeps_the_next_token_distribution(smollm2_model, prompts, bf
                      NUM_TOKENS, continuations=bf16.continuations, mode=mode)
   got = tf.agreement(bf16.logits, forced.logits)
   print(name, mode, got)
-  assert got["positions"] == len(QUESTIONS) * NUM_TOKENS
+  assert got["positions"] == len(prompts) * NUM_TOKENS
   assert got["top1_agreement"] >= TOP1, got
   assert got["mean_kl"] <= KL, got
   # The 8-bit cache was the one read: it holds 8-bit values, and the logits moved.
@@ -60,16 +47,12 @@ def test_8bit_cache_keeps_the_next_token_distribution(smollm2_model, prompts, bf
   assert got["mean_kl"] > 1e-5
 
 
-def test_teacher_forcing_reproduces_the_free_run(smollm2_model, prompts, bf16):
-  """Forced on its own continuation the bf16 cache gives the logits it picked them from
-  (decode), and chunked prefill agrees with decode to rounding."""
-  seams = tf.engine_seams(smollm2_model.config, "bfloat16")
-  again = tf.logits(smollm2_model, seams, prompts, NUM_TOKENS,
-                    continuations=bf16.continuations)
-  np.testing.assert_array_equal(again.logits, bf16.logits)
-  chunked = tf.logits(smollm2_model, seams, prompts, NUM_TOKENS,
-                      continuations=bf16.continuations, mode="chunked")
+def test_chunked_prefill_agrees_with_decode(smollm2_model, prompts, bf16):
+  """The harness's two paths: the bf16 cache forced through chunked prefill gives the
+  logits its greedy decode run picked from, to rounding (float32 compute)."""
+  chunked = tf.logits(smollm2_model, tf.engine_seams(smollm2_model.config, "bfloat16"),
+                      prompts, NUM_TOKENS, continuations=bf16.continuations, mode="chunked")
   got = tf.agreement(bf16.logits, chunked.logits)
   assert got["top1_agreement"] >= 0.99 and got["mean_kl"] < 1e-4, got
-  # The continuations are real text, not a repeated token.
+  # The continuations are text, not one repeated token.
   assert min(len(set(row)) for row in bf16.continuations.tolist()) > 5

@@ -120,3 +120,41 @@ def test_sweep_end_to_end_fits_with_benchmarked_attention_terms(tmp_path):
   assert model.coefficients["kv_token"] == pytest.approx(expected["kv_token"])
   assert model.coefficients["block"] == pytest.approx(expected["block"])
   assert expected["block"] > 0 and model.fit_error["steps"] > 0
+
+
+def test_cost_model_for_another_kv_dtype_scales_only_the_per_token_term():
+  model = cm.CostModel(dict(TRUTH), TINY_SHAPE, "synthetic", "test")   # fitted in float32
+  assert model.for_kv_dtype("float32") is model
+  int8 = model.for_kv_dtype("int8")
+  # head_dim 16: 16 bytes + a 4-byte scale per vector vs 64 bytes in float32.
+  assert int8.coefficients["kv_token"] == pytest.approx(TRUTH["kv_token"] * 20 / 64)
+  assert {k: v for k, v in int8.coefficients.items() if k != "kv_token"} == {
+      k: v for k, v in TRUTH.items() if k != "kv_token"}
+  assert int8.shape.dtype == "int8" and "kv_token x 0.312" in int8.source
+  # A sweep's timed steps of several dtypes fit one model in the shape's bytes.
+  steps = [{"features": f, "seconds": s, "kv_cache_dtype": "float32"}
+           for f, s in synthetic_samples(60, seed=2)]
+  steps += [{"features": f, "seconds": int8.predict(f), "kv_cache_dtype": "int8"}
+            for f, _ in synthetic_samples(60, seed=3)]
+  fitted = cm.fit_steps(steps, TINY_SHAPE, "synthetic", "test")
+  assert fitted.coefficients["kv_token"] == pytest.approx(TRUTH["kv_token"], rel=1e-6)
+
+
+def test_simulate_grid_has_a_kv_dtype_axis(tmp_path):
+  model = cm.CostModel(dict(TRUTH), TINY_SHAPE, "synthetic", "test")
+  cm.save(model, tmp_path / "cost.json")
+  rc = cli.main(["simulate", "--cost-model", str(tmp_path / "cost.json"), "--kv-budget-gb",
+                 "0.001", "--num-requests", "12", "--scale", "0.1", "--rate", "3",
+                 "--block-sizes", "16", "--modes", "paged", "--chunked", "on",
+                 "--kv-cache-dtypes", "auto,int8", "--out", str(tmp_path / "out"),
+                 "--no-progress", "--no-plots"])
+  assert rc == 0
+  rows = json.loads((tmp_path / "out" / "simulate.json").read_text())["rows"]
+  assert [(r["mode"], r["kv_cache_dtype"]) for r in rows] == [
+      ("paged/chunked", "float32"), ("paged/chunked/int8", "int8")]
+  # The same bytes hold 64 / 20 = 3.2x the float32 blocks in int8.
+  auto, int8 = ((r["num_blocks"] - 1) for r in rows)
+  assert int8 == pytest.approx(3.2 * auto, rel=1e-3)
+  with pytest.raises(ValueError, match="KV-cache dtypes must be in"):
+    cli.main(["simulate", "--cost-model", str(tmp_path / "cost.json"), "--kv-cache-dtypes",
+              "int4", "--num-requests", "2", "--out", str(tmp_path / "bad"), "--no-progress"])

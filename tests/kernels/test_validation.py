@@ -111,4 +111,5 @@ def test_public_names():
   assert sorted(pk.__all__) == sorted([
       "paged_decode_attention", "paged_prefill_attention", "write_kv",
       "paged_decode_attention_reference", "paged_prefill_attention_reference",
-      "write_kv_reference", "default_backend", "resolve_backend", "reads_whole_block_table"])
+      "write_kv_reference", "default_backend", "resolve_backend", "reads_whole_block_table",
+      "QuantizedKV"])

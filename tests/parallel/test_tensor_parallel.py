@@ -45,6 +45,22 @@ def test_tiny_llama_kv_cache_sharded_by_kv_head(report, tp):
     assert shard["max_diff"] < 1e-4
 
 
+def test_int8_kv_cache_greedy_equals_single_device_and_splits_by_kv_head(report):
+  one, two = report["int8"]["tp1"], report["int8"]["tp2"]
+  assert two["tokens"] == one["tokens"]
+  np.testing.assert_allclose(np.array(two["logprobs"]), np.array(one["logprobs"]),
+                             rtol=0, atol=2e-5)
+  values, scales = two["cache"]["values"], two["cache"]["scales"]
+  assert values["dtype"] == "int8" and scales["dtype"] == "float32"
+  rows, kv_heads, _, block_size, head_dim = values["shape"]
+  assert scales["shape"] == [rows, kv_heads, 2, block_size]
+  for leaf, ndim in ((values, 5), (scales, 4)):
+    assert _spec(leaf, ndim) == ["None", "tp"] + ["None"] * (ndim - 2)
+    assert [s[1] for s in leaf["shards"]] == [kv_heads // 2] * 2
+  # Each device holds what the one-device engine stored for its heads (to one int8 step).
+  assert values["max_diff"] <= 1 and scales["max_diff"] < 1e-5
+
+
 @pytest.mark.parametrize("tp", [2, 4])
 def test_tiny_llama_params_sharded_megatron_style(report, tp):
   params = report["tiny"][f"tp{tp}"]["params"]

@@ -146,6 +146,33 @@ def tiny_scenarios() -> dict:
   return report
 
 
+def int8_scenarios() -> dict:
+  """An int8 KV cache (issue 15): TP 2 gives TP 1's tokens, values and scales split by head."""
+  model, prompts = tiny_model(), tiny_prompts()
+  report, reference = {}, None
+  for tp in (1, 2):
+    llm = LLM(loaded_model=model, tensor_parallel=tp, kv_cache_dtype="int8", **ENGINE)
+    outs = llm.generate(prompt_token_ids=prompts, use_tqdm=False, sampling_params=SamplingParams(
+        temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True, logprobs=True))
+    report[f"tp{tp}"] = {"tokens": [o.token_ids for o in outs],
+                         "logprobs": [o.logprobs for o in outs]}
+    cache = llm.engine.runner.kv_cache
+    if tp == 1:
+      reference = [np.asarray(x) for x in cache]
+      continue
+    report["tp2"]["cache"] = {}
+    for name, leaf, ref in zip(("values", "scales"), cache, reference):
+      shards = sorted(leaf.addressable_shards, key=lambda s: s.device.id)
+      report["tp2"]["cache"][name] = {
+          "dtype": str(leaf.dtype), "shape": list(leaf.shape),
+          "spec": [str(a) for a in leaf.sharding.spec],
+          "shards": [list(s.data.shape) for s in shards],
+          "max_diff": max(float(np.max(np.abs(np.asarray(s.data, np.float32)
+                                              - ref[s.index].astype(np.float32))))
+                          for s in shards)}
+  return report
+
+
 def error_of(fn) -> str | None:
   try:
     fn()
@@ -180,7 +207,7 @@ def smollm_scenarios() -> dict:
 def main() -> None:
   if len(jax.devices()) != 4:
     raise SystemExit(f"needs 4 devices (XLA_FLAGS); got {jax.devices()}")
-  report = {"tiny": tiny_scenarios(), "smollm": smollm_scenarios()}
+  report = {"tiny": tiny_scenarios(), "int8": int8_scenarios(), "smollm": smollm_scenarios()}
   json.dump(report, sys.stdout)
 
 

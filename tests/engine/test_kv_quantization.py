@@ -1,0 +1,154 @@
+"""8-bit KV caches in the engine (issue 15): the smaller blocks counted, the (values, scales)
+cache donated and updated in place, the Pallas kernels giving the XLA path's result over the
+flat cache, and prefix caching, preemption, chunked prefill and multi-step decode unchanged."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import hlo
+from engine import LLM, EngineConfig, SamplingParams, kv_layout
+from engine.kv_budget import resolve_num_blocks
+from engine.steps import decode_attention, layered, prefill_attention
+from pallas_kernels import quantization
+from tests.engine.test_layer_scan import BLOCK, _forward, compiled, tiny
+from tests.parallel.tp_worker import tiny_model, tiny_prompts
+
+NAMES = ("int8", "float8_e4m3")
+ENGINE = dict(block_size=8, max_num_seqs=4, max_batch_tokens=32, max_model_len=64)
+GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+
+
+def test_config_takes_the_issue_dtypes_and_resolves_auto():
+  assert EngineConfig().kv_cache_dtype == "auto" and EngineConfig().cache_dtype == "float32"
+  assert EngineConfig(dtype="bfloat16").cache_dtype == "bfloat16"
+  for name in ("bfloat16",) + NAMES:
+    assert EngineConfig(kv_cache_dtype=name).cache_dtype == name
+  for bad in ("float16", "int4", None, "fp8"):
+    with pytest.raises(ValueError, match="kv_cache_dtype must be one of"):
+      EngineConfig(kv_cache_dtype=bad)
+  with pytest.raises(ValueError, match="'mosaic' does not read an 8-bit KV cache"):
+    EngineConfig(kv_cache_dtype="int8", attention_backend="mosaic")
+  EngineConfig(kv_cache_dtype="int8", attention_backend="triton")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_memory_budget_holds_the_smaller_blocks(name):
+  model = tiny_model()
+  budget = 1 << 20
+  counts = {}
+  for dtype in ("bfloat16", name):
+    config = EngineConfig(kv_cache_dtype=dtype, kv_cache_memory_bytes=budget, **ENGINE)
+    counts[dtype], sized_by = resolve_num_blocks(config, model.config, model.params)
+    per_block = kv_layout.bytes_per_block(model.config, 8, dtype)
+    assert counts[dtype] == budget // per_block + 1 and f"{per_block} bytes" in sized_by
+  # head_dim 16: 16 bytes + a 4-byte scale per vector vs 32 bytes.
+  assert (counts[name] - 1) / (counts["bfloat16"] - 1) == pytest.approx(32 / 20, rel=1e-3)
+
+
+@pytest.fixture(scope="module")
+def int8_engine():
+  """The cache (2 layers x 2048 blocks) far outweighs every other buffer of a step."""
+  return LLM(loaded_model=tiny(2), num_blocks=2048, kv_cache_dtype="int8", block_size=BLOCK,
+             max_num_seqs=4, max_batch_tokens=16, max_model_len=64)
+
+
+@pytest.mark.parametrize("kind,decode_steps", [("decode", 1), ("decode", 4), ("prefill", 1)])
+def test_step_updates_both_cache_arrays_in_place(int8_engine, kind, decode_steps):
+  runner = int8_engine.engine.runner
+  cache = runner.kv_cache
+  assert isinstance(cache, quantization.QuantizedKV)
+  assert cache.values.shape == (2 * 2048, 2, 2, BLOCK, 16) and cache.values.dtype == jnp.int8
+  assert cache.scales.shape == (2 * 2048, 2, 2, BLOCK) and cache.scales.dtype == jnp.float32
+  step = compiled(int8_engine, kind, decode_steps)
+  text = step.as_text()
+  first = len(jax.tree_util.tree_leaves(runner.model.params))
+  aliases = hlo.input_output_aliases(text)
+  assert aliases[0] == first and aliases[1] == first + 1         # values, scales donated
+  memory = step.memory_analysis()
+  assert memory.alias_size_in_bytes >= cache.values.nbytes + cache.scales.nbytes
+  assert memory.temp_size_in_bytes < cache.scales.nbytes, memory
+  for shape in (f"s8[{','.join(map(str, cache.values.shape))}]",
+                f"f32[{','.join(map(str, cache.scales.shape))}]"):
+    assert not [line for line in hlo.instructions(text.splitlines(), "copy") if shape in line]
+
+
+def test_engine_steps_keep_both_buffers_and_write_only_their_blocks(int8_engine):
+  runner = int8_engine.engine.runner
+  before = [x.unsafe_buffer_pointer() for x in runner.kv_cache]
+  outs = int8_engine.generate(prompt_token_ids=[[5, 6, 7, 8, 9] * 5, [3, 1]], use_tqdm=False,
+                              sampling_params=dataclasses.replace(GREEDY, max_tokens=6))
+  assert [len(o.token_ids) for o in outs] == [6, 6]
+  assert [x.unsafe_buffer_pointer() for x in runner.kv_cache] == before
+  scales = np.asarray(runner.kv_cache.scales).reshape(2, 2048, -1)
+  written = [set(np.flatnonzero(np.any(layer[1:] != 0, axis=1)) + 1) for layer in scales]
+  assert written[0] == written[1] and len(written[0]) == 5     # 4 + 1 blocks of 8 tokens
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pallas_kernels_match_the_xla_path_over_the_flat_quantized_cache(name):
+  """A 3-layer prefill (one sequence after a cached prefix) and a decode step through the
+  engine's layered seams on an 8-bit cache: Triton kernels (interpret mode) vs XLA."""
+  model = tiny(3, num_heads=8, num_kv_heads=2)
+  rng = np.random.default_rng(0)
+  cache = quantization.QuantizedKV(*quantization.quantize(
+      jnp.asarray(rng.standard_normal((3 * 8, 2, 2, BLOCK, 16)), jnp.float32),
+      quantization.storage_dtype(name)))
+  tables = jnp.asarray([[1, 2, 3], [4, 5, 0]], jnp.int32)
+  pos = np.r_[np.arange(4, 14), np.arange(6), 0, 0].astype(np.int32)
+  seq_blocks = np.r_[np.full(10, 0), np.full(6, 1)]
+  slots = np.r_[np.asarray(tables)[seq_blocks, pos[:16] // BLOCK] * BLOCK + pos[:16] % BLOCK,
+                0, 0].astype(np.int32)
+  prefill_meta = {"positions": jnp.asarray(pos), "slots": jnp.asarray(slots),
+                  "block_tables": tables, "cu_q_lens": jnp.asarray([0, 10, 16], jnp.int32),
+                  "kv_lens": jnp.asarray([14, 6], jnp.int32)}
+  decode_meta = {"positions": jnp.asarray([14, 6], jnp.int32),
+                 "slots": jnp.asarray([2 * BLOCK + 6, 4 * BLOCK + 6], jnp.int32),
+                 "block_tables": tables, "lengths": jnp.asarray([15, 7], jnp.int32)}
+  results = {}
+  for backend, interpret in (("xla", False), ("triton", True)):
+    seam = functools.partial(prefill_attention, backend=backend, interpret=interpret)
+    hidden, out = _forward(model, cache, dict(prefill_meta), layered(seam, 3))
+    seam = functools.partial(decode_attention, backend=backend, interpret=interpret)
+    last, out = _forward(model, out, dict(decode_meta), layered(seam, 3))
+    results[backend] = [np.asarray(hidden[:16]), np.asarray(last),
+                        np.asarray(quantization.dequantize(*out))]
+  for want, got in zip(results["xla"], results["triton"]):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _generate(model, prompts, **kw):
+  llm = LLM(loaded_model=model, **dict(ENGINE, **kw))
+  outs = llm.generate(prompt_token_ids=prompts, sampling_params=GREEDY, use_tqdm=False)
+  return [o.token_ids for o in outs], llm.engine
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_engine_features_are_unchanged_on_an_8bit_cache(name):
+  model, prompts = tiny_model(), tiny_prompts()
+  want, _ = _generate(model, prompts, kv_cache_dtype=name, num_blocks=96,
+                      enable_prefix_caching=False)
+  assert len({t for seq in want for t in seq}) > 10              # not a degenerate output
+  got, engine = _generate(model, prompts, kv_cache_dtype=name, num_blocks=96,
+                          max_batch_tokens=16, num_decode_steps=4)
+  assert got == want                                             # chunked, multi-step
+  # A tiny pool: preemption, the request recomputed from its tokens, multi-step too.
+  got, engine = _generate(model, prompts, kv_cache_dtype=name, num_blocks=12, watermark=0.0,
+                          enable_prefix_caching=False, num_decode_steps=3,
+                          allow_small_kv_cache=True)
+  assert got == want and engine.stats().num_preemptions_total > 0
+  # Prefix hits read blocks quantized by an earlier request.
+  shared = [prompts[2][:24] + p for p in prompts]
+  llm = LLM(loaded_model=model, kv_cache_dtype=name, num_blocks=96,
+            **dict(ENGINE, max_model_len=160))
+  first = [o.token_ids for o in llm.generate(prompt_token_ids=shared, use_tqdm=False,
+                                             sampling_params=GREEDY)]
+  hits = llm.engine.stats().prefix_hit_tokens_total
+  again = [o.token_ids for o in llm.generate(prompt_token_ids=shared, use_tqdm=False,
+                                             sampling_params=GREEDY)]
+  assert again == first and llm.engine.stats().prefix_hit_tokens_total > hits
