@@ -48,7 +48,7 @@ def test_the_memory_budget_holds_the_smaller_blocks(name):
     per_block = kv_layout.bytes_per_block(model.config, 8, dtype)
     assert counts[dtype] == budget // per_block + 1 and f"{per_block} bytes" in sized_by
   # head_dim 16: 16 bytes + a 4-byte scale per vector vs 32 bytes.
-  assert (counts[name] - 1) / (counts["bfloat16"] - 1) == pytest.approx(32 / 20, rel=1e-3)
+  assert (counts[name] - 1) / (counts["bfloat16"] - 1) == pytest.approx(32 / 20, rel=3e-3)
 
 
 @pytest.fixture(scope="module")
