@@ -22,11 +22,11 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from pallas_kernels import quantization
 from engine import executables, kv_layout, packing, parallel, step_inputs
 from engine.buckets import Buckets, StepShape, plan
 from engine.scheduler import ScheduledRequest, ScheduleOutput
 from engine.steps import make_steps
+from pallas_kernels import quantization
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,7 +62,7 @@ class RunSpec:
   block_size: int
   num_blocks: int
   config: EngineConfig
-  kv_dtype: str = "bfloat16"           # the KV cache's dtype name ("auto" resolved)
+  kv_dtype: str                        # the KV cache's dtype name ("auto" resolved)
 
   @property
   def label(self) -> str:
