@@ -9,7 +9,7 @@ head_dim divided by the format's largest value, so `number * scale` is the
 stored vector. Per token rather than per block: measured on SmolLM2 (docs/kernels.md)
 per-token scales kept int8's KL to the bf16 cache at a third of a per-block scale's, even
 one that knew each block's final maximum in advance, and a block filled token by token
-cannot know it (a scale fixed by the step that opens the block cost 15x the KL). The
+cannot know it (a scale fixed by the step that opens the block cost 45x the KL). The
 scales cost 4 bytes per vector, 3 % of a head_dim-128 cache. They sit beside the values
 with the same leading axes, so a kernel program reads a block's K (or V) tile and its
 `[block_size]` scales in the same step, and folds them into the score columns (K) or the
