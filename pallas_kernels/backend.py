@@ -13,7 +13,8 @@ import jax
 # "triton" is Pallas lowered through Triton. "mosaic" is Pallas Mosaic GPU
 # (Hopper: wgmma, TMA) for prefill; its decode and KV write are still the
 # Triton kernels, and prefill shapes it does not support (float32 caches,
-# head_dim not a multiple of 64) run the Triton prefill (prefill.py).
+# head_dim not a multiple of 64) run the Triton prefill (prefill.py); 8-bit caches
+# are refused there (ValueError), not sent to Triton.
 KNOWN_BACKENDS = ("triton", "mosaic", "xla")
 
 
