@@ -4,6 +4,9 @@
 #   bash benchmarks/h200_visit.sh start-up OUT   # issue 19: cold / cached start to SERVING,
 #                                                # 8B throughput now and at BASELINE (.baseline/)
 #   bash benchmarks/h200_visit.sh traffic OUT    # the incident's traffic cold vs warm, kernels
+#   bash benchmarks/h200_visit.sh step256 OUT    # issue 19: cold / cached start with the
+#                                                # lowering time; where the 8B decode step at
+#                                                # batch 256 spends its time, now and before
 # Needs the wheels the GPU image lacks in .whl/ (docs/benchmarks.md) and, for the baseline,
 # `git archive REV engine models pallas_kernels serving benchmarks configs | tar -x -C .baseline`.
 set -u
@@ -36,6 +39,24 @@ case $part in
     if [ -f benchmarks/mosaic_probe.py ]; then
       run mosaic 150 python3 -m benchmarks.mosaic_probe --out "$out"
     fi
+    ;;
+  step256)
+    run warmup 150 python3 -m benchmarks.warmup --out "$out/warmup.json" --num-decode-steps 4 -- -v
+    grep -h -E "warmup:|SERVING|loaded|KV blocks" "$out"/warmup_serve_*.log | cut -c1-220
+    mkdir -p "$out/now" "$out/nocond" "$out/base" "$out/base_cublas"
+    run prof_now 150 python3 -m benchmarks.profile_step --model llama3-8b --batch 256 --out "$out/now"
+    PAGEDJAX_XLA_OPTIONS='{"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION"}' \
+      run prof_nocond 150 python3 -m benchmarks.profile_step --model llama3-8b --batch 256 --out "$out/nocond"
+    (cd .baseline && run prof_base 200 python3 -m benchmarks.profile_step --model llama3-8b \
+      --batch 256 --out "$out/base")
+    (cd .baseline && XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run prof_base_cublas 200 \
+      python3 -m benchmarks.profile_step --model llama3-8b --batch 256 --out "$out/base_cublas")
+    for f in "$out"/*/profile_*.json; do
+      python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[1].split("/")[-2],
+        "wall %.2f busy %.2f ms/step" % (r["wall_ms_per_step"], r["gpu_busy_ms_per_step"]));
+        [print("   %7.3f ms %5.1fx %s" % (t["ms_per_step"], t["calls_per_step"], t["name"][:90]))
+         for t in r["top"][:12]]' "$f"
+    done
     ;;
   *) echo "unknown part $part"; exit 2 ;;
 esac

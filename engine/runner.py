@@ -91,6 +91,7 @@ class ModelRunner:
     self._compiler_options = executables.compiler_options(_platform(mesh))
     self.num_compilations = 0          # by this runner (not those it found shared)
     self.compile_seconds = 0.0
+    self.lower_seconds = 0.0           # of those, tracing and lowering (the rest: XLA, or a cache load)
     self.warm = False                  # warmup() finished: a compile now is a bug
     self._planned = plan(buckets, num_decode_steps)
 
@@ -162,8 +163,9 @@ class ModelRunner:
     self.num_compilations += compiled
     self.compile_seconds += seconds
     self.warm = True
-    logging.info("warmup: %d step shapes, %d compilations in %.1f s with %d threads",
-                 len(shapes), compiled, seconds, threads)
+    logging.info("warmup: %d step shapes, %d compilations in %.1f s with %d threads "
+                 "(%.1f s of it tracing and lowering)", len(shapes), compiled, seconds,
+                 threads, self.lower_seconds)
 
   def _warmup_inputs(self, shape: StepShape) -> tuple:
     """(key, ints, floats) of one planned shape, all padding."""
@@ -214,7 +216,9 @@ class ModelRunner:
     found = self._shared[key[0]].get(shared_key)
     if found is not None:
       return shared_key, executables.done(found), False
+    t0 = time.perf_counter()
     lowered = self._lower(key, ints, floats)
+    self.lower_seconds += time.perf_counter() - t0
     return shared_key, pool.submit(lowered.compile, self._compiler_options), True
 
   def _store(self, key: tuple, shared_key: tuple, future, new: bool) -> bool:
