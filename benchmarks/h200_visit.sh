@@ -7,6 +7,9 @@
 #   bash benchmarks/h200_visit.sh step256 OUT    # issue 19: cold / cached start with the
 #                                                # lowering time; where the 8B decode step at
 #                                                # batch 256 spends its time, now and before
+#   bash benchmarks/h200_visit.sh tune OUT       # re-measure the decode tuning table (short rows
+#                                                # in wide tables), then 8B throughput with it and
+#                                                # at BASELINE
 # Needs the wheels the GPU image lacks in .whl/ (docs/benchmarks.md) and, for the baseline,
 # `git archive REV engine models pallas_kernels serving benchmarks configs | tar -x -C .baseline`.
 set -u
@@ -57,6 +60,15 @@ case $part in
         [print("   %7.3f ms %5.1fx %s" % (t["ms_per_step"], t["calls_per_step"], t["name"][:90]))
          for t in r["top"][:12]]' "$f"
     done
+    ;;
+  tune)
+    run tune 300 python3 -m benchmarks.tune_kernels --out "$out" --budget_s 230 --write-table
+    grep -A20 "^| class" "$out/tune.log"
+    mkdir -p "$out/now" "$out/base"
+    run throughput_now 150 python3 -m benchmarks.throughput --out "$out/now" \
+      --models llama3-8b --batches 64,256 --decode-steps 1
+    (cd .baseline && run throughput_base 110 python3 -m benchmarks.throughput --skip-check \
+      --out "$out/base" --models llama3-8b --batches 256 --decode-steps 1)
     ;;
   *) echo "unknown part $part"; exit 2 ;;
 esac
