@@ -64,7 +64,8 @@ class LLMEngine:
                                                       config.cache_dtype),
                               buckets, backend=config.attention_backend, mesh=self.mesh,
                               max_num_seqs=config.max_num_seqs,
-                              num_decode_steps=config.num_decode_steps)
+                              num_decode_steps=config.num_decode_steps,
+                              cache_dir=self.compilation_cache_dir)
     self._requests: dict[str, Request] = {}
     self._text: dict[str, op.RequestTextState] = {}
     self._aborts: list[str] = []
