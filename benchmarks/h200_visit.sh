@@ -10,6 +10,8 @@
 #   bash benchmarks/h200_visit.sh tune OUT       # re-measure the decode tuning table (short rows
 #                                                # in wide tables), then 8B throughput with it and
 #                                                # at BASELINE
+#   bash benchmarks/h200_visit.sh serve OUT      # start-up cold / from the cache, then
+#                                                # `pagedjax bench serve` over HTTP against it
 # Needs the wheels the GPU image lacks in .whl/ (docs/benchmarks.md) and, for the baseline,
 # `git archive REV engine models pallas_kernels serving benchmarks configs | tar -x -C .baseline`.
 set -u
@@ -69,6 +71,31 @@ case $part in
       --models llama3-8b --batches 64,256 --decode-steps 1
     (cd .baseline && run throughput_base 110 python3 -m benchmarks.throughput --skip-check \
       --out "$out/base" --models llama3-8b --batches 256 --decode-steps 1)
+    ;;
+  serve)
+    cache=$(mktemp -d)
+    run warmup 150 python3 -m benchmarks.warmup --out "$out/warmup.json" --num-decode-steps 4 \
+      --cache-dir "$cache" -- -v
+    grep -h -E "warmup:|SERVING" "$out"/warmup_serve_*.log | cut -c1-260
+    python3 -m serving.cli serve --model random:llama3-8b --dtype bfloat16 --host 127.0.0.1 \
+      --port 50051 --http-port 8000 --metrics-port 9090 --max-num-seqs 256 \
+      --max-model-len 4096 --max-batch-tokens 2048 --num-decode-steps 4 \
+      --compilation-cache-dir "$cache" >"$out/server.log" 2>&1 &
+    server=$!
+    for _ in $(seq 120); do
+      curl -sf http://127.0.0.1:8000/health >/dev/null 2>&1 && break; sleep 1
+    done
+    echo "server ready after $SECONDS s of this part"
+    b="python3 -m serving.cli bench serve --base-url http://127.0.0.1:8000"
+    run c64 120 $b --workload fixed --input-len 128 --output-len 256 --concurrency 64 \
+      --num-requests 256 --out "$out/c64"
+    run c256 120 $b --workload fixed --input-len 128 --output-len 256 --concurrency 256 \
+      --num-requests 512 --out "$out/c256"
+    run incident_r4 150 $b --workload incident --rate 4 --num-requests 100 --out "$out/inc_r4"
+    run incident_r16 150 $b --workload incident --rate 16 --num-requests 100 --out "$out/inc_r16"
+    curl -s http://127.0.0.1:9090/metrics | grep -E "^pagedjax_(compil|requests|generation)" \
+      | head -20
+    kill $server
     ;;
   *) echo "unknown part $part"; exit 2 ;;
 esac
