@@ -14,6 +14,12 @@ versions, the device kind and platform version, JAX's numerics flags, and the
 text of every source file the traced code can come from (models/, engine/,
 pallas_kernels/, the tuning tables): a change to any of them is a miss, never a
 stale executable. Steps over a tensor-parallel mesh are not stored.
+
+NOTE: GPUs only. On the CPU (jaxlib 0.11.2) an executable serialized by one
+process and loaded by another failed when it ran ("NOT_FOUND: Function
+wrapped_iota not found"); within one process it runs (tests/engine/
+test_executable_store.py). On an H200 a second 8B start loaded all 26 steps
+and served with them (2026-12-02, docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -104,9 +110,9 @@ class ExecutableStore:
       logging.warning("executable store: could not save %s (%s)", path, e)
 
 
-def open_store(cache_dir: str | None, compiler_options: dict | None,
-               mesh) -> ExecutableStore | None:
-  """The store beside the compilation cache, or None (cache off, or a mesh)."""
-  if cache_dir is None or mesh is not None:
+def open_store(cache_dir: str | None, compiler_options: dict | None, mesh,
+               platform: str) -> ExecutableStore | None:
+  """The store beside the compilation cache, or None (cache off, a mesh, not a GPU)."""
+  if cache_dir is None or mesh is not None or platform not in ("gpu", "cuda"):
     return None
   return ExecutableStore(os.path.join(cache_dir, "executables"), compiler_options)

@@ -90,9 +90,10 @@ class ModelRunner:
     # in). The sampler variant is data (`SamplingTensors.mode`), not a key.
     self._executables: dict[tuple, jax.stages.Compiled] = {}
     self._compiler_options = executables.compiler_options(_platform(mesh))
-    # NOTE: compiled steps serialized beside the compilation cache (None: cache off, or
-    # a mesh); a hit skips tracing and lowering (engine/executable_store.py).
-    self._disk = executable_store.open_store(cache_dir, self._compiler_options, mesh)
+    # NOTE: compiled steps serialized beside the compilation cache (None: cache off, a
+    # mesh, or not a GPU); a hit skips tracing and lowering (engine/executable_store.py).
+    self._disk = executable_store.open_store(cache_dir, self._compiler_options, mesh,
+                                             _platform(mesh))
     self.num_compilations = 0          # by this runner (not those it found shared)
     self.compile_seconds = 0.0
     self.lower_seconds = 0.0           # of those, tracing and lowering (the rest: XLA, or a cache load)

@@ -48,19 +48,11 @@ def test_a_second_process_reads_the_default_cache(tmp_path):
   assert first["dir"] == folder and first["compiled"] == first["planned"] == 3
   written = _files(folder)
   assert len([f for f in written if f.startswith("jit_packed")]) == 3     # the three steps
-  assert len([f for f in written if f.endswith(".exe")]) == 3     # and the whole executables
   second = _engine_process(env)
   assert second["dir"] == folder and second["compiled"] == 3
-  # NOTE: the steps load whole from the executable store, untraced (JAX's cache hits
-  # here are the engine's other functions: weight init, cache allocation).
-  assert second["loaded"] == 3 and second["hits"] >= 1
-  assert first["loaded"] == 0 and first["hits"] == 0
+  assert second["hits"] >= 3 and first["hits"] == 0 and second["loaded"] == 0
   assert sorted(_files(folder)) == sorted(written)          # read, nothing new to write
-  os.remove(os.path.join(folder, "executables", sorted(
-      f for f in os.listdir(os.path.join(folder, "executables")))[0]))
-  third = _engine_process(env)           # one executable gone: traced, then JAX's cache hit
-  assert third["loaded"] == 2 and third["hits"] == second["hits"] + 1
-  assert third["compiled"] == 3
+  assert not os.path.exists(os.path.join(folder, "executables"))   # NOTE: GPUs only
 
 
 def test_the_cache_can_be_moved_or_turned_off(tmp_path):

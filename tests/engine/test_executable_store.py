@@ -59,8 +59,9 @@ def test_a_damaged_file_is_a_miss(tmp_path):
   assert store.load(key) is None and store.num_loaded == 0
 
 
-def test_no_store_without_a_cache_or_with_a_mesh(tmp_path):
-  assert executable_store.open_store(None, None, None) is None
-  assert executable_store.open_store(str(tmp_path), None, object()) is None
-  store = executable_store.open_store(str(tmp_path), None, None)
+def test_a_store_on_gpus_only_without_a_mesh_and_with_a_cache(tmp_path):
+  assert executable_store.open_store(None, None, None, "gpu") is None
+  assert executable_store.open_store(str(tmp_path), None, object(), "gpu") is None
+  assert executable_store.open_store(str(tmp_path), None, None, "cpu") is None
+  store = executable_store.open_store(str(tmp_path), None, None, "gpu")
   assert store.directory == os.path.join(tmp_path, "executables")
