@@ -123,17 +123,27 @@ def build_prefill(scheduled: list[ScheduledRequest], buckets: Buckets, block_siz
                        _sampling(scheduled, seqs))
 
 
+def _zeros(*shapes) -> list[np.ndarray]:
+  """One int32 zero array per shape; NOTE: never shared, so callers may fill them in place
+  (the benchmarks build real decode inputs from these)."""
+  return [np.zeros(shape, np.int32) for shape in shapes]
+
+
+def _no_sampling(rows: int) -> SamplingTensors:
+  return SamplingTensors.from_params([], seeds=[], steps=[], pad_to=rows)
+
+
 def empty_decode(rows: int, width: int, trash_slot: int) -> DecodeInputs:
   """All-padding decode inputs of one bucket (for warm-up)."""
-  z = np.zeros(rows, np.int32)
-  return DecodeInputs(z, z - 1, z + trash_slot, z, z, np.zeros((rows, width), np.int32), z, z,
-                      SamplingTensors.from_params([], seeds=[], steps=[], pad_to=rows))
+  tokens, input_slots, sample_slots, positions, slots, lengths, num_steps = _zeros(*[rows] * 7)
+  return DecodeInputs(tokens, input_slots - 1, sample_slots + trash_slot, positions, slots,
+                      np.zeros((rows, width), np.int32), lengths, num_steps, _no_sampling(rows))
 
 
 def empty_prefill(num_tokens: int, seqs: int, width: int, trash_slot: int) -> PrefillInputs:
   """All-padding prefill inputs of one bucket (for warm-up)."""
-  z = np.zeros(num_tokens, np.int32)
-  zs = np.zeros(seqs, np.int32)
-  return PrefillInputs(z, z, z, np.zeros((seqs, width), np.int32), np.zeros(seqs + 1, np.int32),
-                       zs, zs, zs + trash_slot,
-                       SamplingTensors.from_params([], seeds=[], steps=[], pad_to=seqs))
+  tokens, positions, slots = _zeros(*[num_tokens] * 3)
+  kv_lens, logits_indices, sample_slots = _zeros(*[seqs] * 3)
+  return PrefillInputs(tokens, positions, slots, np.zeros((seqs, width), np.int32),
+                       np.zeros(seqs + 1, np.int32), kv_lens, logits_indices,
+                       sample_slots + trash_slot, _no_sampling(seqs))
