@@ -12,6 +12,9 @@
 #                                                # at BASELINE
 #   bash benchmarks/h200_visit.sh serve OUT      # start-up cold / from the cache, then
 #                                                # `pagedjax bench serve` over HTTP against it
+#   bash benchmarks/h200_visit.sh serve-fixed OUT  # the same with one cold start, the fixed
+#                                                # workloads only; then the executable store's
+#                                                # tokens checked (1B engine twice, one cache)
 # Needs the wheels the GPU image lacks in .whl/ (docs/benchmarks.md) and, for the baseline,
 # `git archive REV engine models pallas_kernels serving benchmarks configs | tar -x -C .baseline`.
 set -u
@@ -72,10 +75,11 @@ case $part in
     (cd .baseline && run throughput_base 110 python3 -m benchmarks.throughput --skip-check \
       --out "$out/base" --models llama3-8b --batches 256 --decode-steps 1)
     ;;
-  serve)
+  serve|serve-fixed)
     cache=$(mktemp -d)
+    runs=2; [ "$part" = serve-fixed ] && runs=1
     run warmup 150 python3 -m benchmarks.warmup --out "$out/warmup.json" --num-decode-steps 4 \
-      --cache-dir "$cache" -- -v
+      --cache-dir "$cache" --runs $runs -- -v
     grep -h -E "warmup:|SERVING" "$out"/warmup_serve_*.log | cut -c1-260
     python3 -m serving.cli serve --model random:llama3-8b --dtype bfloat16 --host 127.0.0.1 \
       --port 50051 --http-port 8000 --metrics-port 9090 --max-num-seqs 256 \
@@ -91,11 +95,22 @@ case $part in
       --num-requests 256 --out "$out/c64"
     run c256 120 $b --workload fixed --input-len 128 --output-len 256 --concurrency 256 \
       --num-requests 512 --out "$out/c256"
-    run incident_r4 150 $b --workload incident --rate 4 --num-requests 100 --out "$out/inc_r4"
-    run incident_r16 150 $b --workload incident --rate 16 --num-requests 100 --out "$out/inc_r16"
+    if [ "$part" = serve ]; then
+      run incident_r4 150 $b --workload incident --rate 4 --num-requests 100 --out "$out/inc_r4"
+      run incident_r16 150 $b --workload incident --rate 16 --num-requests 100 --out "$out/inc_r16"
+    fi
     curl -s http://127.0.0.1:9090/metrics | grep -E "^pagedjax_(compil|requests|generation)" \
       | head -20
+    grep -h -E "warmup:|SERVING" "$out/server.log" | cut -c1-260
     kill $server
+    if [ "$part" = serve-fixed ]; then      # the second process loads its steps from the store
+      store=$(mktemp -d)
+      for i in 1 2; do
+        PAGEDJAX_COMPILATION_CACHE_DIR=$store run store_$i 120 python3 -m benchmarks.throughput \
+          --out "$out" --models llama3.2-1b --batches 8 --decode-steps 1
+      done
+      ls "$store/executables" | wc -l
+    fi
     ;;
   *) echo "unknown part $part"; exit 2 ;;
 esac
