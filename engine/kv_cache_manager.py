@@ -65,6 +65,10 @@ class BaseKVCacheManager(abc.ABC):
     return False
 
   @property
+  def prefix_cache(self) -> PrefixCache | None:
+    return None
+
+  @property
   def prefix_cache_stats(self) -> PrefixCacheStats:
     return PrefixCacheStats()
 
@@ -124,6 +128,12 @@ class BaseKVCacheManager(abc.ABC):
         filled = min(bs, max(0, n - i * bs))
         fill[block_id] = max(fill.get(block_id, 0), filled)
     return sum(fill.values())
+
+  def unusable_free_blocks(self, smallest_need: int) -> int:
+    """Free blocks no request needing `smallest_need` blocks or more can use (a memory
+    report for research runs). Paged: none, any free block serves any request."""
+    del smallest_need
+    return 0
 
   def _held_blocks(self) -> set[int]:
     return {b for table in self._tables.values() for b in table}

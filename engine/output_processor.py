@@ -39,6 +39,19 @@ class RequestTextState:
       self.text = self.text[:min(hits)]
       self.stopped = True
 
+  def push_until_stop(self, token_ids: list[int]) -> int | None:
+    """Adds generated (non-EOS) tokens; with stop strings one by one, and then returns
+    how many of them the request keeps: up to the one that completed a stop string
+    (None: no stop string appeared)."""
+    if self.detok is None or not self.request.sampling_params.stop:
+      self.push(token_ids)
+      return None
+    for i, token in enumerate(token_ids):
+      self.push([token])
+      if self.stopped:
+        return i + 1
+    return None
+
   def take(self, final: bool) -> str:
     """Text that is safe to hand out now."""
     end = len(self.text)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 
-from engine.kv_cache_manager import KVCacheManager
+from engine.config import EngineConfig
+from engine.kv_cache_manager import BaseKVCacheManager
 from engine.outputs import FinishReason
 from engine.request import Request, RequestStatus
 
@@ -38,6 +39,21 @@ class SchedulerConfig:
       raise ValueError(
           f"without chunked prefill max_batch_tokens ({self.max_batch_tokens}) must be "
           f">= max_model_len ({self.max_model_len}) so that any prompt fits one step")
+
+
+def step_tokens(config: EngineConfig, max_model_len: int) -> int:
+  """Tokens one step may schedule: the budget, or a whole prompt without chunked prefill."""
+  if config.enable_chunked_prefill:
+    return config.max_batch_tokens
+  return max(config.max_batch_tokens, max_model_len)
+
+
+def scheduler_config(config: EngineConfig, max_model_len: int) -> SchedulerConfig:
+  """The scheduler's config of an engine (the real one and the simulator's: one rule)."""
+  return SchedulerConfig(max_model_len=max_model_len, max_num_seqs=config.max_num_seqs,
+                         max_batch_tokens=step_tokens(config, max_model_len),
+                         enable_chunked_prefill=config.enable_chunked_prefill,
+                         watermark=config.watermark, num_decode_steps=config.num_decode_steps)
 
 
 @dataclasses.dataclass
@@ -72,6 +88,7 @@ class ScheduleOutput:
   decodes: list[ScheduledRequest] = dataclasses.field(default_factory=list)
   prefills: list[ScheduledRequest] = dataclasses.field(default_factory=list)
   preempted: list[Request] = dataclasses.field(default_factory=list)
+  admitted: list[Request] = dataclasses.field(default_factory=list)    # left the waiting queue
   rejected: list[Request] = dataclasses.field(default_factory=list)   # can never fit in the cache
 
   @property
@@ -91,7 +108,7 @@ def _remaining(request: Request) -> int:
 class Scheduler:
   """Waiting/running queues, token budget, chunking, admission and preemption."""
 
-  def __init__(self, config: SchedulerConfig, kv: KVCacheManager):
+  def __init__(self, config: SchedulerConfig, kv: BaseKVCacheManager):
     self.config = config
     self.kv = kv
     self.waiting: collections.deque[Request] = collections.deque()
@@ -184,7 +201,7 @@ class Scheduler:
       n = min(remaining, budget) if self.config.enable_chunked_prefill else remaining
       if n > budget and (out.prefills or out.decodes):
         break                          # whole prompt does not fit this step's budget
-      if not self._admissible(request, num_hit + n):
+      if not self.admissible(request, num_hit + n):
         break
       if not self.kv.allocate_slots(request, n, blocks, num_hit):
         break
@@ -194,10 +211,11 @@ class Scheduler:
       if request.num_preemptions == 0:
         request.num_cached_prompt_tokens = num_hit
       self.running.append(request)
+      out.admitted.append(request)
       out.prefills.append(self._scheduled(request, n))
       budget -= n
 
-  def _admissible(self, request: Request, num_tokens: int) -> bool:
+  def admissible(self, request: Request, num_tokens: int) -> bool:
     """Watermark check: blocks in use + this request's + reserved growth stay under the limit."""
     total = self.kv.num_total_blocks
     needed = self.kv.num_blocks_needed(request, num_tokens)

@@ -1,12 +1,12 @@
-"""The simulator: the engine's own Scheduler and KV managers, a cost model instead of the model.
+"""The simulator: the engine's own loop (`EngineCore`) over a cost-model runner.
 
-`SimulatedEngine` mirrors `LLMEngine.step()` on the host, including its one
-step in flight: abort, schedule, reject, update (step N is "dispatched"), then
-land step N-1's tokens: one dummy token per sampling row, stopping at
-max_tokens (or the context length). Scheduling, admission,
-preemption and block allocation are the engine's code, unchanged; only the
-step's duration comes from a `CostModel`. So an 80 GB GPU serving an 8B model
-with thousands of requests replays in seconds.
+`SimulatedEngine` is `LLMEngine` without the model: the same `EngineCore`
+(abort, schedule, reject, dispatch step N, land step N-1; admission,
+preemption, block allocation, multi-step decode, the length rules) over a
+`CostModelRunner`, which "computes" a step by handing back a deterministic
+dummy token per decode iteration of each sampling row and predicts its
+duration with a `CostModel`. So an 80 GB GPU serving an 8B model with
+thousands of requests replays in seconds.
 """
 from __future__ import annotations
 
@@ -15,38 +15,13 @@ import zlib
 
 from engine import context_limit
 from engine.config import EngineConfig
+from engine.core import CoreOutput, EngineCore, SchedulerFactory
 from engine.experiments.cost_model import CostModel, ModelShape, step_features
 from engine.experiments.recording import RecordingScheduler
 from engine.experiments.replay import StepResult
 from engine.experiments.workload import TraceRequest
-from engine.memory import build_kv_manager
-from engine.output_processor import accepted
-from engine.outputs import FinishReason
-from engine.request import Request
 from engine.sampling_params import SamplingParams
-from engine.scheduler import SchedulerConfig
-
-
-def context_limit_of(config: EngineConfig, max_position_embeddings: int,
-                     num_blocks: int) -> context_limit.ContextLimit:
-  """The engine's context limit for a model (`LLMEngine`'s rule, engine/context_limit.py)."""
-  return context_limit.resolve(config.max_model_len, max_position_embeddings, num_blocks,
-                               config.block_size, f"--num-blocks {num_blocks}",
-                               allow_small_kv_cache=config.allow_small_kv_cache)
-
-
-def scheduler_config_of(config: EngineConfig, max_model_len: int) -> SchedulerConfig:
-  """The SchedulerConfig `LLMEngine` builds from an EngineConfig.
-
-  NOTE: tests assert it equals a real engine's `scheduler.config`, so the two
-  cannot drift apart silently.
-  """
-  step_tokens = (config.max_batch_tokens if config.enable_chunked_prefill
-                 else max(config.max_batch_tokens, max_model_len))
-  return SchedulerConfig(max_model_len=max_model_len, max_num_seqs=config.max_num_seqs,
-                         max_batch_tokens=step_tokens,
-                         enable_chunked_prefill=config.enable_chunked_prefill,
-                         watermark=config.watermark)
+from engine.scheduler import Scheduler, ScheduleOutput
 
 
 def dummy_token(request_id: str, position: int, vocab_size: int) -> int:
@@ -54,91 +29,100 @@ def dummy_token(request_id: str, position: int, vocab_size: int) -> int:
   return 1 + (zlib.crc32(request_id.encode()) + 7919 * position) % (vocab_size - 1)
 
 
+@dataclasses.dataclass
+class SimulatedStep:
+  """A step the cost-model runner "ran": its tokens, cost-model features and seconds."""
+  tokens: dict[str, list[tuple[int, float]]]
+  features: dict[str, float]
+  seconds: float | None
+
+  def result(self) -> dict[str, list[tuple[int, float]]]:
+    return self.tokens
+
+
+class CostModelRunner:
+  """The simulator's `engine.core.Runner`: no device, dummy tokens, modelled time."""
+
+  def __init__(self, block_size: int, vocab_size: int, cost_model: CostModel | None = None):
+    self.block_size = block_size
+    self.vocab_size = vocab_size
+    self.cost_model = cost_model
+    self.num_steps = 0
+    self.last_step: SimulatedStep | None = None
+
+  def execute(self, out: ScheduleOutput) -> SimulatedStep:
+    tokens = {}
+    for s in out.decodes + out.prefills:
+      if s.samples:
+        # NOTE: the row's sampled tokens are those at positions end - num_sampled + 1 .. end.
+        end = s.start + s.num_new_tokens
+        rid = s.request.request_id
+        tokens[rid] = [(dummy_token(rid, p, self.vocab_size), 0.0)
+                       for p in range(end - s.num_sampled + 1, end + 1)]
+    features = step_features(out, self.block_size)
+    seconds = self.cost_model.predict(features) if self.cost_model is not None else None
+    self.num_steps += 1
+    self.last_step = SimulatedStep(tokens, features, seconds)
+    return self.last_step
+
+  def release(self, request_id: str) -> None:
+    del request_id                   # NOTE: no device state to free
+
+
 class SimulatedEngine:
-  """Host-only engine: the real scheduler and KV manager, no device work."""
+  """Host-only engine: `EngineCore` over a `CostModelRunner`, no model."""
 
   def __init__(self, config: EngineConfig, shape: ModelShape, num_blocks: int,
-               vocab_size: int = 32000):
+               vocab_size: int = 32000, cost_model: CostModel | None = None,
+               scheduler_factory: SchedulerFactory = Scheduler):
     if config.num_blocks is not None and config.num_blocks != num_blocks:
       raise ValueError("config.num_blocks and num_blocks disagree")
     self.config = config
     self.shape = shape
     self.vocab_size = vocab_size
-    self.context_limit = context_limit_of(config, shape.max_position_embeddings, num_blocks)
-    self.max_model_len = self.context_limit.tokens
-    self.kv = build_kv_manager(config, num_blocks)
-    self.scheduler = RecordingScheduler(scheduler_config_of(config, self.max_model_len), self.kv)
-    self._requests: dict[str, Request] = {}
-    self._aborts: list[str] = []
-    self._in_flight = None           # the ScheduleOutput whose tokens have not landed
+    limit = context_limit.resolve(config.max_model_len, shape.max_position_embeddings,
+                                  num_blocks, config.block_size, f"--num-blocks {num_blocks}",
+                                  allow_small_kv_cache=config.allow_small_kv_cache)
+    self.runner = CostModelRunner(config.block_size, vocab_size, cost_model)
+    self.core = EngineCore(config, num_blocks, limit, self.runner,
+                           scheduler_factory=scheduler_factory)
+    self.context_limit = limit
+    self.max_model_len = limit.tokens
+    self.kv = self.core.kv
+    self.scheduler = self.core.scheduler
 
   def add_request(self, request_id: str, prompt_token_ids: list[int],
-                  sampling_params: SamplingParams, cache_salt: str | None = None) -> None:
-    if request_id in self._requests:
-      raise ValueError(f"request id {request_id!r} is already in use")
-    n = len(prompt_token_ids)
-    context_limit.check_prompt(n, self.context_limit)
-    new_tokens = context_limit.max_new_tokens(sampling_params.max_tokens, n, self.context_limit)
-    if new_tokens != sampling_params.max_tokens:     # NOTE: LLMEngine.add_request's cap
-      sampling_params = dataclasses.replace(sampling_params, max_tokens=new_tokens)
-    request = Request(request_id, list(prompt_token_ids), sampling_params,
-                      cache_salt=cache_salt)
-    self._requests[request_id] = request
-    self.scheduler.add(request)
+                  sampling_params: SamplingParams | None = None, cache_salt: str | None = None,
+                  priority: int = 0) -> None:
+    self.core.add_request(request_id, prompt_token_ids, sampling_params,
+                          cache_salt=cache_salt, priority=priority)
 
   def abort(self, request_id: str) -> None:
-    if request_id in self._requests:
-      self._aborts.append(request_id)
+    self.core.abort(request_id)
 
   def has_unfinished_requests(self) -> bool:
-    return bool(self._requests) or self._in_flight is not None
+    return self.core.has_unfinished_requests()
 
-  def step(self) -> list[tuple[str, int, bool, str | None]]:
-    """One step, in `LLMEngine.step()`'s order: schedule and "dispatch" step N, then
-    land step N-1's tokens. Events are (request_id, new tokens, finished, reason)."""
-    events = [self._finish(self._requests[rid], FinishReason.ABORT, 0)
-              for rid in dict.fromkeys(self._aborts) if rid in self._requests]
-    self._aborts.clear()
-    out = self.scheduler.schedule()
-    events += [self._finish(r, FinishReason.ERROR, 0) for r in out.rejected]
-    previous, self._in_flight = self._in_flight, None
-    if not out.is_empty:
-      self._in_flight = out
-      self.scheduler.update(out)
-    if previous is not None:
-      events += self._land(previous)
-    return events
+  def step(self) -> list[CoreOutput]:
+    return self.core.step()
 
-  def _land(self, out) -> list[tuple[str, int, bool, str | None]]:
-    """The previous step's sampled tokens arrive: append a dummy token per sampling row."""
-    events = []
-    for s in out.decodes + out.prefills:
-      request = s.request
-      if not s.samples or request.is_finished:
-        continue
-      token = dummy_token(request.request_id, request.num_tokens, self.vocab_size)
-      request.num_pending_tokens -= 1
-      _, reason = accepted(request, [token], self.max_model_len)
-      request.output_token_ids.append(token)
-      self.kv.cache_full_blocks(request)
-      events.append(self._finish(request, reason, 1) if reason is not None
-                    else (request.request_id, 1, False, None))
-    return events
 
-  def _finish(self, request: Request, reason: FinishReason, num_tokens: int):
-    self.scheduler.finish(request, reason)
-    del self._requests[request.request_id]
-    return (request.request_id, num_tokens, True, reason.value)
+def event_of(request_id: str, num_tokens: int, reason) -> tuple[str, int, bool, str | None]:
+  """A replay event: (request_id, new tokens, finished, finish reason)."""
+  return request_id, num_tokens, reason is not None, reason.value if reason is not None else None
 
 
 class SimBackend:
-  """`replay.Backend` over a SimulatedEngine; step time from the cost model."""
+  """`replay.Backend` over a SimulatedEngine with a recording scheduler; step time from
+  the cost model."""
 
-  def __init__(self, engine: SimulatedEngine, cost_model: CostModel | None):
-    self.engine = engine
-    self.cost_model = cost_model
-    self.scheduler = engine.scheduler
-    self.vocab_size = engine.vocab_size
+  def __init__(self, config: EngineConfig, shape: ModelShape, num_blocks: int,
+               vocab_size: int = 32000, cost_model: CostModel | None = None,
+               scheduler_factory: SchedulerFactory = RecordingScheduler):
+    self.engine = SimulatedEngine(config, shape, num_blocks, vocab_size, cost_model,
+                                  scheduler_factory)
+    self.scheduler = self.engine.scheduler
+    self.vocab_size = vocab_size
 
   def add(self, request: TraceRequest, prompt_token_ids: list[int]) -> None:
     self.engine.add_request(request.request_id, prompt_token_ids, request.sampling_params(),
@@ -151,11 +135,10 @@ class SimBackend:
     return self.engine.has_unfinished_requests()
 
   def step(self) -> StepResult:
-    before = len(self.scheduler.snapshots)
-    events = self.engine.step()
-    out = self.scheduler.scheduled_since(before)
-    if out is None:
+    runner = self.engine.runner
+    before = runner.num_steps
+    events = [event_of(o.request.request_id, len(o.token_ids), o.finish_reason)
+              for o in self.engine.step()]
+    if runner.num_steps == before:
       return StepResult(events, False, None, None)
-    features = step_features(out, self.engine.kv.block_size)
-    seconds = self.cost_model.predict(features) if self.cost_model is not None else None
-    return StepResult(events, True, seconds, features)
+    return StepResult(events, True, runner.last_step.seconds, runner.last_step.features)

@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
   from engine.experiments import cost_model as cm
   from engine.experiments.grid import print_table, sweep_config_from_args, write_outputs
-  from engine.experiments.simulator import SimBackend, SimulatedEngine
+  from engine.experiments.simulator import SimBackend
   from engine.experiments.sweep import check_trace, run_sweep
 
   model = cm.load(cm.bundled(args.cost_model))
@@ -59,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
                                   None, "float32")
 
   def make(spec):
-    return SimBackend(SimulatedEngine(spec.config, shape, spec.num_blocks, args.vocab_size),
-                      model)
+    return SimBackend(spec.config, shape, spec.num_blocks, args.vocab_size, model)
 
   meta = {"backend": "simulator", "cost_model": args.cost_model, "device": model.device,
           "shape": shape.name, "kv_budget_bytes": config.kv_budget_bytes,

@@ -49,7 +49,6 @@ def run(args: argparse.Namespace) -> int:
   if args.compile_cache:
     jax.config.update("jax_compilation_cache_dir", args.compile_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  from engine import LLMEngine
   from engine.experiments import cost_model as cm
   from engine.experiments.grid import print_table, sweep_config_from_args, write_outputs
   from engine.experiments.real_backend import RealBackend
@@ -75,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     with open(partial, "w", encoding="utf-8") as f:
       json.dump({"rows": rows, "steps": steps}, f)
   rows, steps = run_sweep(trace, config, shape,
-                          lambda spec: RealBackend(LLMEngine(spec.config, model=model)),
+                          lambda spec: RealBackend(spec.config, model),
                           progress=not args.no_progress, on_row=save_partial)
   device = args.device_name or str(jax.devices()[0].device_kind)
   meta = {"backend": "real", "model": args.model, "device": device,
