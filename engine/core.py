@@ -9,11 +9,11 @@ a predicted duration). Host-only: no JAX.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 from typing import Callable, Protocol
 
 from engine import context_limit as cl
-from engine import output_processor as op
 from engine.config import EngineConfig
 from engine.kv_cache_manager import BaseKVCacheManager
 from engine.memory import build_kv_manager
@@ -157,27 +157,18 @@ class EngineCore:
       request = s.request
       if not s.samples or request.is_finished:
         continue                     # mid-prompt chunk, or stopped/aborted meanwhile
-      tokens = sampled[request.request_id]     # [(token, logprob)], one per decode iteration
-      request.num_pending_tokens -= len(tokens)
-      outputs.append(self._land(request, tokens))
+      # [(token, logprob)], one per decode iteration
+      outputs.append(self._land(request, sampled[request.request_id]))
     return outputs
 
   def _land(self, request: Request, tokens: list[tuple[int, float]]) -> CoreOutput:
-    """Appends a row's sampled tokens up to the first stop; the rest are dropped."""
-    token_ids = [t for t, _ in tokens]
-    n, reason = op.accepted(request, token_ids, self.max_model_len)
-    if self._text_hook is not None:
-      # NOTE: a stop token is kept in the ids, never in the text.
-      cut = self._text_hook(request, token_ids[:n - 1] if reason == FinishReason.STOP
-                            else token_ids[:n])
-      if cut is not None:      # NOTE: a token-id stop or the length limit on the same token wins
-        reason = reason if cut == n and reason is not None else FinishReason.STOP
-        n = cut
-    ids = token_ids[:n]
-    lps = [lp for _, lp in tokens[:n]] if request.sampling_params.logprobs else None
-    request.output_token_ids.extend(ids)
-    request.output_logprobs.extend(lps or ())
-    self.num_generation_tokens += n
+    """A row's sampled tokens arrive: the request keeps them up to its first stop."""
+    text_stop = (functools.partial(self._text_hook, request)
+                 if self._text_hook is not None else None)
+    kept, reason = request.land(tokens, self.max_model_len, text_stop)
+    ids = [t for t, _ in kept]
+    lps = [lp for _, lp in kept] if request.sampling_params.logprobs else None
+    self.num_generation_tokens += len(ids)
     self.kv.cache_full_blocks(request)     # the blocks holding these tokens may be full now
     if reason is not None:
       return self._finish(request, reason, ids, lps)

@@ -11,7 +11,7 @@ import dataclasses
 
 from absl import logging
 
-from engine import compile_cache, context_limit, parallel, shape_plan, warmup_progress
+from engine import compile_cache, context_limit, parallel, prompts, shape_plan, warmup_progress
 from engine import output_processor as op
 from engine.config import EngineConfig
 from engine.core import CoreOutput, EngineCore, SchedulerFactory
@@ -114,19 +114,13 @@ class LLMEngine:
   def _prompt_ids(self, prompt, prompt_token_ids) -> list[int]:
     if (prompt is None) == (prompt_token_ids is None):
       raise ValueError("give exactly one of prompt and prompt_token_ids")
-    if prompt is not None:
-      if not prompt:
-        raise ValueError("prompt is empty")
-      if self.tokenizer is None:
-        raise ValueError("this model has no tokenizer: pass prompt_token_ids")
-      return self.tokenizer.encode(prompt)
-    ids = [int(t) for t in prompt_token_ids]
-    if not ids:
-      raise ValueError("prompt_token_ids is empty")
-    vocab = self.model.config.vocab_size
-    if any(not 0 <= t < vocab for t in ids):
-      raise ValueError(f"prompt_token_ids must lie in [0, {vocab})")
-    return ids
+    if prompt_token_ids is not None:
+      return prompts.check_token_ids(prompt_token_ids, self.model.config.vocab_size)
+    if not prompt:
+      raise ValueError("prompt is empty")
+    if self.tokenizer is None:
+      raise ValueError("this model has no tokenizer: pass prompt_token_ids")
+    return prompts.encode_prompt(self.tokenizer, prompt)
 
   def abort(self, request_id: str) -> None:
     """Aborts at the next step (its final delta says ABORT); unknown ids are ignored."""

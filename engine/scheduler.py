@@ -100,11 +100,6 @@ class ScheduleOutput:
     return not self.decodes and not self.prefills
 
 
-def _remaining(request: Request) -> int:
-  """Tokens not yet in the cache, counting a token still pending on the device."""
-  return request.num_tokens_with_pending - request.num_computed_tokens
-
-
 class Scheduler:
   """Waiting/running queues, token budget, chunking, admission and preemption."""
 
@@ -118,7 +113,6 @@ class Scheduler:
   # -- queue management -----------------------------------------------------
 
   def add(self, request: Request) -> None:
-    request.status = RequestStatus.WAITING
     self.waiting.append(request)
 
   def finish(self, request: Request, reason: FinishReason) -> None:
@@ -130,8 +124,7 @@ class Scheduler:
     elif request in self.waiting:
       self.waiting.remove(request)
     self.kv.free(request)
-    request.status = RequestStatus.FINISHED
-    request.finish_reason = reason
+    request.finish(reason)
 
   def has_unfinished(self) -> bool:
     return bool(self.waiting or self.running)
@@ -159,7 +152,7 @@ class Scheduler:
     or an admission waits at most one multi-step.
     """
     for s in out.decodes:
-      k = min(self.config.num_decode_steps, self._tokens_left(s.request))
+      k = min(self.config.num_decode_steps, s.request.tokens_left(self.config.max_model_len))
       if k > 1 and self.kv.allocate_slots(s.request, k):
         s.num_new_tokens = k
         s.block_table = self.kv.block_table(s.request.request_id)
@@ -169,7 +162,7 @@ class Scheduler:
       # NOTE: preemption sets WAITING; a status check keeps this loop O(running).
       if request.status != RequestStatus.RUNNING or budget < 1:
         continue                       # preempted meanwhile, or budget spent
-      if _remaining(request) != 1 or self._at_limit(request):
+      if request.num_uncomputed_tokens != 1 or self._at_limit(request):
         continue                       # still prefilling, or about to finish
       if self._allocate_or_preempt(request, 1, out):
         out.decodes.append(self._scheduled(request, 1, is_decode=True))
@@ -178,7 +171,7 @@ class Scheduler:
 
   def _schedule_running_prefills(self, out: ScheduleOutput, budget: int) -> int:
     for request in list(self.running):
-      remaining = _remaining(request)
+      remaining = request.num_uncomputed_tokens
       if request.status != RequestStatus.RUNNING or remaining <= 1 or budget < 1:
         continue                       # preempted, decoding (handled above), or no budget
       n = min(remaining, budget)
@@ -197,7 +190,7 @@ class Scheduler:
         out.rejected.append(request)
         continue
       blocks, num_hit = self.kv.get_computed_blocks(request)
-      remaining = _remaining(request) - num_hit
+      remaining = request.num_uncomputed_tokens - num_hit
       n = min(remaining, budget) if self.config.enable_chunked_prefill else remaining
       if n > budget and (out.prefills or out.decodes):
         break                          # whole prompt does not fit this step's budget
@@ -206,10 +199,7 @@ class Scheduler:
       if not self.kv.allocate_slots(request, n, blocks, num_hit):
         break
       self.waiting.popleft()
-      request.status = RequestStatus.RUNNING
-      request.num_computed_tokens = num_hit   # before _scheduled(): the chunk starts here
-      if request.num_preemptions == 0:
-        request.num_cached_prompt_tokens = num_hit
+      request.admit(num_hit)            # before _scheduled(): the chunk starts here
       self.running.append(request)
       out.admitted.append(request)
       out.prefills.append(self._scheduled(request, n))
@@ -248,9 +238,7 @@ class Scheduler:
     # NOTE: outputs are kept; the request recomputes prompt + outputs later.
     self.running.remove(request)
     self.kv.free(request)
-    request.status = RequestStatus.WAITING
-    request.num_computed_tokens = 0
-    request.num_preemptions += 1
+    request.preempt()
     self.num_preemptions += 1
     out.decodes = [s for s in out.decodes if s.request is not request]
     out.prefills = [s for s in out.prefills if s.request is not request]
@@ -263,15 +251,9 @@ class Scheduler:
                             samples=start + n == request.num_tokens_with_pending,
                             is_decode=is_decode)
 
-  def _tokens_left(self, request: Request) -> int:
-    """Tokens the request may still sample beyond those it has or has pending."""
-    produced = request.num_output_tokens + request.num_pending_tokens
-    return min(request.sampling_params.max_tokens - produced,
-               self.config.max_model_len - request.num_tokens_with_pending)
-
   def _at_limit(self, request: Request) -> bool:
     """Its pending tokens are its last ones: it finishes when they land."""
-    return self._tokens_left(request) <= 0
+    return request.tokens_left(self.config.max_model_len) <= 0
 
   # -- after the step --------------------------------------------------------
 
@@ -279,8 +261,7 @@ class Scheduler:
     """Called once the step is dispatched: its tokens count as computed, and each
     sampling row's sampled tokens are pending until `ScheduleOutput`'s results land."""
     for s in out.decodes + out.prefills:
-      s.request.num_computed_tokens += s.num_new_tokens
-      s.request.num_pending_tokens += s.num_sampled
+      s.request.schedule(s.num_new_tokens, s.num_sampled)
       # NOTE: blocks whose tokens are all known get hashed; the block holding a
       # pending token is hashed once that token lands (see LLMEngine).
       self.kv.cache_full_blocks(s.request)
