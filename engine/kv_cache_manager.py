@@ -12,12 +12,9 @@ import abc
 from typing import Sequence
 
 from engine.block_pool import BlockPool
+from engine.kv_layout import cdiv
 from engine.prefix_cache import BlockHash, PrefixCache, PrefixCacheStats, hash_block
 from engine.request import Request
-
-
-def cdiv(a: int, b: int) -> int:
-  return -(-a // b)
 
 
 class BaseKVCacheManager(abc.ABC):

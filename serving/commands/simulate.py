@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 import json
 
-from engine.experiments.cli_args import (add_grid_args, add_workload_args, max_model_len_of,
+from serving.commands.sweep_flags import (add_grid_args, add_workload_args, max_model_len_of,
                                          trace_from_args)
 
 NAME = "simulate"
@@ -45,10 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-  from engine.experiments import cost_model as cm
-  from engine.experiments.grid import print_table, sweep_config_from_args, write_outputs
-  from engine.experiments.simulator import SimBackend
-  from engine.experiments.sweep import check_trace, run_sweep
+  from research import cost_model as cm
+  from research.simulator import SimBackend
+  from research.sweep import check_trace, run_sweep
+  from serving.commands.sweep_runs import print_table, sweep_config_from_args, write_outputs
 
   model = cm.load(cm.bundled(args.cost_model))
   shape = _shape(args, model.shape)
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _shape(args: argparse.Namespace, shape):
   """The cost model's shape, or --model-config's, with --kv-dtype applied."""
-  from engine.experiments import cost_model as cm
+  from research import cost_model as cm
   if args.model_config:
     from models.config import ModelConfig
     from models.weights.random_init import config_path
@@ -93,7 +93,7 @@ def _shape(args: argparse.Namespace, shape):
 
 
 def _compare(args: argparse.Namespace, rows: list[dict]) -> None:
-  from engine.experiments import compare as cmp
+  from research import compare as cmp
   with open(args.compare, encoding="utf-8") as f:
     real_rows = json.load(f)["rows"]
   diffs = cmp.compare(real_rows, rows)

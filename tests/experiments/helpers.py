@@ -6,10 +6,10 @@ import os
 import numpy as np
 
 from engine.config import EngineConfig
-from engine.experiments import metrics
-from engine.experiments.cost_model import ModelShape
-from engine.experiments.replay import ReplayOptions, replay
-from engine.experiments.simulator import SimBackend
+from research import metrics
+from research.cost_model import ModelShape
+from research.replay import ReplayOptions, replay
+from research.simulator import SimBackend
 
 TINY_CONFIG = os.path.join(os.path.dirname(__file__), "tiny_llama.json")
 TINY_SHAPE = ModelShape("tiny", num_layers=2, num_kv_heads=2, head_dim=16,

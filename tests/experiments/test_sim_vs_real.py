@@ -13,12 +13,12 @@ import dataclasses
 
 import pytest
 
-from engine.experiments import metrics
-from engine.experiments import workload as w
-from engine.experiments.real_backend import RealBackend
-from engine.experiments.recording import RecordingScheduler
-from engine.experiments.replay import ReplayOptions, replay
-from engine.experiments.simulator import SimBackend
+from research import metrics
+from research import workload as w
+from research.real_backend import RealBackend
+from research.recording import RecordingScheduler
+from research.replay import ReplayOptions, replay
+from research.simulator import SimBackend
 from models import load_model
 from tests.experiments.helpers import TINY_CONFIG, TINY_SHAPE, engine_config
 
@@ -86,7 +86,7 @@ def test_simulator_matches_real_engine_exactly(tiny_model, allocator, prefix, nu
 def test_real_backend_pairs_each_wall_time_with_the_step_it_waited_for(tiny_model):
   """One step is always in flight: engine.step() dispatches step N, then waits for N-1,
   so the wall time of call N is attributed to step N-1's features (for the cost-model fit)."""
-  from engine.experiments.cost_model import step_features
+  from research.cost_model import step_features
   config = engine_config("paged", False, 40, max_model_len=512, max_batch_tokens=64,
                          max_num_seqs=8)
   backend = RealBackend(config, tiny_model)

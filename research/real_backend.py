@@ -10,10 +10,10 @@ import time
 
 from engine.config import EngineConfig
 from engine.core import SchedulerFactory
-from engine.experiments.cost_model import step_features
-from engine.experiments.recording import RecordingScheduler
-from engine.experiments.replay import StepResult
-from engine.experiments.workload import TraceRequest
+from research.cost_model import step_features
+from research.recording import RecordingScheduler
+from research.replay import StepResult
+from research.workload import TraceRequest
 
 
 class RealBackend:

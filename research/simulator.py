@@ -16,12 +16,12 @@ import zlib
 from engine import context_limit
 from engine.config import EngineConfig
 from engine.core import CoreOutput, EngineCore, SchedulerFactory
-from engine.experiments.cost_model import CostModel, ModelShape, step_features
-from engine.experiments.recording import RecordingScheduler
-from engine.experiments.replay import StepResult
-from engine.experiments.workload import TraceRequest
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, ScheduleOutput
+from research.cost_model import CostModel, ModelShape, step_features
+from research.recording import RecordingScheduler
+from research.replay import StepResult
+from research.workload import TraceRequest
 
 
 def dummy_token(request_id: str, position: int, vocab_size: int) -> int:

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from engine.kv_cache_manager import cdiv
+from engine.kv_layout import cdiv
 from engine.scheduler import ScheduleOutput
 
 FEATURES = ("decode_launch", "prefill_launch", "decode_row", "prefill_token", "kv_token",
@@ -199,5 +199,5 @@ def bundled(name: str) -> str:
   """Path of configs/cost_models/<name>.json (a path ending in .json is returned as is)."""
   if name.endswith(".json"):
     return name
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   return os.path.join(root, "configs", "cost_models", f"{name}.json")
