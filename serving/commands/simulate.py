@@ -1,7 +1,8 @@
-"""`pagedjax simulate`: the engine's scheduler and KV managers with a fitted step-time model.
+"""`pagedjax simulate`: the engine's own loop, scheduler and KV managers with a fitted
+step-time model.
 
-No model runs: every step appends one dummy token per sampling row, and its
-duration comes from a cost model fitted to measured steps
+No model runs: every step hands back one dummy token per decode iteration of
+each sampling row, and its duration comes from a cost model fitted to measured steps
 (configs/cost_models/<name>.json, or a path). The KV budget is in bytes of the
 cost model's model shape (or --model-config), so an 80 GB GPU serving an 8B
 model replays on a CPU. One run of the default 200-request trace takes about
