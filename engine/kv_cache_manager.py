@@ -3,8 +3,8 @@
 `BaseKVCacheManager` is the interface the scheduler calls; `KVCacheManager`
 is the paged implementation over a `BlockPool` with an optional prefix cache
 (the contiguous baseline lives in `engine.contiguous`). Managers never touch
-device arrays and never mutate a `Request`: the scheduler owns request state
-(e.g. `num_computed_tokens`) and the managers only read it.
+device arrays and never mutate a `Request`: its own methods change its state
+(e.g. `num_computed_tokens`, see engine/request.py) and the managers only read it.
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Continuous batching: which tokens of which requests run in the next step.
 
 The scheduler owns the waiting and running queues. Each `schedule()` call
-returns a plain `ScheduleOutput` (host data only); `update()` applies the
-sampled tokens afterwards. It never touches device arrays.
+returns a plain `ScheduleOutput` (host data only); `update()` marks a dispatched
+step's tokens computed and its sampled ones pending (the engine core lands them).
+It changes requests only through their methods and never touches device arrays.
 
 One step runs every running request that is decoding (one token each) and
 then fills the rest of the per-step token budget with prefill chunks: first
