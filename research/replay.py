@@ -12,8 +12,8 @@ import collections
 import dataclasses
 from typing import Protocol, Sequence
 
-from engine.experiments.recording import RecordingScheduler
-from engine.experiments.workload import TraceRequest
+from research.recording import RecordingScheduler
+from research.workload import TraceRequest
 
 CLOCKS = ("steps", "measured")
 

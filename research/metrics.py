@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.experiments.replay import RunLog
-from engine.experiments.workload import PRODUCTS
+from research.replay import RunLog
+from research.workload import PRODUCTS
 
 
 def _pct(values: list[float], q: float) -> float | None:

@@ -1,28 +1,28 @@
 """`replay.Backend` over a real `LLMEngine`: the model runs, steps are timed.
 
-The engine's scheduler is swapped for a `RecordingScheduler` (same config,
-same KV manager) before any request arrives; nothing else of the engine
-changes. Requests sample greedily with `ignore_eos`, so every request
-produces exactly its trace's `max_tokens`.
+The engine is built with a `RecordingScheduler` (`LLMEngine`'s
+`scheduler_factory`); nothing else of it changes. Requests sample greedily
+with `ignore_eos`, so every request produces exactly its trace's `max_tokens`.
 """
 from __future__ import annotations
 
 import time
 
-from engine.experiments.cost_model import step_features
-from engine.experiments.recording import RecordingScheduler
-from engine.experiments.replay import StepResult
-from engine.experiments.workload import TraceRequest
+from engine.config import EngineConfig
+from engine.core import SchedulerFactory
+from research.cost_model import step_features
+from research.recording import RecordingScheduler
+from research.replay import StepResult
+from research.workload import TraceRequest
 
 
 class RealBackend:
-  """Drives `engine` (an LLMEngine with no requests yet) for a replay."""
+  """Drives a new `LLMEngine(config, model)` for a replay."""
 
-  def __init__(self, engine):
-    if engine.has_unfinished_requests():
-      raise ValueError("the engine already has requests")
-    old = engine.scheduler
-    engine.scheduler = RecordingScheduler(old.config, engine.kv)
+  def __init__(self, config: EngineConfig, model,
+               scheduler_factory: SchedulerFactory = RecordingScheduler):
+    from engine.engine import LLMEngine     # NOTE: lazy: imports JAX
+    engine = LLMEngine(config, model=model, scheduler_factory=scheduler_factory)
     self.engine = engine
     self.scheduler = engine.scheduler
     self.vocab_size = engine.model.config.vocab_size

@@ -1,22 +1,23 @@
-"""Builds a SweepConfig from parsed flags and writes a sweep's outputs."""
+"""`pagedjax sweep` and `simulate`: a SweepConfig from parsed flags; a sweep's outputs and table."""
 from __future__ import annotations
 
 import argparse
 import datetime
 
 from engine.config import EngineConfig
-from engine.experiments import report
-from engine.experiments.cli_args import chunked_of
-from engine.experiments.replay import ReplayOptions
-from engine.experiments.sweep import SweepConfig
-from engine.experiments.workload import TraceRequest, summarize
+from research import report
+from research.replay import ReplayOptions
+from research.sweep import SweepConfig
+from research.workload import TraceRequest, summarize
+from serving.commands.sweep_flags import chunked_of
 
 
 def sweep_config_from_args(args: argparse.Namespace, kv_budget_bytes: int, max_model_len: int,
                            model: str | None, dtype: str) -> SweepConfig:
   base = EngineConfig(model=model, dtype=dtype, max_batch_tokens=args.max_batch_tokens,
                       max_num_seqs=args.max_num_seqs, max_model_len=max_model_len,
-                      watermark=args.watermark, allow_small_kv_cache=True)
+                      watermark=args.watermark, num_decode_steps=args.num_decode_steps,
+                      allow_small_kv_cache=True)
   return SweepConfig(kv_budget_bytes=kv_budget_bytes, block_sizes=tuple(args.block_sizes),
                      modes=tuple(args.modes), chunked_prefill=chunked_of(args), base=base,
                      replay=ReplayOptions(clock=args.clock, step_dt=args.step_dt,

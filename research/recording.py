@@ -1,15 +1,13 @@
 """A `Scheduler` that snapshots KV memory after every `schedule()` call.
 
-Both the real engine (its `scheduler` attribute is swapped for this one before
-any request arrives) and the simulator run this class, so every figure of a
-run comes from the same code path. It adds no scheduling decision of its own.
+Both the real engine and the simulator are built with this class (their
+`scheduler_factory`), so every figure of a run comes from the same code path.
+It adds no scheduling decision of its own.
 """
 from __future__ import annotations
 
 import dataclasses
 
-from engine.contiguous import ContiguousKVCacheManager
-from engine.kv_cache_manager import KVCacheManager
 from engine.prefix_cache import hash_block
 from engine.request import Request
 from engine.scheduler import ScheduleOutput, Scheduler
@@ -53,12 +51,10 @@ class RecordingScheduler(Scheduler):
     super().add(request)
 
   def schedule(self) -> ScheduleOutput:
-    waiting_before = {r.request_id for r in self.waiting}
     out = super().schedule()
-    admitted = [s.request for s in out.prefills if s.request.request_id in waiting_before]
-    for request in admitted:
+    for request in out.admitted:
       self._check_hit_provenance(request)
-    self.snapshots.append(self._snapshot(out, admitted))
+    self.snapshots.append(self._snapshot(out))
     self.last_output = out
     return out
 
@@ -75,7 +71,7 @@ class RecordingScheduler(Scheduler):
     of the request that filled it, so equal hashes mean the block was filled
     under this request's salt; any mismatch is a cross-tenant hit.
     """
-    cache = getattr(self.kv, "prefix_cache", None)
+    cache = self.kv.prefix_cache
     bs = self.kv.block_size
     num_hit_blocks = request.num_computed_tokens // bs
     if cache is None or num_hit_blocks == 0:
@@ -88,7 +84,7 @@ class RecordingScheduler(Scheduler):
       if entry is None or entry.block_hash != parent:
         self.cross_salt_hits += 1
 
-  def _snapshot(self, out: ScheduleOutput, admitted: list[Request]) -> StepSnapshot:
+  def _snapshot(self, out: ScheduleOutput) -> StepSnapshot:
     kv = self.kv
     blocked, frag, unusable = self._memory_state()
     return StepSnapshot(
@@ -98,22 +94,17 @@ class RecordingScheduler(Scheduler):
         used_blocks=kv.num_used_blocks, free_blocks=kv.num_free_blocks,
         allocated_slots=kv.num_allocated_slots(), used_slots=kv.num_used_slots(),
         memory_blocked=blocked, fragmentation_blocked=frag, unusable_free_blocks=unusable,
-        admitted=tuple(r.request_id for r in admitted),
+        admitted=tuple(r.request_id for r in out.admitted),
         preempted=tuple(r.request_id for r in out.preempted))
 
   def _memory_state(self) -> tuple[bool, bool, int]:
     """(head blocked on memory, blocked although enough blocks are free, unusable free blocks)."""
     if not self.waiting or len(self.running) >= self.config.max_num_seqs:
       return False, False, 0
-    kv = self.kv
+    kv, head = self.kv, self.waiting[0]
     needs = [kv.num_blocks_needed(r, r.num_tokens) for r in self.waiting]
-    head_need = needs[0]
-    blocked = not kv.can_allocate(head_need) or not self._admissible(self.waiting[0],
-                                                                       self.waiting[0].num_tokens)
-    if isinstance(kv, ContiguousKVCacheManager):
-      smallest = min(needs)
-      unusable = sum(n for _, n in kv.free_runs() if n < smallest)
-      frag = blocked and not kv.can_allocate(head_need) and kv.num_free_blocks >= head_need
-      return blocked, frag, unusable
-    assert isinstance(kv, KVCacheManager)
-    return blocked, False, 0
+    blocked = not kv.can_allocate(needs[0]) or not self.admissible(head, head.num_tokens)
+    # NOTE: only a manager that needs consecutive blocks (contiguous) can refuse a need
+    # that the free blocks cover in number.
+    frag = blocked and not kv.can_allocate(needs[0]) and kv.num_free_blocks >= needs[0]
+    return blocked, frag, kv.unusable_free_blocks(min(needs))

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from engine.kv_cache_manager import cdiv
+from engine.kv_layout import cdiv
 from engine.scheduler import ScheduleOutput
 
 FEATURES = ("decode_launch", "prefill_launch", "decode_row", "prefill_token", "kv_token",
@@ -79,16 +79,21 @@ class CostModel:
 
 
 def step_features(out: ScheduleOutput, block_size: int) -> dict[str, float]:
-  """The cost model's inputs for one scheduled step."""
-  kv_tokens = blocks = 0
-  for s in out.decodes + out.prefills:
-    end = s.start + s.num_new_tokens          # KV tokens this row attends over
-    kv_tokens += end
-    blocks += cdiv(end, block_size)
-  return {"decode_launch": float(bool(out.decodes)), "prefill_launch": float(bool(out.prefills)),
-          "decode_row": float(len(out.decodes)),
+  """The cost model's inputs for one scheduled step.
+
+  NOTE: a k-step decode (`num_decode_steps`) counts as the k decode steps it
+  replaces: each iteration launches, computes every row (a row with fewer tokens
+  is padding for the rest) and reads each row's context so far. The host time
+  it saves is not modelled (the model has no host term).
+  """
+  iterations = max((s.num_new_tokens for s in out.decodes), default=1)
+  ends = [end for s in out.decodes for end in range(s.start + 1, s.start + s.num_new_tokens + 1)]
+  ends += [s.start + s.num_new_tokens for s in out.prefills]   # KV tokens each row attends over
+  return {"decode_launch": float(bool(out.decodes)) * iterations,
+          "prefill_launch": float(bool(out.prefills)),
+          "decode_row": float(len(out.decodes) * iterations),
           "prefill_token": float(sum(s.num_new_tokens for s in out.prefills)),
-          "kv_token": float(kv_tokens), "block": float(blocks)}
+          "kv_token": float(sum(ends)), "block": float(sum(cdiv(e, block_size) for e in ends))}
 
 
 def nnls(a: np.ndarray, b: np.ndarray, tol: float = 1e-12) -> np.ndarray:
@@ -194,5 +199,5 @@ def bundled(name: str) -> str:
   """Path of configs/cost_models/<name>.json (a path ending in .json is returned as is)."""
   if name.endswith(".json"):
     return name
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   return os.path.join(root, "configs", "cost_models", f"{name}.json")
