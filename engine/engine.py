@@ -20,6 +20,7 @@ from engine.request import Request
 from engine.runner import CacheConfig, ModelRunner
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduleOutput, Scheduler, SchedulerConfig
+from engine.spec.ngram import NgramProposer
 
 
 @dataclasses.dataclass
@@ -36,6 +37,8 @@ class EngineStats:
   generation_tokens_total: int
   num_compilations: int                  # step executables built (warm-up included)
   compile_seconds: float                 # seconds spent building them
+  spec_proposed_tokens_total: int = 0    # draft tokens verified (speculative decoding)
+  spec_accepted_tokens_total: int = 0    # of those, accepted (before stops and limits)
 
 
 class LLMEngine:
@@ -58,13 +61,15 @@ class LLMEngine:
         sized_by, allow_small_kv_cache=config.allow_small_kv_cache)
     self.max_model_len = self.context_limit.tokens
     self.kv = build_kv_manager(config, num_blocks)
-    self.scheduler = Scheduler(self._scheduler_config(), self.kv)
+    proposer = NgramProposer(config.ngram_config()) if config.speculative else None
+    self.scheduler = Scheduler(self._scheduler_config(), self.kv, proposer)
     buckets = shape_plan.buckets_for(config, self.max_model_len)
     self.runner = ModelRunner(self.model, CacheConfig(num_blocks, config.block_size,
                                                       config.cache_dtype),
                               buckets, backend=config.attention_backend, mesh=self.mesh,
                               max_num_seqs=config.max_num_seqs,
-                              num_decode_steps=config.num_decode_steps)
+                              num_decode_steps=config.num_decode_steps,
+                              num_speculative_tokens=config.speculative_tokens)
     self._requests: dict[str, Request] = {}
     self._text: dict[str, op.RequestTextState] = {}
     self._aborts: list[str] = []
@@ -73,6 +78,7 @@ class LLMEngine:
     self._prompt_tokens_total = 0
     self._prefill_tokens_computed = 0
     self._generation_tokens_total = 0
+    self._spec_proposed = self._spec_accepted = 0
     logging.info("engine: %d KV blocks of %d tokens, %s", num_blocks, config.block_size,
                  self.context_limit.describe())
     if config.warmup:
@@ -163,17 +169,22 @@ class LLMEngine:
     Tokens of step N-1 that step N needs are read on the device (runner's token
     buffer). A request that stopped at N-1 wastes its row in step N; that
     row's token is dropped.
+    NOTE: with speculative decoding step N-1's tokens land first: the drafts of
+    step N continue them (the device idles while the host schedules step N).
     """
     deltas = [self._finish(self._requests[rid], FinishReason.ABORT)
               for rid in dict.fromkeys(self._aborts) if rid in self._requests]
     self._aborts.clear()
+    previous, self._in_flight = self._in_flight, None
+    if previous is not None and self.scheduler.proposer is not None:
+      deltas += self._postprocess(previous[0], previous[1].result())
+      previous = None
     out = self.scheduler.schedule()
     for r in out.preempted:
       self.runner.release(r.request_id)
     deltas += [self._finish(r, FinishReason.ERROR,
                             error="prompt needs more KV blocks than the whole cache holds")
                for r in out.rejected]
-    previous, self._in_flight = self._in_flight, None
     if not out.is_empty:
       self._in_flight = (out, self.runner.execute(out))     # dispatched; runs on the device
       self.scheduler.update(out)
@@ -189,7 +200,11 @@ class LLMEngine:
       if not s.samples or request.is_finished:
         continue                     # mid-prompt chunk, or stopped/aborted meanwhile
       tokens = sampled[request.request_id]     # [(token, logprob)], one per decode iteration
-      request.num_pending_tokens -= len(tokens)
+      request.num_pending_tokens -= s.num_sampled
+      if s.draft_token_ids:                    # a verify row: 1 + accepted drafts tokens
+        self._spec_proposed += len(s.draft_token_ids)
+        self._spec_accepted += len(tokens) - 1
+        self.scheduler.reject_drafts(request, s.num_sampled - len(tokens))
       deltas.append(self._land(request, tokens))
     return deltas
 
@@ -246,4 +261,6 @@ class LLMEngine:
         prefill_tokens_computed_total=self._prefill_tokens_computed,
         generation_tokens_total=self._generation_tokens_total,
         num_compilations=self.runner.num_compilations,
-        compile_seconds=self.runner.compile_seconds)
+        compile_seconds=self.runner.compile_seconds,
+        spec_proposed_tokens_total=self._spec_proposed,
+        spec_accepted_tokens_total=self._spec_accepted)
