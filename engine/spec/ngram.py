@@ -37,8 +37,12 @@ class NgramConfig:
     if not 1 <= self.num_speculative_tokens <= 32:
       raise ValueError("num_speculative_tokens must be in 1..32, got "
                        f"{self.num_speculative_tokens}")
-    if not 1 <= self.min_n <= self.max_n <= 32:
-      raise ValueError(f"need 1 <= ngram min ({self.min_n}) <= max ({self.max_n}) <= 32")
+    # NOTE: named as the engine options that set them (EngineConfig, the CLI flags).
+    if not 1 <= self.max_n <= 32:
+      raise ValueError(f"ngram_prompt_lookup_max must be in 1..32, got {self.max_n}")
+    if not 1 <= self.min_n <= self.max_n:
+      raise ValueError(f"ngram_prompt_lookup_min must be in 1..ngram_prompt_lookup_max "
+                       f"({self.max_n}), got {self.min_n}")
 
 
 @dataclasses.dataclass

@@ -150,6 +150,6 @@ def test_multi_step_decode_and_speculation_are_refused_together():
     EngineConfig(speculative="draft-model")
   with pytest.raises(ValueError, match="num_speculative_tokens"):
     EngineConfig(speculative="ngram", num_speculative_tokens=0)
-  with pytest.raises(ValueError, match="ngram"):
+  with pytest.raises(ValueError, match="ngram_prompt_lookup_min"):
     EngineConfig(speculative="ngram", ngram_prompt_lookup_min=3, ngram_prompt_lookup_max=2)
   assert EngineConfig(num_decode_steps=2, num_speculative_tokens=0).speculative_tokens == 0

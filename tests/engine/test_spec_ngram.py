@@ -80,7 +80,7 @@ def test_forget_drops_the_index():
 
 
 @pytest.mark.parametrize("kw", [dict(num_speculative_tokens=0), dict(min_n=0),
-                                dict(min_n=3, max_n=2), dict(max_n=33)])
+                                dict(min_n=3, max_n=2), dict(max_n=33), dict(max_n=0)])
 def test_bad_configs_are_refused(kw):
   with pytest.raises(ValueError):
     NgramConfig(**kw)
