@@ -178,27 +178,37 @@ def build_verify(scheduled: list[ScheduledRequest], buckets: Buckets, block_size
                       _sample_slots(scheduled, rows, token_slot), _sampling(scheduled, rows))
 
 
+def _zeros(*shapes) -> list[np.ndarray]:
+  """One int32 zero array per shape; NOTE: never shared, so callers may fill them in place
+  (the benchmarks build real schedules from these)."""
+  return [np.zeros(shape, np.int32) for shape in shapes]
+
+
+def _no_sampling(rows: int) -> SamplingTensors:
+  return SamplingTensors.from_params([], seeds=[], steps=[], pad_to=rows)
+
+
 def empty_decode(rows: int, width: int, trash_slot: int) -> DecodeInputs:
   """All-padding decode inputs of one bucket (for warm-up)."""
-  z = np.zeros(rows, np.int32)
-  return DecodeInputs(z, z - 1, z + trash_slot, z, z, np.zeros((rows, width), np.int32), z, z,
-                      SamplingTensors.from_params([], seeds=[], steps=[], pad_to=rows))
+  tokens, input_slots, sample_slots, positions, slots, lengths, num_steps = _zeros(*[rows] * 7)
+  return DecodeInputs(tokens, input_slots - 1, sample_slots + trash_slot, positions, slots,
+                      np.zeros((rows, width), np.int32), lengths, num_steps, _no_sampling(rows))
 
 
 def empty_prefill(num_tokens: int, seqs: int, width: int, trash_slot: int) -> PrefillInputs:
   """All-padding prefill inputs of one bucket (for warm-up)."""
-  z = np.zeros(num_tokens, np.int32)
-  zs = np.zeros(seqs, np.int32)
-  return PrefillInputs(z, z, z, np.zeros((seqs, width), np.int32), np.zeros(seqs + 1, np.int32),
-                       zs, zs, zs + trash_slot,
-                       SamplingTensors.from_params([], seeds=[], steps=[], pad_to=seqs))
+  tokens, positions, slots = _zeros(*[num_tokens] * 3)
+  kv_lens, logits_indices, sample_slots = _zeros(*[seqs] * 3)
+  return PrefillInputs(tokens, positions, slots, np.zeros((seqs, width), np.int32),
+                       np.zeros(seqs + 1, np.int32), kv_lens, logits_indices,
+                       sample_slots + trash_slot, _no_sampling(seqs))
 
 
 def empty_verify(rows: int, k: int, width: int, trash_slot: int) -> VerifyInputs:
   """All-padding verify inputs of one bucket (for warm-up)."""
-  z = np.zeros(rows * (k + 1), np.int32)
-  zs = np.zeros(rows, np.int32)
-  return VerifyInputs(z, z, z, np.zeros((rows, width), np.int32), np.zeros(rows + 1, np.int32),
-                      zs, np.zeros((rows, k + 1), np.int32), np.zeros((rows, k), np.int32), zs,
-                      zs + trash_slot,
-                      SamplingTensors.from_params([], seeds=[], steps=[], pad_to=rows))
+  tokens, positions, slots = _zeros(*[rows * (k + 1)] * 3)
+  kv_lens, num_drafts, sample_slots = _zeros(*[rows] * 3)
+  return VerifyInputs(tokens, positions, slots, np.zeros((rows, width), np.int32),
+                      np.zeros(rows + 1, np.int32), kv_lens, np.zeros((rows, k + 1), np.int32),
+                      np.zeros((rows, k), np.int32), num_drafts, sample_slots + trash_slot,
+                      _no_sampling(rows))

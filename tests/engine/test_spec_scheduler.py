@@ -132,3 +132,4 @@ def test_finish_forgets_the_proposers_index():
   step(s)
   s.finish(a, FinishReason.STOP)
   assert s.proposer.forgotten == ["a"] and s.kv.num_used_blocks == 0
+
