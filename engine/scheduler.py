@@ -159,7 +159,7 @@ class Scheduler:
       drafts = self.proposer.propose(request, limit)
       if drafts and not self.kv.allocate_slots(request, 1 + len(drafts)):
         held = len(s.block_table) * self.kv.block_size     # no block free: those held
-        drafts = drafts[:held - request.num_computed_tokens - 1]
+        drafts = drafts[:max(0, held - request.num_computed_tokens - 1)]
       if drafts:
         s.draft_token_ids = tuple(drafts)
         s.num_new_tokens = 1 + len(drafts)
