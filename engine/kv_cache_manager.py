@@ -3,8 +3,8 @@
 `BaseKVCacheManager` is the interface the scheduler calls; `KVCacheManager`
 is the paged implementation over a `BlockPool` with an optional prefix cache
 (the contiguous baseline lives in `engine.contiguous`). Managers never touch
-device arrays and never mutate a `Request`: the scheduler owns request state
-(e.g. `num_computed_tokens`) and the managers only read it.
+device arrays and never mutate a `Request`: its own methods change its state
+(e.g. `num_computed_tokens`, see engine/request.py) and the managers only read it.
 """
 from __future__ import annotations
 
@@ -12,12 +12,9 @@ import abc
 from typing import Sequence
 
 from engine.block_pool import BlockPool
+from engine.kv_layout import cdiv
 from engine.prefix_cache import BlockHash, PrefixCache, PrefixCacheStats, hash_block
 from engine.request import Request
-
-
-def cdiv(a: int, b: int) -> int:
-  return -(-a // b)
 
 
 class BaseKVCacheManager(abc.ABC):
@@ -63,6 +60,10 @@ class BaseKVCacheManager(abc.ABC):
   @property
   def prefix_caching_enabled(self) -> bool:
     return False
+
+  @property
+  def prefix_cache(self) -> PrefixCache | None:
+    return None
 
   @property
   def prefix_cache_stats(self) -> PrefixCacheStats:
@@ -129,6 +130,12 @@ class BaseKVCacheManager(abc.ABC):
         filled = min(bs, max(0, n - i * bs))
         fill[block_id] = max(fill.get(block_id, 0), filled)
     return sum(fill.values())
+
+  def unusable_free_blocks(self, smallest_need: int) -> int:
+    """Free blocks no request needing `smallest_need` blocks or more can use (a memory
+    report for research runs). Paged: none, any free block serves any request."""
+    del smallest_need
+    return 0
 
   def _held_blocks(self) -> set[int]:
     return {b for table in self._tables.values() for b in table}

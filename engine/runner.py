@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from engine import executables, kv_layout, packing, parallel, step_inputs
+from engine import executable_store, executables, kv_layout, packing, parallel, step_inputs
 from engine.buckets import Buckets, StepShape, plan
 from engine.scheduler import ScheduledRequest, ScheduleOutput
 from engine.steps import make_steps, make_verify_step
@@ -65,7 +65,7 @@ class ModelRunner:
 
   def __init__(self, model, cache: CacheConfig, buckets: Buckets, backend: str | None = None,
                mesh=None, max_num_seqs: int | None = None, num_decode_steps: int = 1,
-               num_speculative_tokens: int = 0):
+               num_speculative_tokens: int = 0, cache_dir: str | None = None):
     self.model = model
     self.config = model.config
     self.cache_config = cache
@@ -96,10 +96,20 @@ class ModelRunner:
     # in). The sampler variant is data (`SamplingTensors.mode`), not a key.
     self._executables: dict[tuple, jax.stages.Compiled] = {}
     self._compiler_options = executables.compiler_options(_platform(mesh))
+    # NOTE: compiled steps serialized beside the compilation cache (None: cache off, a
+    # mesh, or not a GPU); a hit skips tracing and lowering (engine/executable_store.py).
+    self._disk = executable_store.open_store(cache_dir, self._compiler_options, mesh,
+                                             _platform(mesh))
     self.num_compilations = 0          # by this runner (not those it found shared)
     self.compile_seconds = 0.0
+    self.lower_seconds = 0.0           # of those, tracing and lowering (the rest: XLA, or a cache load)
     self.warm = False                  # warmup() finished: a compile now is a bug
     self._planned = plan(buckets, num_decode_steps, num_speculative_tokens)
+
+  @property
+  def num_loaded(self) -> int:
+    """Executables of these steps loaded whole from the executable store (no tracing)."""
+    return self._disk.num_loaded if self._disk is not None else 0
 
   def token_slot(self, request) -> int:
     """The request's slot in the device token buffer (None: the trash slot)."""
@@ -173,8 +183,11 @@ class ModelRunner:
     self.num_compilations += compiled
     self.compile_seconds += seconds
     self.warm = True
-    logging.info("warmup: %d step shapes, %d compilations in %.1f s with %d threads",
-                 len(shapes), compiled, seconds, threads)
+    logging.info("warmup: %d step shapes, %d compilations in %.1f s with %d threads "
+                 "(%.1f s of it tracing and lowering; %d loaded whole from %s)", len(shapes),
+                 compiled, seconds, threads, self.lower_seconds,
+                 self._disk.num_loaded if self._disk else 0,
+                 self._disk.directory if self._disk else "no executable store")
 
   def _warmup_inputs(self, shape: StepShape) -> tuple:
     """(key, ints, floats) of one planned shape, all padding."""
@@ -229,8 +242,20 @@ class ModelRunner:
     found = self._shared[key[0]].get(shared_key)
     if found is not None:
       return shared_key, executables.done(found), False
+    loaded = self._disk.load(shared_key) if self._disk is not None else None
+    if loaded is not None:
+      return shared_key, executables.done(loaded), True
+    t0 = time.perf_counter()
     lowered = self._lower(key, ints, floats)
-    return shared_key, pool.submit(lowered.compile, self._compiler_options), True
+    self.lower_seconds += time.perf_counter() - t0
+    future = pool.submit(lowered.compile, self._compiler_options)
+    if self._disk is not None:
+      future.add_done_callback(functools.partial(self._save, shared_key))
+    return shared_key, future, True
+
+  def _save(self, shared_key: tuple, future) -> None:
+    if future.exception() is None:
+      self._disk.save(shared_key, future.result())
 
   def _store(self, key: tuple, shared_key: tuple, future, new: bool) -> bool:
     """Keeps the executable for `key` (shared first if new); returns whether it was compiled."""

@@ -34,15 +34,15 @@ def req(rid, n, max_tokens=32, start=0):
 
 
 def land(s: Scheduler, out, accepted: dict[str, int] | None = None):
-  """What the engine does with a result: each row gets 1 + its accepted drafts."""
+  """What the engine core does with a result: each row gets 1 + its accepted drafts."""
   for x in out.decodes + out.prefills:
     if x.samples:
       a = (accepted or {}).get(x.request.request_id, 0)
-      tokens = list(x.draft_token_ids[:a]) + [7]
-      x.request.num_pending_tokens -= x.num_sampled
+      tokens = [(t, 0.0) for t in x.draft_token_ids[:a]] + [(7, 0.0)]
       if x.draft_token_ids:
         s.reject_drafts(x.request, x.num_sampled - len(tokens))
-      x.request.output_token_ids += tokens
+      kept, _ = x.request.land(tokens, s.config.max_model_len)
+      assert len(kept) == len(tokens)
 
 
 def step(s, accepted=None):

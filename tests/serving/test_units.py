@@ -135,3 +135,17 @@ def test_two_servers_metrics_live_in_one_process():
   assert "pagedjax_time_to_first_token_seconds_count 0.0" in text_b
   assert "pagedjax_prefix_cache_hit_tokens_total 16.0" in text_a
   assert "pagedjax_kv_blocks_used 3.0" in text_a and "pagedjax_kv_blocks_used 0.0" in text_b
+
+
+def test_a_burst_that_fits_the_sequence_slots_is_not_refused():
+  """max_waiting counts requests beyond the free sequence slots: 4 slots + 1 waiting take a
+  burst of 5 submitted before the engine admits any (it admits over several steps)."""
+  import types
+  from serving.engine_loop import EngineLoop, QueueFullError, Submission
+  engine = types.SimpleNamespace(config=types.SimpleNamespace(max_num_seqs=4))
+  loop = EngineLoop(engine, ServingMetrics(), max_waiting=1)
+  for i in range(5):
+    loop.submit(Submission(f"r{i}", [1, 2], None))
+  assert loop.num_waiting() == 5
+  with pytest.raises(QueueFullError, match="--max-waiting=1"):
+    loop.submit(Submission("r5", [1, 2], None))
