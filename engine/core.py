@@ -21,12 +21,14 @@ from engine.outputs import FinishReason
 from engine.request import Request
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduleOutput, Scheduler, SchedulerConfig, scheduler_config
+from engine.spec.ngram import NgramProposer
 
 
 class PendingStep(Protocol):
   def result(self) -> dict[str, list[tuple[int, float]]]:
     """Blocks until the step is done: {request_id: [(token, logprob), ...]} of its sampling
-    rows, one pair per token the row sampled (k in a k-step decode)."""
+    rows, one pair per token the row sampled (k in a k-step decode; in a verify step the
+    accepted drafts and the token after them)."""
 
 
 class Runner(Protocol):
@@ -39,7 +41,9 @@ class Runner(Protocol):
     """Forgets a finished or preempted request (e.g. its device token slot)."""
 
 
-SchedulerFactory = Callable[[SchedulerConfig, BaseKVCacheManager], Scheduler]
+# (config, kv manager, draft proposer or None) -> the engine's scheduler.
+SchedulerFactory = Callable[[SchedulerConfig, BaseKVCacheManager, "NgramProposer | None"],
+                            Scheduler]
 # (request, its new visible tokens) -> how many of them it keeps up to a stop string, or None.
 TextHook = Callable[[Request, list[int]], "int | None"]
 
@@ -74,7 +78,11 @@ class EngineCore:
     self.max_model_len = limit.tokens
     self.runner = runner
     self.kv = build_kv_manager(config, num_blocks)
-    self.scheduler = scheduler_factory(scheduler_config(config, self.max_model_len), self.kv)
+    # NOTE: one proposer per engine (its per-request indexes live as long as the requests).
+    proposer = NgramProposer(config.ngram_config()) if config.speculative else None
+    self.scheduler = scheduler_factory(scheduler_config(config, self.max_model_len), self.kv,
+                                       proposer)
+    self.speculative = proposer is not None
     self.eos_token_ids = tuple(eos_token_ids)
     self._text_hook = text_hook
     self._requests: dict[str, Request] = {}
@@ -84,6 +92,8 @@ class EngineCore:
     self.num_prompt_tokens = 0
     self.num_prefill_tokens_computed = 0    # includes recomputation after preemption
     self.num_generation_tokens = 0
+    self.num_spec_proposed_tokens = 0       # draft tokens verified (speculative decoding)
+    self.num_spec_accepted_tokens = 0       # of those, accepted (before stops and limits)
 
   # -- requests ----------------------------------------------------------------
 
@@ -132,17 +142,22 @@ class EngineCore:
     Tokens of step N-1 that step N needs are read on the device (the runner's
     token buffer). A request that stopped at N-1 wastes its row in step N;
     that row's tokens are dropped.
+    NOTE: with speculative decoding step N-1's tokens land first: the drafts of
+    step N continue them (the device idles while the host schedules step N).
     """
     outputs = [self._finish(self._requests[rid], FinishReason.ABORT)
                for rid in dict.fromkeys(self._aborts) if rid in self._requests]
     self._aborts.clear()
+    previous, self._in_flight = self._in_flight, None
+    if previous is not None and self.speculative:
+      outputs += self._postprocess(previous[0], previous[1].result())
+      previous = None
     out = self.scheduler.schedule()
     for r in out.preempted:
       self.runner.release(r.request_id)
     outputs += [self._finish(r, FinishReason.ERROR,
                              error="prompt needs more KV blocks than the whole cache holds")
                 for r in out.rejected]
-    previous, self._in_flight = self._in_flight, None
     if not out.is_empty:
       self._in_flight = (out, self.runner.execute(out))     # dispatched; runs meanwhile
       self.scheduler.update(out)
@@ -157,8 +172,12 @@ class EngineCore:
       request = s.request
       if not s.samples or request.is_finished:
         continue                     # mid-prompt chunk, or stopped/aborted meanwhile
-      # [(token, logprob)], one per decode iteration
-      outputs.append(self._land(request, sampled[request.request_id]))
+      tokens = sampled[request.request_id]    # [(token, logprob)], one per decode iteration
+      if s.draft_token_ids:                   # a verify row: 1 + accepted drafts tokens
+        self.num_spec_proposed_tokens += len(s.draft_token_ids)
+        self.num_spec_accepted_tokens += len(tokens) - 1
+        self.scheduler.reject_drafts(request, s.num_sampled - len(tokens))
+      outputs.append(self._land(request, tokens))
     return outputs
 
   def _land(self, request: Request, tokens: list[tuple[int, float]]) -> CoreOutput:

@@ -37,13 +37,15 @@ class EngineStats:
   generation_tokens_total: int
   num_compilations: int                  # step executables built (warm-up included)
   compile_seconds: float                 # seconds spent building them
+  spec_proposed_tokens_total: int = 0    # draft tokens verified (speculative decoding)
+  spec_accepted_tokens_total: int = 0    # of those, accepted (before stops and limits)
 
 
 class LLMEngine:
   """Continuous-batching engine over a paged (or contiguous) KV cache.
 
-  `scheduler_factory(SchedulerConfig, kv manager)` builds its scheduler (research
-  runs pass a recording subclass).
+  `scheduler_factory(SchedulerConfig, kv manager, draft proposer or None)` builds its
+  scheduler (research runs pass a recording subclass).
   """
 
   def __init__(self, config: EngineConfig = EngineConfig(), model=None,
@@ -68,6 +70,7 @@ class LLMEngine:
                               buckets, backend=config.attention_backend, mesh=self.mesh,
                               max_num_seqs=config.max_num_seqs,
                               num_decode_steps=config.num_decode_steps,
+                              num_speculative_tokens=config.speculative_tokens,
                               cache_dir=self.compilation_cache_dir)
     self.core = EngineCore(config, num_blocks, limit, self.runner,
                            eos_token_ids=tuple(mc.eos_token_ids),
@@ -159,4 +162,6 @@ class LLMEngine:
         prefill_tokens_computed_total=core.num_prefill_tokens_computed,
         generation_tokens_total=core.num_generation_tokens,
         num_compilations=self.runner.num_compilations,
-        compile_seconds=self.runner.compile_seconds)
+        compile_seconds=self.runner.compile_seconds,
+        spec_proposed_tokens_total=core.num_spec_proposed_tokens,
+        spec_accepted_tokens_total=core.num_spec_accepted_tokens)

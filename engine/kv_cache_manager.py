@@ -102,6 +102,11 @@ class BaseKVCacheManager(abc.ABC):
     """Registers the request's newly filled full blocks in the prefix cache."""
     del request
 
+  def free_surplus(self, request: Request, num_tokens: int) -> None:
+    """Gives back the request's blocks past those `num_tokens` tokens need (slots of
+    rejected speculative tokens). A no-op here: e.g. a contiguous region never shrinks."""
+    del request, num_tokens
+
   @abc.abstractmethod
   def free(self, request: Request | str) -> None:
     """Releases all blocks of a request; a no-op for an unknown request."""
@@ -265,6 +270,23 @@ class KVCacheManager(BaseKVCacheManager):
       block_hash = hash_block(parent, block_tokens, request.cache_salt)
       self._prefix_cache.insert(table[i], block_hash, parent, block_tokens)
       hashes.append(block_hash)
+
+  def free_surplus(self, request: Request, num_tokens: int) -> None:
+    """Releases the blocks past the first cdiv(num_tokens, block_size) of the request.
+
+    NOTE: the caller keeps num_tokens >= the request's computed tokens of known ids,
+    so a released block was never hashed (cache_full_blocks hashes only those).
+    """
+    rid = request.request_id
+    table = self._tables.get(rid)
+    keep = self.num_blocks_for_tokens(num_tokens)
+    if not table or len(table) <= keep:
+      return
+    assert len(self._hashes.get(rid, ())) <= keep, "a hashed block past the kept ones"
+    surplus = table[keep:]
+    del table[keep:]
+    self.block_pool.release(reversed(surplus))
+    self._num_tokens[rid] = min(self._num_tokens[rid], num_tokens)
 
   def free(self, request: Request | str) -> None:
     rid = self._request_id(request)

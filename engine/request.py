@@ -155,6 +155,15 @@ class Request:
       self.first_token_time = time.monotonic()
     return kept, reason
 
+  def reject_drafts(self, num_rejected: int) -> None:
+    """Speculative decoding: the last `num_rejected` tokens of a verify step (drafts that
+    `schedule` counted as computed and pending) were not accepted; call before `land`.
+
+    NOTE: their K/V stay in the cache past num_computed_tokens, overwritten later.
+    """
+    self.num_computed_tokens -= num_rejected
+    self.num_pending_tokens -= num_rejected
+
   def preempt(self) -> None:
     """Back to waiting without blocks.
 

@@ -77,6 +77,9 @@ class ScheduledRequest:
 
   samples: bool = False      # the chunk reaches the request's last token: sample the next
   is_decode: bool = False
+  # NOTE: speculative decoding: a decode row's proposed next tokens, verified in
+  # this step after its last token (num_new_tokens = 1 + len(draft_token_ids)).
+  draft_token_ids: tuple[int, ...] = ()
 
   @property
   def num_sampled(self) -> int:
@@ -104,9 +107,12 @@ class ScheduleOutput:
 class Scheduler:
   """Waiting/running queues, token budget, chunking, admission and preemption."""
 
-  def __init__(self, config: SchedulerConfig, kv: BaseKVCacheManager):
+  def __init__(self, config: SchedulerConfig, kv: BaseKVCacheManager, proposer=None):
     self.config = config
     self.kv = kv
+    # Speculative decoding: `proposer.propose(request, max_drafts)` gives draft
+    # tokens (engine/spec/ngram.py); None: off.
+    self.proposer = proposer
     self.waiting: collections.deque[Request] = collections.deque()
     self.running: list[Request] = []          # in admission order
     self.num_preemptions = 0
@@ -125,6 +131,8 @@ class Scheduler:
     elif request in self.waiting:
       self.waiting.remove(request)
     self.kv.free(request)
+    if self.proposer is not None:
+      self.proposer.forget(request.request_id)
     request.finish(reason)
 
   def has_unfinished(self) -> bool:
@@ -139,10 +147,35 @@ class Scheduler:
     budget = self._schedule_running_prefills(out, budget)
     if not out.preempted:
       # NOTE: no admission in a step that had to preempt: memory is short.
-      self._schedule_waiting(out, budget)
+      budget = self._schedule_waiting(out, budget)
     if self.config.num_decode_steps > 1 and not out.prefills and not out.preempted:
       self._extend_decodes(out)
+    if self.proposer is not None and not out.preempted:
+      self._add_drafts(out, budget)
     return out
+
+  def _add_drafts(self, out: ScheduleOutput, budget: int) -> None:
+    """Speculative decoding: each decode row verifies the proposer's drafts in this
+    step, as many as the leftover token budget, the row's `max_tokens` and context,
+    and the free blocks allow.
+
+    NOTE: drafts come last and never preempt: they take only what the real work of
+    the step left. A row's drafts need its tokens on the host (none pending).
+    """
+    for s in out.decodes:
+      request = s.request
+      limit = min(budget, request.tokens_left(self.config.max_model_len) - 1)
+      if limit < 1 or request.num_pending_tokens:
+        continue
+      drafts = self.proposer.propose(request, limit)
+      if drafts and not self.kv.allocate_slots(request, 1 + len(drafts)):
+        held = len(s.block_table) * self.kv.block_size     # no block free: those held
+        drafts = drafts[:max(0, held - request.num_computed_tokens - 1)]
+      if drafts:
+        s.draft_token_ids = tuple(drafts)
+        s.num_new_tokens = 1 + len(drafts)
+        s.block_table = self.kv.block_table(request.request_id)
+        budget -= len(drafts)
 
   def _extend_decodes(self, out: ScheduleOutput) -> None:
     """Turns a decode-only step into a multi-step decode: up to `num_decode_steps`
@@ -181,7 +214,8 @@ class Scheduler:
         budget -= n
     return budget
 
-  def _schedule_waiting(self, out: ScheduleOutput, budget: int) -> None:
+  def _schedule_waiting(self, out: ScheduleOutput, budget: int) -> int:
+    """Admits waiting requests into what is left of `budget`; returns the rest."""
     while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
       request = self.waiting[0]
       if request.num_pending_tokens:
@@ -205,6 +239,7 @@ class Scheduler:
       out.admitted.append(request)
       out.prefills.append(self._scheduled(request, n))
       budget -= n
+    return budget
 
   def admissible(self, request: Request, num_tokens: int) -> bool:
     """Watermark check: blocks in use + this request's + reserved growth stay under the limit."""
@@ -258,11 +293,22 @@ class Scheduler:
 
   # -- after the step --------------------------------------------------------
 
+  def reject_drafts(self, request: Request, num_rejected: int) -> None:
+    """A verify step's result arrived (before its tokens land): its `num_rejected` last
+    tokens (drafts `update` counted as computed and pending) were not accepted.
+
+    NOTE: their K/V stay in the cache past num_computed_tokens and are
+    overwritten later; blocks holding only such slots go back to the pool
+    (never hashed: only computed blocks of known tokens are).
+    """
+    request.reject_drafts(num_rejected)
+    self.kv.free_surplus(request, request.num_computed_tokens + 1)
+
   def update(self, out: ScheduleOutput) -> None:
     """Called once the step is dispatched: its tokens count as computed, and each
     sampling row's sampled tokens are pending until `ScheduleOutput`'s results land."""
     for s in out.decodes + out.prefills:
       s.request.schedule(s.num_new_tokens, s.num_sampled)
       # NOTE: blocks whose tokens are all known get hashed; the block holding a
-      # pending token is hashed once that token lands (see LLMEngine).
+      # pending token is hashed once that token lands (see EngineCore).
       self.kv.cache_full_blocks(s.request)

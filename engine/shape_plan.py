@@ -38,4 +38,4 @@ def planned_shapes(config: EngineConfig, model_config, num_blocks: int | None = 
                    ) -> tuple[StepShape, ...]:
   """Every step shape such an engine compiles (what its warm-up does), computed on the host."""
   return plan(buckets_for(config, max_model_len(config, model_config, num_blocks)),
-              config.num_decode_steps)
+              config.num_decode_steps, config.speculative_tokens)

@@ -21,6 +21,10 @@ class RealBackend:
 
   def __init__(self, config: EngineConfig, model,
                scheduler_factory: SchedulerFactory = RecordingScheduler):
+    if config.speculative is not None:
+      # NOTE: step_features would count a verify step as k + 1 decode iterations.
+      raise ValueError("research replays do not model speculative decoding (the cost model "
+                       "has no verify step): run them with speculative=None")
     from engine.engine import LLMEngine     # NOTE: lazy: imports JAX
     engine = LLMEngine(config, model=model, scheduler_factory=scheduler_factory)
     self.engine = engine

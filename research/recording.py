@@ -38,8 +38,8 @@ class RecordingScheduler(Scheduler):
   were not filled under its cache_salt (must stay 0).
   """
 
-  def __init__(self, config, kv):
-    super().__init__(config, kv)
+  def __init__(self, config, kv, proposer=None):
+    super().__init__(config, kv, proposer)
     self.snapshots: list[StepSnapshot] = []
     self.cross_salt_hits = 0
     self.num_reused_blocks = 0

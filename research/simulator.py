@@ -77,6 +77,10 @@ class SimulatedEngine:
                scheduler_factory: SchedulerFactory = Scheduler):
     if config.num_blocks is not None and config.num_blocks != num_blocks:
       raise ValueError("config.num_blocks and num_blocks disagree")
+    if config.speculative is not None:
+      # NOTE: dummy tokens make acceptance meaningless, and the cost model has no verify step.
+      raise ValueError("the simulator cannot verify speculative drafts: run it with "
+                       "speculative=None (no --speculative-method)")
     self.config = config
     self.shape = shape
     self.vocab_size = vocab_size

@@ -35,8 +35,8 @@ def tiny_model():
 class DecisionLog(RecordingScheduler):
   """The recording scheduler plus the decisions of every ScheduleOutput."""
 
-  def __init__(self, config, kv):
-    super().__init__(config, kv)
+  def __init__(self, config, kv, proposer=None):
+    super().__init__(config, kv, proposer)
     self.decisions = []
 
   def schedule(self):
@@ -101,3 +101,13 @@ def test_real_backend_pairs_each_wall_time_with_the_step_it_waited_for(tiny_mode
   assert len(dispatched) > 5 and timed[0] is None
   assert timed[1:] == dispatched[:-1]
   assert dispatched[0] != dispatched[1]          # the shift is visible: prefill, then decode
+
+
+def test_research_backends_refuse_speculative_decoding(tiny_model):
+  """Dummy tokens make acceptance meaningless and the cost model has no verify step: both
+  backends say so instead of ignoring it."""
+  config = dataclasses.replace(engine_config("paged", True, 26), speculative="ngram")
+  with pytest.raises(ValueError, match="cannot verify speculative drafts"):
+    SimBackend(config, TINY_SHAPE, 26, vocab_size=512)
+  with pytest.raises(ValueError, match="do not model speculative decoding"):
+    RealBackend(config, tiny_model)

@@ -56,7 +56,7 @@ def test_warmup_and_compilation_cache_flags():
   assert moved.compilation_cache_dir == "/tmp/x"
 
 
-def test_compile_counters_reach_prometheus():
+def test_compile_and_speculation_counters_reach_prometheus():
   from engine.engine import EngineStats
   metrics = ServingMetrics()
   stats = dict(num_running=0, num_waiting=0, kv_blocks_used=0, kv_blocks_total=8,
@@ -68,7 +68,12 @@ def test_compile_counters_reach_prometheus():
   text = metrics.render()
   assert "pagedjax_compilations_total 5.0" in text
   assert "pagedjax_compile_seconds_total 3.0" in text
-
+  assert "pagedjax_spec_proposed_tokens_total 0.0" in text
+  metrics.observe_stats(EngineStats(**dict(stats, spec_proposed_tokens_total=9,
+                                           spec_accepted_tokens_total=4)))
+  text = metrics.render()
+  assert "pagedjax_spec_proposed_tokens_total 9.0" in text
+  assert "pagedjax_spec_accepted_tokens_total 4.0" in text
 
 
 def test_sampling_flags_default_to_sampling_params():
@@ -121,6 +126,7 @@ def test_two_servers_metrics_live_in_one_process():
     prefix_query_tokens_total, prefix_hit_tokens_total = 40, 16
     num_preemptions_total, prompt_tokens_total, generation_tokens_total = 0, 40, 9
     num_compilations, compile_seconds = 4, 1.5
+    spec_proposed_tokens_total, spec_accepted_tokens_total = 0, 0
 
   a.observe_stats(Stats)
   a.observe_stats(Stats)  # totals are not double counted
