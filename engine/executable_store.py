@@ -15,11 +15,11 @@ text of every source file the traced code can come from (models/, engine/,
 pallas_kernels/, the tuning tables): a change to any of them is a miss, never a
 stale executable. Steps over a tensor-parallel mesh are not stored.
 
-NOTE: GPUs only. On the CPU (jaxlib 0.11.2) an executable serialized by one
-process and loaded by another failed when it ran ("NOT_FOUND: Function
-wrapped_iota not found"); within one process it runs (tests/engine/
-test_executable_store.py). On an H200 a second 8B start loaded all 26 steps
-and served with them (2026-12-02, docs/benchmarks.md).
+NOTE: GPUs only. On the CPU (jaxlib 0.11.2) a deserialized executable may fail
+when it runs, in another process or even the same one ("NOT_FOUND: Function
+wrapped_iota not found"). On an H200 a second 8B start loaded all 26 steps and
+served with them, and a second 1B process ran loaded steps with the dense
+reference's tokens (2026-12-02, docs/benchmarks.md).
 """
 from __future__ import annotations
 
