@@ -4,6 +4,17 @@
 #   bash benchmarks/h200_visit.sh start-up OUT   # issue 19: cold / cached start to SERVING,
 #                                                # 8B throughput now and at BASELINE (.baseline/)
 #   bash benchmarks/h200_visit.sh traffic OUT    # the incident's traffic cold vs warm, kernels
+#   bash benchmarks/h200_visit.sh step256 OUT    # issue 19: cold / cached start with the
+#                                                # lowering time; where the 8B decode step at
+#                                                # batch 256 spends its time, now and before
+#   bash benchmarks/h200_visit.sh tune OUT       # re-measure the decode tuning table (short rows
+#                                                # in wide tables), then 8B throughput with it and
+#                                                # at BASELINE
+#   bash benchmarks/h200_visit.sh serve OUT      # start-up cold / from the cache, then
+#                                                # `pagedjax bench serve` over HTTP against it
+#   bash benchmarks/h200_visit.sh serve-fixed OUT  # the same with one cold start, the fixed
+#                                                # workloads only; then the executable store's
+#                                                # tokens checked (1B engine twice, one cache)
 # Needs the wheels the GPU image lacks in .whl/ (docs/benchmarks.md) and, for the baseline,
 # `git archive REV engine models pallas_kernels serving benchmarks configs | tar -x -C .baseline`.
 set -u
@@ -35,6 +46,70 @@ case $part in
     run mixed 300 python3 -m benchmarks.mixed_workload --out "$out"
     if [ -f benchmarks/mosaic_probe.py ]; then
       run mosaic 150 python3 -m benchmarks.mosaic_probe --out "$out"
+    fi
+    ;;
+  step256)
+    run warmup 150 python3 -m benchmarks.warmup --out "$out/warmup.json" --num-decode-steps 4 -- -v
+    grep -h -E "warmup:|SERVING|loaded|KV blocks" "$out"/warmup_serve_*.log | cut -c1-220
+    mkdir -p "$out/now" "$out/nocond" "$out/base" "$out/base_cublas"
+    run prof_now 150 python3 -m benchmarks.profile_step --model llama3-8b --batch 256 --out "$out/now"
+    PAGEDJAX_XLA_OPTIONS='{"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION"}' \
+      run prof_nocond 150 python3 -m benchmarks.profile_step --model llama3-8b --batch 256 --out "$out/nocond"
+    (cd .baseline && run prof_base 200 python3 -m benchmarks.profile_step --model llama3-8b \
+      --batch 256 --out "$out/base")
+    (cd .baseline && XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run prof_base_cublas 200 \
+      python3 -m benchmarks.profile_step --model llama3-8b --batch 256 --out "$out/base_cublas")
+    for f in "$out"/*/profile_*.json; do
+      python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[1].split("/")[-2],
+        "wall %.2f busy %.2f ms/step" % (r["wall_ms_per_step"], r["gpu_busy_ms_per_step"]));
+        [print("   %7.3f ms %5.1fx %s" % (t["ms_per_step"], t["calls_per_step"], t["name"][:90]))
+         for t in r["top"][:12]]' "$f"
+    done
+    ;;
+  tune)
+    run tune 300 python3 -m benchmarks.tune_kernels --out "$out" --budget_s 230 --write-table
+    grep -A20 "^| class" "$out/tune.log"
+    mkdir -p "$out/now" "$out/base"
+    run throughput_now 150 python3 -m benchmarks.throughput --out "$out/now" \
+      --models llama3-8b --batches 64,256 --decode-steps 1
+    (cd .baseline && run throughput_base 110 python3 -m benchmarks.throughput --skip-check \
+      --out "$out/base" --models llama3-8b --batches 256 --decode-steps 1)
+    ;;
+  serve|serve-fixed)
+    cache=$(mktemp -d)
+    runs=2; [ "$part" = serve-fixed ] && runs=1
+    run warmup 150 python3 -m benchmarks.warmup --out "$out/warmup.json" --num-decode-steps 4 \
+      --cache-dir "$cache" --runs $runs -- -v
+    grep -h -E "warmup:|SERVING" "$out"/warmup_serve_*.log | cut -c1-260
+    python3 -m serving.cli serve --model random:llama3-8b --dtype bfloat16 --host 127.0.0.1 \
+      --port 50051 --http-port 8000 --metrics-port 9090 --max-num-seqs 256 \
+      --max-model-len 4096 --max-batch-tokens 2048 --num-decode-steps 4 \
+      --compilation-cache-dir "$cache" >"$out/server.log" 2>&1 &
+    server=$!
+    for _ in $(seq 120); do
+      curl -sf http://127.0.0.1:8000/health >/dev/null 2>&1 && break; sleep 1
+    done
+    echo "server ready after $SECONDS s of this part"
+    b="python3 -m serving.cli bench serve --base-url http://127.0.0.1:8000"
+    run c64 120 $b --workload fixed --input-len 128 --output-len 256 --concurrency 64 \
+      --num-requests 256 --out "$out/c64"
+    run c256 120 $b --workload fixed --input-len 128 --output-len 256 --concurrency 256 \
+      --num-requests 512 --out "$out/c256"
+    if [ "$part" = serve ]; then
+      run incident_r4 150 $b --workload incident --rate 4 --num-requests 100 --out "$out/inc_r4"
+      run incident_r16 150 $b --workload incident --rate 16 --num-requests 100 --out "$out/inc_r16"
+    fi
+    curl -s http://127.0.0.1:9090/metrics | grep -E "^pagedjax_(compil|requests|generation)" \
+      | head -20
+    grep -h -E "warmup:|SERVING" "$out/server.log" | cut -c1-260
+    kill $server
+    if [ "$part" = serve-fixed ]; then      # the second process loads its steps from the store
+      store=$(mktemp -d)
+      for i in 1 2; do
+        PAGEDJAX_COMPILATION_CACHE_DIR=$store run store_$i 120 python3 -m benchmarks.throughput \
+          --out "$out" --models llama3.2-1b --batches 8 --decode-steps 1
+      done
+      ls "$store/executables" | wc -l
     fi
     ;;
   *) echo "unknown part $part"; exit 2 ;;

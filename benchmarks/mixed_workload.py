@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from engine.experiments import workload as w
 from engine.llm import LLM
+from research import workload as w
 
 
 def requests(round_: int, num: int, scale: float, max_model_len: int, vocab: int):

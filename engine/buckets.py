@@ -32,9 +32,9 @@ def pick(buckets: tuple[int, ...], n: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class StepShape:
   """One compiled step: its kind, padded shapes and decode iterations."""
-  kind: str               # "decode" or "prefill"
-  tokens: int             # decode: rows; prefill: packed tokens
-  seqs: int               # decode: rows; prefill: sequences
+  kind: str               # "decode", "prefill" or "verify" (speculative decoding)
+  tokens: int             # decode: rows; prefill: packed tokens; verify: rows * (k + 1)
+  seqs: int               # decode, verify: rows; prefill: sequences
   width: int              # block-table width (blocks per sequence)
   decode_steps: int = 1   # iterations of a decode step (1 for prefill)
 
@@ -77,16 +77,22 @@ class Buckets:
     return min(num_tokens, self.max_prefill_seqs)
 
 
-def plan(buckets: Buckets, num_decode_steps: int = 1) -> tuple[StepShape, ...]:
+def plan(buckets: Buckets, num_decode_steps: int = 1,
+         num_speculative_tokens: int = 0) -> tuple[StepShape, ...]:
   """Every step shape an engine with these buckets can run: what warm-up compiles.
 
   Decode: each row bucket x table width, once with one iteration and, if
   `num_decode_steps` > 1, once with that many. Prefill: each token bucket x
-  width. The sampler variant is data, not a shape (engine/sampler.py).
+  width. Verify (speculative decoding with k = `num_speculative_tokens` > 0):
+  each decode row bucket x width, k + 1 token slots per row. The sampler variant
+  is data, not a shape (engine/sampler.py).
   """
   steps = sorted({1, num_decode_steps})
   decode = [StepShape("decode", rows, rows, width, k)
             for rows in buckets.decode_rows for width in buckets.table_widths for k in steps]
   prefill = [StepShape("prefill", tokens, buckets.prefill_seqs(tokens), width)
              for tokens in buckets.prefill_tokens for width in buckets.table_widths]
-  return tuple(decode + prefill)
+  verify = [StepShape("verify", rows * (num_speculative_tokens + 1), rows, width)
+            for rows in buckets.decode_rows for width in buckets.table_widths
+            if num_speculative_tokens]
+  return tuple(decode + prefill + verify)

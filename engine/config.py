@@ -7,6 +7,7 @@ from engine.context_limit import check_fits_cache
 
 from engine.kv_layout import BLOCK_SIZES as _BLOCK_SIZES
 from engine.kv_layout import KV_CACHE_DTYPES, is_quantized
+from engine.spec.ngram import NgramConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,15 @@ class EngineConfig:
   # Decode iterations per step when no prefill runs (multi-step decode): the
   # host schedules, dispatches and reads back once per k tokens of each row.
   num_decode_steps: int = 1
+  # Speculative decoding (engine/spec/): None (off) or "ngram": up to
+  # num_speculative_tokens drafts per decode row by prompt lookup (the request's
+  # own prompt and output, suffixes of ngram_prompt_lookup_max down to _min
+  # tokens), verified in one step; the output is exactly that of decoding
+  # without it (greedy and seeded sampling alike).
+  speculative: str | None = None
+  num_speculative_tokens: int = 4
+  ngram_prompt_lookup_max: int = 4
+  ngram_prompt_lookup_min: int = 1
   # Research only (sweeps, the simulator's parity tests): let the KV cache hold
   # fewer tokens than max_model_len. A request that outgrows the whole cache then
   # fails with FinishReason.ERROR, after streaming tokens; off, such a
@@ -65,6 +75,7 @@ class EngineConfig:
                        f"(kv_cache_dtype {self.kv_cache_dtype}); use 'triton'")
     if not isinstance(self.num_decode_steps, int) or not 1 <= self.num_decode_steps <= 64:
       raise ValueError(f"num_decode_steps must be an int in 1..64, got {self.num_decode_steps!r}")
+    self._check_speculative()
     if not isinstance(self.tensor_parallel, int) or self.tensor_parallel < 1:
       raise ValueError(f"tensor_parallel must be a positive int, got {self.tensor_parallel!r}")
     if self.max_model_len is not None and self.max_model_len < 2:
@@ -75,6 +86,26 @@ class EngineConfig:
       # a memory budget has been turned into blocks.
       check_fits_cache(self.max_model_len, self.num_blocks, self.block_size,
                        f"--num-blocks {self.num_blocks}")
+
+  def _check_speculative(self) -> None:
+    if self.speculative not in (None, "ngram"):
+      raise ValueError(f"speculative must be None (off) or 'ngram', got {self.speculative!r}")
+    if self.speculative is None:
+      return
+    if self.num_decode_steps > 1:
+      # NOTE: a multi-step decode samples k tokens blind; a verify step needs the
+      # drafts of the tokens before it on the host. One or the other per engine.
+      raise ValueError("speculative decoding cannot be combined with num_decode_steps > 1")
+    self.ngram_config()           # its own checks: k in 1..32, 1 <= min <= max <= 32
+
+  def ngram_config(self) -> NgramConfig:
+    return NgramConfig(num_speculative_tokens=self.num_speculative_tokens,
+                       min_n=self.ngram_prompt_lookup_min, max_n=self.ngram_prompt_lookup_max)
+
+  @property
+  def speculative_tokens(self) -> int:
+    """k of the verify step: num_speculative_tokens with speculation on, else 0."""
+    return self.num_speculative_tokens if self.speculative else 0
 
   @property
   def cache_dtype(self) -> str:

@@ -76,6 +76,13 @@ def check_prompt(num_tokens: int, limit: ContextLimit, field: str = "prompt") ->
                      f"{limit.describe()}")
 
 
+def tokens_left(max_tokens: int, num_output_tokens: int, num_tokens: int,
+                max_model_len: int) -> int:
+  """The one length rule: tokens a request of `num_tokens` (prompt + outputs, of which
+  `num_output_tokens` generated) may still generate under `max_tokens` and the context."""
+  return min(max_tokens - num_output_tokens, max_model_len - num_tokens)
+
+
 def max_new_tokens(max_tokens: int, num_prompt_tokens: int, limit: ContextLimit) -> int:
   """`max_tokens` capped so prompt + output fit `limit` (vLLM's rule: cap, not refuse)."""
-  return max(1, min(max_tokens, limit.tokens - num_prompt_tokens))
+  return max(1, tokens_left(max_tokens, 0, num_prompt_tokens, limit.tokens))

@@ -37,6 +37,10 @@ class ContiguousKVCacheManager(BaseKVCacheManager):
   def largest_free_run(self) -> int:
     return max((length for _, length in self._holes), default=0)
 
+  def unusable_free_blocks(self, smallest_need: int) -> int:
+    """Blocks of the free holes smaller than `smallest_need`: no such request fits them."""
+    return sum(length for _, length in self._holes if length < smallest_need)
+
   def can_allocate(self, num_blocks: int) -> bool:
     """Whether one hole of `num_blocks` consecutive blocks exists."""
     return num_blocks <= 0 or self.largest_free_run() >= num_blocks

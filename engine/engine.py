@@ -1,25 +1,26 @@
 """`LLMEngine`: add requests, `step()` them (schedule → run → postprocess), abort them.
 
+The loop itself is `engine.core.EngineCore` over the device `ModelRunner`; the
+engine adds the model, the tokenizer and the text of each request.
 Not thread-safe: one thread owns an engine (the gRPC server runs it in its own
 loop thread and only enqueues).
 """
 from __future__ import annotations
 
 import dataclasses
-import random
 
 from absl import logging
 
-from engine import compile_cache, context_limit, parallel, shape_plan, warmup_progress
+from engine import compile_cache, context_limit, parallel, prompts, shape_plan, warmup_progress
 from engine import output_processor as op
 from engine.config import EngineConfig
+from engine.core import CoreOutput, EngineCore, SchedulerFactory
 from engine.kv_budget import resolve_num_blocks
-from engine.memory import build_kv_manager
-from engine.outputs import FinishReason, TokenDelta
+from engine.outputs import TokenDelta
 from engine.request import Request
 from engine.runner import CacheConfig, ModelRunner
 from engine.sampling_params import SamplingParams
-from engine.scheduler import ScheduleOutput, Scheduler, SchedulerConfig
+from engine.scheduler import Scheduler
 
 
 @dataclasses.dataclass
@@ -36,12 +37,19 @@ class EngineStats:
   generation_tokens_total: int
   num_compilations: int                  # step executables built (warm-up included)
   compile_seconds: float                 # seconds spent building them
+  spec_proposed_tokens_total: int = 0    # draft tokens verified (speculative decoding)
+  spec_accepted_tokens_total: int = 0    # of those, accepted (before stops and limits)
 
 
 class LLMEngine:
-  """Continuous-batching engine over a paged (or contiguous) KV cache."""
+  """Continuous-batching engine over a paged (or contiguous) KV cache.
 
-  def __init__(self, config: EngineConfig = EngineConfig(), model=None):
+  `scheduler_factory(SchedulerConfig, kv manager, draft proposer or None)` builds its
+  scheduler (research runs pass a recording subclass).
+  """
+
+  def __init__(self, config: EngineConfig = EngineConfig(), model=None,
+               scheduler_factory: SchedulerFactory = Scheduler):
     self.config = config
     # NOTE: before anything compiles; process-wide (see engine/compile_cache.py).
     self.compilation_cache_dir = compile_cache.configure(config.compilation_cache_dir)
@@ -53,28 +61,27 @@ class LLMEngine:
     self.tokenizer = self.model.tokenizer
     mc = self.model.config
     num_blocks, sized_by = resolve_num_blocks(config, mc, self.model.params)
-    self.context_limit = context_limit.resolve(
+    limit = context_limit.resolve(
         config.max_model_len, mc.max_position_embeddings, num_blocks, config.block_size,
         sized_by, allow_small_kv_cache=config.allow_small_kv_cache)
-    self.max_model_len = self.context_limit.tokens
-    self.kv = build_kv_manager(config, num_blocks)
-    self.scheduler = Scheduler(self._scheduler_config(), self.kv)
-    buckets = shape_plan.buckets_for(config, self.max_model_len)
+    buckets = shape_plan.buckets_for(config, limit.tokens)
     self.runner = ModelRunner(self.model, CacheConfig(num_blocks, config.block_size,
                                                       config.cache_dtype),
                               buckets, backend=config.attention_backend, mesh=self.mesh,
                               max_num_seqs=config.max_num_seqs,
-                              num_decode_steps=config.num_decode_steps)
-    self._requests: dict[str, Request] = {}
+                              num_decode_steps=config.num_decode_steps,
+                              num_speculative_tokens=config.speculative_tokens,
+                              cache_dir=self.compilation_cache_dir)
+    self.core = EngineCore(config, num_blocks, limit, self.runner,
+                           eos_token_ids=tuple(mc.eos_token_ids),
+                           scheduler_factory=scheduler_factory, text_hook=self._push_text)
+    self.context_limit = limit
+    self.max_model_len = limit.tokens
+    self.kv = self.core.kv
+    self.scheduler = self.core.scheduler
     self._text: dict[str, op.RequestTextState] = {}
-    self._aborts: list[str] = []
-    self._in_flight: tuple[ScheduleOutput, object] | None = None   # dispatched, not yet read
-    self._rng = random.Random(config.seed)
-    self._prompt_tokens_total = 0
-    self._prefill_tokens_computed = 0
-    self._generation_tokens_total = 0
     logging.info("engine: %d KV blocks of %d tokens, %s", num_blocks, config.block_size,
-                 self.context_limit.describe())
+                 limit.describe())
     if config.warmup:
       self.warmup()
 
@@ -91,13 +98,6 @@ class LLMEngine:
                                         show_progress) as progress:
       self.runner.warmup(threads=threads, progress=progress)
 
-  def _scheduler_config(self) -> SchedulerConfig:
-    c = self.config
-    return SchedulerConfig(max_model_len=self.max_model_len, max_num_seqs=c.max_num_seqs,
-                           max_batch_tokens=shape_plan.step_tokens(c, self.max_model_len),
-                           enable_chunked_prefill=c.enable_chunked_prefill,
-                           watermark=c.watermark, num_decode_steps=c.num_decode_steps)
-
   # -- requests ----------------------------------------------------------------
 
   def add_request(self, request_id: str, prompt: str | None = None,
@@ -108,142 +108,60 @@ class LLMEngine:
 
     Raises ValueError (and queues nothing) for bad input.
     """
-    if request_id in self._requests:
-      raise ValueError(f"request id {request_id!r} is already in use")
-    params = sampling_params or SamplingParams()
+    self.core.check_new_id(request_id)
     ids = self._prompt_ids(prompt, prompt_token_ids)
-    context_limit.check_prompt(len(ids), self.context_limit)
-    # NOTE: max_tokens is capped at what the context leaves (finish reason
-    # LENGTH there), so a reservation (contiguous allocator) never exceeds it.
-    new_tokens = context_limit.max_new_tokens(params.max_tokens, len(ids), self.context_limit)
-    if new_tokens != params.max_tokens:
-      params = dataclasses.replace(params, max_tokens=new_tokens)
-    eos = tuple(self.model.config.eos_token_ids)
-    seed = params.seed if params.seed is not None else self._rng.getrandbits(31)
-    request = Request(request_id, ids, params, eos_token_ids=eos, cache_salt=cache_salt,
-                      priority=priority, prompt=prompt, seed=seed)
-    self._requests[request_id] = request
-    self._prompt_tokens_total += len(ids)
+    request = self.core.add_request(request_id, ids, sampling_params, cache_salt=cache_salt,
+                                    priority=priority, prompt=prompt)
     self._text[request_id] = op.RequestTextState(request, self.tokenizer)
-    self.scheduler.add(request)
     return ids
 
   def _prompt_ids(self, prompt, prompt_token_ids) -> list[int]:
     if (prompt is None) == (prompt_token_ids is None):
       raise ValueError("give exactly one of prompt and prompt_token_ids")
-    if prompt is not None:
-      if not prompt:
-        raise ValueError("prompt is empty")
-      if self.tokenizer is None:
-        raise ValueError("this model has no tokenizer: pass prompt_token_ids")
-      return self.tokenizer.encode(prompt)
-    ids = [int(t) for t in prompt_token_ids]
-    if not ids:
-      raise ValueError("prompt_token_ids is empty")
-    vocab = self.model.config.vocab_size
-    if any(not 0 <= t < vocab for t in ids):
-      raise ValueError(f"prompt_token_ids must lie in [0, {vocab})")
-    return ids
+    if prompt_token_ids is not None:
+      return prompts.check_token_ids(prompt_token_ids, self.model.config.vocab_size)
+    if not prompt:
+      raise ValueError("prompt is empty")
+    if self.tokenizer is None:
+      raise ValueError("this model has no tokenizer: pass prompt_token_ids")
+    return prompts.encode_prompt(self.tokenizer, prompt)
 
   def abort(self, request_id: str) -> None:
     """Aborts at the next step (its final delta says ABORT); unknown ids are ignored."""
-    if request_id in self._requests:
-      self._aborts.append(request_id)
+    self.core.abort(request_id)
 
   def has_unfinished_requests(self) -> bool:
-    return bool(self._requests) or self._in_flight is not None
+    return self.core.has_unfinished_requests()
 
   # -- the step ------------------------------------------------------------------
 
   def step(self) -> list[TokenDelta]:
-    """Schedules and dispatches step N, then reads back step N-1's tokens.
+    """One `EngineCore.step()` (dispatch step N, land step N-1), its outputs as text deltas."""
+    return [self._delta(o) for o in self.core.step()]
 
-    NOTE: step N is on the device before the host blocks on step N-1's tokens,
-    so host work (scheduling, detokenizing, stop checks) overlaps device work.
-    Tokens of step N-1 that step N needs are read on the device (runner's token
-    buffer). A request that stopped at N-1 wastes its row in step N; that
-    row's token is dropped.
-    """
-    deltas = [self._finish(self._requests[rid], FinishReason.ABORT)
-              for rid in dict.fromkeys(self._aborts) if rid in self._requests]
-    self._aborts.clear()
-    out = self.scheduler.schedule()
-    for r in out.preempted:
-      self.runner.release(r.request_id)
-    deltas += [self._finish(r, FinishReason.ERROR,
-                            error="prompt needs more KV blocks than the whole cache holds")
-               for r in out.rejected]
-    previous, self._in_flight = self._in_flight, None
-    if not out.is_empty:
-      self._in_flight = (out, self.runner.execute(out))     # dispatched; runs on the device
-      self.scheduler.update(out)
-      self._prefill_tokens_computed += sum(s.num_new_tokens for s in out.prefills)
-    if previous is not None:
-      deltas += self._postprocess(previous[0], previous[1].result())
-    return deltas
+  def _push_text(self, request: Request, token_ids: list[int]) -> int | None:
+    return self._text[request.request_id].push_until_stop(token_ids)
 
-  def _postprocess(self, out: ScheduleOutput, sampled) -> list[TokenDelta]:
-    deltas = []
-    for s in out.decodes + out.prefills:
-      request = s.request
-      if not s.samples or request.is_finished:
-        continue                     # mid-prompt chunk, or stopped/aborted meanwhile
-      tokens = sampled[request.request_id]     # [(token, logprob)], one per decode iteration
-      request.num_pending_tokens -= len(tokens)
-      deltas.append(self._land(request, tokens))
-    return deltas
-
-  def _land(self, request: Request, tokens: list[tuple[int, float]]) -> TokenDelta:
-    """Appends a row's sampled tokens up to the first stop; the rest are dropped."""
-    state = self._text[request.request_id]
-    token_ids = [t for t, _ in tokens]
-    if request.sampling_params.stop and state.detok is not None:
-      n, reason = self._stop_on_text(request, state, token_ids)
-    else:
-      n, reason = op.accepted(request, token_ids, self.max_model_len)
-      state.push(token_ids[:n - 1] if reason == FinishReason.STOP else token_ids[:n])
-    ids = token_ids[:n]            # NOTE: a stop token is kept in ids, never in the text
-    lps = [lp for _, lp in tokens[:n]] if request.sampling_params.logprobs else None
-    request.output_token_ids.extend(ids)
-    request.output_logprobs.extend(lps or ())
-    self._generation_tokens_total += n
-    self.kv.cache_full_blocks(request)     # the blocks holding these tokens may be full now
-    if reason is not None:
-      return self._finish(request, reason, token_ids=ids, logprobs=lps)
-    return op.make_delta(state, ids, lps, None)
-
-  def _stop_on_text(self, request: Request, state: op.RequestTextState,
-                    token_ids: list[int]) -> tuple[int, FinishReason | None]:
-    """`op.accepted` for a request with stop strings: the text, token by token, may stop
-    it earlier."""
-    n, reason = op.accepted(request, token_ids, self.max_model_len)
-    for i, token in enumerate(token_ids[:n]):
-      if not op.is_stop_token(request, token):
-        state.push([token])
-      if state.stopped:     # NOTE: a token-id stop or the length limit on the same token wins
-        return i + 1, reason if i + 1 == n and reason is not None else FinishReason.STOP
-    return n, reason
-
-  def _finish(self, request: Request, reason: FinishReason, token_ids=(), logprobs=None,
-              error: str | None = None) -> TokenDelta:
-    self.scheduler.finish(request, reason)
-    self.runner.release(request.request_id)
-    state = self._text.pop(request.request_id)
-    del self._requests[request.request_id]
-    return op.make_delta(state, list(token_ids), logprobs, reason, error)
+  def _delta(self, o: CoreOutput) -> TokenDelta:
+    rid = o.request.request_id
+    state = self._text.pop(rid) if o.finished else self._text[rid]
+    return op.make_delta(state, o.token_ids, o.logprobs, o.finish_reason, o.error)
 
   # -- introspection ------------------------------------------------------------
 
   def stats(self) -> EngineStats:
     pc = self.kv.prefix_cache_stats
+    core = self.core
     return EngineStats(
         num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
         kv_blocks_used=self.kv.num_used_blocks, kv_blocks_total=self.kv.num_total_blocks,
         prefix_query_tokens_total=pc.num_query_tokens,
         prefix_hit_tokens_total=pc.num_hit_tokens,
         num_preemptions_total=self.scheduler.num_preemptions,
-        prompt_tokens_total=self._prompt_tokens_total,
-        prefill_tokens_computed_total=self._prefill_tokens_computed,
-        generation_tokens_total=self._generation_tokens_total,
+        prompt_tokens_total=core.num_prompt_tokens,
+        prefill_tokens_computed_total=core.num_prefill_tokens_computed,
+        generation_tokens_total=core.num_generation_tokens,
         num_compilations=self.runner.num_compilations,
-        compile_seconds=self.runner.compile_seconds)
+        compile_seconds=self.runner.compile_seconds,
+        spec_proposed_tokens_total=core.num_spec_proposed_tokens,
+        spec_accepted_tokens_total=core.num_spec_accepted_tokens)

@@ -3,8 +3,8 @@
 `BaseKVCacheManager` is the interface the scheduler calls; `KVCacheManager`
 is the paged implementation over a `BlockPool` with an optional prefix cache
 (the contiguous baseline lives in `engine.contiguous`). Managers never touch
-device arrays and never mutate a `Request`: the scheduler owns request state
-(e.g. `num_computed_tokens`) and the managers only read it.
+device arrays and never mutate a `Request`: its own methods change its state
+(e.g. `num_computed_tokens`, see engine/request.py) and the managers only read it.
 """
 from __future__ import annotations
 
@@ -12,12 +12,9 @@ import abc
 from typing import Sequence
 
 from engine.block_pool import BlockPool
+from engine.kv_layout import cdiv
 from engine.prefix_cache import BlockHash, PrefixCache, PrefixCacheStats, hash_block
 from engine.request import Request
-
-
-def cdiv(a: int, b: int) -> int:
-  return -(-a // b)
 
 
 class BaseKVCacheManager(abc.ABC):
@@ -65,6 +62,10 @@ class BaseKVCacheManager(abc.ABC):
     return False
 
   @property
+  def prefix_cache(self) -> PrefixCache | None:
+    return None
+
+  @property
   def prefix_cache_stats(self) -> PrefixCacheStats:
     return PrefixCacheStats()
 
@@ -101,6 +102,11 @@ class BaseKVCacheManager(abc.ABC):
     """Registers the request's newly filled full blocks in the prefix cache."""
     del request
 
+  def free_surplus(self, request: Request, num_tokens: int) -> None:
+    """Gives back the request's blocks past those `num_tokens` tokens need (slots of
+    rejected speculative tokens). A no-op here: e.g. a contiguous region never shrinks."""
+    del request, num_tokens
+
   @abc.abstractmethod
   def free(self, request: Request | str) -> None:
     """Releases all blocks of a request; a no-op for an unknown request."""
@@ -124,6 +130,12 @@ class BaseKVCacheManager(abc.ABC):
         filled = min(bs, max(0, n - i * bs))
         fill[block_id] = max(fill.get(block_id, 0), filled)
     return sum(fill.values())
+
+  def unusable_free_blocks(self, smallest_need: int) -> int:
+    """Free blocks no request needing `smallest_need` blocks or more can use (a memory
+    report for research runs). Paged: none, any free block serves any request."""
+    del smallest_need
+    return 0
 
   def _held_blocks(self) -> set[int]:
     return {b for table in self._tables.values() for b in table}
@@ -258,6 +270,23 @@ class KVCacheManager(BaseKVCacheManager):
       block_hash = hash_block(parent, block_tokens, request.cache_salt)
       self._prefix_cache.insert(table[i], block_hash, parent, block_tokens)
       hashes.append(block_hash)
+
+  def free_surplus(self, request: Request, num_tokens: int) -> None:
+    """Releases the blocks past the first cdiv(num_tokens, block_size) of the request.
+
+    NOTE: the caller keeps num_tokens >= the request's computed tokens of known ids,
+    so a released block was never hashed (cache_full_blocks hashes only those).
+    """
+    rid = request.request_id
+    table = self._tables.get(rid)
+    keep = self.num_blocks_for_tokens(num_tokens)
+    if not table or len(table) <= keep:
+      return
+    assert len(self._hashes.get(rid, ())) <= keep, "a hashed block past the kept ones"
+    surplus = table[keep:]
+    del table[keep:]
+    self.block_pool.release(reversed(surplus))
+    self._num_tokens[rid] = min(self._num_tokens[rid], num_tokens)
 
   def free(self, request: Request | str) -> None:
     rid = self._request_id(request)

@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from engine.config import EngineConfig
 from engine.engine import LLMEngine
-from engine.outputs import RequestOutput
+from engine.outputs import OutputAccumulator, RequestOutput
+from engine.prompts import encode_prompt
 from engine.sampling_params import SamplingParams
 
 
@@ -62,7 +63,7 @@ class LLM:
     conversations = [messages] if isinstance(messages[0], Mapping) else list(messages)
     if self.tokenizer is None:
       raise ValueError("this model has no tokenizer; cannot apply a chat template")
-    ids = [self.tokenizer.encode_chat([dict(m) for m in c]) for c in conversations]
+    ids = [encode_prompt(self.tokenizer, messages=c) for c in conversations]
     return self.generate(prompt_token_ids=ids, sampling_params=sampling_params,
                          cache_salt=cache_salt, use_tqdm=use_tqdm)
 
@@ -74,10 +75,10 @@ class LLM:
         for d in self.engine.step():
           if d.request_id not in partial:
             continue
-          acc = partial[d.request_id]
-          acc.add(d)
+          p = partial[d.request_id]
+          p.deltas.add(d)
           if d.finished:
-            results[d.request_id] = acc.output(d)
+            results[d.request_id] = p.deltas.output(p.prompt, p.prompt_ids)
             bar.update(1)
             bar.set_postfix(tok=self.engine.stats().generation_tokens_total)
     return [results[rid] for rid in ids]
@@ -87,21 +88,7 @@ class LLM:
 class _Partial:
   prompt: str | None
   prompt_ids: list[int]
-  token_ids: list = dataclasses.field(default_factory=list)
-  text: list = dataclasses.field(default_factory=list)
-  logprobs: list = dataclasses.field(default_factory=list)
-
-  def add(self, d) -> None:
-    self.token_ids += d.token_ids
-    self.text.append(d.text)
-    self.logprobs += d.logprobs or []
-
-  def output(self, d) -> RequestOutput:
-    return RequestOutput(request_id=d.request_id, prompt=self.prompt,
-                         prompt_token_ids=self.prompt_ids,
-                         text="".join(self.text), token_ids=self.token_ids,
-                         finish_reason=d.finish_reason, usage=d.usage,
-                         logprobs=self.logprobs or None, error=d.error)
+  deltas: OutputAccumulator = dataclasses.field(default_factory=OutputAccumulator)
 
 
 def _inputs(prompts, prompt_token_ids) -> list[tuple[str | None, list[int] | None]]:

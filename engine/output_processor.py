@@ -1,11 +1,9 @@
-"""Turns sampled tokens into text deltas: detokenization, stop conditions, usage.
+"""Turns a request's tokens into text deltas: detokenization, stop strings, usage.
 
 NOTE: text that might be the start of a stop string is held back until it is
 known not to be one, so streamed text never contains any part of a stop string.
 """
 from __future__ import annotations
-
-import time
 
 from engine.outputs import FinishReason, TokenDelta, Usage
 from engine.request import Request
@@ -39,6 +37,19 @@ class RequestTextState:
       self.text = self.text[:min(hits)]
       self.stopped = True
 
+  def push_until_stop(self, token_ids: list[int]) -> int | None:
+    """Adds generated (non-EOS) tokens; with stop strings one by one, and then returns
+    how many of them the request keeps: up to the one that completed a stop string
+    (None: no stop string appeared)."""
+    if self.detok is None or not self.request.sampling_params.stop:
+      self.push(token_ids)
+      return None
+    for i, token in enumerate(token_ids):
+      self.push([token])
+      if self.stopped:
+        return i + 1
+    return None
+
   def take(self, final: bool) -> str:
     """Text that is safe to hand out now."""
     end = len(self.text)
@@ -60,38 +71,6 @@ def _held_back(text: str, stops) -> int:
   return best
 
 
-def _stop_token_ids(request: Request) -> set[int]:
-  params = request.sampling_params
-  stops = set(params.stop_token_ids)
-  if not params.ignore_eos:
-    stops.update(request.eos_token_ids)
-  return stops
-
-
-def accepted(request: Request, token_ids: list[int],
-             max_model_len: int) -> tuple[int, FinishReason | None]:
-  """How many of `token_ids` (sampled in this order, not yet appended) the request
-  keeps, and why it stops if it does: at the first stop token (EOS unless
-  ignore_eos, or a stop_token_id) or when it reaches max_tokens or the context.
-
-  NOTE: stop strings are not checked here (they need the text, token by token).
-  """
-  params = request.sampling_params
-  limit = max(1, min(params.max_tokens - request.num_output_tokens,
-                     max_model_len - request.num_tokens))
-  stops = _stop_token_ids(request)
-  for i, token in enumerate(token_ids[:limit]):
-    if token in stops:
-      return i + 1, FinishReason.STOP
-  if len(token_ids) >= limit:
-    return limit, FinishReason.LENGTH
-  return len(token_ids), None
-
-
-def is_stop_token(request: Request, token_id: int) -> bool:
-  return token_id in _stop_token_ids(request)
-
-
 def usage_of(request: Request) -> Usage:
   ttft = None
   if request.first_token_time is not None:
@@ -106,8 +85,6 @@ def make_delta(state: RequestTextState, token_ids: list[int], logprobs: list[flo
                reason: FinishReason | None, error: str | None = None) -> TokenDelta:
   request = state.request
   finished = reason is not None
-  if request.first_token_time is None and token_ids:
-    request.first_token_time = time.monotonic()
   return TokenDelta(request_id=request.request_id, token_ids=token_ids,
                     text=state.take(final=finished), logprobs=logprobs, finished=finished,
                     finish_reason=reason, usage=usage_of(request) if finished else None,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import Sequence
 
 
 class FinishReason(str, enum.Enum):
@@ -50,3 +51,34 @@ class RequestOutput:
   usage: Usage
   logprobs: list[float] | None = None
   error: str | None = None
+
+
+class OutputAccumulator:
+  """One request's deltas joined into its whole output: the one place that builds a final
+  answer from a stream (`LLM.generate`, `pagedjax batch`, unary gRPC and HTTP)."""
+
+  def __init__(self, deltas: Sequence[TokenDelta] = ()):
+    self.token_ids: list[int] = []
+    self.logprobs: list[float] = []
+    self.last: TokenDelta | None = None
+    self._texts: list[str] = []
+    for d in deltas:
+      self.add(d)
+
+  def add(self, d: TokenDelta) -> None:
+    self._texts.append(d.text)
+    self.token_ids += d.token_ids
+    self.logprobs += d.logprobs or []
+    self.last = d
+
+  @property
+  def text(self) -> str:
+    return "".join(self._texts)
+
+  def output(self, prompt: str | None, prompt_token_ids: list[int]) -> RequestOutput:
+    """The finished request (its last delta added)."""
+    d = self.last
+    return RequestOutput(request_id=d.request_id, prompt=prompt,
+                         prompt_token_ids=prompt_token_ids, text=self.text,
+                         token_ids=self.token_ids, finish_reason=d.finish_reason,
+                         usage=d.usage, logprobs=self.logprobs or None, error=d.error)

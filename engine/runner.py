@@ -22,10 +22,10 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from engine import executables, kv_layout, packing, parallel, step_inputs
+from engine import executable_store, executables, kv_layout, packing, parallel, step_inputs
 from engine.buckets import Buckets, StepShape, plan
 from engine.scheduler import ScheduledRequest, ScheduleOutput
-from engine.steps import make_steps
+from engine.steps import make_steps, make_verify_step
 from pallas_kernels import quantization
 
 
@@ -39,21 +39,24 @@ class CacheConfig:
 @dataclasses.dataclass
 class PendingStep:
   """Sampled tokens of one step, still on their way from the device."""
-  groups: list[tuple[list[ScheduledRequest], tuple]]   # (rows, (token_ids, logprobs) on device)
+  # (rows, (token_ids, logprobs) on device, each [steps, rows]); a verify step adds
+  # each row's count of output tokens [rows] (the rest of its tokens are rejected).
+  groups: list[tuple[list[ScheduledRequest], tuple]]
 
   def result(self) -> dict[str, list[tuple[int, float]]]:
     """Blocks until the tokens are on the host.
 
     Returns {request_id: [(token, logprob), ...]} of the sampling rows, one
-    pair per token the row sampled (several in a multi-step decode).
+    pair per token the row sampled (several in a multi-step decode or a verify step).
     """
     host = jax.device_get([arrays for _, arrays in self.groups])
     out = {}
-    for (rows, _), (tokens, logprobs) in zip(self.groups, host):    # each [steps, rows]
+    for (rows, _), (tokens, logprobs, *counts) in zip(self.groups, host):
       tokens, logprobs = tokens.T.tolist(), logprobs.T.tolist()
+      counts = counts[0].tolist() if counts else None
       for i, s in enumerate(rows):
         if s.samples:
-          n = s.num_sampled
+          n = s.num_sampled if counts is None else counts[i]
           out[s.request.request_id] = list(zip(tokens[i][:n], logprobs[i][:n]))
     return out
 
@@ -62,13 +65,15 @@ class ModelRunner:
   """Holds params, the paged KV cache and the bucketed compiled steps of one engine."""
 
   def __init__(self, model, cache: CacheConfig, buckets: Buckets, backend: str | None = None,
-               mesh=None, max_num_seqs: int | None = None, num_decode_steps: int = 1):
+               mesh=None, max_num_seqs: int | None = None, num_decode_steps: int = 1,
+               num_speculative_tokens: int = 0, cache_dir: str | None = None):
     self.model = model
     self.config = model.config
     self.cache_config = cache
     self.buckets = buckets
     self.mesh = mesh
     self.num_decode_steps = num_decode_steps
+    self.num_speculative_tokens = num_speculative_tokens     # k of the verify step; 0: none
     # NOTE: with a tensor-parallel mesh each device allocates only its kv heads' slice.
     device = parallel.cache_sharding(mesh) if mesh is not None else None
     # NOTE: an 8-bit dtype gives a QuantizedKV (values, scales) pytree; the steps
@@ -85,6 +90,8 @@ class ModelRunner:
     self._slot_of: dict[str, int] = {}
     self._decode, self._prefill = make_steps(self.config, backend, mesh)
     self._steps = {"decode": self._decode, "prefill": self._prefill}
+    if num_speculative_tokens:
+      self._steps["verify"] = make_verify_step(self.config, backend, mesh)
     self._shared = {kind: executables.shared(step) for kind, step in self._steps.items()}
     # NOTE: the hot path. (kind, layout, decode iterations) fixes every
     # argument's shape: the layout fixes the packed buffers', and params, cache
@@ -92,10 +99,20 @@ class ModelRunner:
     # in). The sampler variant is data (`SamplingTensors.mode`), not a key.
     self._executables: dict[tuple, jax.stages.Compiled] = {}
     self._compiler_options = executables.compiler_options(_platform(mesh))
+    # NOTE: compiled steps serialized beside the compilation cache (None: cache off, a
+    # mesh, or not a GPU); a hit skips tracing and lowering (engine/executable_store.py).
+    self._disk = executable_store.open_store(cache_dir, self._compiler_options, mesh,
+                                             _platform(mesh))
     self.num_compilations = 0          # by this runner (not those it found shared)
     self.compile_seconds = 0.0
+    self.lower_seconds = 0.0           # of those, tracing and lowering (the rest: XLA, or a cache load)
     self.warm = False                  # warmup() finished: a compile now is a bug
-    self._planned = plan(buckets, num_decode_steps)
+    self._planned = plan(buckets, num_decode_steps, num_speculative_tokens)
+
+  @property
+  def num_loaded(self) -> int:
+    """Executables of these steps loaded whole from the executable store (no tracing)."""
+    return self._disk.num_loaded if self._disk is not None else 0
 
   def token_slot(self, request) -> int:
     """The request's slot in the device token buffer (None: the trash slot)."""
@@ -119,7 +136,11 @@ class ModelRunner:
   def execute(self, out: ScheduleOutput) -> PendingStep:
     groups = []
     bs = self.cache_config.block_size
-    if out.decodes:
+    if out.decodes and any(s.draft_token_ids for s in out.decodes):
+      inputs = step_inputs.build_verify(out.decodes, self.buckets, bs, self.token_slot,
+                                        self.num_speculative_tokens)
+      groups.append((out.decodes, self._run("verify", inputs, 1)))
+    elif out.decodes:
       inputs = step_inputs.build_decode(out.decodes, self.buckets, bs, self.token_slot)
       steps = self.num_decode_steps if any(s.num_new_tokens > 1 for s in out.decodes) else 1
       groups.append((out.decodes, self._run_decode(inputs, steps=steps)))
@@ -165,13 +186,19 @@ class ModelRunner:
     self.num_compilations += compiled
     self.compile_seconds += seconds
     self.warm = True
-    logging.info("warmup: %d step shapes, %d compilations in %.1f s with %d threads",
-                 len(shapes), compiled, seconds, threads)
+    logging.info("warmup: %d step shapes, %d compilations in %.1f s with %d threads "
+                 "(%.1f s of it tracing and lowering; %d loaded whole from %s)", len(shapes),
+                 compiled, seconds, threads, self.lower_seconds,
+                 self._disk.num_loaded if self._disk else 0,
+                 self._disk.directory if self._disk else "no executable store")
 
   def _warmup_inputs(self, shape: StepShape) -> tuple:
     """(key, ints, floats) of one planned shape, all padding."""
     if shape.kind == "decode":
       x = step_inputs.empty_decode(shape.seqs, shape.width, self.trash_slot)
+    elif shape.kind == "verify":
+      x = step_inputs.empty_verify(shape.seqs, self.num_speculative_tokens, shape.width,
+                                   self.trash_slot)
     else:
       x = step_inputs.empty_prefill(shape.tokens, shape.seqs, shape.width, self.trash_slot)
     ints, floats, layout = packing.pack(x)
@@ -190,9 +217,10 @@ class ModelRunner:
     executable = self._executables.get(key)
     if executable is None:
       executable = self._executable(key, ints, floats)
-    self.kv_cache, self.token_buffer, token_ids, logprobs = executable(
+    # NOTE: (token_ids, logprobs), and a verify step's counts of output tokens.
+    self.kv_cache, self.token_buffer, *outputs = executable(
         self.model.params, self.kv_cache, self.token_buffer, ints, floats)
-    return token_ids, logprobs
+    return tuple(outputs)
 
   def _executable(self, key: tuple, ints, floats) -> jax.stages.Compiled:
     """A miss of the fast path: the shared executable for these arguments, or a new compile."""
@@ -217,8 +245,20 @@ class ModelRunner:
     found = self._shared[key[0]].get(shared_key)
     if found is not None:
       return shared_key, executables.done(found), False
+    loaded = self._disk.load(shared_key) if self._disk is not None else None
+    if loaded is not None:
+      return shared_key, executables.done(loaded), True
+    t0 = time.perf_counter()
     lowered = self._lower(key, ints, floats)
-    return shared_key, pool.submit(lowered.compile, self._compiler_options), True
+    self.lower_seconds += time.perf_counter() - t0
+    future = pool.submit(lowered.compile, self._compiler_options)
+    if self._disk is not None:
+      future.add_done_callback(functools.partial(self._save, shared_key))
+    return shared_key, future, True
+
+  def _save(self, shared_key: tuple, future) -> None:
+    if future.exception() is None:
+      self._disk.save(shared_key, future.result())
 
   def _store(self, key: tuple, shared_key: tuple, future, new: bool) -> bool:
     """Keeps the executable for `key` (shared first if new); returns whether it was compiled."""

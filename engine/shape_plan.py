@@ -10,6 +10,7 @@ import pallas_kernels
 from engine import context_limit
 from engine.buckets import Buckets, StepShape, plan
 from engine.config import EngineConfig
+from engine.scheduler import step_tokens
 
 
 def max_model_len(config: EngineConfig, model_config, num_blocks: int | None = None) -> int:
@@ -19,13 +20,6 @@ def max_model_len(config: EngineConfig, model_config, num_blocks: int | None = N
       config.max_model_len, model_config.max_position_embeddings, num_blocks or 2,
       config.block_size, "--num-blocks",
       allow_small_kv_cache=config.allow_small_kv_cache or num_blocks is None).tokens
-
-
-def step_tokens(config: EngineConfig, context: int) -> int:
-  """Tokens one step may schedule: the budget, or a whole prompt without chunked prefill."""
-  if config.enable_chunked_prefill:
-    return config.max_batch_tokens
-  return max(config.max_batch_tokens, context)
 
 
 def buckets_for(config: EngineConfig, context: int) -> Buckets:
@@ -44,4 +38,4 @@ def planned_shapes(config: EngineConfig, model_config, num_blocks: int | None = 
                    ) -> tuple[StepShape, ...]:
   """Every step shape such an engine compiles (what its warm-up does), computed on the host."""
   return plan(buckets_for(config, max_model_len(config, model_config, num_blocks)),
-              config.num_decode_steps)
+              config.num_decode_steps, config.speculative_tokens)

@@ -22,6 +22,7 @@ import pallas_kernels
 from engine import packing, parallel
 from pallas_kernels.quantization import values_of
 from engine.sampler import SamplingTensors, sample_cheapest
+from engine.spec import rejection
 from models import llama
 
 
@@ -120,19 +121,51 @@ def _decode_step(params, kv_cache, token_buffer, tokens, input_slots, sample_slo
   return kv_cache, token_buffer, jnp.stack(sampled), jnp.stack(logprobs)
 
 
-def _prefill_step(params, kv_cache, token_buffer, tokens, positions, slots, block_tables,
-                  cu_q_lens, kv_lens, logits_indices, sample_slots, sampling: SamplingTensors, *,
-                  config, attention_fn):
+def _prefill_forward(params, kv_cache, tokens, positions, slots, block_tables, cu_q_lens,
+                     kv_lens, *, config, attention_fn):
+  """The model over packed chunks of several sequences (prefill and verify steps)."""
   meta = {"slots": slots, "block_tables": block_tables, "cu_q_lens": cu_q_lens,
           "kv_lens": kv_lens}
   with jax.named_scope("prefill_forward"):
-    hidden, kv_cache = llama.forward(params, config, tokens, positions, kv_cache, meta,
-                                     attention_fn)          # hidden [tokens, hidden]
+    return llama.forward(params, config, tokens, positions, kv_cache, meta,
+                         attention_fn)              # hidden [tokens, hidden]
+
+
+def _prefill_step(params, kv_cache, token_buffer, tokens, positions, slots, block_tables,
+                  cu_q_lens, kv_lens, logits_indices, sample_slots, sampling: SamplingTensors, *,
+                  config, attention_fn):
+  hidden, kv_cache = _prefill_forward(params, kv_cache, tokens, positions, slots, block_tables,
+                                      cu_q_lens, kv_lens, config=config,
+                                      attention_fn=attention_fn)
   with jax.named_scope("sample"):
     last = jnp.take(hidden, logits_indices, axis=0)         # [seqs, hidden]
     logits = llama.compute_logits(params, config, last)     # [seqs, vocab]
     token_ids, logprobs = sample_cheapest(logits, sampling)
   return kv_cache, token_buffer.at[sample_slots].set(token_ids), token_ids[None], logprobs[None]
+
+
+def _verify_step(params, kv_cache, token_buffer, tokens, positions, slots, block_tables,
+                 cu_q_lens, kv_lens, logits_indices, drafts, num_drafts, sample_slots,
+                 sampling: SamplingTensors, *, config, attention_fn):
+  """Speculative decoding: each row's last token and drafts in one forward (a prefill
+  of up to k + 1 tokens), logits at every position, acceptance on the device.
+
+  Returns tokens and logprobs [k + 1, rows] and each row's count of output tokens
+  [rows] (accepted drafts + 1; engine/spec/rejection.py).
+  NOTE: the K/V of rejected drafts stay in the cache past the row's accepted
+  length; the host does not count them as computed, so later steps overwrite them.
+  """
+  hidden, kv_cache = _prefill_forward(params, kv_cache, tokens, positions, slots, block_tables,
+                                      cu_q_lens, kv_lens, config=config,
+                                      attention_fn=attention_fn)
+  rows, positions_per_row = logits_indices.shape               # [rows, k + 1]
+  with jax.named_scope("verify"):
+    picked = jnp.take(hidden, logits_indices.reshape(-1), axis=0)
+    logits = llama.compute_logits(params, config, picked).reshape(rows, positions_per_row, -1)
+    token_ids, logprobs, num_tokens = rejection.verify(logits, drafts, num_drafts, sampling)
+  last = jnp.take_along_axis(token_ids, (num_tokens - 1)[:, None], axis=1)[:, 0]
+  return (kv_cache, token_buffer.at[sample_slots].set(last), token_ids.T, logprobs.T,
+          num_tokens)
 
 
 def _from_packed(step):
@@ -157,20 +190,39 @@ def make_steps(config, backend: str | None, mesh=None):
   return _make_steps(config, pallas_kernels.resolve_backend(backend), mesh)
 
 
-@functools.lru_cache(maxsize=None)
-def _make_steps(config, backend: str, mesh):
+def make_verify_step(config, backend: str | None, mesh=None):
+  """The jitted verify step of speculative decoding (`_verify_step`), cache donated;
+  memoized like `make_steps`."""
+  return _make_verify_step(config, pallas_kernels.resolve_backend(backend), mesh)
+
+
+def _seams(config, backend: str, mesh):
+  """(decode, prefill) attention seams over the flat cache, per shard under a mesh."""
   decode_attn = functools.partial(decode_attention, backend=backend)
   prefill_attn = functools.partial(prefill_attention, backend=backend)
   if mesh is not None:
     decode_attn = parallel.shard_attention(decode_attn, mesh, ("slots", "block_tables", "lengths"))
     prefill_attn = parallel.shard_attention(
         prefill_attn, mesh, ("slots", "block_tables", "cu_q_lens", "kv_lens"))
-  decode_attn = layered(decode_attn, config.num_layers)
-  prefill_attn = layered(prefill_attn, config.num_layers)
-  jit = functools.partial(jax.jit, donate_argnames=("kv_cache", "token_buffer"),
-                          static_argnames=("layout", "decode_steps"))
-  decode = jit(_from_packed(functools.partial(_decode_step, config=config,
-                                              attention_fn=decode_attn)))
-  prefill = jit(_from_packed(functools.partial(_prefill_step, config=config,
-                                               attention_fn=prefill_attn)))
+  return layered(decode_attn, config.num_layers), layered(prefill_attn, config.num_layers)
+
+
+_jit = functools.partial(jax.jit, donate_argnames=("kv_cache", "token_buffer"),
+                         static_argnames=("layout", "decode_steps"))
+
+
+@functools.lru_cache(maxsize=None)
+def _make_steps(config, backend: str, mesh):
+  decode_attn, prefill_attn = _seams(config, backend, mesh)
+  decode = _jit(_from_packed(functools.partial(_decode_step, config=config,
+                                               attention_fn=decode_attn)))
+  prefill = _jit(_from_packed(functools.partial(_prefill_step, config=config,
+                                                attention_fn=prefill_attn)))
   return decode, prefill
+
+
+@functools.lru_cache(maxsize=None)
+def _make_verify_step(config, backend: str, mesh):
+  _, prefill_attn = _seams(config, backend, mesh)
+  return _jit(_from_packed(functools.partial(_verify_step, config=config,
+                                             attention_fn=prefill_attn)))

@@ -20,8 +20,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine.experiments import cost_model as cm   # noqa: E402
-from engine.experiments import report             # noqa: E402
+from research import cost_model as cm   # noqa: E402
+from research import report             # noqa: E402
 
 
 def load_pieces(paths: list[str]) -> tuple[list[dict], list[dict], dict, dict | None]:

@@ -18,10 +18,11 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from engine.outputs import TokenDelta
+from engine.outputs import OutputAccumulator, TokenDelta
+from engine.prompts import encode_prompt
 from serving import batch_io
 from serving.prompt_flags import CHAT_TEMPLATE_DEFAULT, prompt_token_ids
-from serving.request_convert import checked_sampling_params, encode_chat, validate_chat
+from serving.request_convert import checked_sampling_params, validate_chat
 
 
 @dataclasses.dataclass
@@ -64,9 +65,7 @@ class BatchSummary:
 @dataclasses.dataclass
 class _Running:
   item: batch_io.BatchItem
-  text: list[str] = dataclasses.field(default_factory=list)
-  token_ids: list[int] = dataclasses.field(default_factory=list)
-  logprobs: list[float] = dataclasses.field(default_factory=list)
+  deltas: OutputAccumulator = dataclasses.field(default_factory=OutputAccumulator)
 
 
 @dataclasses.dataclass
@@ -161,7 +160,7 @@ def _drive(engine, todo, running, add, window, out, bar, summary, start, stop) -
       if d.request_id not in running:
         continue
       if not d.finished:
-        _accumulate(running[d.request_id], d)
+        running[d.request_id].deltas.add(d)
         continue
       _finish(running.pop(d.request_id), d, out, summary)
       bar.update(1)
@@ -194,7 +193,7 @@ def _add(engine, item, *, defaults: dict[str, Any], running: dict[str, _Running]
   try:
     if item.messages is not None:
       validate_chat(item.messages)
-      ids = encode_chat(engine.tokenizer, item.messages)
+      ids = encode_prompt(engine.tokenizer, messages=item.messages)
     else:
       ids = prompt_token_ids(engine.tokenizer, item.prompt, chat_template)
     engine.add_request(rid, sampling_params=params, prompt_token_ids=ids,
@@ -205,26 +204,20 @@ def _add(engine, item, *, defaults: dict[str, Any], running: dict[str, _Running]
   return None
 
 
-def _accumulate(r: _Running, d: TokenDelta) -> None:
-  r.text.append(d.text)
-  r.token_ids += d.token_ids
-  r.logprobs += d.logprobs or []
-
-
 def _finish(r: _Running, d: TokenDelta, out: batch_io.ResultFile,
             summary: BatchSummary) -> None:
-  _accumulate(r, d)
+  r.deltas.add(d)
   if d.error:
     out.write(batch_io.error_result(r.item, d.error))
     summary.errors += 1
     return
   u = d.usage
   result: dict[str, Any] = {
-      "id": r.item.id, "text": "".join(r.text), "token_ids": r.token_ids,
+      "id": r.item.id, "text": r.deltas.text, "token_ids": r.deltas.token_ids,
       "finish_reason": d.finish_reason.value if d.finish_reason else None,
       "usage": dataclasses.asdict(u) if u is not None else None}
-  if r.item.sampling.get("logprobs") or r.logprobs:
-    result["logprobs"] = r.logprobs
+  if r.item.sampling.get("logprobs") or r.deltas.logprobs:
+    result["logprobs"] = r.deltas.logprobs
   out.write(result)
   summary.completed += 1
   if u is not None:

@@ -56,6 +56,16 @@ _ENGINE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--num-decode-steps", "num_decode_steps", int,
      "decode tokens per request per step while no prompt is being prefilled (multi-step "
      "decode: one host round trip per k tokens; 4-8 helps small models on a GPU)"),
+    ("--speculative-method", "speculative", str,
+     "speculative decoding: 'ngram' proposes the next tokens by prompt lookup (copied from "
+     "the request's own prompt and output) and verifies them in one step; the output is "
+     "unchanged (default: none, each step decodes one token per request)"),
+    ("--num-speculative-tokens", "num_speculative_tokens", int,
+     "draft tokens verified per request per step, at most (with --speculative-method)"),
+    ("--ngram-prompt-lookup-max", "ngram_prompt_lookup_max", int,
+     "longest suffix of the request looked up for a match (tried first)"),
+    ("--ngram-prompt-lookup-min", "ngram_prompt_lookup_min", int,
+     "shortest suffix of the request that may match"),
 )
 _ALIASES = {"enable_prefix_caching": ("--no-prefix-cache",)}
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(EngineConfig)}

@@ -84,6 +84,10 @@ class EngineLoop:
     self._lock = threading.Lock()
     self._pending = 0          # submitted, not yet handed to the engine
     self._engine_waiting = 0   # engine's num_waiting after the last add/step
+    # NOTE: sequence slots not running after the last add/step. A request that will get
+    # one does not count as waiting: a burst of max_num_seqs requests is admitted over
+    # a few steps (the token budget), and only the ones beyond it wait for a slot.
+    self._free_seqs = engine.config.max_num_seqs
     self._stopping = False
     self._active: dict[str, _Track] = {}   # loop thread only
     self._warmup = False                    # set by start()
@@ -108,13 +112,13 @@ class EngineLoop:
   def submit(self, sub: Submission) -> None:
     """Queues `sub`; its events will arrive on `sub.outputs`.
 
-    Raises QueueFullError past `max_waiting` waiting requests and
-    ShuttingDownError once `stop()` was called.
+    Raises QueueFullError past `max_waiting` requests waiting for a sequence slot
+    (beyond the engine's free ones) and ShuttingDownError once `stop()` was called.
     """
     with self._lock:
       if self._stopping:
         raise ShuttingDownError("server is shutting down")
-      waiting = self._pending + self._engine_waiting
+      waiting = self._waiting_for_a_slot()
       if waiting >= self._max_waiting:
         raise QueueFullError(
             f"server is at capacity: {waiting} requests already waiting "
@@ -129,6 +133,10 @@ class EngineLoop:
   def num_waiting(self) -> int:
     with self._lock:
       return self._pending + self._engine_waiting
+
+  def _waiting_for_a_slot(self) -> int:
+    """Queued requests (ours and the engine's) beyond the free sequence slots (lock held)."""
+    return max(0, self._pending + self._engine_waiting - self._free_seqs)
 
   def stop(self, timeout: float | None = 30.0) -> None:
     """Aborts every request still running and stops the loop thread."""
@@ -245,6 +253,7 @@ class EngineLoop:
     with self._lock:
       self._pending -= pending_done
       self._engine_waiting = stats.num_waiting
+      self._free_seqs = max(0, self._engine.config.max_num_seqs - stats.num_running)
     self._metrics.observe_stats(stats)
 
   def _fail_all(self, kind: RejectKind, message: str) -> None:

@@ -30,6 +30,10 @@ _COUNTERS = {
         "pagedjax_compilations", "Engine steps compiled (warm-up included; one after warm-up "
         "is a bug, logged as a warning)"),
     "compile_seconds": ("pagedjax_compile_seconds", "Seconds spent compiling engine steps"),
+    "spec_proposed_tokens_total": (
+        "pagedjax_spec_proposed_tokens", "Draft tokens verified (speculative decoding)"),
+    "spec_accepted_tokens_total": (
+        "pagedjax_spec_accepted_tokens", "Draft tokens accepted (speculative decoding)"),
 }
 # EngineStats field -> gauge name, help.
 _GAUGES = {

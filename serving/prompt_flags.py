@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from engine.prompts import encode_prompt
+
 CHAT_TEMPLATE_DEFAULT = True
 
 
@@ -39,5 +41,5 @@ def prompt_token_ids(tokenizer, prompt: str, chat_template: bool) -> list[int]:
   if tokenizer is None:
     raise ValueError("this model has no tokenizer; cannot encode a text prompt")
   if chat_template and tokenizer.chat_template:
-    return tokenizer.encode_chat(user_messages(prompt))
-  return tokenizer.encode(prompt, add_special_tokens=True)
+    return encode_prompt(tokenizer, messages=user_messages(prompt))
+  return encode_prompt(tokenizer, prompt)

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from engine.context_limit import ContextLimit, check_prompt
 from engine.outputs import FinishReason, Usage
+from engine.prompts import encode_prompt
 from engine.sampling_params import SamplingParams
 from serving.proto.pagedjax.v1 import pagedjax_pb2 as pb
 
@@ -75,17 +76,6 @@ def chat_messages(messages: Sequence[pb.ChatMessage]) -> list[dict[str, str]]:
   return out
 
 
-def encode_chat(tokenizer, messages: list[dict[str, str]]) -> list[int]:
-  """Renders chat turns with the model's template (plus the assistant cue).
-
-  NOTE: message content is plain text: special-token text in it (e.g.
-  `<|im_end|>`) is spelled out, never a role marker (`Tokenizer.encode_chat`).
-  A raw prompt, by contrast, is the client's whole prompt, template included:
-  special-token text there is parsed (as vLLM and transformers do).
-  """
-  return list(tokenizer.encode_chat(messages, add_generation_prompt=True))
-
-
 def prompt_token_ids(tokenizer, prompt: str, messages: Sequence[pb.ChatMessage],
                      limit: ContextLimit | None, field: str = "prompt") -> list[int]:
   """Tokenizes a raw prompt or chat messages and checks the length.
@@ -100,13 +90,13 @@ def prompt_token_ids(tokenizer, prompt: str, messages: Sequence[pb.ChatMessage],
     raise InvalidRequestError(f"{field}: this model has no tokenizer")
   if messages:
     try:
-      ids = encode_chat(tokenizer, chat_messages(messages))
+      ids = encode_prompt(tokenizer, messages=chat_messages(messages))
     except InvalidRequestError:
       raise
     except ValueError as e:  # e.g. the model has no chat template
       raise InvalidRequestError(f"messages: {e}") from None
   elif prompt:
-    ids = list(tokenizer.encode(prompt))
+    ids = encode_prompt(tokenizer, prompt)
   else:
     raise InvalidRequestError(f"{field} is empty: set {field} or messages")
   if not ids:

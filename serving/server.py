@@ -41,7 +41,8 @@ class ServerConfig:
 
   `port`/`metrics_port`/`http_port` 0 pick a free port; `metrics_port` None
   disables the metrics endpoint, `http_port` None the OpenAI-compatible HTTP
-  API. `max_waiting` bounds requests not yet running (gRPC and HTTP together).
+  API. `max_waiting` bounds requests waiting for a sequence slot, beyond the
+  engine's `max_num_seqs` (gRPC and HTTP together).
   `served_model_name` None: the model's file or folder name. `api_keys`
   (None: no authentication) and `client_cache_salt` are `serving/auth.py`'s;
   tokenization runs on `tokenize_workers` threads with `max_tokenize_queue`
@@ -57,7 +58,7 @@ class ServerConfig:
   api_keys: ApiKeys | None = None
   client_cache_salt: str = "allow"
   tokenize_workers: int = 2
-  max_tokenize_queue: int = 32
+  max_tokenize_queue: int = 128
 
   def __post_init__(self):
     if not 0 <= self.port < 65536:

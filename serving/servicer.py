@@ -19,7 +19,7 @@ from typing import Iterator
 import grpc
 
 from engine.context_limit import ContextLimit
-from engine.outputs import FinishReason
+from engine.outputs import FinishReason, OutputAccumulator
 from serving import auth, limits
 from serving.admissions import Admissions, DrainingError
 from serving import request_convert as rc
@@ -84,16 +84,16 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     sub = self._admit(request, context)
     try:
       out = pb.GenerateResponse(request_id=request.request_id)
-      texts = []
+      deltas = OutputAccumulator()
       for ev in self._events(sub, context):
         d = ev.delta
-        texts.append(d.text)
-        out.token_ids.extend(d.token_ids)
-        out.logprobs.extend(d.logprobs or [])
+        deltas.add(d)
         if d.finished:
           out.finish_reason = rc.FINISH_REASONS.get(d.finish_reason, pb.FINISH_REASON_UNSPECIFIED)
           out.usage.CopyFrom(rc.usage_to_proto(d.usage, ev.ttft_s))
-      out.text = "".join(texts)
+      out.token_ids.extend(deltas.token_ids)
+      out.logprobs.extend(deltas.logprobs)
+      out.text = deltas.text
       return out
     finally:
       self._release()

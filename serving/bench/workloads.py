@@ -1,6 +1,6 @@
 """What a benchmark sends: `BenchRequest`s with arrival times.
 
-The incident workload is `engine.experiments.workload`'s generator, its
+The incident workload is `research.workload`'s generator, its
 prompts materialized as token ids for a vocabulary of `vocab_size` tokens
 (ids 1..vocab_size-1), so one run means the same traffic on any model whose
 vocabulary is at least that large.
@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from engine.experiments import workload as wl
+from research import workload as wl
 
 DEFAULT_VOCAB_SIZE = 32000   # NOTE: valid ids for Llama-2/3, Mistral, Qwen, SmolLM2 alike
 
@@ -70,7 +70,7 @@ def fixed(num_requests: int, input_len: int, output_len: int, rate: float, seed:
 
 def from_trace_file(path: str, num_requests: int | None, rate: float | None, seed: int,
                     vocab_size: int) -> list[BenchRequest]:
-  """A JSONL trace (`engine.experiments.workload` format), its own arrivals unless
+  """A JSONL trace (`research.workload` format), its own arrivals unless
   `rate` is given (then Poisson at that rate)."""
   trace = wl.read_trace(path)[:num_requests]
   out = [_from_trace(t, vocab_size) for t in trace]

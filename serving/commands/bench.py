@@ -43,7 +43,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--workload", choices=("incident", "fixed"), default="incident",
                  help="incident: the incident's chat + report traffic; fixed: --input-len "
                       "random token ids in, --output-len out")
-  p.add_argument("--trace", help="replay a JSONL trace (engine.experiments.workload format) "
+  p.add_argument("--trace", help="replay a JSONL trace (research.workload format) "
                                  "instead of --workload, at its own arrival times unless "
                                  "--rate/--concurrency is given (default: none)")
   load = p.add_mutually_exclusive_group()

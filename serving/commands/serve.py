@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="the model's id in the HTTP API (default: the model's file or "
                            "folder name, e.g. SmolLM2-135M-Instruct.Q4_1)")
   parser.add_argument("--max-waiting", type=int, default=128,
-                      help="requests allowed to wait for a slot; past it: RESOURCE_EXHAUSTED")
+                      help="requests allowed to wait for a sequence slot (beyond the "
+                           "--max-num-seqs that run); past it: RESOURCE_EXHAUSTED / HTTP 429")
   parser.add_argument("--shutdown-grace", type=float, default=30.0,
                       help="seconds in-flight requests get to finish on SIGTERM/SIGINT")
   add_engine_args(parser, warmup=True)   # NOTE: serve warms up by default

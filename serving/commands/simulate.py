@@ -1,7 +1,8 @@
-"""`pagedjax simulate`: the engine's scheduler and KV managers with a fitted step-time model.
+"""`pagedjax simulate`: the engine's own loop, scheduler and KV managers with a fitted
+step-time model.
 
-No model runs: every step appends one dummy token per sampling row, and its
-duration comes from a cost model fitted to measured steps
+No model runs: every step hands back one dummy token per decode iteration of
+each sampling row, and its duration comes from a cost model fitted to measured steps
 (configs/cost_models/<name>.json, or a path). The KV budget is in bytes of the
 cost model's model shape (or --model-config), so an 80 GB GPU serving an 8B
 model replays on a CPU. One run of the default 200-request trace takes about
@@ -18,7 +19,7 @@ import argparse
 import dataclasses
 import json
 
-from engine.experiments.cli_args import (add_grid_args, add_workload_args, max_model_len_of,
+from serving.commands.sweep_flags import (add_grid_args, add_workload_args, max_model_len_of,
                                          trace_from_args)
 
 NAME = "simulate"
@@ -45,10 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-  from engine.experiments import cost_model as cm
-  from engine.experiments.grid import print_table, sweep_config_from_args, write_outputs
-  from engine.experiments.simulator import SimBackend, SimulatedEngine
-  from engine.experiments.sweep import check_trace, run_sweep
+  from research import cost_model as cm
+  from research.simulator import SimBackend
+  from research.sweep import check_trace, run_sweep
+  from serving.commands.sweep_runs import print_table, sweep_config_from_args, write_outputs
 
   model = cm.load(cm.bundled(args.cost_model))
   shape = _shape(args, model.shape)
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
                                   None, "float32")
 
   def make(spec):
-    return SimBackend(SimulatedEngine(spec.config, shape, spec.num_blocks, args.vocab_size),
+    return SimBackend(spec.config, shape, spec.num_blocks, args.vocab_size,
                       model.for_kv_dtype(spec.kv_dtype))
 
   meta = {"backend": "simulator", "cost_model": args.cost_model, "device": model.device,
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _shape(args: argparse.Namespace, shape):
   """The cost model's shape, or --model-config's, with --kv-dtype applied."""
-  from engine.experiments import cost_model as cm
+  from research import cost_model as cm
   if args.model_config:
     from models.config import ModelConfig
     from models.weights.random_init import config_path
@@ -94,7 +95,7 @@ def _shape(args: argparse.Namespace, shape):
 
 
 def _compare(args: argparse.Namespace, rows: list[dict]) -> None:
-  from engine.experiments import compare as cmp
+  from research import compare as cmp
   with open(args.compare, encoding="utf-8") as f:
     real_rows = json.load(f)["rows"]
   diffs = cmp.compare(real_rows, rows)

@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 
-from engine.experiments.cli_args import (add_grid_args, add_workload_args, max_model_len_of,
+from serving.commands.sweep_flags import (add_grid_args, add_workload_args, max_model_len_of,
                                          trace_from_args)
 
 NAME = "sweep"
@@ -49,13 +49,12 @@ def run(args: argparse.Namespace) -> int:
   if args.compile_cache:
     jax.config.update("jax_compilation_cache_dir", args.compile_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  from engine import LLMEngine
-  from engine.experiments import cost_model as cm
-  from engine.experiments.grid import print_table, sweep_config_from_args, write_outputs
-  from engine.experiments.real_backend import RealBackend
-  from engine.experiments.sweep import check_trace, run_sweep
   from engine.parallel import place_model
   from models import load_model
+  from research import cost_model as cm
+  from research.real_backend import RealBackend
+  from research.sweep import check_trace, run_sweep
+  from serving.commands.sweep_runs import print_table, sweep_config_from_args, write_outputs
 
   model_name = None if args.model == "default" else args.model
   # NOTE: fused once here; every run's engine then shares these params (no copy per run).
@@ -75,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     with open(partial, "w", encoding="utf-8") as f:
       json.dump({"rows": rows, "steps": steps}, f)
   rows, steps = run_sweep(trace, config, shape,
-                          lambda spec: RealBackend(LLMEngine(spec.config, model=model)),
+                          lambda spec: RealBackend(spec.config, model),
                           progress=not args.no_progress, on_row=save_partial)
   device = args.device_name or str(jax.devices()[0].device_kind)
   meta = {"backend": "real", "model": args.model, "device": device,

@@ -150,9 +150,11 @@ class OpenAIApi:
     cfg = self._config
     convert.check_bounds(req, cfg.max_prompt_bytes)
     salt = convert.cache_salt(tenant, req, cfg.client_cache_salt)
-    try:
-      ids = await asyncio.wrap_future(self._tokenize_pool.submit(
-          convert.prompt_token_ids, self._tokenizer, req, cfg.limit))
+    try:     # NOTE: token ids need no tokenizer: they never queue for its threads
+      ids = (convert.prompt_token_ids(self._tokenizer, req, cfg.limit)
+             if req.prompt_ids is not None else await asyncio.wrap_future(
+                 self._tokenize_pool.submit(convert.prompt_token_ids, self._tokenizer, req,
+                                            cfg.limit)))
     except PoolFullError as e:
       raise errors.queue_full(str(e)) from None
     params = convert.sampling_params(req, len(ids), cfg.limit.tokens)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from engine.outputs import FinishReason, TokenDelta, Usage
+from engine.outputs import FinishReason, OutputAccumulator, TokenDelta, Usage
 from serving.http.protocol import ParsedRequest
 
 FINISH_REASONS = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length"}
@@ -89,11 +89,9 @@ class Shaper:
 
   def whole(self, deltas: list[TokenDelta]) -> dict:
     """The unary body of a finished request (its deltas, the last one final)."""
-    last = deltas[-1]
-    text = "".join(d.text for d in deltas)
-    ids = [t for d in deltas for t in d.token_ids]
-    lps = [lp for d in deltas for lp in (d.logprobs or ())]
-    choice = {"index": 0, "logprobs": self._logprobs(ids, lps),
+    joined = OutputAccumulator(deltas)
+    last, text = joined.last, joined.text
+    choice = {"index": 0, "logprobs": self._logprobs(joined.token_ids, joined.logprobs),
               "finish_reason": FINISH_REASONS.get(last.finish_reason)}
     if self._req.chat:
       choice["message"] = {"role": "assistant", "content": text}

@@ -22,6 +22,7 @@ from engine import LLM
 llm = LLM("random:{TINY}", max_num_seqs=2, max_batch_tokens=16, max_model_len=64,
           num_blocks=64, warmup=True)
 print(json.dumps(dict(dir=llm.engine.compilation_cache_dir, hits=len(hits),
+                      loaded=llm.engine.runner.num_loaded,
                       planned=len(llm.engine.runner.planned_shapes()),
                       compiled=llm.engine.stats().num_compilations)))
 """
@@ -49,8 +50,9 @@ def test_a_second_process_reads_the_default_cache(tmp_path):
   assert len([f for f in written if f.startswith("jit_packed")]) == 3     # the three steps
   second = _engine_process(env)
   assert second["dir"] == folder and second["compiled"] == 3
-  assert second["hits"] >= 3 and first["hits"] == 0
+  assert second["hits"] >= 3 and first["hits"] == 0 and second["loaded"] == 0
   assert sorted(_files(folder)) == sorted(written)          # read, nothing new to write
+  assert not os.path.exists(os.path.join(folder, "executables"))   # NOTE: GPUs only
 
 
 def test_the_cache_can_be_moved_or_turned_off(tmp_path):

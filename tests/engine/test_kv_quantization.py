@@ -152,3 +152,19 @@ def test_engine_features_are_unchanged_on_an_8bit_cache(name):
   again = [o.token_ids for o in llm.generate(prompt_token_ids=shared, use_tqdm=False,
                                              sampling_params=GREEDY)]
   assert again == first and llm.engine.stats().prefix_hit_tokens_total > hits
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_speculative_decoding_over_an_8bit_cache_gives_the_same_tokens(name):
+  """The verify step writes and reads the (values, scales) cache through the prefill seam:
+  n-gram drafts over repeated prompts, accepted or not, leave the greedy output unchanged."""
+  model = tiny_model()
+  rng = np.random.default_rng(2)
+  prompts = [np.tile(rng.integers(0, 384, n), 4).tolist() for n in (3, 5, 7)] + tiny_prompts()
+  want, _ = _generate(model, prompts, kv_cache_dtype=name, num_blocks=96)
+  got, engine = _generate(model, prompts, kv_cache_dtype=name, num_blocks=96,
+                          speculative="ngram", num_speculative_tokens=3)
+  assert got == want
+  stats = engine.stats()
+  assert stats.spec_proposed_tokens_total > stats.spec_accepted_tokens_total > 0
+  assert isinstance(engine.runner.kv_cache, quantization.QuantizedKV)

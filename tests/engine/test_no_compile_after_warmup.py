@@ -90,6 +90,28 @@ def test_a_random_workload_after_warmup_compiles_nothing(model, caplog):
   assert reasons == {FinishReason.STOP, FinishReason.LENGTH}
 
 
+def test_speculation_after_warmup_compiles_nothing(model, caplog):
+  """The same workload with n-gram speculation (no multi-step decode): verify steps of
+  every row bucket, drafts cut by budget, blocks and limits, rejected drafts rolled back."""
+  config = EngineConfig(**dict(LIMITS, num_decode_steps=1), warmup=True, speculative="ngram",
+                        num_speculative_tokens=3)
+  engine = LLMEngine(config, model=model)
+  runner = engine.runner
+  kinds = [s.kind for s in runner.planned_shapes()]
+  assert kinds.count("verify") == kinds.count("decode") == 3 and len(runner._executables) == 7
+  before = engine.stats()
+  with caplog.at_level(logging.WARNING):
+    finished = run_workload(engine, seed=0)
+  stats = engine.stats()
+  assert stats.num_compilations == before.num_compilations and len(runner._executables) == 7
+  assert not [r for r in caplog.records if "AFTER warm-up" in r.getMessage()]
+  assert len(finished) == 40 and all(d.error is None for d in finished.values())
+  assert stats.num_preemptions_total > 0 and stats.prefix_hit_tokens_total > 0
+  assert stats.spec_accepted_tokens_total > 0
+  assert stats.spec_proposed_tokens_total > stats.spec_accepted_tokens_total
+  assert engine.kv.num_used_blocks == 0
+
+
 def test_a_shape_outside_the_plan_compiles_with_a_warning(model, caplog):
   """The warning path itself: a decode of more iterations than planned is not a shape
   the engine can schedule, so it compiles, and says so."""

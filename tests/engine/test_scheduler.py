@@ -26,13 +26,12 @@ def req(rid, n, max_tokens=8, priority=0, start=0):
 
 
 def run_step(s: Scheduler, token=7):
-  """One schedule + update, appending `token` to every request that samples."""
+  """One schedule + update; every sampling row's tokens land at once, all `token`."""
   out = s.schedule()
   s.update(out)
   for x in out.decodes + out.prefills:
     if x.samples:
-      x.request.output_token_ids += [token] * x.num_sampled
-      x.request.num_pending_tokens -= x.num_sampled
+      x.request.land([(token, 0.0)] * x.num_sampled, s.config.max_model_len)
   return out
 
 

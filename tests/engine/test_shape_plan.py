@@ -37,6 +37,18 @@ def test_default_serving_config_plans_at_most_40_shapes_on_the_gpu(llama3_8b, de
   assert {s.decode_steps for s in shapes if s.kind == "decode"} == {1, decode_steps}
 
 
+@pytest.mark.parametrize("k", [2, 4, 8])
+def test_speculation_adds_one_verify_shape_per_decode_row_bucket(llama3_8b, k):
+  config = EngineConfig(**SERVING, attention_backend="triton", speculative="ngram",
+                        num_speculative_tokens=k)
+  shapes = planned_shapes(config, llama3_8b)
+  verify = [s for s in shapes if s.kind == "verify"]
+  # 9 decode + 8 prefill + 9 verify (rows 1..256, k + 1 token slots each).
+  assert len(shapes) == 9 + 8 + 9 <= 40
+  assert [(s.tokens, s.seqs, s.width) for s in verify] == [
+      (r * (k + 1), r, 256) for r in (1, 2, 4, 8, 16, 32, 64, 128, 256)]
+
+
 def test_the_xla_reference_keeps_table_width_buckets(llama3_8b):
   # NOTE: its gather is over the whole table (pallas_kernels.reads_whole_block_table).
   config = EngineConfig(**SERVING, attention_backend="xla")

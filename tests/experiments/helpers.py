@@ -6,10 +6,10 @@ import os
 import numpy as np
 
 from engine.config import EngineConfig
-from engine.experiments import metrics
-from engine.experiments.cost_model import ModelShape
-from engine.experiments.replay import ReplayOptions, replay
-from engine.experiments.simulator import SimBackend, SimulatedEngine
+from research import metrics
+from research.cost_model import ModelShape
+from research.replay import ReplayOptions, replay
+from research.simulator import SimBackend
 
 TINY_CONFIG = os.path.join(os.path.dirname(__file__), "tiny_llama.json")
 TINY_SHAPE = ModelShape("tiny", num_layers=2, num_kv_heads=2, head_dim=16,
@@ -45,6 +45,6 @@ def engine_config(allocator: str, prefix: bool, num_blocks: int, block_size: int
 
 def simulate(trace, config: EngineConfig, options: ReplayOptions = ReplayOptions()):
   """Replays `trace` in the simulator; returns (summary row, raw log)."""
-  engine = SimulatedEngine(config, TINY_SHAPE, config.num_blocks, vocab_size=512)
-  log = replay(SimBackend(engine, None), trace, options)
+  log = replay(SimBackend(config, TINY_SHAPE, config.num_blocks, vocab_size=512), trace,
+               options)
   return metrics.summarize(log), log

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from engine.experiments import cost_model as cm
+from research import cost_model as cm
 from serving import cli
 from tests.experiments.helpers import TINY_SHAPE, TRUTH, synthetic_samples
 

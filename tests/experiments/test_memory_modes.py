@@ -1,8 +1,8 @@
 """Contiguous vs paged KV on a small configuration of the incident workload."""
 from __future__ import annotations
 
-from engine.experiments import workload as w
-from engine.experiments.replay import ReplayOptions
+from research import workload as w
+from research.replay import ReplayOptions
 from tests.experiments.helpers import engine_config, simulate
 
 # Half-scale incident traffic: 110-token system prompt, 10-1000 token user

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from engine.experiments import cost_model as cm
+from research import cost_model as cm
 from tests.experiments.helpers import TINY_SHAPE, TRUTH, synthetic_samples
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "merge_sweeps.py")

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from engine.experiments import workload as w
-from engine.experiments.replay import ReplayOptions
 from engine.prefix_cache import hash_block
+from research import workload as w
+from research.replay import ReplayOptions
 from tests.experiments.helpers import engine_config, simulate
 
 # Sequential arrivals (one every ~3 s, prefills take a few 50 ms steps): every

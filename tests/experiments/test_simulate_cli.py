@@ -6,10 +6,10 @@ import glob
 import json
 import os
 
-from engine.experiments import cost_model as cm
-from engine.experiments.cli_args import chunked_of
-from engine.experiments.grid import TABLE_COLUMNS, format_table
+from research import cost_model as cm
 from serving import cli
+from serving.commands.sweep_flags import chunked_of
+from serving.commands.sweep_runs import TABLE_COLUMNS, format_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_RUN = ["--num-requests", "4", "--scale", "0.05", "--rate", "5", "--kv-budget-gb", "0.01",
@@ -27,7 +27,7 @@ def test_default_grid_is_small():
 
 
 def test_interrupted_simulation_keeps_the_finished_runs(tmp_path, monkeypatch):
-  from engine.experiments import simulator
+  from research import simulator
   made = []
   real_init = simulator.SimBackend.__init__
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from engine.experiments import workload as w
+from research import workload as w
 
 
 def test_generated_mix_lengths_and_arrivals_follow_the_config():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -75,3 +76,18 @@ def test_every_tabled_configuration_is_exact(cfg):
   ref = pk.paged_decode_attention_reference(*args, scale=0.125)
   assert helpers.rel_err(np.asarray(out, np.float64), np.asarray(ref, np.float64)) < (
       helpers.tolerance(np.float32))
+
+
+def test_tuner_times_short_rows_in_a_wide_table_and_keeps_the_best_overall():
+  from benchmarks import tune_kernels as tk
+  assert tk.lengths_of(4096, 16) == [256, 1024, 4096]
+  assert tk.lengths_of(64, 16) == [16, 64]         # never under one block
+  fast_long = dict(cfg="a", us=[30.0, 40.0, 100.0], error=None)
+  even = dict(cfg="b", us=[12.0, 36.0, 110.0], error=None)
+  broken = dict(cfg="c", us=[float("nan")] * 3, error="compile error")
+  # "b" is 2.5x better on short rows and 10 % worse on long ones: the geometric mean wins.
+  assert tk.pick([fast_long, even, broken])["cfg"] == "b"
+  assert tk.pick([fast_long, broken])["cfg"] == "a"
+  q, kv, tables, lengths = tk.make_problem(jax.random.key(0), 2, 64, 4, 2, 8, 16)
+  assert tables.shape == (2, 4) and lengths.tolist() == [64, 64]
+  assert tk.with_length((q, kv, tables, lengths), 16)[3].tolist() == [16, 16]

@@ -17,8 +17,8 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from engine import SamplingParams
+from engine.prompts import encode_prompt
 from serving.client import PagedJaxClient
-from serving.request_convert import encode_chat
 from tests.serving.conftest import MAX_WAITING, REPO, ServerProcess, pagedjax_cmd, subprocess_env
 
 PROMPT = "The capital of France is"
@@ -48,7 +48,7 @@ def expected(server_process, reference_llm):
 
   NOTE: computed while the server subprocess loads and compiles.
   """
-  chat_ids = encode_chat(reference_llm.tokenizer, CHAT)
+  chat_ids = encode_prompt(reference_llm.tokenizer, messages=CHAT)
   return {"prompt": _greedy(reference_llm, 8, prompt=PROMPT),
           "chat": _greedy(reference_llm, 6, ids=chat_ids), "chat_ids": chat_ids}
 

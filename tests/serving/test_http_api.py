@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine import SamplingParams
-from serving.request_convert import encode_chat
+from engine.prompts import encode_prompt
 from tests.serving.conftest import REPO, ServerProcess, free_port, pagedjax_cmd, subprocess_env
 
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
@@ -40,7 +40,7 @@ def server_process(serving_tmp):
 def expected(server_process, reference_llm):
   """LLM.generate's greedy outputs (computed while the server loads)."""
   params = SamplingParams(temperature=0.0, max_tokens=8, logprobs=True)
-  chat_ids = encode_chat(reference_llm.tokenizer, CHAT)
+  chat_ids = encode_prompt(reference_llm.tokenizer, messages=CHAT)
   gen = lambda **kw: reference_llm.generate(sampling_params=params, use_tqdm=False, **kw)[0]
   return {"prompt": gen(prompts=[PROMPT]), "chat": gen(prompt_token_ids=[chat_ids])}
 

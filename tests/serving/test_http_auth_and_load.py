@@ -125,6 +125,17 @@ def test_a_model_without_tokenizer_serves_token_id_prompts():
     assert [c.choices[0].text for c in chunks[:-1]] == ["", "", ""]
     assert all(t.startswith("token_id:") for c in chunks[:-1] for t in c.choices[0].logprobs.tokens)
     assert chunks[-1].usage.completion_tokens == 3 and chunks[-1].usage.prompt_tokens == 3
+    # NOTE: token ids never queue for the tokenizer's threads: a full tokenize queue
+    # (as under a burst of text prompts) does not refuse them.
+    from serving.tokenize_pool import PoolFullError
+
+    def full(*args, **kwargs):
+      raise PoolFullError("server is busy: tokenize queue full")
+    submit, srv._tokenize_pool.submit = srv._tokenize_pool.submit, full
+    assert client.completions.create(model="rnd", prompt=[5, 6], max_tokens=1).usage.prompt_tokens == 2
+    with pytest.raises(openai.RateLimitError):
+      client.completions.create(model="rnd", prompt="text")
+    srv._tokenize_pool.submit = submit
     for call in (lambda: client.completions.create(model="rnd", prompt="text"),
                  lambda: client.chat.completions.create(
                      model="rnd", messages=[{"role": "user", "content": "hi"}])):

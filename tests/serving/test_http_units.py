@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.experiments import workload as wl
+from research import workload as wl
 from serving.bench import workloads
 from serving.bench.result import RequestResult
 from serving.bench.summary import Slo, summarize

@@ -56,7 +56,7 @@ def test_warmup_and_compilation_cache_flags():
   assert moved.compilation_cache_dir == "/tmp/x"
 
 
-def test_compile_counters_reach_prometheus():
+def test_compile_and_speculation_counters_reach_prometheus():
   from engine.engine import EngineStats
   metrics = ServingMetrics()
   stats = dict(num_running=0, num_waiting=0, kv_blocks_used=0, kv_blocks_total=8,
@@ -68,7 +68,12 @@ def test_compile_counters_reach_prometheus():
   text = metrics.render()
   assert "pagedjax_compilations_total 5.0" in text
   assert "pagedjax_compile_seconds_total 3.0" in text
-
+  assert "pagedjax_spec_proposed_tokens_total 0.0" in text
+  metrics.observe_stats(EngineStats(**dict(stats, spec_proposed_tokens_total=9,
+                                           spec_accepted_tokens_total=4)))
+  text = metrics.render()
+  assert "pagedjax_spec_proposed_tokens_total 9.0" in text
+  assert "pagedjax_spec_accepted_tokens_total 4.0" in text
 
 
 def test_sampling_flags_default_to_sampling_params():
@@ -121,6 +126,7 @@ def test_two_servers_metrics_live_in_one_process():
     prefix_query_tokens_total, prefix_hit_tokens_total = 40, 16
     num_preemptions_total, prompt_tokens_total, generation_tokens_total = 0, 40, 9
     num_compilations, compile_seconds = 4, 1.5
+    spec_proposed_tokens_total, spec_accepted_tokens_total = 0, 0
 
   a.observe_stats(Stats)
   a.observe_stats(Stats)  # totals are not double counted
@@ -129,3 +135,17 @@ def test_two_servers_metrics_live_in_one_process():
   assert "pagedjax_time_to_first_token_seconds_count 0.0" in text_b
   assert "pagedjax_prefix_cache_hit_tokens_total 16.0" in text_a
   assert "pagedjax_kv_blocks_used 3.0" in text_a and "pagedjax_kv_blocks_used 0.0" in text_b
+
+
+def test_a_burst_that_fits_the_sequence_slots_is_not_refused():
+  """max_waiting counts requests beyond the free sequence slots: 4 slots + 1 waiting take a
+  burst of 5 submitted before the engine admits any (it admits over several steps)."""
+  import types
+  from serving.engine_loop import EngineLoop, QueueFullError, Submission
+  engine = types.SimpleNamespace(config=types.SimpleNamespace(max_num_seqs=4))
+  loop = EngineLoop(engine, ServingMetrics(), max_waiting=1)
+  for i in range(5):
+    loop.submit(Submission(f"r{i}", [1, 2], None))
+  assert loop.num_waiting() == 5
+  with pytest.raises(QueueFullError, match="--max-waiting=1"):
+    loop.submit(Submission("r5", [1, 2], None))

@@ -12,11 +12,11 @@ import dataclasses
 from typing import Callable, Sequence
 
 from engine.config import EngineConfig
-from engine.experiments import metrics
-from engine.experiments.cost_model import CostModel, ModelShape
-from engine.experiments.replay import Backend, ReplayOptions, RunLog, replay
-from engine.experiments.workload import TraceRequest
 from engine.kv_layout import KV_CACHE_DTYPES, bytes_per_block
+from research import metrics
+from research.cost_model import CostModel, ModelShape
+from research.replay import Backend, ReplayOptions, RunLog, replay
+from research.workload import TraceRequest
 
 BLOCK_SIZES = (8, 16, 32, 64, 128, 256)
 MODES = {                          # name: (allocator, prefix caching)

@@ -8,9 +8,7 @@ The first four terms are the weight-bound part (matmuls, per-call overhead),
 the last two the attention part: tokens of context read and blocks visited
 (each block is one block-table lookup and one tile; small blocks mean more of
 them). Coefficients are fitted by non-negative least squares to measured steps
-and stored as JSON under configs/cost_models/. A model fitted with one KV-cache dtype
-predicts another by scaling the per-token term with the KV bytes each token reads
-(`CostModel.for_kv_dtype`): decode attention is bound by reading the cache.
+and stored as JSON under configs/cost_models/.
 """
 from __future__ import annotations
 
@@ -21,7 +19,6 @@ import os
 import numpy as np
 
 from engine.kv_cache_manager import cdiv
-from engine.kv_layout import bytes_per_token
 from engine.scheduler import ScheduleOutput
 
 FEATURES = ("decode_launch", "prefill_launch", "decode_row", "prefill_token", "kv_token",
@@ -37,7 +34,7 @@ class ModelShape:
   num_kv_heads: int
   head_dim: int
   max_position_embeddings: int
-  dtype: str = "bfloat16"              # of the KV cache (engine/kv_layout.py ITEMSIZE)
+  dtype: str = "bfloat16"
 
   @classmethod
   def of(cls, name: str, model_config, dtype: str) -> ModelShape:
@@ -66,22 +63,6 @@ class CostModel:
 
   def attention_seconds(self, features: dict[str, float]) -> float:
     return sum(self.coefficients[k] * features[k] for k in ATTENTION_FEATURES)
-
-  def for_kv_dtype(self, dtype: str) -> CostModel:
-    """This model for a run whose KV cache is `dtype`: kv_token scaled by the KV bytes per
-    token (scales included) relative to the dtype it was fitted with; the per-block term
-    (one table lookup and tile per block) unchanged.
-
-    NOTE: assumes attention time proportional to the bytes read; check it against the
-    decode kernel's measured time per dtype (benchmarks/kv_quant.py).
-    """
-    if dtype == self.shape.dtype:
-      return self
-    ratio = bytes_per_token(self.shape, dtype) / bytes_per_token(self.shape, self.shape.dtype)
-    coefficients = dict(self.coefficients, kv_token=self.coefficients["kv_token"] * ratio)
-    return dataclasses.replace(self, coefficients=coefficients,
-                               shape=dataclasses.replace(self.shape, dtype=dtype),
-                               source=f"{self.source}; kv_token x {ratio:.3f} for {dtype}")
 
   def to_json(self) -> dict:
     return {"coefficients": self.coefficients, "shape": dataclasses.asdict(self.shape),
@@ -195,18 +176,7 @@ def fit_steps(steps: list[dict], shape: ModelShape, device: str, source: str,
     with open(attention_bench, encoding="utf-8") as f:
       fixed = attention_coefficients(json.load(f), shape.num_layers)
     source += f"; kv_token and block from {os.path.basename(attention_bench)}"
-  return fit([(_in_shape_bytes(s, shape), s["seconds"]) for s in steps], shape, device,
-             source, fixed)
-
-
-def _in_shape_bytes(step: dict, shape: ModelShape) -> dict[str, float]:
-  """A timed step's features with its KV tokens counted in `shape.dtype`'s bytes (a sweep
-  over several KV-cache dtypes fits one model; the inverse of `CostModel.for_kv_dtype`)."""
-  dtype = step.get("kv_cache_dtype", shape.dtype)
-  if dtype == shape.dtype:
-    return step["features"]
-  ratio = bytes_per_token(shape, dtype) / bytes_per_token(shape, shape.dtype)
-  return dict(step["features"], kv_token=step["features"]["kv_token"] * ratio)
+  return fit([(s["features"], s["seconds"]) for s in steps], shape, device, source, fixed)
 
 
 def load(path: str | os.PathLike) -> CostModel:

@@ -8,7 +8,8 @@ import argparse
 import dataclasses
 import os
 
-from engine.experiments.workload import TraceRequest, WorkloadConfig, generate, read_trace
+from engine.config import EngineConfig
+from research.workload import TraceRequest, WorkloadConfig, generate, read_trace
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -53,7 +54,7 @@ def trace_from_args(args: argparse.Namespace) -> list[TraceRequest]:
             if hasattr(args, "wl_" + f.name)}
   trace = generate(WorkloadConfig(salt_by_tenant=not args.no_salt, **kwargs))
   if args.save_trace:
-    from engine.experiments.workload import write_trace
+    from research.workload import write_trace
     os.makedirs(os.path.dirname(os.path.abspath(args.save_trace)), exist_ok=True)
     write_trace(args.save_trace, trace)
   return trace
@@ -83,6 +84,9 @@ def add_grid_args(parser: argparse.ArgumentParser, block_sizes: str,
   g.add_argument("--max-model-len", type=int, default=None,
                  help="context limit (default: the trace's longest request, rounded up to 256)")
   g.add_argument("--watermark", type=float, default=0.01, help="admission watermark")
+  g.add_argument("--num-decode-steps", type=int, default=EngineConfig().num_decode_steps,
+                 help="decode tokens per request per step while no prompt is being prefilled "
+                      "(multi-step decode, as `pagedjax serve --num-decode-steps`)")
   r = parser.add_argument_group("replay")
   r.add_argument("--clock", choices=("steps", "measured"), default="measured",
                  help="advance time per step by --step-dt, or by the step's duration")

@@ -10,10 +10,8 @@ with thousands of requests replays in seconds.
 """
 from __future__ import annotations
 
-import dataclasses
 import zlib
 
-from engine import context_limit
 from engine.config import EngineConfig
 from engine.experiments.cost_model import CostModel, ModelShape, step_features
 from engine.experiments.recording import RecordingScheduler
@@ -27,12 +25,9 @@ from engine.sampling_params import SamplingParams
 from engine.scheduler import SchedulerConfig
 
 
-def context_limit_of(config: EngineConfig, max_position_embeddings: int,
-                     num_blocks: int) -> context_limit.ContextLimit:
-  """The engine's context limit for a model (`LLMEngine`'s rule, engine/context_limit.py)."""
-  return context_limit.resolve(config.max_model_len, max_position_embeddings, num_blocks,
-                               config.block_size, f"--num-blocks {num_blocks}",
-                               allow_small_kv_cache=config.allow_small_kv_cache)
+def max_model_len_of(config: EngineConfig, max_position_embeddings: int) -> int:
+  """The engine's context limit for a model (same rule as `LLMEngine`)."""
+  return min(config.max_model_len or min(max_position_embeddings, 4096), max_position_embeddings)
 
 
 def scheduler_config_of(config: EngineConfig, max_model_len: int) -> SchedulerConfig:
@@ -64,8 +59,7 @@ class SimulatedEngine:
     self.config = config
     self.shape = shape
     self.vocab_size = vocab_size
-    self.context_limit = context_limit_of(config, shape.max_position_embeddings, num_blocks)
-    self.max_model_len = self.context_limit.tokens
+    self.max_model_len = max_model_len_of(config, shape.max_position_embeddings)
     self.kv = build_kv_manager(config, num_blocks)
     self.scheduler = RecordingScheduler(scheduler_config_of(config, self.max_model_len), self.kv)
     self._requests: dict[str, Request] = {}
@@ -76,11 +70,9 @@ class SimulatedEngine:
                   sampling_params: SamplingParams, cache_salt: str | None = None) -> None:
     if request_id in self._requests:
       raise ValueError(f"request id {request_id!r} is already in use")
-    n = len(prompt_token_ids)
-    context_limit.check_prompt(n, self.context_limit)
-    new_tokens = context_limit.max_new_tokens(sampling_params.max_tokens, n, self.context_limit)
-    if new_tokens != sampling_params.max_tokens:     # NOTE: LLMEngine.add_request's cap
-      sampling_params = dataclasses.replace(sampling_params, max_tokens=new_tokens)
+    if len(prompt_token_ids) + 1 > self.max_model_len:
+      raise ValueError(f"prompt has {len(prompt_token_ids)} tokens; with one generated token "
+                       f"that exceeds the context of {self.max_model_len} tokens")
     request = Request(request_id, list(prompt_token_ids), sampling_params,
                       cache_salt=cache_salt)
     self._requests[request_id] = request

@@ -1,0 +1,1 @@
+"""Weight loaders: GGUF, HF safetensors folders, orbax checkpoints, random init."""

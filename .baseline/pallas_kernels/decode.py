@@ -1,0 +1,62 @@
+"""Public paged decode attention: validation and backend dispatch."""
+
+from __future__ import annotations
+
+import jax
+
+from pallas_kernels import backend as backend_lib
+from pallas_kernels import heuristics
+from pallas_kernels import validation
+from pallas_kernels.decode_reference import paged_decode_attention_reference
+from pallas_kernels.decode_triton import decode_triton
+
+
+def paged_decode_attention(
+    q: jax.Array,
+    kv_cache: jax.Array,
+    block_tables: jax.Array,
+    lengths: jax.Array,
+    *,
+    scale: float | None = None,
+    backend: str | None = None,
+    num_splits: int | None = None,
+    interpret: bool = False,
+) -> jax.Array:
+  """Attention of one new token per row over its paged KV cache.
+
+  Args:
+    q: [batch, num_q_heads, head_dim]; query head h uses KV head
+      h // (num_q_heads // num_kv_heads).
+    kv_cache: [num_blocks, num_kv_heads, 2, block_size, head_dim] (K at 0,
+      V at 1 on axis 2), bfloat16 or float32.
+    block_tables: int32 [batch, max_blocks_per_seq].
+    lengths: int32 [batch]: cached tokens including the current one (already
+      written); 0 marks a padding row, which outputs zeros and reads nothing.
+    scale: softmax scale, default head_dim ** -0.5.
+    backend: None (platform default), "triton" or "xla".
+    num_splits: split-K factor for the GPU kernel; None = heuristic.
+    interpret: run the Pallas kernel in interpret mode (CPU tests).
+
+  Returns:
+    [batch, num_q_heads, head_dim] in q's dtype.
+  """
+  validation.check_decode_args(q, kv_cache, block_tables, lengths)
+  backend = backend_lib.resolve_backend(backend)
+  if scale is None:
+    scale = q.shape[-1] ** -0.5
+  if num_splits is not None and num_splits < 1:
+    raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+  if backend == "xla":
+    return paged_decode_attention_reference(
+        q, kv_cache, block_tables, lengths, scale=scale)
+  _, hkv, _, block_size, _ = kv_cache.shape
+  if num_splits is None:
+    num_splits = heuristics.decode_num_splits(
+        q.shape[0], hkv, block_tables.shape[1], block_size)
+  pages = heuristics.decode_pages_per_step(block_size)
+  return decode_triton(
+      q, kv_cache, block_tables, lengths, scale=float(scale),
+      num_splits=num_splits, pages_per_step=pages,
+      num_stages=heuristics.num_stages(
+          pages * block_size, q.shape[-1], kv_cache.dtype.itemsize),
+      interpret=interpret)

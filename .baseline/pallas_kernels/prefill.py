@@ -1,0 +1,64 @@
+"""Public paged prefill attention: validation and backend dispatch."""
+
+from __future__ import annotations
+
+import jax
+from jax.experimental import pallas as pl
+
+from pallas_kernels import backend as backend_lib
+from pallas_kernels import heuristics
+from pallas_kernels import validation
+from pallas_kernels.prefill_reference import paged_prefill_attention_reference
+from pallas_kernels.prefill_triton import prefill_triton
+
+
+def paged_prefill_attention(
+    q: jax.Array,
+    kv_cache: jax.Array,
+    block_tables: jax.Array,
+    cu_q_lens: jax.Array,
+    kv_lens: jax.Array,
+    *,
+    scale: float | None = None,
+    backend: str | None = None,
+    interpret: bool = False,
+) -> jax.Array:
+  """Causal attention of packed new tokens to their sequences' paged cache.
+
+  Args:
+    q: [num_tokens, num_q_heads, head_dim]; sequences packed back to back,
+      then padding (which outputs zeros).
+    kv_cache: [num_blocks, num_kv_heads, 2, block_size, head_dim], already
+      holding this chunk's K/V.
+    block_tables: int32 [num_seqs, max_blocks_per_seq].
+    cu_q_lens: int32 [num_seqs + 1], cu_q_lens[0] == 0; padded sequences
+      have q_len 0.
+    kv_lens: int32 [num_seqs]: cached tokens including this chunk. New token
+      i of sequence s sits at position kv_lens[s] - q_len[s] + i and sees
+      positions 0..that position.
+    scale: softmax scale, default head_dim ** -0.5.
+    backend: None (platform default), "triton" or "xla".
+    interpret: run the Pallas kernel in interpret mode (CPU tests).
+
+  Returns:
+    [num_tokens, num_q_heads, head_dim] in q's dtype.
+  """
+  validation.check_prefill_args(q, kv_cache, block_tables, cu_q_lens, kv_lens)
+  backend = backend_lib.resolve_backend(backend)
+  if scale is None:
+    scale = q.shape[-1] ** -0.5
+  if backend == "xla":
+    return paged_prefill_attention_reference(
+        q, kv_cache, block_tables, cu_q_lens, kv_lens, scale=scale)
+  _, hkv, _, block_size, _ = kv_cache.shape
+  group_pad = pl.next_power_of_2(q.shape[1] // hkv)
+  itemsize = kv_cache.dtype.itemsize
+  pages = heuristics.prefill_pages_per_step(block_size, itemsize)
+  return prefill_triton(
+      q, kv_cache, block_tables, cu_q_lens, kv_lens, scale=float(scale),
+      block_q=heuristics.prefill_block_q(group_pad, itemsize),
+      pages_per_step=pages,
+      num_warps=4 if itemsize > 2 else 8,
+      num_stages=heuristics.num_stages(
+          pages * block_size, q.shape[-1], itemsize),
+      interpret=interpret)

@@ -1,0 +1,1 @@
+"""`pagedjax` subcommands: one module per command (see serving/cli.py)."""

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of the pagedjax API (see scripts/gen_proto.sh)."""
