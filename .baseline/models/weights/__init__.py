@@ -1,1 +1,0 @@
-"""Weight loaders: GGUF, HF safetensors folders, orbax checkpoints, random init."""

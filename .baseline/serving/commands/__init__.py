@@ -1,1 +1,0 @@
-"""`pagedjax` subcommands: one module per command (see serving/cli.py)."""

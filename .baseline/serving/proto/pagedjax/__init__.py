@@ -1,1 +1,0 @@
-"""Generated gRPC stubs of the pagedjax API (see scripts/gen_proto.sh)."""
