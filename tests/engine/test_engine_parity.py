@@ -35,16 +35,18 @@ def expected(smollm, prompts):
           for ids in prompts]
 
 
-def run_engine(engine: LLMEngine, prompts, arrivals=None, salts=None) -> dict[str, list[int]]:
-  """Adds prompt i at step arrivals[i]; runs to completion; returns tokens per request."""
+def run_engine(engine: LLMEngine, prompts, arrivals=None, salts=None,
+               params: SamplingParams | None = None) -> dict[str, list[int]]:
+  """Adds prompt i at step arrivals[i] (greedy, MAX_NEW tokens unless `params`); runs to
+  completion; returns tokens per request."""
   arrivals = arrivals or [0] * len(prompts)
+  params = params or SamplingParams(temperature=0.0, max_tokens=MAX_NEW)
   outputs: dict[str, list[int]] = {}
   step = 0
   while len(outputs) < len(prompts) or engine.has_unfinished_requests():
     for i, ids in enumerate(prompts):
       if arrivals[i] == step:
-        engine.add_request(str(i), prompt_token_ids=ids,
-                           sampling_params=SamplingParams(temperature=0.0, max_tokens=MAX_NEW),
+        engine.add_request(str(i), prompt_token_ids=ids, sampling_params=params,
                            cache_salt=salts[i] if salts else None)
         outputs[str(i)] = []
     for d in engine.step():

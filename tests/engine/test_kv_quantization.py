@@ -4,7 +4,6 @@ flat cache, and prefix caching, preemption, chunked prefill and multi-step decod
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +13,8 @@ import pytest
 from benchmarks import hlo
 from engine import LLM, EngineConfig, SamplingParams, kv_layout
 from engine.kv_budget import resolve_num_blocks
-from engine.steps import decode_attention, layered, prefill_attention
 from pallas_kernels import quantization
-from tests.engine.test_layer_scan import BLOCK, _forward, compiled, tiny
+from tests.engine.test_layer_scan import BLOCK, compiled, prefill_then_decode, tiny
 from tests.parallel.tp_worker import tiny_model, tiny_prompts
 
 NAMES = ("int8", "float8_e4m3")
@@ -99,25 +97,9 @@ def test_pallas_kernels_match_the_xla_path_over_the_flat_quantized_cache(name):
   cache = quantization.QuantizedKV(*quantization.quantize(
       jnp.asarray(rng.standard_normal((3 * 8, 2, 2, BLOCK, 16)), jnp.float32),
       quantization.storage_dtype(name)))
-  tables = jnp.asarray([[1, 2, 3], [4, 5, 0]], jnp.int32)
-  pos = np.r_[np.arange(4, 14), np.arange(6), 0, 0].astype(np.int32)
-  seq_blocks = np.r_[np.full(10, 0), np.full(6, 1)]
-  slots = np.r_[np.asarray(tables)[seq_blocks, pos[:16] // BLOCK] * BLOCK + pos[:16] % BLOCK,
-                0, 0].astype(np.int32)
-  prefill_meta = {"positions": jnp.asarray(pos), "slots": jnp.asarray(slots),
-                  "block_tables": tables, "cu_q_lens": jnp.asarray([0, 10, 16], jnp.int32),
-                  "kv_lens": jnp.asarray([14, 6], jnp.int32)}
-  decode_meta = {"positions": jnp.asarray([14, 6], jnp.int32),
-                 "slots": jnp.asarray([2 * BLOCK + 6, 4 * BLOCK + 6], jnp.int32),
-                 "block_tables": tables, "lengths": jnp.asarray([15, 7], jnp.int32)}
-  results = {}
-  for backend, interpret in (("xla", False), ("triton", True)):
-    seam = functools.partial(prefill_attention, backend=backend, interpret=interpret)
-    hidden, out = _forward(model, cache, dict(prefill_meta), layered(seam, 3))
-    seam = functools.partial(decode_attention, backend=backend, interpret=interpret)
-    last, out = _forward(model, out, dict(decode_meta), layered(seam, 3))
-    results[backend] = [np.asarray(hidden[:16]), np.asarray(last),
+  results = {backend: [np.asarray(hidden), np.asarray(last),
                         np.asarray(quantization.dequantize(*out))]
+             for backend, (hidden, last, out) in prefill_then_decode(model, cache).items()}
   for want, got in zip(results["xla"], results["triton"]):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 

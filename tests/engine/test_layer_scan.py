@@ -121,15 +121,12 @@ def _forward(model, cache, meta, seam):
   return run(model.params, model.config, tokens, meta.pop("positions"), cache, meta, seam)
 
 
-def test_pallas_kernels_match_the_xla_path_over_the_flat_cache():
-  """A 3-layer prefill of two sequences (one after a cached prefix), then a decode step,
-  through the engine's layered seams: Triton kernels (interpret mode) vs the XLA path."""
-  model = tiny(3, num_heads=8, num_kv_heads=2)
-  blocks = 8                                               # per layer; block 0 is null
-  rng = np.random.default_rng(0)
-  cache = jnp.asarray(rng.standard_normal((3 * blocks, 2, 2, BLOCK, 16)), jnp.float32)
+def prefill_then_decode(model: LoadedModel, cache) -> dict[str, tuple]:
+  """A 3-layer prefill of two sequences (sequence 0: positions 4..13, 4 cached; sequence 1:
+  0..5; 2 padding tokens), then one decode step, through the engine's layered seams, with
+  the XLA path and with the Triton kernels in interpret mode: {backend: (prefill hidden
+  states of the 16 real tokens, decode hidden states, the cache afterwards)}."""
   tables = jnp.asarray([[1, 2, 3], [4, 5, 0]], jnp.int32)
-  # Sequence 0: positions 4..13 (4 cached); sequence 1: 0..5; 2 padding tokens.
   pos = np.r_[np.arange(4, 14), np.arange(6), 0, 0].astype(np.int32)
   seq_blocks = np.r_[np.full(10, 0), np.full(6, 1)]
   slots = np.r_[np.asarray(tables)[seq_blocks, pos[:16] // BLOCK] * BLOCK + pos[:16] % BLOCK,
@@ -146,7 +143,19 @@ def test_pallas_kernels_match_the_xla_path_over_the_flat_cache():
     hidden, out = _forward(model, cache, dict(prefill_meta), layered(seam, 3))
     seam = functools.partial(decode_attention, backend=backend, interpret=interpret)
     last, out = _forward(model, out, dict(decode_meta), layered(seam, 3))
-    results[backend] = [np.asarray(a) for a in (hidden[:16], last, out)]
+    results[backend] = (hidden[:16], last, out)
+  return results
+
+
+def test_pallas_kernels_match_the_xla_path_over_the_flat_cache():
+  """A 3-layer prefill of two sequences (one after a cached prefix), then a decode step,
+  through the engine's layered seams: Triton kernels (interpret mode) vs the XLA path."""
+  model = tiny(3, num_heads=8, num_kv_heads=2)
+  blocks = 8                                               # per layer; block 0 is null
+  rng = np.random.default_rng(0)
+  cache = jnp.asarray(rng.standard_normal((3 * blocks, 2, 2, BLOCK, 16)), jnp.float32)
+  results = {backend: [np.asarray(a) for a in got]
+             for backend, got in prefill_then_decode(model, cache).items()}
   for want, got in zip(results["xla"], results["triton"]):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   # Every layer wrote its own rows (layer l: l * blocks + b) and nothing else moved.

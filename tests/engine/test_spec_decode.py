@@ -10,7 +10,7 @@ import pytest
 from engine import LLM, EngineConfig, FinishReason, LLMEngine, SamplingParams
 from models import load_model
 from models.reference import reference_generate
-from tests.engine.test_engine_parity import QUESTIONS, SYSTEM
+from tests.engine.test_engine_parity import QUESTIONS, SYSTEM, run_engine
 
 MAX_NEW = 24
 # Prompts the model answers by quoting: most drafts are accepted, several per step.
@@ -43,21 +43,9 @@ def expected(smollm, prompts):
 
 
 def run(engine: LLMEngine, prompts, arrivals=None, params=None) -> dict[str, list[int]]:
-  """Adds prompt i at step arrivals[i]; runs to completion; returns tokens per request."""
-  arrivals = arrivals or [0] * len(prompts)
-  params = params or SamplingParams(temperature=0.0, max_tokens=MAX_NEW)
-  outputs, step = {}, 0
-  while len(outputs) < len(prompts) or engine.has_unfinished_requests():
-    for i, ids in enumerate(prompts):
-      if arrivals[i] == step:
-        engine.add_request(str(i), prompt_token_ids=ids, sampling_params=params)
-        outputs[str(i)] = []
-    for d in engine.step():
-      assert d.error is None, d.error
-      outputs[d.request_id] += d.token_ids
-    step += 1
-    assert step < 500, "engine made no progress"
-  return outputs
+  """`run_engine` at this file's MAX_NEW tokens unless `params`."""
+  return run_engine(engine, prompts, arrivals,
+                    params=params or SamplingParams(temperature=0.0, max_tokens=MAX_NEW))
 
 
 def check(engine, outputs, expected):
