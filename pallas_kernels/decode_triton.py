@@ -135,12 +135,18 @@ def _decode_kernel(len_ref, bt_ref, q_ref, *refs, scale, pages_per_step, num_spl
   acc, m, l = lax.fori_loop(
       0, pl.cdiv(num_pages, pages_per_step), body, (acc, m, l)
   )
+  _store(out_refs, acc, m, l, group, final)
+
+
+def _store(out_refs, acc, m, l, group: int, final: bool):
+  """Writes a program's result: the normalized output when it is the only split, else the
+  partial (acc, m, l) that `combine_splits` merges. acc: [rows, head_dim]; m, l: [rows]."""
   if final:
-    (o_ref,) = out_refs
+    (o_ref,) = out_refs  # [group, head_dim]
     inv = jnp.where(l > 0, 1.0 / jnp.where(l > 0, l, 1.0), 0.0)
     o_ref[...] = _first_copy(acc * inv[:, None], group).astype(o_ref.dtype)
   else:
-    o_ref, m_ref, l_ref = out_refs
+    o_ref, m_ref, l_ref = out_refs  # [group, head_dim], [group], [group]
     o_ref[...] = _first_copy(acc, group)
     m_ref[...] = _first_copy(m, group)
     l_ref[...] = _first_copy(l, group)
