@@ -15,6 +15,10 @@
 #   bash benchmarks/h200_visit.sh serve-fixed OUT  # the same with one cold start, the fixed
 #                                                # workloads only; then the executable store's
 #                                                # tokens checked (1B engine twice, one cache)
+#   bash benchmarks/h200_visit.sh prefill OUT    # issue 14: Mosaic prefill tile variants, the
+#                                                # kernel alone and with its gathers, vs cuDNN
+#   bash benchmarks/h200_visit.sh engine-prefill OUT  # the 8B engine with "mosaic" vs
+#                                                # "triton" prefill (bf16 tokens checked)
 # Needs the wheels the GPU image lacks in .whl/ (docs/benchmarks.md) and, for the baseline,
 # `git archive REV engine models pallas_kernels serving benchmarks configs | tar -x -C .baseline`.
 set -u
@@ -47,6 +51,19 @@ case $part in
     if [ -f benchmarks/mosaic_probe.py ]; then
       run mosaic 150 python3 -m benchmarks.mosaic_probe --out "$out"
     fi
+    ;;
+  prefill)
+    run probe 540 python3 -m benchmarks.mosaic_probe --out "$out" \
+      --variants default,bkv128-st3,rows64,bkv64-st3 --shapes 4096,4096+2048,odd-bs16,odd-bs256
+    grep -A40 "^| shape" "$out/probe.log"
+    ;;
+  engine-prefill)
+    for b in mosaic triton; do
+      mkdir -p "$out/$b"
+      run "engine_$b" 270 python3 -m benchmarks.throughput --out "$out/$b" --attention-backend $b \
+        --models llama3-8b --batches 64 --prompt-len 2048 --new-tokens 32 \
+        $([ $b = triton ] && echo --skip-check)
+    done
     ;;
   step256)
     run warmup 150 python3 -m benchmarks.warmup --out "$out/warmup.json" --num-decode-steps 4 -- -v

@@ -34,6 +34,7 @@ import pallas_kernels
 from engine import LLM, SamplingParams
 from engine import step_inputs
 from engine.kv_layout import bytes_per_block
+from pallas_kernels.backend import KNOWN_BACKENDS
 
 PROMPT, NEW = 128, 256
 
@@ -50,25 +51,43 @@ def read_bandwidth(gib: float = 4.0) -> float:
   return x.nbytes * 10 / (time.perf_counter() - t0)
 
 
-def check_correctness(prompt_lens=(5, 37, 130), new=16) -> dict:
+def check_correctness(prompt_lens=(5, 37, 130), new=16, backend=None) -> dict:
   from models.reference import reference_generate
   rng = np.random.default_rng(0)
   shape = dict(max_num_seqs=4, max_model_len=512, num_blocks=256)
-  llm = LLM("random:smollm2-135m", **shape)
+  llm = LLM("random:smollm2-135m", attention_backend=backend, **shape)
   xla = LLM(loaded_model=llm.engine.model, attention_backend="xla", **shape)
   cfg, params = llm.engine.model.config, llm.engine.model.params
   prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for n in prompt_lens]
   sp = SamplingParams(temperature=0.0, max_tokens=new, ignore_eos=True)
-  multi = LLM(loaded_model=llm.engine.model, num_decode_steps=4, **shape)
+  multi = LLM(loaded_model=llm.engine.model, num_decode_steps=4,
+              attention_backend=backend, **shape)
   tokens = lambda e: [o.token_ids for o in e.generate(prompt_token_ids=prompts,
                                                       sampling_params=sp, use_tqdm=False)]
   ours, theirs, multi_out = tokens(llm), tokens(xla), tokens(multi)
   ref = [reference_generate(cfg, params, p, new) for p in prompts]
-  return {"backend": pallas_kernels.default_backend(),
+  return {"backend": backend or pallas_kernels.default_backend(),
           "tokens_equal_reference": [a == b for a, b in zip(ours, ref)],
           "tokens_equal_xla_engine": [a == b for a, b in zip(ours, theirs)],
           "multi_step_4_equal_reference": [a == b for a, b in zip(multi_out, ref)],
           "prompt_lens": list(prompt_lens), "new_tokens": new}
+
+
+def check_bf16_against_triton(backend: str, prompt_lens=(5, 200, 700), new=8) -> dict:
+  """`backend`'s engine against the Triton one in bfloat16 (in float32, the check
+  above, "mosaic" prefill runs the Triton kernel): greedy tokens equal per prompt."""
+  rng = np.random.default_rng(2)
+  shape = dict(dtype="bfloat16", max_num_seqs=4, max_model_len=1024, num_blocks=512)
+  ref = LLM("random:smollm2-135m", attention_backend="triton", **shape)
+  ours = LLM(loaded_model=ref.engine.model, attention_backend=backend, **shape)
+  prompts = [rng.integers(0, 49152, n).tolist() for n in prompt_lens]
+  sp = SamplingParams(temperature=0.0, max_tokens=new, ignore_eos=True)
+  outs = [e.generate(prompt_token_ids=prompts, sampling_params=sp, use_tqdm=False)
+          for e in (ours, ref)]
+  return {"backend": backend, "vs": "triton", "dtype": "bfloat16",
+          "prompt_lens": list(prompt_lens),
+          "tokens_equal": [a.token_ids == b.token_ids for a, b in zip(*outs)],
+          "first_token_equal": [a.token_ids[0] == b.token_ids[0] for a, b in zip(*outs)]}
 
 
 def _timed_steps(llm: LLM) -> list[tuple[float, bool]]:
@@ -121,11 +140,21 @@ def decode_device_time(llm: LLM, batch: int, ctx: int, iters: int = 20, steps: i
   return (time.perf_counter() - t0) / iters
 
 
+def prefill_rate(llm: LLM, prompts: list[list[int]]) -> float:
+  """Prompt tokens per second of a warm prefill-only run (one output token each)."""
+  sp = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
+  llm.generate(prompt_token_ids=prompts[:2], sampling_params=sp, use_tqdm=False)
+  t0 = time.perf_counter()
+  llm.generate(prompt_token_ids=prompts, sampling_params=sp, use_tqdm=False)
+  return sum(map(len, prompts)) / (time.perf_counter() - t0)
+
+
 def bench_model(name: str, batch: int, bandwidth: float, prompt_len: int = PROMPT,
-                new: int = NEW, decode_steps: int = 1) -> dict:
+                new: int = NEW, decode_steps: int = 1, backend: str | None = None) -> dict:
   llm = LLM(f"random:{name}", dtype="bfloat16", max_num_seqs=batch,
             max_model_len=prompt_len + new, num_decode_steps=decode_steps,
-            max_batch_tokens=2048, enable_prefix_caching=False, kv_cache_memory_fraction=0.5)
+            max_batch_tokens=2048, enable_prefix_caching=False, kv_cache_memory_fraction=0.5,
+            attention_backend=backend)
   cfg = llm.engine.model.config
   rng = np.random.default_rng(1)
   prompts = [rng.integers(0, cfg.vocab_size, prompt_len).tolist() for _ in range(batch)]
@@ -152,6 +181,8 @@ def bench_model(name: str, batch: int, bandwidth: float, prompt_len: int = PROMP
   decode_walls = [w for w, decode_only in log if decode_only]
   wall_per_decode = float(np.median(decode_walls)) if decode_walls else float("nan")
   return {"model": name, "batch": batch, "decode_steps": decode_steps,
+          "attention_backend": backend or pallas_kernels.default_backend(),
+          "prompt_len": prompt_len, "prefill_tokens_per_s": prefill_rate(llm, prompts),
           "tokens_per_s": generated / wall, "wall_s": wall,
           "warm_run_s": warm_s, "generated": generated,
           "decode_step_ms": step_s * 1e3, "roofline_ms": roofline * 1e3,
@@ -194,13 +225,17 @@ def main():
   ap.add_argument("--skip-check", action="store_true")
   ap.add_argument("--prompt-len", type=int, default=PROMPT)
   ap.add_argument("--new-tokens", type=int, default=NEW)
+  ap.add_argument("--attention-backend", default=None, choices=KNOWN_BACKENDS,
+                  help="engine attention backend (default: the platform's)")
   ap.add_argument("--decode-steps", default="1",
                   help="comma-separated num_decode_steps values, one run per model and batch each")
   args = ap.parse_args()
   os.makedirs(args.out, exist_ok=True)
   result = {"device": str(jax.devices()[0].device_kind), "date": time.strftime("%Y-%m-%d")}
   if not args.skip_check:
-    result["correctness"] = check_correctness()
+    result["correctness"] = check_correctness(backend=args.attention_backend)
+    if args.attention_backend not in (None, "triton", "xla"):
+      result["correctness"]["bf16"] = check_bf16_against_triton(args.attention_backend)
     print(json.dumps(result["correctness"]), flush=True)
   result["read_bandwidth_TBps"] = read_bandwidth() / 1e12
   rows = []
@@ -208,7 +243,8 @@ def main():
     for batch, steps in itertools.product((int(b) for b in args.batches.split(",")),
                                           (int(k) for k in args.decode_steps.split(","))):
       rows.append(bench_model(name, batch, result["read_bandwidth_TBps"] * 1e12,
-                              args.prompt_len, args.new_tokens, steps))
+                              args.prompt_len, args.new_tokens, steps,
+                              args.attention_backend))
       print(json.dumps(rows[-1]), flush=True)
       _save(args.out, dict(result, rows=rows))
       gc.collect()

@@ -6,9 +6,10 @@ rows, and each (tile, KV head) CTA walks its sequence's cache up to the tile's
 last token. The kernel body and its pipeline are in prefill_mosaic_kernel.py.
 
 Supported: 16-bit caches (bf16, f16) with head_dim a multiple of 64 (up to
-256 with the default tiling: shared memory) and GQA groups padded to at most
-128 rows; `supports()` says so and prefill.py sends everything else (float32
-caches, head_dim 32/96/512, huge groups) to the Triton kernel.
+256 with the default tiling: shared memory) and GQA groups of at most 1/8 of
+a tile's rows (16 with 128 rows: a head's tokens in a tile are one TMA box of
+whole 8-row tiles); `supports()` says so and prefill.py sends everything else
+(float32 caches, head_dim 32/96/512, groups over 16) to the Triton kernel.
 """
 
 from __future__ import annotations
@@ -61,12 +62,13 @@ class MosaicConfig:
 
 def supports(q: jax.Array, kv_cache: jax.Array, config: MosaicConfig) -> bool:
   """Whether the Mosaic kernel runs these shapes/dtypes with `config` (16-bit,
-  head_dim % 64 == 0, groups <= 128, shared memory fits); else Triton."""
+  head_dim % 64 == 0, groups <= rows / 8, shared memory fits); else Triton."""
   hkv, head_dim = kv_cache.shape[1], kv_cache.shape[4]
   itemsize = kv_cache.dtype.itemsize
   group_pad = pl.next_power_of_2(q.shape[1] // hkv)
+  rows = config.compute_wgs * ROWS_PER_WG
   return (itemsize == 2 and q.dtype == kv_cache.dtype
-          and head_dim % 64 == 0 and group_pad <= 2 * ROWS_PER_WG
+          and head_dim % 64 == 0 and group_pad * 8 <= rows
           and config.smem_bytes(head_dim, itemsize) <= SMEM_BYTES)
 
 
@@ -85,7 +87,7 @@ def _entry(rows_ref, pos_ref, kvlen_ref, seq_ref, bt_ref, q_ref, kv_ref, o_ref,
 
   rows/pos/kvlen/seq_ref: int32 [n_tiles] tile metadata (GMEM).
   bt_ref: int32 [num_seqs * max_blocks] flattened block tables (GMEM).
-  q_ref, o_ref: [n_tiles, hkv, rows, head_dim] folded query/output tiles.
+  q_ref, o_ref: [n_tiles * block_q, hkv, group_pad, head_dim] tile slots.
   kv_ref: [num_blocks, hkv, 2, block_size, head_dim] the paged cache.
   """
   head_dim, dtype = q_ref.shape[-1], q_ref.dtype
@@ -106,7 +108,8 @@ def _entry(rows_ref, pos_ref, kvlen_ref, seq_ref, bt_ref, q_ref, kv_ref, o_ref,
       None if cfg.p_in_regs else _smem((wgs, ROWS_PER_WG, cfg.block_kv), dtype),
       _smem((stages, cfg.block_kv, head_dim), dtype),  # K stages
       _smem((stages, cfg.block_kv, head_dim), dtype),  # V stages
-      q=plgpu.Barrier(num_barriers=wgs),
+      q=plgpu.Barrier(num_arrivals=ROWS_PER_WG // cfg.box_rows,
+                      num_barriers=wgs),
       k_ready=plgpu.Barrier(num_arrivals=copies, num_barriers=stages),
       v_ready=plgpu.Barrier(num_arrivals=copies, num_barriers=stages),
       v_tail=plgpu.Barrier(num_arrivals=copies),
@@ -150,25 +153,35 @@ def prefill_mosaic(q, kv_cache, block_tables, cu_q_lens, kv_lens, *, scale,
   Requires supports(q, kv_cache, config). `interpret` may also be an
   InterpretGPUParams (e.g. with detect_races=True).
   """
-  num_tokens, hq, head_dim = q.shape
-  hkv = kv_cache.shape[1]
-  group = hq // hkv
-  group_pad = pl.next_power_of_2(group)
-  # A tile holds at least one token: 128-head groups need both warpgroups.
-  wgs = max(config.compute_wgs, -(-group_pad // ROWS_PER_WG))
-  cfg = Static(block_kv=config.block_kv, stages=config.stages,
-               compute_wgs=wgs, pingpong=config.pingpong and wgs == 2,
-               p_in_regs=config.p_in_regs and not interpret,
-               group_pad=group_pad,
-               max_blocks=block_tables.shape[1], scale=scale)
-  block_q = cfg.rows // group_pad
-  tiles = prefill_tiles.make_tiles(cu_q_lens, kv_lens, num_tokens, block_q)
-  qt = prefill_tiles.fold_queries(q, tiles, hkv, group_pad, block_q)
-  n_tiles = qt.shape[0]
-  out = plgpu.kernel(
+  num_tokens, hq, _ = q.shape
+  cfg = static_config(q, kv_cache, block_tables, scale, config, interpret)
+  tiles = prefill_tiles.make_tiles(cu_q_lens, kv_lens, num_tokens, cfg.block_q)
+  qt = prefill_tiles.gather_slots(q, tiles, kv_cache.shape[1], cfg.group_pad,
+                                  cfg.block_q)
+  out = run_kernel(tiles, block_tables, qt, kv_cache, cfg, interpret)
+  return prefill_tiles.scatter_slots(out, cu_q_lens, num_tokens,
+                                     hq // kv_cache.shape[1], cfg.block_q)
+
+
+def static_config(q, kv_cache, block_tables, scale, config: MosaicConfig,
+                  interpret=False) -> Static:
+  """The kernel body's compile-time facts for these operands and tiling."""
+  wgs = config.compute_wgs
+  return Static(block_kv=config.block_kv, stages=config.stages,
+                compute_wgs=wgs, pingpong=config.pingpong and wgs == 2,
+                p_in_regs=config.p_in_regs and not interpret,
+                group_pad=pl.next_power_of_2(q.shape[1] // kv_cache.shape[1]),
+                max_blocks=block_tables.shape[1], scale=scale)
+
+
+def run_kernel(tiles: prefill_tiles.Tiles, block_tables, qt, kv_cache,
+               cfg: Static, interpret=False):
+  """The kernel alone: qt [slots, hkv, gp, d] -> outputs of the same shape."""
+  wgs = cfg.compute_wgs
+  return plgpu.kernel(
       functools.partial(_entry, cfg=cfg),
-      out_type=jax.ShapeDtypeStruct(qt.shape, q.dtype),
-      grid=(n_tiles, hkv),
+      out_type=jax.ShapeDtypeStruct(qt.shape, qt.dtype),
+      grid=(tiles.seq.shape[0], kv_cache.shape[1]),
       grid_names=("tile", "head"),
       num_threads=wgs + 1,
       thread_name="wg",
@@ -177,4 +190,3 @@ def prefill_mosaic(q, kv_cache, block_tables, cu_q_lens, kv_lens, *, scale,
       kernel_name="paged_prefill_mosaic",
   )(tiles.rows, tiles.first_pos, tiles.kv_len, tiles.seq,
     block_tables.reshape(-1), qt, kv_cache)
-  return prefill_tiles.unfold_outputs(out, tiles, num_tokens, group, group_pad)

@@ -14,8 +14,10 @@ global memory, into stage `step % stages` of the K and V buffers. Barriers:
 
 Compute warpgroups: S = Q Kᵀ (wgmma, f32 accumulator), causal mask on the
 diagonal steps only, exp2 online softmax in f32 registers, O += P V (wgmma
-with P in registers). Rows are (token, head of the GQA group) as in
-prefill_tiles.fold_queries.
+with P in registers). Q and O are tile slots (prefill_tiles.gather_slots,
+[slots, hkv, group_pad, d]); tile row R is head R // block_q of the KV head's
+GQA group and token R % block_q of the tile, so each head's tokens are one
+strided TMA box (`_boxes`) and no transpose is needed in memory.
 
 NOTE: cache slots at or past a sequence's length may hold anything (NaN in
 the tests), and 0 * NaN poisons P V. Only a tile's last step can read them,
@@ -64,6 +66,16 @@ class Static:
   @property
   def rows(self) -> int:
     return ROWS_PER_WG * self.compute_wgs
+
+  @property
+  def block_q(self) -> int:
+    """Tokens per tile: a tile's rows are group_pad heads x block_q tokens."""
+    return self.rows // self.group_pad
+
+  @property
+  def box_rows(self) -> int:
+    """Rows of one Q/O TMA box: one head's tokens, within one warpgroup."""
+    return min(self.block_q, ROWS_PER_WG)
 
 
 def _cdiv(a, b: int):
@@ -193,10 +205,10 @@ def consumer(tile: Tile, q_ref, o_ref, bufs, bars, cfg: Static):
   # [stages, block_kv, d] (all SMEM, swizzled)
   wg = lax.axis_index("wg")
   qo = qo_smem.at[wg]  # [64, d]: this warpgroup's Q, later its output
-  rows = pl.ds(wg * ROWS_PER_WG, ROWS_PER_WG)
-  # q_ref / o_ref [n_tiles, hkv, rows, d] (GMEM)
-  plgpu.copy_gmem_to_smem(q_ref.at[tile.index, tile.head, rows], qo,
-                          bars["q"].at[wg])
+  boxes = _boxes(tile, wg, cfg)
+  for rows, slots, head in boxes:  # q_ref [slots, hkv, gp, d] (GMEM)
+    plgpu.copy_gmem_to_smem(q_ref.at[slots, tile.head, head], qo.at[rows],
+                            bars["q"].at[wg])
   plgpu.barrier_wait(bars["q"].at[wg])
   sched = bars["sched"] if cfg.pingpong else None
   if sched is not None:
@@ -221,8 +233,24 @@ def consumer(tile: Tile, q_ref, o_ref, bufs, bars, cfg: Static):
   inv = jnp.where(l > 0, 1.0 / jnp.where(l > 0, l, 1.0), 0.0)  # empty: zeros
   qo[...] = (acc * lax.broadcast_in_dim(inv, acc.shape, [0])).astype(qo.dtype)
   plgpu.commit_smem()
-  plgpu.copy_smem_to_gmem(qo, o_ref.at[tile.index, tile.head, rows])
+  for rows, slots, head in boxes:  # o_ref [slots, hkv, gp, d] (GMEM)
+    plgpu.copy_smem_to_gmem(qo.at[rows], o_ref.at[slots, tile.head, head])
   plgpu.wait_smem_to_gmem(0)
+
+
+def _boxes(tile: Tile, wg, cfg: Static):
+  """(SMEM rows, GMEM slots, group head) of each Q/O box of warpgroup wg.
+
+  Tile row R = wg * 64 + r is head R // block_q and token R % block_q.
+  """
+  box = cfg.box_rows
+  out = []
+  for i in range(ROWS_PER_WG // box):
+    row = wg * ROWS_PER_WG + i * box
+    slot = tile.index * cfg.block_q + lax.rem(row, cfg.block_q)
+    out.append((pl.ds(i * box, box), pl.ds(slot, box),
+                lax.div(row, cfg.block_q)))
+  return out
 
 
 def _sync(barrier):
@@ -235,13 +263,13 @@ def _sync(barrier):
 def _causal_mask(s, step, tile: Tile, wg, cfg: Static):
   """s [64, block_kv] with keys past each row's position set to NEG_BIG.
 
-  Row r is token r // group_pad of the tile; padded rows are clamped to the
-  last visible position, so they never see slots past the sequence.
+  Row r is token (wg * 64 + r) % block_q of the tile; padded rows are clamped
+  to the last visible position, so they never see slots past the sequence.
   """
   row = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=plgpu.Layout.WGMMA)
   key = plgpu.broadcasted_iota(jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA)
   limit = jnp.minimum(
-      tile.first_pos + lax.div(row + wg * ROWS_PER_WG, cfg.group_pad),
+      tile.first_pos + lax.rem(row + wg * ROWS_PER_WG, cfg.block_q),
       tile.end - 1)
   return jnp.where(key + step * cfg.block_kv <= limit, s, NEG_BIG)
 

@@ -29,13 +29,18 @@ def num_tiles(num_tokens: int, num_seqs: int, block_q: int) -> int:
   return -(-num_tokens // block_q) + num_seqs
 
 
+def _tile_counts(cu_q_lens: jax.Array, block_q: int):
+  """(q_lens, tiles per sequence, inclusive cumsum of tiles), each [num_seqs]."""
+  q_lens = cu_q_lens[1:] - cu_q_lens[:-1]
+  tiles_per_seq = (q_lens + block_q - 1) // block_q
+  return q_lens, tiles_per_seq, jnp.cumsum(tiles_per_seq)
+
+
 def make_tiles(cu_q_lens: jax.Array, kv_lens: jax.Array, num_tokens: int,
                block_q: int) -> Tiles:
   """Computes tile metadata from cumulative query lengths (jit-friendly)."""
   num_seqs = kv_lens.shape[0]
-  q_lens = cu_q_lens[1:] - cu_q_lens[:-1]  # [num_seqs]
-  tiles_per_seq = (q_lens + block_q - 1) // block_q
-  cu_tiles = jnp.cumsum(tiles_per_seq)  # [num_seqs], inclusive
+  q_lens, tiles_per_seq, cu_tiles = _tile_counts(cu_q_lens, block_q)
   t = jnp.arange(num_tiles(num_tokens, num_seqs, block_q), dtype=jnp.int32)
   seq = jnp.searchsorted(cu_tiles, t, side="right").astype(jnp.int32)
   used = seq < num_seqs
@@ -71,6 +76,51 @@ def scatter_tiles(y: jax.Array, tiles: Tiles, num_tokens: int) -> jax.Array:
   out = jnp.zeros((num_tokens + 1,) + y.shape[2:], y.dtype)
   out = out.at[idx].set(y.reshape((-1,) + y.shape[2:]), mode="drop")
   return out[:num_tokens]
+
+
+def token_slots(cu_q_lens: jax.Array, num_tokens: int, block_q: int):
+  """(slot, valid) per packed token, each [num_tokens].
+
+  A tile's slots are tile * block_q + row; a sequence's tiles are consecutive,
+  so its tokens' slots are too. Padding tokens are not valid (slot 0).
+  """
+  num_seqs = cu_q_lens.shape[0] - 1
+  _, tiles_per_seq, cu_tiles = _tile_counts(cu_q_lens, block_q)
+  k = jnp.arange(num_tokens, dtype=jnp.int32)
+  seq = jnp.searchsorted(cu_q_lens[1:], k, side="right").astype(jnp.int32)
+  valid = seq < num_seqs
+  seq = jnp.minimum(seq, num_seqs - 1)
+  slot = (cu_tiles[seq] - tiles_per_seq[seq]) * block_q + k - cu_q_lens[seq]
+  return jnp.where(valid, slot, 0).astype(jnp.int32), valid
+
+
+def gather_slots(q: jax.Array, tiles: Tiles, num_kv_heads: int,
+                 group_pad: int, block_q: int) -> jax.Array:
+  """[T, hq, d] -> [num_tiles * block_q, hkv, group_pad, d] tile slots.
+
+  Slot tile * block_q + i holds the tile's token i (zeros past `rows`); heads
+  past the group are zeros. A kernel reads one head's tokens of a tile as a
+  strided box, with no per-tile transpose in memory.
+  """
+  num_tokens, hq, d = q.shape
+  group = hq // num_kv_heads
+  qg = q.reshape(num_tokens, num_kv_heads, group, d)
+  qg = jnp.pad(qg, ((0, 0), (0, 0), (0, group_pad - group), (0, 0)))
+  qt = gather_tiles(qg, tiles, block_q)  # [tiles, bq, hkv, gp, d]
+  return qt.reshape((-1,) + qt.shape[2:])
+
+
+def scatter_slots(out: jax.Array, cu_q_lens: jax.Array, num_tokens: int,
+                  group: int, block_q: int) -> jax.Array:
+  """Inverse of gather_slots: [slots, hkv, gp, d] -> [T, hq, d].
+
+  A gather of each token's slot (no scatter). Padding tokens are zeros.
+  """
+  _, hkv, _, d = out.shape
+  slot, valid = token_slots(cu_q_lens, num_tokens, block_q)
+  y = out[slot, :, :group, :]  # [T, hkv, group, d]
+  y = jnp.where(valid[:, None, None, None], y, jnp.zeros_like(y))
+  return y.reshape(num_tokens, hkv * group, d)
 
 
 def fold_queries(q: jax.Array, tiles: Tiles, num_kv_heads: int, group_pad: int,

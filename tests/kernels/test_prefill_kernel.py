@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -107,3 +108,27 @@ def test_tiles_cover_tokens_once(block_q):
       assert cu[seq] <= start and start + rows <= cu[seq + 1]
       assert pos == kv_lens[seq] - q_lens[seq] + (start - cu[seq])
   assert (seen[:q_lens.sum()] == 1).all() and not seen[q_lens.sum():].any()
+
+
+@pytest.mark.parametrize("block_q,group,group_pad", [(4, 3, 4), (16, 2, 2)])
+def test_tile_slots_round_trip(block_q, group, group_pad):
+  """gather_slots puts token i of a tile at slot tile * block_q + i, and
+  scatter_slots (a gather through token_slots) brings every token back;
+  padding tokens come back as zeros."""
+  q_lens = np.array([5, 0, 17, 1, 4])
+  cu = jnp.asarray(np.concatenate([[0], np.cumsum(q_lens)]), jnp.int32)
+  kv_lens = jnp.asarray(q_lens + 3, jnp.int32)
+  num_tokens, hkv, d = int(q_lens.sum()) + 3, 2, 8
+  q = jax.random.normal(jax.random.key(0), (num_tokens, hkv * group, d))
+  tiles = prefill_tiles.make_tiles(cu, kv_lens, num_tokens, block_q)
+  slots = prefill_tiles.gather_slots(q, tiles, hkv, group_pad, block_q)
+  assert slots.shape == (tiles.seq.shape[0] * block_q, hkv, group_pad, d)
+  for t, (start, rows) in enumerate(zip(*map(np.asarray, tiles[1:3]))):
+    got = np.asarray(slots[t * block_q:(t + 1) * block_q])
+    want = np.asarray(q[start:start + rows]).reshape(rows, hkv, group, d)
+    np.testing.assert_array_equal(got[:rows, :, :group], want)
+    assert not got[rows:].any() and not got[:, :, group:].any()
+  back = prefill_tiles.scatter_slots(slots, cu, num_tokens, group, block_q)
+  n = int(q_lens.sum())
+  np.testing.assert_array_equal(np.asarray(back[:n]), np.asarray(q[:n]))
+  assert not np.asarray(back[n:]).any()
