@@ -144,18 +144,15 @@ def _run_job(variant, shape_name, cache, interpret):
 
 
 def _kernel_alone(args, config, interpret):
-  """(fn, *args): the kernel on prepared tile slots, without the XLA gathers
-  around it (make_tiles, gather_slots, scatter_slots)."""
+  """(fn, *args): the kernel on prepared inputs, without the XLA work around
+  it (make_tiles, gather_slots where the group needs it, scatter_slots)."""
   import jax  # pylint: disable=g-import-not-at-top
   from pallas_kernels import prefill_mosaic as pm  # pylint: disable=g-import-not-at-top
-  from pallas_kernels import prefill_tiles  # pylint: disable=g-import-not-at-top
   q, kv, tables, cu, kv_lens = args
   cfg = pm.static_config(q, kv, tables, q.shape[-1] ** -0.5, config, interpret)
-  tiles = prefill_tiles.make_tiles(cu, kv_lens, q.shape[0], cfg.block_q)
-  qt = prefill_tiles.gather_slots(q, tiles, kv.shape[1], cfg.group_pad,
-                                  cfg.block_q)
-  fn = jax.jit(lambda t, b, x, c: pm.run_kernel(t, b, x, c, cfg, interpret))
-  return fn, tiles, tables, qt, kv
+  tiles, boxes, qk = pm.kernel_inputs(q, kv, cu, kv_lens, cfg)
+  fn = jax.jit(lambda t, x, b, y, c: pm.run_kernel(t, x, b, y, c, cfg, interpret))
+  return fn, tiles, boxes, tables, qk, kv
 
 
 def child(jobs, interpret=False):

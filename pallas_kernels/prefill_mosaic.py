@@ -25,6 +25,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels import prefill_mosaic_kernel as kernel_lib
 from pallas_kernels import prefill_tiles
+from pallas_kernels.prefill_mosaic_kernel import ALIGN
 from pallas_kernels.prefill_mosaic_kernel import ROWS_PER_WG
 from pallas_kernels.prefill_mosaic_kernel import Static
 from pallas_kernels.prefill_mosaic_kernel import Tile
@@ -81,13 +82,15 @@ def _smem(shape, dtype):
       plgpu.SwizzleTransform(swizzle)))
 
 
-def _entry(rows_ref, pos_ref, kvlen_ref, seq_ref, bt_ref, q_ref, kv_ref, o_ref,
-           *, cfg: Static):
+def _entry(rows_ref, pos_ref, kvlen_ref, seq_ref, qrow_ref, shift_ref, bt_ref,
+           q_ref, kv_ref, o_ref, *, cfg: Static):
   """Allocates shared memory and barriers, then splits by warpgroup.
 
-  rows/pos/kvlen/seq_ref: int32 [n_tiles] tile metadata (GMEM).
+  rows/pos/kvlen/seq/qrow/shift_ref: int32 [n_tiles] tile metadata (GMEM);
+    qrow in units of ALIGN rows.
   bt_ref: int32 [num_seqs * max_blocks] flattened block tables (GMEM).
-  q_ref, o_ref: [n_tiles * block_q, hkv, group_pad, head_dim] tile slots.
+  q_ref: [rows, hkv, group_pad, head_dim] (prefill_tiles.QBoxes).
+  o_ref: [n_tiles * block_q, hkv, group_pad, head_dim] tile slots.
   kv_ref: [num_blocks, hkv, 2, block_size, head_dim] the paged cache.
   """
   head_dim, dtype = q_ref.shape[-1], q_ref.dtype
@@ -95,7 +98,8 @@ def _entry(rows_ref, pos_ref, kvlen_ref, seq_ref, bt_ref, q_ref, kv_ref, o_ref,
   copies = kernel_lib.copies_per_stage(kv_ref.shape[3], cfg)
 
   def body(qo, p, k, v, **bars):
-    tile = Tile((rows_ref, pos_ref, kvlen_ref, seq_ref), cfg, kv_ref.shape[3])
+    tile = Tile((rows_ref, pos_ref, kvlen_ref, seq_ref, qrow_ref, shift_ref),
+                cfg, kv_ref.shape[3])
     wg = jax.lax.axis_index("wg")
     pl.when(wg < wgs)(
         lambda: consumer(tile, q_ref, o_ref, (qo, p, k, v), bars, cfg))
@@ -155,12 +159,28 @@ def prefill_mosaic(q, kv_cache, block_tables, cu_q_lens, kv_lens, *, scale,
   """
   num_tokens, hq, _ = q.shape
   cfg = static_config(q, kv_cache, block_tables, scale, config, interpret)
-  tiles = prefill_tiles.make_tiles(cu_q_lens, kv_lens, num_tokens, cfg.block_q)
-  qt = prefill_tiles.gather_slots(q, tiles, kv_cache.shape[1], cfg.group_pad,
-                                  cfg.block_q)
-  out = run_kernel(tiles, block_tables, qt, kv_cache, cfg, interpret)
+  tiles, boxes, qk = kernel_inputs(q, kv_cache, cu_q_lens, kv_lens, cfg)
+  out = run_kernel(tiles, boxes, block_tables, qk, kv_cache, cfg, interpret)
   return prefill_tiles.scatter_slots(out, cu_q_lens, num_tokens,
-                                     hq // kv_cache.shape[1], cfg.block_q)
+                                     hq // kv_cache.shape[1], tiles,
+                                     boxes.shift, ALIGN)
+
+
+def kernel_inputs(q, kv_cache, cu_q_lens, kv_lens, cfg: Static):
+  """(tiles, QBoxes, Q rows [rows, hkv, group_pad, d]) for run_kernel."""
+  num_tokens, hq, head_dim = q.shape
+  hkv = kv_cache.shape[1]
+  tiles = prefill_tiles.make_tiles(cu_q_lens, kv_lens, num_tokens, cfg.block_q,
+                                   ALIGN)
+  # NOTE: with a power-of-two group the kernel reads q where it lies (a view
+  # [T, hkv, group, d]); else the heads are padded into gathered tile slots.
+  # A TMA box into 8-row SMEM tiles starts at a multiple of 8 rows (ALIGN).
+  direct = (hq // hkv == cfg.group_pad and num_tokens >= cfg.block_q
+            and num_tokens % ALIGN == 0)
+  boxes = prefill_tiles.q_boxes(tiles, num_tokens, cfg.block_q, direct)
+  qk = (q.reshape(num_tokens, hkv, cfg.group_pad, head_dim) if direct else
+        prefill_tiles.gather_slots(q, tiles, hkv, cfg.group_pad, cfg.block_q))
+  return tiles, boxes, qk
 
 
 def static_config(q, kv_cache, block_tables, scale, config: MosaicConfig,
@@ -174,14 +194,17 @@ def static_config(q, kv_cache, block_tables, scale, config: MosaicConfig,
                 max_blocks=block_tables.shape[1], scale=scale)
 
 
-def run_kernel(tiles: prefill_tiles.Tiles, block_tables, qt, kv_cache,
-               cfg: Static, interpret=False):
-  """The kernel alone: qt [slots, hkv, gp, d] -> outputs of the same shape."""
+def run_kernel(tiles: prefill_tiles.Tiles, boxes: prefill_tiles.QBoxes,
+               block_tables, qk, kv_cache, cfg: Static, interpret=False):
+  """The kernel alone: Q rows qk [rows, hkv, gp, d] read as `boxes` say ->
+  outputs in tile slots [tiles * block_q, hkv, gp, d]."""
   wgs = cfg.compute_wgs
+  n_tiles = tiles.seq.shape[0]
   return plgpu.kernel(
       functools.partial(_entry, cfg=cfg),
-      out_type=jax.ShapeDtypeStruct(qt.shape, qt.dtype),
-      grid=(tiles.seq.shape[0], kv_cache.shape[1]),
+      out_type=jax.ShapeDtypeStruct((n_tiles * cfg.block_q,) + qk.shape[1:],
+                                    qk.dtype),
+      grid=(n_tiles, kv_cache.shape[1]),
       grid_names=("tile", "head"),
       num_threads=wgs + 1,
       thread_name="wg",
@@ -189,4 +212,4 @@ def run_kernel(tiles: prefill_tiles.Tiles, block_tables, qt, kv_cache,
       interpret=interpret_params(interpret, wgs + 1),
       kernel_name="paged_prefill_mosaic",
   )(tiles.rows, tiles.first_pos, tiles.kv_len, tiles.seq,
-    block_tables.reshape(-1), qt, kv_cache)
+    boxes.q_row // ALIGN, boxes.shift, block_tables.reshape(-1), qk, kv_cache)

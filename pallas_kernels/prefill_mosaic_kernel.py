@@ -14,10 +14,10 @@ global memory, into stage `step % stages` of the K and V buffers. Barriers:
 
 Compute warpgroups: S = Q Kᵀ (wgmma, f32 accumulator), causal mask on the
 diagonal steps only, exp2 online softmax in f32 registers, O += P V (wgmma
-with P in registers). Q and O are tile slots (prefill_tiles.gather_slots,
-[slots, hkv, group_pad, d]); tile row R is head R // block_q of the KV head's
-GQA group and token R % block_q of the tile, so each head's tokens are one
-strided TMA box (`_boxes`) and no transpose is needed in memory.
+with P in registers). Tile row R is head R // block_q of the KV head's GQA
+group and token R % block_q of the tile, so each head's tokens are one strided
+TMA box (`_boxes`) of Q [rows, hkv, group_pad, d] (q itself, or tile slots:
+prefill_tiles.QBoxes) and of the output's tile slots; no transpose in memory.
 
 NOTE: cache slots at or past a sequence's length may hold anything (NaN in
 the tests), and 0 * NaN poisons P V. Only a tile's last step can read them,
@@ -43,6 +43,7 @@ ROWS_PER_WG = 64  # wgmma M of one warpgroup
 NEG_BIG = -1e30
 LOG2E = math.log2(math.e)
 FIX_TILE = 64  # rows/cols of the chunks the memory warpgroup zeroes
+ALIGN = 8  # rows of a swizzled SMEM tile
 MEMORY_REGISTERS = 40  # per thread of the memory warpgroup (TMA issue only)
 
 
@@ -86,7 +87,8 @@ class Tile:
   """Scalars of one CTA's tile, read from global memory by every warpgroup."""
 
   def __init__(self, meta, cfg: Static, block_size: int):
-    rows_ref, pos_ref, kvlen_ref, seq_ref = meta  # each int32 [n_tiles] (GMEM)
+    # each int32 [n_tiles] (GMEM); see prefill_mosaic.QBoxes for the last two
+    rows_ref, pos_ref, kvlen_ref, seq_ref, qrow_ref, shift_ref = meta
     n_tiles = rows_ref.shape[0]
     # NOTE: CTAs visit tiles last-first: later tiles of a sequence see more
     # context, so the longest CTAs start first.
@@ -94,6 +96,13 @@ class Tile:
     self.head = lax.axis_index("head")
     tokens = rows_ref[self.index]
     self.first_pos = pos_ref[self.index]
+    # Q row r of the tile is row q_row + r % block_q of q_ref, the token at
+    # position box_pos + r % block_q; rows before `shift` belong to the tile
+    # before (recomputed, never kept).
+    # NOTE: in units of ALIGN (8) rows, so Mosaic can prove the box starts on
+    # a swizzled tile's row boundary.
+    self.q_row = qrow_ref[self.index] * ALIGN
+    self.box_pos = self.first_pos - shift_ref[self.index]
     kv_len = kvlen_ref[self.index]
     live = tokens > 0
     # Cache positions [0, end) are visible to some row of this tile.
@@ -206,8 +215,8 @@ def consumer(tile: Tile, q_ref, o_ref, bufs, bars, cfg: Static):
   wg = lax.axis_index("wg")
   qo = qo_smem.at[wg]  # [64, d]: this warpgroup's Q, later its output
   boxes = _boxes(tile, wg, cfg)
-  for rows, slots, head in boxes:  # q_ref [slots, hkv, gp, d] (GMEM)
-    plgpu.copy_gmem_to_smem(q_ref.at[slots, tile.head, head], qo.at[rows],
+  for rows, q_rows, _, head in boxes:  # q_ref [q rows, hkv, gp, d] (GMEM)
+    plgpu.copy_gmem_to_smem(q_ref.at[q_rows, tile.head, head], qo.at[rows],
                             bars["q"].at[wg])
   plgpu.barrier_wait(bars["q"].at[wg])
   sched = bars["sched"] if cfg.pingpong else None
@@ -233,22 +242,22 @@ def consumer(tile: Tile, q_ref, o_ref, bufs, bars, cfg: Static):
   inv = jnp.where(l > 0, 1.0 / jnp.where(l > 0, l, 1.0), 0.0)  # empty: zeros
   qo[...] = (acc * lax.broadcast_in_dim(inv, acc.shape, [0])).astype(qo.dtype)
   plgpu.commit_smem()
-  for rows, slots, head in boxes:  # o_ref [slots, hkv, gp, d] (GMEM)
+  for rows, _, slots, head in boxes:  # o_ref [slots, hkv, gp, d] (GMEM)
     plgpu.copy_smem_to_gmem(qo.at[rows], o_ref.at[slots, tile.head, head])
   plgpu.wait_smem_to_gmem(0)
 
 
 def _boxes(tile: Tile, wg, cfg: Static):
-  """(SMEM rows, GMEM slots, group head) of each Q/O box of warpgroup wg.
-
-  Tile row R = wg * 64 + r is head R // block_q and token R % block_q.
+  """(SMEM rows, Q rows, output slots, group head) of each box of warpgroup
+  wg. Tile row R = wg * 64 + r is head R // block_q, token R % block_q.
   """
   box = cfg.box_rows
   out = []
   for i in range(ROWS_PER_WG // box):
     row = wg * ROWS_PER_WG + i * box
-    slot = tile.index * cfg.block_q + lax.rem(row, cfg.block_q)
-    out.append((pl.ds(i * box, box), pl.ds(slot, box),
+    token = lax.rem(row, cfg.block_q)
+    out.append((pl.ds(i * box, box), pl.ds(tile.q_row + token, box),
+                pl.ds(tile.index * cfg.block_q + token, box),
                 lax.div(row, cfg.block_q)))
   return out
 
@@ -263,13 +272,13 @@ def _sync(barrier):
 def _causal_mask(s, step, tile: Tile, wg, cfg: Static):
   """s [64, block_kv] with keys past each row's position set to NEG_BIG.
 
-  Row r is token (wg * 64 + r) % block_q of the tile; padded rows are clamped
-  to the last visible position, so they never see slots past the sequence.
+  Row r is at position box_pos + (wg * 64 + r) % block_q; padded rows are
+  clamped to the last visible position, never seeing slots past the sequence.
   """
   row = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=plgpu.Layout.WGMMA)
   key = plgpu.broadcasted_iota(jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA)
   limit = jnp.minimum(
-      tile.first_pos + lax.rem(row + wg * ROWS_PER_WG, cfg.block_q),
+      tile.box_pos + lax.rem(row + wg * ROWS_PER_WG, cfg.block_q),
       tile.end - 1)
   return jnp.where(key + step * cfg.block_kv <= limit, s, NEG_BIG)
 

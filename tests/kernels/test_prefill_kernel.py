@@ -94,33 +94,42 @@ def test_causal_shift_forward_is_caught(backend, dtype):
   assert helpers.rel_err(out[:11], broken) > helpers.tolerance(dtype)
 
 
-@pytest.mark.parametrize("block_q", [4, 16])
-def test_tiles_cover_tokens_once(block_q):
-  q_lens = np.array([5, 0, 17, 1, 4])
+@pytest.mark.parametrize("block_q,align", [(4, 1), (16, 1), (8, 8), (16, 8)])
+def test_tiles_cover_tokens_once(block_q, align):
+  q_lens = np.array([5, 0, 17, 1, 4, 9])
   cu = jnp.asarray(np.concatenate([[0], np.cumsum(q_lens)]), jnp.int32)
   kv_lens = jnp.asarray(q_lens + 3, jnp.int32)
   num_tokens = int(q_lens.sum()) + 3
-  tiles = prefill_tiles.make_tiles(cu, kv_lens, num_tokens, block_q)
+  tiles = prefill_tiles.make_tiles(cu, kv_lens, num_tokens, block_q, align)
   seen = np.zeros(num_tokens, int)
-  for seq, start, rows, pos in zip(*map(np.asarray, tiles[:4])):
+  for seq, start, rows, pos, _, window in zip(*map(np.asarray, tiles)):
     seen[start:start + rows] += 1
     if rows:
       assert cu[seq] <= start and start + rows <= cu[seq + 1]
       assert pos == kv_lens[seq] - q_lens[seq] + (start - cu[seq])
+      assert window % align == 0 and window <= start
+      assert start + rows <= window + block_q
   assert (seen[:q_lens.sum()] == 1).all() and not seen[q_lens.sum():].any()
 
 
-@pytest.mark.parametrize("block_q,group,group_pad", [(4, 3, 4), (16, 2, 2)])
-def test_tile_slots_round_trip(block_q, group, group_pad):
+def _round_trip_problem(group):
+  q_lens = np.array([5, 0, 17, 1, 4, 9])
+  cu = jnp.asarray(np.concatenate([[0], np.cumsum(q_lens)]), jnp.int32)
+  kv_lens = jnp.asarray(q_lens + 3, jnp.int32)
+  num_tokens, hkv, d = 40, 2, 8
+  q = jax.random.normal(jax.random.key(0), (num_tokens, hkv * group, d))
+  return q_lens, cu, kv_lens, q, hkv
+
+
+@pytest.mark.parametrize("block_q,group,group_pad,align",
+                         [(4, 3, 4, 1), (16, 2, 2, 1), (8, 3, 4, 8)])
+def test_tile_slots_round_trip(block_q, group, group_pad, align):
   """gather_slots puts token i of a tile at slot tile * block_q + i, and
   scatter_slots (a gather through token_slots) brings every token back;
   padding tokens come back as zeros."""
-  q_lens = np.array([5, 0, 17, 1, 4])
-  cu = jnp.asarray(np.concatenate([[0], np.cumsum(q_lens)]), jnp.int32)
-  kv_lens = jnp.asarray(q_lens + 3, jnp.int32)
-  num_tokens, hkv, d = int(q_lens.sum()) + 3, 2, 8
-  q = jax.random.normal(jax.random.key(0), (num_tokens, hkv * group, d))
-  tiles = prefill_tiles.make_tiles(cu, kv_lens, num_tokens, block_q)
+  q_lens, cu, kv_lens, q, hkv = _round_trip_problem(group)
+  num_tokens, d = q.shape[0], q.shape[-1]
+  tiles = prefill_tiles.make_tiles(cu, kv_lens, num_tokens, block_q, align)
   slots = prefill_tiles.gather_slots(q, tiles, hkv, group_pad, block_q)
   assert slots.shape == (tiles.seq.shape[0] * block_q, hkv, group_pad, d)
   for t, (start, rows) in enumerate(zip(*map(np.asarray, tiles[1:3]))):
@@ -128,7 +137,32 @@ def test_tile_slots_round_trip(block_q, group, group_pad):
     want = np.asarray(q[start:start + rows]).reshape(rows, hkv, group, d)
     np.testing.assert_array_equal(got[:rows, :, :group], want)
     assert not got[rows:].any() and not got[:, :, group:].any()
-  back = prefill_tiles.scatter_slots(slots, cu, num_tokens, group, block_q)
+  boxes = prefill_tiles.q_boxes(tiles, num_tokens, block_q, direct=False)
+  back = prefill_tiles.scatter_slots(slots, cu, num_tokens, group, tiles,
+                                     boxes.shift, align)
+  n = int(q_lens.sum())
+  np.testing.assert_array_equal(np.asarray(back[:n]), np.asarray(q[:n]))
+  assert not np.asarray(back[n:]).any()
+
+
+@pytest.mark.parametrize("block_q", [8, 16, 32])
+def test_direct_boxes_round_trip(block_q):
+  """Direct Q boxes start at multiples of 8 inside q (the last clamped to
+  T - block_q), cover their tile's tokens at row `shift`, and scatter_slots
+  maps box rows back to tokens, as the Mosaic kernel reads and writes them."""
+  q_lens, cu, kv_lens, q, hkv = _round_trip_problem(2)
+  num_tokens = q.shape[0]
+  tiles = prefill_tiles.make_tiles(cu, kv_lens, num_tokens, block_q, 8)
+  boxes = prefill_tiles.q_boxes(tiles, num_tokens, block_q, direct=True)
+  q_row, shift = np.asarray(boxes.q_row), np.asarray(boxes.shift)
+  used = np.asarray(tiles.rows) > 0
+  assert (q_row % 8 == 0).all() and (q_row + block_q <= num_tokens).all()
+  assert (q_row[used] + shift[used] == np.asarray(tiles.start)[used]).all()
+  assert (shift[used] + np.asarray(tiles.rows)[used] <= block_q).all()
+  q4 = q.reshape(num_tokens, hkv, 2, -1)
+  out = jnp.concatenate([q4[r:r + block_q] for r in q_row])  # kernel's copy
+  back = prefill_tiles.scatter_slots(out, cu, num_tokens, 2, tiles,
+                                     boxes.shift, 8)
   n = int(q_lens.sum())
   np.testing.assert_array_equal(np.asarray(back[:n]), np.asarray(q[:n]))
   assert not np.asarray(back[n:]).any()

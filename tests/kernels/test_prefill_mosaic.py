@@ -22,15 +22,19 @@ from tests.kernels import helpers
 
 BF16 = ml_dtypes.bfloat16
 # 3 sequences: a prefix with a chunk (several K/V steps, stages reused), one
-# without, an empty one; chunks start and end mid-block; group 4.
-Q_LENS, KV_LENS = [40, 0, 9], [330, 0, 9]
+# without, an empty one; chunks start and end mid-block (and the third off
+# an 8-row boundary of the packed q); group 4.
+Q_LENS, KV_LENS = [37, 0, 12], [330, 0, 12]
 BLOCK_SIZE, HQ, HKV, D = 16, 8, 2, 64
 
 
-def _problem(seed=0):
+def _problem(seed=0, pad=5):
+  """49 tokens + `pad`: 54 rows is no multiple of 8, so the kernel reads
+  gathered tile slots; 56 (pad 7) lets it read q directly (prefill_mosaic
+  .kernel_inputs)."""
   rng = np.random.default_rng(seed)
   paged = helpers.make_paged(rng, KV_LENS, HKV, D, BLOCK_SIZE, BF16)
-  q = rng.standard_normal((sum(Q_LENS) + 5, HQ, D)).astype(BF16)
+  q = rng.standard_normal((sum(Q_LENS) + pad, HQ, D)).astype(BF16)
   cu = np.concatenate([[0], np.cumsum(Q_LENS)]).astype(np.int32)
   args = (jnp.asarray(q), jnp.asarray(paged.kv_cache),
           jnp.asarray(paged.block_tables), jnp.asarray(cu),
@@ -59,6 +63,18 @@ def test_tile_variants_match_oracle(config):
       *args, scale=D ** -0.5, config=config, interpret=helpers.INTERPRET), want)
 
 
+@pytest.mark.parametrize("pad", [5, 7], ids=["gathered-q", "direct-q"])
+@pytest.mark.parametrize("config", [
+    prefill_mosaic.MosaicConfig(),
+    prefill_mosaic.MosaicConfig(compute_wgs=1),
+], ids=str)
+def test_q_read_in_place_or_gathered(config, pad):
+  args, want = _problem(seed=3, pad=pad)
+  _check(prefill_mosaic.prefill_mosaic(
+      *args, scale=D ** -0.5, config=config, interpret=helpers.INTERPRET), want)
+
+
+@pytest.mark.parametrize("tokens", [300, 304], ids=["gathered-q", "direct-q"])
 @pytest.mark.parametrize("shape,config", [
     ((16, 32, 8, 128), prefill_mosaic.MosaicConfig()),  # the 8B's heads
     ((16, 32, 8, 128), prefill_mosaic.MosaicConfig(block_kv=64, stages=3)),
@@ -68,7 +84,7 @@ def test_tile_variants_match_oracle(config):
     ((256, 9, 3, 64), prefill_mosaic.MosaicConfig()),
     ((16, 8, 1, 256), heuristics.prefill_mosaic_config(256)),
 ], ids=str)
-def test_lowers_for_hopper(shape, config):
+def test_lowers_for_hopper(shape, config, tokens):
   """Pallas -> Mosaic GPU lowering for sm_90, P V from registers included
   (the path interpret mode cannot run). jax.export lowers for CUDA on a CPU
   machine (Mosaic assumes compute capability 9.0 without a GPU); it checks
@@ -78,7 +94,7 @@ def test_lowers_for_hopper(shape, config):
   f = jax.jit(lambda *a: prefill_mosaic.prefill_mosaic(
       *a, scale=d ** -0.5, config=config))
   exported = jax.export.export(f, platforms=["cuda"])(
-      spec(300, hq, d), spec(64, hkv, 2, block_size, d),
+      spec(tokens, hq, d), spec(64, hkv, 2, block_size, d),
       spec(3, 32, dt=jnp.int32), spec(4, dt=jnp.int32), spec(3, dt=jnp.int32))
   assert "mosaic_gpu" in exported.mlir_module()
 
