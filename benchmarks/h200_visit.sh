@@ -54,7 +54,7 @@ case $part in
     ;;
   prefill)
     run probe 540 python3 -m benchmarks.mosaic_probe --out "$out" \
-      --variants default,bkv128-st3,rows64,bkv64-st3 --shapes 4096,4096+2048,odd-bs16,odd-bs256
+      --variants default,bkv64-st3 --shapes 4096,4096+2048,4096-gathered,odd-bs16,odd-bs256,odd-bs8
     grep -A40 "^| shape" "$out/probe.log"
     ;;
   engine-prefill)

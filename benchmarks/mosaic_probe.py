@@ -41,10 +41,13 @@ VARIANTS = {
     "p-smem": MosaicConfig(p_in_regs=False),
     "p-smem-bkv64-st3": MosaicConfig(p_in_regs=False, block_kv=64, stages=3),
 }
-# name -> (block_size, hq, hkv, head_dim, q_lens, kv_lens); bf16.
+# name -> (block_size, hq, hkv, head_dim, q_lens, kv_lens[, padding rows]);
+# bf16. Padding 3 unless given: q's rows are then no multiple of 8 and the
+# kernel reads gathered tile slots; the 4096 shapes read q in place.
 SHAPES = {
-    "4096": (16, 32, 8, 128, (4096,), (4096,)),
-    "4096+2048": (16, 32, 8, 128, (4096,), (6144,)),
+    "4096": (16, 32, 8, 128, (4096,), (4096,), 0),
+    "4096+2048": (16, 32, 8, 128, (4096,), (6144,), 0),
+    "4096-gathered": (16, 32, 8, 128, (4096,), (4096,), 3),
     # group 3, an empty sequence, length 1, chunks ending mid-block:
     "odd-bs16": (16, 12, 4, 128, (100, 0, 37, 1), (100, 0, 600, 77)),
     "odd-bs256": (256, 9, 3, 64, (300, 17), (700, 17)),
@@ -87,7 +90,7 @@ def _problem(shape_name):
   from benchmarks.prefill_baselines import causal_flops  # pylint: disable=g-import-not-at-top
   if shape_name.startswith("kernels-"):
     return _kernels_problems()[shape_name[len("kernels-"):]](), 0.0
-  bs, hq, hkv, d, q_lens, kv_lens = SHAPES[shape_name]
+  bs, hq, hkv, d, q_lens, kv_lens, pad = (SHAPES[shape_name] + (3,))[:7]
   need = [-(-n // bs) for n in kv_lens]
   width = max(need) + 1
   key = jax.random.key(1)
@@ -106,7 +109,7 @@ def _problem(shape_name):
     owned = owned.at[tables[s]].max(pos < n)
   kv = jnp.where(owned[:, None, None, :, None], kv, jnp.nan).astype(jnp.bfloat16)
   q = jax.random.normal(jax.random.fold_in(key, 1),
-                        (sum(q_lens) + 3, hq, d), jnp.bfloat16)
+                        (sum(q_lens) + pad, hq, d), jnp.bfloat16)
   cu = jnp.concatenate([jnp.zeros(1, jnp.int32),
                         jnp.cumsum(jnp.array(q_lens, jnp.int32))])
   flops = sum(causal_flops(ql, kl - ql, hq, d) for ql, kl in zip(q_lens, kv_lens))
