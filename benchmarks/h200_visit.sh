@@ -17,8 +17,8 @@
 #                                                # tokens checked (1B engine twice, one cache)
 #   bash benchmarks/h200_visit.sh prefill OUT    # issue 14: Mosaic prefill tile variants, the
 #                                                # kernel alone and with its gathers, vs cuDNN
-#   bash benchmarks/h200_visit.sh engine-prefill OUT  # the 8B engine with "mosaic" vs
-#                                                # "triton" prefill (bf16 tokens checked)
+#   bash benchmarks/h200_visit.sh engine-prefill OUT  # the 8B engine with the default
+#                                                # ("mosaic" on Hopper) vs "triton" (tokens checked)
 # Needs the wheels the GPU image lacks in .whl/ (docs/benchmarks.md) and, for the baseline,
 # `git archive REV engine models pallas_kernels serving benchmarks configs | tar -x -C .baseline`.
 set -u
@@ -58,11 +58,11 @@ case $part in
     grep -A40 "^| shape" "$out/probe.log"
     ;;
   engine-prefill)
-    for b in mosaic triton; do
+    for b in default triton; do  # default: "mosaic" on an H100/H200
       mkdir -p "$out/$b"
-      run "engine_$b" 270 python3 -m benchmarks.throughput --out "$out/$b" --attention-backend $b \
-        --models llama3-8b --batches 64 --prompt-len 2048 --new-tokens 32 \
-        $([ $b = triton ] && echo --skip-check)
+      run "engine_$b" 270 python3 -m benchmarks.throughput --out "$out/$b" \
+        $([ $b = triton ] && echo --attention-backend triton --skip-check) \
+        --models llama3-8b --batches 64,256 --prompt-len 2048 --new-tokens 32
     done
     ;;
   step256)

@@ -73,18 +73,22 @@ def check_correctness(prompt_lens=(5, 37, 130), new=16, backend=None) -> dict:
           "prompt_lens": list(prompt_lens), "new_tokens": new}
 
 
-def check_bf16_against_triton(backend: str, prompt_lens=(5, 200, 700), new=8) -> dict:
+def check_bf16_against_triton(backend: str, prompt_lens=(5, 200, 700), new=8,
+                              kv_cache_dtype: str = "auto") -> dict:
   """`backend`'s engine against the Triton one in bfloat16 (in float32, the check
   above, "mosaic" prefill runs the Triton kernel): greedy tokens equal per prompt."""
   rng = np.random.default_rng(2)
-  shape = dict(dtype="bfloat16", max_num_seqs=4, max_model_len=1024, num_blocks=512)
+  shape = dict(dtype="bfloat16", max_num_seqs=4, max_model_len=1024, num_blocks=512,
+               kv_cache_dtype=kv_cache_dtype)
   ref = LLM("random:smollm2-135m", attention_backend="triton", **shape)
+  # NOTE: backend None is the platform default (an 8-bit cache may not name "mosaic").
   ours = LLM(loaded_model=ref.engine.model, attention_backend=backend, **shape)
   prompts = [rng.integers(0, 49152, n).tolist() for n in prompt_lens]
   sp = SamplingParams(temperature=0.0, max_tokens=new, ignore_eos=True)
   outs = [e.generate(prompt_token_ids=prompts, sampling_params=sp, use_tqdm=False)
           for e in (ours, ref)]
-  return {"backend": backend, "vs": "triton", "dtype": "bfloat16",
+  return {"backend": backend or pallas_kernels.default_backend(), "vs": "triton",
+          "dtype": "bfloat16", "kv_cache_dtype": kv_cache_dtype,
           "prompt_lens": list(prompt_lens),
           "tokens_equal": [a.token_ids == b.token_ids for a, b in zip(*outs)],
           "first_token_equal": [a.token_ids[0] == b.token_ids[0] for a, b in zip(*outs)]}
@@ -234,8 +238,10 @@ def main():
   result = {"device": str(jax.devices()[0].device_kind), "date": time.strftime("%Y-%m-%d")}
   if not args.skip_check:
     result["correctness"] = check_correctness(backend=args.attention_backend)
-    if args.attention_backend not in (None, "triton", "xla"):
+    if pallas_kernels.resolve_backend(args.attention_backend) not in ("triton", "xla"):
       result["correctness"]["bf16"] = check_bf16_against_triton(args.attention_backend)
+      result["correctness"]["bf16_int8_default"] = check_bf16_against_triton(
+          None, kv_cache_dtype="int8")
     print(json.dumps(result["correctness"]), flush=True)
   result["read_bandwidth_TBps"] = read_bandwidth() / 1e12
   rows = []

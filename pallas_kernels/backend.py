@@ -12,22 +12,25 @@ import jax
 # NOTE: "xla" is the pure-jnp reference path (also the CPU path of the engine).
 # "triton" is Pallas lowered through Triton. "mosaic" is Pallas Mosaic GPU
 # (Hopper: wgmma, TMA) for prefill; its decode and KV write are still the
-# Triton kernels, and prefill shapes it does not support (float32 caches,
-# head_dim not a multiple of 64) run the Triton prefill (prefill.py); 8-bit caches
-# are refused there (ValueError), not sent to Triton.
+# Triton kernels, and prefill cases it does not take (float32 or 8-bit caches,
+# head_dim not a multiple of 64, GQA groups over 16) run the Triton prefill
+# (prefill.py). An engine asked for "mosaic" with an 8-bit cache refuses it
+# (EngineConfig): only the default falls back silently.
 KNOWN_BACKENDS = ("triton", "mosaic", "xla")
 
 
 def default_backend() -> str:
   """Returns the backend used when the caller passes `backend=None`.
 
-  On GPU this is the Triton-lowered Pallas kernel (the one measured fastest
-  on H100, see docs/benchmarks.md; "mosaic" is opt-in until measured);
-  everywhere else the XLA reference.
+  On a Hopper GPU (compute capability 9.x: H100, H200) "mosaic": its prefill
+  kernel reached 90 % of cuDNN's causal rate on an H200 against Triton's 42 %
+  (docs/benchmarks.md, 2026-12-02), with the Triton decode. On other GPUs
+  "triton" (the Mosaic kernel needs wgmma); everywhere else the XLA reference.
   """
-  if jax.default_backend() == "gpu":
-    return "triton"
-  return "xla"
+  if jax.default_backend() != "gpu":
+    return "xla"
+  capability = getattr(jax.devices()[0], "compute_capability", "")
+  return "mosaic" if str(capability).split(".")[0] == "9" else "triton"
 
 
 def reads_whole_block_table(backend: str) -> bool:

@@ -32,7 +32,7 @@ def paged_prefill_attention(
       then padding (which outputs zeros).
     kv_cache: [num_blocks, num_kv_heads, 2, block_size, head_dim], already
       holding this chunk's K/V; or a `QuantizedKV` (see paged_decode_attention),
-      dequantized on the fly (not by the "mosaic" backend: ValueError).
+      dequantized on the fly (by the Triton kernel under "mosaic" too).
     block_tables: int32 [num_seqs, max_blocks_per_seq].
     cu_q_lens: int32 [num_seqs + 1], cu_q_lens[0] == 0; padded sequences
       have q_len 0.
@@ -53,25 +53,19 @@ def paged_prefill_attention(
   if backend == "xla":
     return paged_prefill_attention_reference(
         q, kv_cache, block_tables, cu_q_lens, kv_lens, scale=scale)
-  if backend == "mosaic" and quantization.is_quantized(kv_cache):
-    raise ValueError(MOSAIC_QUANTIZED)
   # NOTE: "mosaic" runs the Mosaic GPU kernel where prefill_mosaic.supports()
-  # (16-bit caches, head_dim % 64 == 0, shared memory fits); float32 and other
-  # shapes fall back to the Triton kernel, which stays the reference GPU path.
+  # (16-bit caches, head_dim % 64 == 0, groups <= 16, shared memory fits);
+  # float32 and 8-bit caches and other shapes fall back to the Triton kernel.
+  # (Its memory warpgroup TMA-copies 16-bit K/V tiles straight into the wgmma
+  # operands; an 8-bit tile would need a conversion pass, not written.)
   config = heuristics.prefill_mosaic_config(q.shape[-1])
-  if backend == "mosaic" and prefill_mosaic.supports(q, kv_cache, config):
+  if (backend == "mosaic" and not quantization.is_quantized(kv_cache)
+      and prefill_mosaic.supports(q, kv_cache, config)):
     return prefill_mosaic.prefill_mosaic(
         q, kv_cache, block_tables, cu_q_lens, kv_lens, scale=float(scale),
         config=config, interpret=interpret)
   return _prefill_triton(q, kv_cache, block_tables, cu_q_lens, kv_lens,
                          float(scale), interpret)
-
-
-# NOTE: the Mosaic kernel's memory warpgroup TMA-copies 16-bit K/V tiles straight into
-# the wgmma operands; an 8-bit tile would need a conversion pass through shared memory
-# (not written). A clear error rather than a silent fallback to Triton.
-MOSAIC_QUANTIZED = ("the 'mosaic' prefill kernel does not read 8-bit KV caches "
-                    "(int8, float8_e4m3); use the 'triton' backend with them")
 
 
 def _prefill_triton(q, kv_cache, block_tables, cu_q_lens, kv_lens, scale,

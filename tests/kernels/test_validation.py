@@ -90,7 +90,10 @@ def test_write_kv_rejects_float_slots():
 
 
 def test_backend_resolution():
-  expected = "triton" if jax.default_backend() == "gpu" else "xla"
+  expected = "xla"
+  if jax.default_backend() == "gpu":  # Mosaic prefill on Hopper only (wgmma)
+    hopper = str(jax.devices()[0].compute_capability).startswith("9")
+    expected = "mosaic" if hopper else "triton"
   assert pk.default_backend() == expected
   assert pk.resolve_backend(None) == expected
   assert pk.resolve_backend("xla") == "xla"
@@ -113,3 +116,13 @@ def test_public_names():
       "paged_decode_attention_reference", "paged_prefill_attention_reference",
       "write_kv_reference", "default_backend", "resolve_backend", "reads_whole_block_table",
       "QuantizedKV"])
+
+
+@pytest.mark.parametrize("capability,expected", [("9.0", "mosaic"), ("8.0", "triton"),
+                                                 ("10.0", "triton")])
+def test_default_backend_is_mosaic_on_hopper_only(monkeypatch, capability, expected):
+  """The GPU is faked (none here): a device's compute capability picks the default."""
+  device = type("FakeGpu", (), {"compute_capability": capability})()
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(jax, "devices", lambda *a: [device])
+  assert pk.default_backend() == expected
