@@ -15,6 +15,8 @@
 #   bash benchmarks/h200_visit.sh serve-fixed OUT  # the same with one cold start, the fixed
 #                                                # workloads only; then the executable store's
 #                                                # tokens checked (1B engine twice, one cache)
+#   bash benchmarks/h200_visit.sh tune-blocks OUT  # re-measure the decode tiling of 64/128-token
+#                                                # blocks only (the table's other entries kept)
 #   bash benchmarks/h200_visit.sh prefill OUT    # issue 14: Mosaic prefill tile variants, the
 #                                                # kernel alone and with its gathers, vs cuDNN
 #   bash benchmarks/h200_visit.sh engine-prefill OUT  # the 8B engine with the default
@@ -64,6 +66,11 @@ case $part in
         $([ $b = triton ] && echo --attention-backend triton --skip-check) \
         --models llama3-8b --batches 64,256 --prompt-len 2048 --new-tokens 32
     done
+    ;;
+  tune-blocks)  # issue 14: the decode tiling of 64- and 128-token blocks, merged into the table
+    run tune 300 python3 -m benchmarks.tune_kernels --out "$out" --budget_s 240 --write-table \
+      --block-sizes 64,128
+    grep -A6 "^| class" "$out/tune.log"
     ;;
   step256)
     run warmup 150 python3 -m benchmarks.warmup --out "$out/warmup.json" --num-decode-steps 4 -- -v

@@ -169,6 +169,14 @@ def table(device_kind, results, date):
               command="python -m benchmarks.tune_kernels --write-table", decode=entries)
 
 
+def merged(new, old, block_sizes):
+  """`new`'s entries for `block_sizes` and `old`'s for every other block size."""
+  kept = [e for e in old.get("decode", []) if e["block_size"] not in block_sizes]
+  note = f"; block sizes {sorted(block_sizes)} re-measured {new['measured']}"
+  return dict(new, decode=kept + new["decode"],
+              command=old.get("command", new["command"]) + note)
+
+
 def write_table(tbl):
   path = tuning.TABLE_DIR / f"{tuning.device_slug(tbl['device_kind'])}.json"
   path.parent.mkdir(exist_ok=True)
@@ -186,12 +194,18 @@ def main():
                       help="write pallas_kernels/tuning/<device>.json from the results (default: off)")
   parser.add_argument("--threads", type=int, default=os.cpu_count() or 4,
                       help="compile threads (default: the number of cores)")
+  parser.add_argument("--block-sizes", default="",
+                      help="comma list: tune only the classes of these block sizes, and with "
+                           "--write-table replace only their entries (default: every class)")
   args = parser.parse_args()
   deadline = time.time() + args.budget_s
   kind = jax.devices()[0].device_kind
   print(kind, jax.__version__, flush=True)
   results = []
+  only = {int(b) for b in args.block_sizes.split(",") if b}
   for shape in SHAPES:
+    if only and shape[-1] not in only:
+      continue
     if time.time() > deadline:
       print("deadline: skipping", shape)
       continue
@@ -217,7 +231,10 @@ def main():
     with open(os.path.join(args.out, "tune_decode.json"), "w") as f:
       json.dump(dict(device=kind, jax=jax.__version__, results=results), f, indent=1)
   if args.write_table:
-    path = write_table(table(kind, results, time.strftime("%Y-%m-%d")))
+    tbl = table(kind, results, time.strftime("%Y-%m-%d"))
+    if only:
+      tbl = merged(tbl, tuning.load_table(kind), only)
+    path = write_table(tbl)
     if args.out:
       shutil.copy(path, args.out)
 

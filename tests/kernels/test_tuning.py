@@ -91,3 +91,14 @@ def test_tuner_times_short_rows_in_a_wide_table_and_keeps_the_best_overall():
   q, kv, tables, lengths = tk.make_problem(jax.random.key(0), 2, 64, 4, 2, 8, 16)
   assert tables.shape == (2, 4) and lengths.tolist() == [64, 64]
   assert tk.with_length((q, kv, tables, lengths), 16)[3].tolist() == [16, 16]
+
+
+def test_partial_retune_replaces_only_its_block_sizes():
+  from benchmarks import tune_kernels as tk
+  entry = lambda bs, splits: dict(block_size=bs, batch=64, num_splits=splits)
+  old = dict(command="first run", decode=[entry(16, 1), entry(64, 1), entry(128, 1)])
+  new = dict(command="tune", measured="2026-12-02", decode=[entry(64, 4)])
+  out = tk.merged(new, old, {64})
+  assert sorted((e["block_size"], e["num_splits"]) for e in out["decode"]) == [
+      (16, 1), (64, 4), (128, 1)]
+  assert out["command"].startswith("first run") and "[64] re-measured 2026-12-02" in out["command"]
