@@ -15,6 +15,8 @@
 #   bash benchmarks/h200_visit.sh serve-fixed OUT  # the same with one cold start, the fixed
 #                                                # workloads only; then the executable store's
 #                                                # tokens checked (1B engine twice, one cache)
+#   bash benchmarks/h200_visit.sh kv-dtype-8b OUT  # the 8B at batch 256, 1,024-token prompts,
+#                                                # per KV-cache dtype (issue 15)
 #   bash benchmarks/h200_visit.sh tune-blocks OUT  # re-measure the decode tiling of 64/128-token
 #                                                # blocks only (the table's other entries kept)
 #   bash benchmarks/h200_visit.sh prefill OUT    # issue 14: Mosaic prefill tile variants, the
@@ -66,6 +68,13 @@ case $part in
         $([ $b = triton ] && echo --attention-backend triton --skip-check) \
         --models llama3-8b --batches 64,256 --prompt-len 2048 --new-tokens 32
     done
+    ;;
+  kv-dtype-8b)  # issue 15: the 8B engine's decode step and tokens/s at batch 256 per KV dtype
+    mkdir -p "$out/kv"
+    run throughput_kv 540 python3 -m benchmarks.throughput --out "$out/kv" --skip-check \
+      --models llama3-8b --batches 256 --prompt-len 1024 --new-tokens 256 \
+      --kv-cache-dtype bfloat16,int8,float8_e4m3
+    grep -A5 "^| model" "$out/throughput_kv.log"
     ;;
   tune-blocks)  # issue 14: the decode tiling of 64- and 128-token blocks, merged into the table
     run tune 300 python3 -m benchmarks.tune_kernels --out "$out" --budget_s 240 --write-table \

@@ -154,11 +154,12 @@ def prefill_rate(llm: LLM, prompts: list[list[int]]) -> float:
 
 
 def bench_model(name: str, batch: int, bandwidth: float, prompt_len: int = PROMPT,
-                new: int = NEW, decode_steps: int = 1, backend: str | None = None) -> dict:
+                new: int = NEW, decode_steps: int = 1, backend: str | None = None,
+                kv_cache_dtype: str = "auto") -> dict:
   llm = LLM(f"random:{name}", dtype="bfloat16", max_num_seqs=batch,
             max_model_len=prompt_len + new, num_decode_steps=decode_steps,
             max_batch_tokens=2048, enable_prefix_caching=False, kv_cache_memory_fraction=0.5,
-            attention_backend=backend)
+            attention_backend=backend, kv_cache_dtype=kv_cache_dtype)
   cfg = llm.engine.model.config
   rng = np.random.default_rng(1)
   prompts = [rng.integers(0, cfg.vocab_size, prompt_len).tolist() for _ in range(batch)]
@@ -180,12 +181,13 @@ def bench_model(name: str, batch: int, bandwidth: float, prompt_len: int = PROMP
   weight_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(params))
   if not cfg.tie_word_embeddings:
     weight_bytes -= params["embed"].nbytes     # decode gathers a few embedding rows only
-  kv_bytes = batch * mid * bytes_per_block(cfg, 1, "bfloat16")
+  kv_bytes = batch * mid * bytes_per_block(cfg, 1, llm.engine.config.cache_dtype)
   roofline = (weight_bytes + kv_bytes) / bandwidth
   decode_walls = [w for w, decode_only in log if decode_only]
   wall_per_decode = float(np.median(decode_walls)) if decode_walls else float("nan")
   return {"model": name, "batch": batch, "decode_steps": decode_steps,
           "attention_backend": backend or pallas_kernels.default_backend(),
+          "kv_cache_dtype": llm.engine.config.cache_dtype,
           "prompt_len": prompt_len, "prefill_tokens_per_s": prefill_rate(llm, prompts),
           "tokens_per_s": generated / wall, "wall_s": wall,
           "warm_run_s": warm_s, "generated": generated,
@@ -231,6 +233,9 @@ def main():
   ap.add_argument("--new-tokens", type=int, default=NEW)
   ap.add_argument("--attention-backend", default=None, choices=KNOWN_BACKENDS,
                   help="engine attention backend (default: the platform's)")
+  ap.add_argument("--kv-cache-dtype", default="auto",
+                  help="comma-separated KV-cache dtypes (auto, bfloat16, int8, float8_e4m3), "
+                       "one run per model and batch each (default: auto)")
   ap.add_argument("--decode-steps", default="1",
                   help="comma-separated num_decode_steps values, one run per model and batch each")
   args = ap.parse_args()
@@ -246,11 +251,12 @@ def main():
   result["read_bandwidth_TBps"] = read_bandwidth() / 1e12
   rows = []
   for name in args.models.split(","):
-    for batch, steps in itertools.product((int(b) for b in args.batches.split(",")),
-                                          (int(k) for k in args.decode_steps.split(","))):
+    for batch, steps, kv in itertools.product((int(b) for b in args.batches.split(",")),
+                                              (int(k) for k in args.decode_steps.split(",")),
+                                              args.kv_cache_dtype.split(",")):
       rows.append(bench_model(name, batch, result["read_bandwidth_TBps"] * 1e12,
                               args.prompt_len, args.new_tokens, steps,
-                              args.attention_backend))
+                              args.attention_backend, kv))
       print(json.dumps(rows[-1]), flush=True)
       _save(args.out, dict(result, rows=rows))
       gc.collect()
