@@ -204,9 +204,9 @@ def _fmt(x, spec: str) -> str:
 
 def to_markdown(rows: list[dict], hf: dict) -> str:
   """`hf` holds benchmarks/hf_baseline.py's results, keyed "<model>/<batch>/<variant>"."""
-  lines = ["| model | batch | decode steps | tokens/s | HF eager | x eager | HF compiled | "
-           "x compiled | decode step ms | roofline ms | step/roofline | engine step ms | "
-           "GPU idle |", "|" + "---|" * 13]
+  lines = ["| model | batch | decode steps | KV dtype | tokens/s | HF eager | x eager | "
+           "HF compiled | x compiled | decode step ms | roofline ms | step/roofline | "
+           "engine step ms | GPU idle |", "|" + "---|" * 14]
   for r in rows:
     cells = []
     for variant in ("eager", "compiled"):
@@ -214,6 +214,7 @@ def to_markdown(rows: list[dict], hf: dict) -> str:
       cells += [_fmt(h, ".0f"), f"{r['tokens_per_s'] / h:.1f}x" if h else "n/a"]
     lines.append(
         f"| {r['model']} | {r['batch']} | {r.get('decode_steps', 1)} | "
+        f"{r.get('kv_cache_dtype', 'bfloat16')} | "
         f"{r['tokens_per_s']:.0f} | {' | '.join(cells)} | "
         f"{r['decode_step_ms']:.2f} | {r['roofline_ms']:.2f} | "
         f"{r['step_over_roofline']:.2f} | {r['engine_step_wall_ms']:.2f} | "
