@@ -23,14 +23,14 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from pallas_kernels import prefill_mosaic_kernel as kernel_lib
 from pallas_kernels import prefill_tiles
 from pallas_kernels.prefill_mosaic_kernel import ALIGN
 from pallas_kernels.prefill_mosaic_kernel import ROWS_PER_WG
 from pallas_kernels.prefill_mosaic_kernel import Static
 from pallas_kernels.prefill_mosaic_kernel import Tile
 from pallas_kernels.prefill_mosaic_kernel import consumer
-from pallas_kernels.prefill_mosaic_kernel import producer
+from pallas_kernels.prefill_mosaic_memory import copies_per_stage
+from pallas_kernels.prefill_mosaic_memory import producer
 
 SMEM_BYTES = 227 * 1024  # per-CTA dynamic shared memory on H100/H200
 
@@ -95,7 +95,7 @@ def _entry(rows_ref, pos_ref, kvlen_ref, seq_ref, qrow_ref, shift_ref, bt_ref,
   """
   head_dim, dtype = q_ref.shape[-1], q_ref.dtype
   wgs, stages = cfg.compute_wgs, cfg.stages
-  copies = kernel_lib.copies_per_stage(kv_ref.shape[3], cfg)
+  copies = copies_per_stage(kv_ref.shape[3], cfg)
 
   def body(qo, p, k, v, **bars):
     tile = Tile((rows_ref, pos_ref, kvlen_ref, seq_ref, qrow_ref, shift_ref),
