@@ -172,11 +172,9 @@ def fold_queries(q: jax.Array, tiles: Tiles, num_kv_heads: int, group_pad: int,
   Row r of a tile is token r // group_pad and query head r % group_pad of the
   KV head's group; heads past the group and tokens past `rows` are zeros.
   """
-  num_tokens, hq, d = q.shape
-  group = hq // num_kv_heads
-  qg = q.reshape(num_tokens, num_kv_heads, group, d)
-  qg = jnp.pad(qg, ((0, 0), (0, 0), (0, group_pad - group), (0, 0)))
-  qt = gather_tiles(qg, tiles, block_q)  # [tiles, bq, hkv, gp, d]
+  d = q.shape[-1]
+  qt = gather_slots(q, tiles, num_kv_heads, group_pad, block_q).reshape(
+      -1, block_q, num_kv_heads, group_pad, d)  # [tiles, bq, hkv, gp, d]
   return qt.transpose(0, 2, 1, 3, 4).reshape(
       qt.shape[0], num_kv_heads, block_q * group_pad, d)
 
