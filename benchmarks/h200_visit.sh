@@ -23,6 +23,13 @@
 #                                                # kernel alone and with its gathers, vs cuDNN
 #   bash benchmarks/h200_visit.sh engine-prefill OUT  # the 8B engine with the default
 #                                                # ("mosaic" on Hopper) vs "triton" (tokens checked)
+#   bash benchmarks/h200_visit.sh engine-decode OUT  # the 8B engine's decode, default
+#                                                # (Mosaic decode on Hopper) vs "triton"
+#   bash benchmarks/h200_visit.sh profile-decode OUT  # the 8B decode step's kernels, default
+#                                                # vs "triton", batch 64 and 256
+#   bash benchmarks/h200_visit.sh decode-probe OUT  # issue 14: Mosaic decode tilings vs Triton
+#                                                # and the read-only pass, issue's shapes
+#   bash benchmarks/h200_visit.sh decode-table OUT  # the Mosaic decode's tuning-table entries
 # Needs the wheels the GPU image lacks in .whl/ (docs/benchmarks.md) and, for the baseline,
 # `git archive REV engine models pallas_kernels serving benchmarks configs | tar -x -C .baseline`.
 set -u
@@ -68,6 +75,42 @@ case $part in
         $([ $b = triton ] && echo --attention-backend triton --skip-check) \
         --models llama3-8b --batches 64,256 --prompt-len 2048 --new-tokens 32
     done
+    ;;
+  engine-decode)  # issue 14: decode-bound 8B engine, default vs Triton (tokens checked)
+    for b in default triton; do
+      mkdir -p "$out/$b"
+      run "engine_$b" 280 python3 -m benchmarks.throughput --out "$out/$b" \
+        $([ $b = triton ] && echo --attention-backend triton --skip-check) \
+        --models llama3-8b --batches 64,256 --prompt-len 1024 --new-tokens 128
+      grep -A4 "^| model" "$out/engine_$b.log"
+    done
+    ;;
+  profile-decode)  # the 8B decode step's kernels at batch 64 / 256, default vs Triton
+    for b in default triton; do
+      mkdir -p "$out/$b"
+      for n in 64 256; do
+        run "prof_${b}_$n" 150 python3 -m benchmarks.profile_step --model llama3-8b --batch $n \
+          --ctx 1088 --out "$out/$b" $([ $b = triton ] && echo --attention-backend triton)
+      done
+    done
+    for f in "$out"/*/profile_*.json; do
+      python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[1].split("/")[-2],
+        r["batch"], "wall %.2f busy %.2f ms/step" % (r["wall_ms_per_step"], r["gpu_busy_ms_per_step"]));
+        [print("   %7.3f ms %5.1fx %s" % (t["ms_per_step"], t["calls_per_step"], t["name"][:90]))
+         for t in r["top"][:6]]' "$f"
+    done
+    ;;
+  decode-probe)
+    run probe 560 python3 -m benchmarks.decode_mosaic_probe --out "$out" --job_timeout_s 120
+    grep -A8 "^| shape" "$out/probe.log"
+    ;;
+  decode-table)  # one split count per CTA budget, two stages: the table's shape classes
+    run table 560 python3 -m benchmarks.decode_mosaic_probe --out "$out" --write-table \
+      --stages 2 --splits 1,2,4,8,16 --max-ctas 528 --job_timeout_s 60 --shapes \
+      1x4096/16,8x4096/16,32x4096/16,64x4096/16,128x4096/16,256x4096/16,8x8192/16,\
+64x2048/16,256x1024/16,64x512/16,256x512/16,64x2048/32,64x2048/64,64x2048/128,\
+8x8192/64,8x8192/128,256x1024/64,256x1024/128
+    grep -A22 "^| shape" "$out/table.log"
     ;;
   kv-dtype-8b)  # issue 15: the 8B engine's decode step and tokens/s at batch 256 per KV dtype
     mkdir -p "$out/kv"

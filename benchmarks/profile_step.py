@@ -1,7 +1,8 @@
 """Where one engine decode step's device time goes (GPU): a profiler trace, summarised.
 
 Usage: PYTHONPATH=. python -m benchmarks.profile_step [--model llama3.2-1b] [--batch 64]
-           [--ctx 256] [--steps 5] [--decode-steps 1] [--out DIR]
+           [--ctx 256] [--steps 5] [--decode-steps 1] [--attention-backend triton]
+           [--out DIR]
 
 Runs `--steps` back-to-back decode steps of the engine's own runner (same inputs as
 benchmarks/throughput.py) under `jax.profiler`, then reads the Perfetto trace and prints:
@@ -23,6 +24,7 @@ import time
 import jax
 
 from benchmarks.throughput import decode_engine, decode_inputs
+from pallas_kernels.backend import KNOWN_BACKENDS
 
 
 def load_trace(trace_dir: str) -> list[dict]:
@@ -81,9 +83,12 @@ def main():
   ap.add_argument("--dtype", default="bfloat16")
   ap.add_argument("--decode-steps", type=int, default=1,
                   help="decode iterations per step (the engine's num_decode_steps)")
+  ap.add_argument("--attention-backend", default=None, choices=KNOWN_BACKENDS,
+                  help="kernels' backend (default: the platform's, pallas_kernels.backend)")
   ap.add_argument("--out", default=None, help="folder for profile_<model>_b<batch>.json")
   args = ap.parse_args()
-  llm, _ = decode_engine(args.model, args.batch, args.ctx, args.dtype)
+  llm, _ = decode_engine(args.model, args.batch, args.ctx, args.dtype,
+                         backend=args.attention_backend)
   runner, k = llm.engine.runner, args.decode_steps
   x = decode_inputs(runner, args.batch, args.ctx, k)
   for _ in range(3):

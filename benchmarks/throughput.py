@@ -124,10 +124,11 @@ def decode_inputs(runner, batch: int, ctx: int, steps: int = 1) -> step_inputs.D
 
 
 def decode_engine(model: str, batch: int, ctx: int, dtype: str = "bfloat16",
-                  num_blocks: int | None = None) -> tuple[LLM, step_inputs.DecodeInputs]:
+                  num_blocks: int | None = None, backend: str | None = None,
+                  ) -> tuple[LLM, step_inputs.DecodeInputs]:
   """An engine for `random:<model>` sized for `batch` rows of `ctx` tokens, and such decode inputs."""
   llm = LLM(f"random:{model}", dtype=dtype, max_num_seqs=batch, max_model_len=max(512, ctx + 1),
-            num_blocks=num_blocks or batch * (ctx // 16 + 2) + 1)
+            num_blocks=num_blocks or batch * (ctx // 16 + 2) + 1, attention_backend=backend)
   return llm, decode_inputs(llm.engine.runner, batch, ctx)
 
 

@@ -9,7 +9,8 @@ each compiled step serialized (`jax.experimental.serialize_executable`) under
 the step computes, and loads it without tracing.
 
 NOTE: the key is a digest of the step's key and full abstract signature (shapes,
-dtypes, shardings of every argument), the compiler options, the JAX/jaxlib
+dtypes, shardings of every argument), what the step closes over (the model
+config and the attention backend, as make_steps memoizes), the compiler options, the JAX/jaxlib
 versions, the device kind and platform version, JAX's numerics flags, and the
 text of every source file the traced code can come from (models/, engine/,
 pallas_kernels/, the tuning tables): a change to any of them is a miss, never a
@@ -52,9 +53,10 @@ def source_digest() -> str:
   return h.hexdigest()
 
 
-def _environment(compiler_options: dict | None) -> str:
+def _environment(compiler_options: dict | None, steps: str) -> str:
   device = jax.devices()[0]
   return json.dumps({
+      "steps": steps,
       "jax": jax.__version__, "jaxlib": jaxlib.__version__,
       "device": device.device_kind, "platform": device.client.platform_version,
       "flags": {name: str(getattr(jax.config, name)) for name in _FLAGS},
@@ -65,9 +67,11 @@ def _environment(compiler_options: dict | None) -> str:
 class ExecutableStore:
   """Serialized compiled steps in one directory, one file per digest."""
 
-  def __init__(self, directory: str, compiler_options: dict | None):
+  def __init__(self, directory: str, compiler_options: dict | None, steps: str = ""):
+    """`steps` names what the stored steps close over besides their arguments
+    (the runner's model config and attention backend: engine/steps.make_steps)."""
     self.directory = directory
-    self._environment = _environment(compiler_options)
+    self._environment = _environment(compiler_options, steps)
     self.num_loaded = 0
     self.num_saved = 0
 
@@ -111,8 +115,8 @@ class ExecutableStore:
 
 
 def open_store(cache_dir: str | None, compiler_options: dict | None, mesh,
-               platform: str) -> ExecutableStore | None:
+               platform: str, steps: str = "") -> ExecutableStore | None:
   """The store beside the compilation cache, or None (cache off, a mesh, not a GPU)."""
   if cache_dir is None or mesh is not None or platform not in ("gpu", "cuda"):
     return None
-  return ExecutableStore(os.path.join(cache_dir, "executables"), compiler_options)
+  return ExecutableStore(os.path.join(cache_dir, "executables"), compiler_options, steps)

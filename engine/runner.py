@@ -26,6 +26,7 @@ from engine import executable_store, executables, kv_layout, packing, parallel, 
 from engine.buckets import Buckets, StepShape, plan
 from engine.scheduler import ScheduledRequest, ScheduleOutput
 from engine.steps import make_steps, make_verify_step
+import pallas_kernels
 from pallas_kernels import quantization
 
 
@@ -101,8 +102,11 @@ class ModelRunner:
     self._compiler_options = executables.compiler_options(_platform(mesh))
     # NOTE: compiled steps serialized beside the compilation cache (None: cache off, a
     # mesh, or not a GPU); a hit skips tracing and lowering (engine/executable_store.py).
-    self._disk = executable_store.open_store(cache_dir, self._compiler_options, mesh,
-                                             _platform(mesh))
+    # NOTE: the steps close over the model config and the backend (make_steps), which the
+    # arguments' signature does not show: same shapes, another backend must be a miss.
+    self._disk = executable_store.open_store(
+        cache_dir, self._compiler_options, mesh, _platform(mesh),
+        steps=repr((self.config, pallas_kernels.resolve_backend(backend))))
     self.num_compilations = 0          # by this runner (not those it found shared)
     self.compile_seconds = 0.0
     self.lower_seconds = 0.0           # of those, tracing and lowering (the rest: XLA, or a cache load)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 
 from pallas_kernels import backend as backend_lib
+from pallas_kernels import decode_mosaic
 from pallas_kernels import quantization
 from pallas_kernels import tuning
 from pallas_kernels import validation
@@ -52,13 +55,24 @@ def paged_decode_attention(
   if backend == "xla":
     return paged_decode_attention_reference(
         q, kv_cache, block_tables, lengths, scale=scale)
-  # NOTE: no Mosaic GPU decode kernel yet: "mosaic" runs the Triton one.
   values = quantization.values_of(kv_cache)
   _, hkv, _, block_size, _ = values.shape
+  device_kind = jax.devices()[0].device_kind
+  if backend == "mosaic":
+    # NOTE: 8-bit and float32 caches (and head_dim % 64 != 0) run Triton.
+    mosaic = tuning.decode_mosaic_config(
+        device_kind, q.shape[0], hkv, block_tables.shape[1], block_size,
+        q.shape[-1], values.dtype.itemsize)
+    if num_splits is not None:
+      mosaic = dataclasses.replace(mosaic, num_splits=num_splits)
+    if decode_mosaic.supports(q, kv_cache, mosaic):
+      return decode_mosaic.decode_mosaic(q, kv_cache, block_tables, lengths,
+                                         scale=float(scale), config=mosaic,
+                                         interpret=interpret)
   # NOTE: the tiling comes from the device's measured table (pallas_kernels/tuning/),
   # else from the shape heuristics; an explicit num_splits overrides only the split.
   # An 8-bit cache (itemsize 1) has no table entries yet: the heuristics.
-  cfg = tuning.decode_config(jax.devices()[0].device_kind, q.shape[0], hkv,
+  cfg = tuning.decode_config(device_kind, q.shape[0], hkv,
                              block_tables.shape[1], block_size, q.shape[-1],
                              values.dtype.itemsize)
   return decode_triton(

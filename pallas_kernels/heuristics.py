@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pallas_kernels.decode_mosaic import DecodeMosaicConfig
 from pallas_kernels.prefill_mosaic import MosaicConfig
 
 # NOTE: H100/H200 have 132 SMs; two programs per SM hide most load latency.
@@ -46,6 +47,27 @@ def decode_pages_per_split(row_pages, num_splits: int, pages_per_step: int):
   """
   per_split = (row_pages + num_splits - 1) // num_splits
   return (per_split + pages_per_step - 1) // pages_per_step * pages_per_step
+
+
+# NOTE: measured on an H200 (2026-12-02, benchmarks/decode_mosaic_probe.py):
+# one split per (row, KV head) was fastest from 256 CTAs up (64 x 2048, 32 x
+# 4096), two at 64 (8 x 8192: 68.9 µs vs 106.4 µs with one); block_kv 128
+# with two stages was best or within 2 %.
+MOSAIC_DECODE_CTAS = 128
+
+
+def decode_mosaic_config(batch: int, num_kv_heads: int, max_blocks: int,
+                         block_size: int):
+  """The Mosaic decode kernel's tiling from shapes alone: 128 cache tokens
+  per step, two stages, splits doubling while under 128 CTAs (and each split
+  has a step of the table's width)."""
+  block_kv = 128
+  steps = -(-max_blocks * block_size // block_kv)
+  splits = 1
+  while (batch * num_kv_heads * splits < MOSAIC_DECODE_CTAS
+         and splits * 2 <= min(steps, MAX_SPLITS)):
+    splits *= 2
+  return DecodeMosaicConfig(block_kv=block_kv, stages=2, num_splits=splits)
 
 
 PREFILL_ROWS = 128

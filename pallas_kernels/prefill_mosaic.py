@@ -73,7 +73,7 @@ def supports(q: jax.Array, kv_cache: jax.Array, config: MosaicConfig) -> bool:
           and config.smem_bytes(head_dim, itemsize) <= SMEM_BYTES)
 
 
-def _smem(shape, dtype):
+def smem_buffer(shape, dtype):
   """A shared-memory buffer in the swizzled tiling wgmma and TMA expect."""
   itemsize = jnp.dtype(dtype).itemsize
   swizzle = plgpu.find_swizzle(shape[-1] * itemsize * 8)
@@ -108,10 +108,10 @@ def _entry(rows_ref, pos_ref, kvlen_ref, seq_ref, qrow_ref, shift_ref, bt_ref,
 
   pl.run_scoped(
       body,
-      _smem((wgs, ROWS_PER_WG, head_dim), dtype),  # Q, then O, per warpgroup
-      None if cfg.p_in_regs else _smem((wgs, ROWS_PER_WG, cfg.block_kv), dtype),
-      _smem((stages, cfg.block_kv, head_dim), dtype),  # K stages
-      _smem((stages, cfg.block_kv, head_dim), dtype),  # V stages
+      smem_buffer((wgs, ROWS_PER_WG, head_dim), dtype),  # Q, then O, per warpgroup
+      None if cfg.p_in_regs else smem_buffer((wgs, ROWS_PER_WG, cfg.block_kv), dtype),
+      smem_buffer((stages, cfg.block_kv, head_dim), dtype),  # K stages
+      smem_buffer((stages, cfg.block_kv, head_dim), dtype),  # V stages
       q=plgpu.Barrier(num_arrivals=ROWS_PER_WG // cfg.box_rows,
                       num_barriers=wgs),
       k_ready=plgpu.Barrier(num_arrivals=copies, num_barriers=stages),

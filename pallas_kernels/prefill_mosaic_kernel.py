@@ -115,9 +115,10 @@ class Tile:
     # only if that block is the sequence's last and is partial.
     self.dirty_tail = (self.last_page + 1) * block_size > kv_len
     self.table_base = seq_ref[self.index] * cfg.max_blocks
+    self.first_kv = 0  # the tile's cache walk starts at position 0
 
 
-def _compute_registers(compute_wgs: int) -> int:
+def compute_registers(compute_wgs: int) -> int:
   """Registers per compute thread: the SM's 64K minus the memory warpgroup's
   share, split over the compute warpgroups (<= 256, a multiple of 8)."""
   return min(256, (512 - MEMORY_REGISTERS) // compute_wgs) // 8 * 8
@@ -125,7 +126,7 @@ def _compute_registers(compute_wgs: int) -> int:
 
 def consumer(tile: Tile, q_ref, o_ref, bufs, bars, cfg: Static):
   """Compute warpgroup `wg`: attention of its 64 rows over the tile's steps."""
-  plgpu.set_max_registers(_compute_registers(cfg.compute_wgs),
+  plgpu.set_max_registers(compute_registers(cfg.compute_wgs),
                           action="increase")
   qo_smem, p_all, k_smem, v_smem = bufs
   # qo_smem [wgs, 64, d]; p_all [wgs, 64, block_kv] or None; k/v_smem
@@ -141,20 +142,14 @@ def consumer(tile: Tile, q_ref, o_ref, bufs, bars, cfg: Static):
   if sched is not None:
     pl.when(wg == 1)(lambda: _sync(sched))
   step = functools.partial(
-      _step, tile=tile, wg=wg, qo=qo,
+      attention_step, qo=qo,
       p_smem=None if p_all is None else p_all.at[wg],  # [64, block_kv]
       k_smem=k_smem, v_smem=v_smem, bars=bars, cfg=cfg, sched=sched)
-  row_layout = plgpu.Layout.WGMMA.reduce(1)
-  carry = (plgpu.layout_cast(jnp.zeros(qo.shape, jnp.float32),
-                             plgpu.Layout.WGMMA),  # acc [64, d]
-           plgpu.layout_cast(jnp.full((ROWS_PER_WG,), NEG_BIG, jnp.float32),
-                             row_layout),  # running max [64] (log2 domain)
-           plgpu.layout_cast(jnp.zeros((ROWS_PER_WG,), jnp.float32),
-                             row_layout))  # running sum [64]
   carry = lax.fori_loop(0, tile.num_full,
-                        functools.partial(step, masked=False), carry)
+                        functools.partial(step, mask=None), initial_carry(qo))
+  mask = functools.partial(_causal_mask, tile=tile, wg=wg, cfg=cfg)
   acc, _, l = lax.fori_loop(tile.num_full, tile.num_steps,
-                            functools.partial(step, masked=True), carry)
+                            functools.partial(step, mask=mask), carry)
   if sched is not None:
     pl.when(wg == 0)(lambda: _sync(sched))
   inv = jnp.where(l > 0, 1.0 / jnp.where(l > 0, l, 1.0), 0.0)  # empty: zeros
@@ -163,6 +158,17 @@ def consumer(tile: Tile, q_ref, o_ref, bufs, bars, cfg: Static):
   for rows, _, slots, head in boxes:  # o_ref [slots, hkv, gp, d] (GMEM)
     plgpu.copy_smem_to_gmem(qo.at[rows], o_ref.at[slots, tile.head, head])
   plgpu.wait_smem_to_gmem(0)
+
+
+def initial_carry(qo):
+  """(acc [64, d], running max [64] (log2 domain), running sum [64]), f32."""
+  row_layout = plgpu.Layout.WGMMA.reduce(1)
+  return (plgpu.layout_cast(jnp.zeros(qo.shape, jnp.float32),
+                            plgpu.Layout.WGMMA),
+          plgpu.layout_cast(jnp.full((ROWS_PER_WG,), NEG_BIG, jnp.float32),
+                            row_layout),
+          plgpu.layout_cast(jnp.zeros((ROWS_PER_WG,), jnp.float32),
+                            row_layout))
 
 
 def _boxes(tile: Tile, wg, cfg: Static):
@@ -187,7 +193,7 @@ def _sync(barrier):
   plgpu.barrier_wait(barrier)
 
 
-def _causal_mask(s, step, tile: Tile, wg, cfg: Static):
+def _causal_mask(s, step, *, tile: Tile, wg, cfg: Static):
   """s [64, block_kv] with keys past each row's position set to NEG_BIG.
 
   Row r is at position box_pos + (wg * 64 + r) % block_q; padded rows are
@@ -201,9 +207,11 @@ def _causal_mask(s, step, tile: Tile, wg, cfg: Static):
   return jnp.where(key + step * cfg.block_kv <= limit, s, NEG_BIG)
 
 
-def _step(step, carry, *, tile, wg, qo, p_smem, k_smem, v_smem, bars,
-          cfg: Static, sched, masked: bool):
-  """One pipeline step of a compute warpgroup (causal mask if `masked`)."""
+def attention_step(step, carry, *, qo, p_smem, k_smem, v_smem, bars, cfg,
+                   sched, mask):
+  """One pipeline step of a compute warpgroup: S = Q Kᵀ of stage
+  `step % cfg.stages`, `mask(s, step)` unless None, online softmax, O += P V.
+  The decode kernel (decode_mosaic_kernel.py) runs it too."""
   acc, m_prev, l_prev = carry  # [64, d] f32, [64] f32, [64] f32
   slot = lax.rem(step, cfg.stages)
   plgpu.barrier_wait(bars["k_ready"].at[slot])
@@ -217,8 +225,8 @@ def _step(step, carry, *, tile, wg, qo, p_smem, k_smem, v_smem, bars,
   s = pl.run_scoped(qk, plgpu.ACC((ROWS_PER_WG, cfg.block_kv), jnp.float32))
   plgpu.barrier_arrive(bars["k_free"].at[slot])
   s = s * (cfg.scale * LOG2E)  # log2 domain
-  if masked:
-    s = _causal_mask(s, step, tile, wg, cfg)
+  if mask is not None:
+    s = mask(s, step)
   m_new = jnp.maximum(m_prev, s.max(axis=1))
   alpha = jnp.exp2(m_prev - m_new)
   p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))

@@ -46,7 +46,8 @@ def producer(tile: Tile, bt_ref, kv_ref, bufs, bars, cfg: Static):
     def _clean_tail():
       issue(1, v_smem.at[slot], bars["v_tail"])
       plgpu.barrier_wait(bars["v_tail"])
-      _zero_rows(v_smem.at[slot], tile.end - step * cfg.block_kv)
+      _zero_rows(v_smem.at[slot],
+                 tile.end - tile.first_kv - step * cfg.block_kv)
       plgpu.commit_smem()  # generic-proxy writes before wgmma reads them
       for _ in range(copies_per_stage(kv_ref.shape[3], cfg)):
         plgpu.barrier_arrive(bars["v_ready"].at[slot])
@@ -74,7 +75,7 @@ def _block_ids(tile: Tile, bt_ref, block_size: int, cfg: Static, step):
   sub = cfg.block_kv // copies_per_stage(block_size, cfg)  # tokens per copy
   ids = []
   for j in range(cfg.block_kv // sub):
-    pos = step * cfg.block_kv + j * sub
+    pos = tile.first_kv + step * cfg.block_kv + j * sub
     page = jnp.minimum(lax.div(pos, block_size), tile.last_page)
     offset = lax.rem(pos, block_size) if sub < block_size else 0
     ids.append((bt_ref[tile.table_base + page], offset))

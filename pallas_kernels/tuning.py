@@ -7,7 +7,9 @@ A problem takes the entry nearest to it (same block size and head_dim first,
 then the closest number of programs and context on a log scale); its split
 count is rescaled so that batch x kv_heads x splits stays what was measured.
 A device with no table, or a shape with no entry of its block size and
-head_dim, gets `heuristics` (tuned on an H100, 2026-11-22).
+head_dim, gets `heuristics` (the Triton decode's tuned on an H100, 2026-11-22;
+the Mosaic decode's on an H200, 2026-12-02). The table's "decode" entries
+tile the Triton decode kernel, its "decode_mosaic" entries the Mosaic one.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pathlib
 import re
 
 from pallas_kernels import heuristics
+from pallas_kernels.decode_mosaic import DecodeMosaicConfig
 
 TABLE_DIR = pathlib.Path(__file__).with_name("tuning")
 
@@ -68,6 +71,28 @@ def decode_config(device_kind: str, batch: int, num_kv_heads: int, max_blocks: i
   measured = e["batch"] * e["kv_heads"] * e["num_splits"]
   splits = min(_pow2_at_most(measured / programs), heuristics.MAX_SPLITS, _pow2_at_most(steps))
   return DecodeConfig(splits, e["pages_per_step"], e["num_warps"], e["num_stages"])
+
+
+def decode_mosaic_config(device_kind: str, batch: int, num_kv_heads: int,
+                         max_blocks: int, block_size: int, head_dim: int,
+                         itemsize: int):
+  """The Mosaic decode kernel's tiling (a DecodeMosaicConfig) for this
+  problem: the nearest "decode_mosaic" entry of the device's table, its
+  splits rescaled as decode_config's; else heuristics.decode_mosaic_config."""
+  entries = [e for e in load_table(device_kind).get("decode_mosaic", ())
+             if e["block_size"] == block_size and e["head_dim"] == head_dim
+             and e["itemsize"] == itemsize]
+  if not entries:
+    return heuristics.decode_mosaic_config(batch, num_kv_heads, max_blocks,
+                                           block_size)
+  programs = batch * num_kv_heads
+  e = min(entries, key=lambda e: _distance(e, programs, max_blocks * block_size))
+  steps = -(-max_blocks * block_size // e["block_kv"])
+  measured = e["batch"] * e["kv_heads"] * e["num_splits"]
+  splits = min(_pow2_at_most(measured / programs), heuristics.MAX_SPLITS,
+               _pow2_at_most(steps))
+  return DecodeMosaicConfig(block_kv=e["block_kv"], stages=e["stages"],
+                            num_splits=splits)
 
 
 def heuristic_decode_config(batch: int, num_kv_heads: int, max_blocks: int, block_size: int,

@@ -48,6 +48,32 @@ def test_another_key_options_or_source_is_a_miss(tmp_path, monkeypatch):
   assert executable_store.ExecutableStore(str(tmp_path), None).load(key) is None
 
 
+def test_another_model_config_or_backend_is_a_miss(tmp_path):
+  """Same shapes, other closed-over steps (an attention backend, a rope theta): a miss."""
+  key = ("decode", (), 1)
+  store = executable_store.ExecutableStore(str(tmp_path), None, steps="(cfg, 'mosaic')")
+  store.save(key, _step.lower(*_args()).compile())
+  assert executable_store.ExecutableStore(str(tmp_path), None, steps="(cfg, 'triton')").load(
+      key) is None
+  assert executable_store.ExecutableStore(str(tmp_path), None).load(key) is None
+  assert executable_store.ExecutableStore(str(tmp_path), None, steps="(cfg, 'mosaic')").load(
+      key) is not None
+
+
+def test_runner_names_its_model_config_and_backend(monkeypatch, tmp_path):
+  """The runner's store key names what make_steps memoizes on."""
+  from engine import runner as runner_lib  # pylint: disable=g-import-not-at-top
+  seen = []
+  monkeypatch.setattr(runner_lib.executable_store, "open_store",
+                      lambda *a, steps: seen.append(steps))
+  from engine import LLM  # pylint: disable=g-import-not-at-top
+  for backend in ("xla", None):
+    LLM("random:smollm2-135m", max_num_seqs=2, max_model_len=64, num_blocks=16,
+        attention_backend=backend, compilation_cache_dir=str(tmp_path))
+  assert len(seen) == 2 and seen[0] == seen[1]      # None resolves to "xla" on the CPU
+  assert seen[0].endswith("'xla')") and "num_layers=" in seen[0]
+
+
 def test_source_digest_covers_the_traced_packages():
   digest = executable_store.source_digest()
   assert len(digest) == 64 and digest == executable_store.source_digest()

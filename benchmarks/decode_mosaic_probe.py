@@ -1,0 +1,267 @@
+"""Compiles, checks and times the Mosaic GPU paged decode kernel's tilings (GPU).
+
+Usage: PYTHONPATH=. python3 -m benchmarks.decode_mosaic_probe [--out DIR]
+           [--shapes 64x2048/16,8x8192/128] [--block-kv 64,128]
+           [--stages 2,3,4] [--splits 1,2,4,8] [--max-ctas 2112]
+           [--job_timeout_s 240] [--write-table]
+
+Per shape (batch x context / block size; bf16, 32 q / 8 kv heads x 128,
+every row full length, shuffled tables, the cache holding only the used
+blocks): a read-only pass over those KV bytes (the ceiling), the Triton
+kernel with the engine's tiling (the device's tuning table), and every
+Mosaic tiling of the grid that fits shared memory and has >= one step per
+split, each checked against the float32 reference (relative error) at full
+length. The best Mosaic tiling is also timed with rows at a quarter of the
+context. Each shape runs in a child process killed after --job_timeout_s (a
+hang or crash costs that shape only). Prints a table per shape and a
+summary; writes decode_mosaic_probe.json / .md under --out after each shape.
+With --write-table, the best tiling per shape (lowest geometric mean of its
+time over the best at full and at a quarter length) becomes a "decode_mosaic"
+entry of the device's tuning table (pallas_kernels/tuning.py), replacing an
+entry of the same class and keeping the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+# NOTE: no JAX device work at import: the parent only watches children.
+SHAPES = ("64x2048/16", "8x8192/16", "32x4096/16", "256x1024/16",
+          "64x2048/64", "64x2048/128")
+HEADS = (32, 8, 128)  # q heads, kv heads, head_dim (Llama-3-8B)
+TOLERANCE = 1e-2
+RESULT = "RESULT "
+
+
+def parse_shape(name: str) -> tuple[int, int, int]:
+  dims, block = name.split("/")
+  batch, ctx = dims.split("x")
+  return int(batch), int(ctx), int(block)
+
+
+def grid(batch: int, ctx: int, hkv: int, block_kv, stages, splits,
+         max_ctas: int = 16 * 132):
+  """(block_kv, stages, splits) points with >= one step per split and at
+  most `max_ctas` CTAs (at least the one-split points)."""
+  from pallas_kernels.decode_mosaic import DecodeMosaicConfig  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.prefill_mosaic import SMEM_BYTES  # pylint: disable=g-import-not-at-top
+  out = []
+  for bkv, st, ns in itertools.product(block_kv, stages, splits):
+    cfg = DecodeMosaicConfig(block_kv=bkv, stages=st, num_splits=ns)
+    if (cfg.smem_bytes(HEADS[2], 2) <= SMEM_BYTES and ns * bkv <= ctx
+        and (ns == 1 or batch * hkv * ns <= max_ctas)):
+      out.append(cfg)
+  return out
+
+
+def child(args) -> None:
+  """Measures one shape; prints RESULT lines (JSON)."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import pallas_kernels as pk  # pylint: disable=g-import-not-at-top
+  from benchmarks.measure import guarded, rel_err, timed  # pylint: disable=g-import-not-at-top
+  from benchmarks.tune_kernels import make_problem, read_us, timed_compiled, with_length  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.decode_mosaic import decode_mosaic  # pylint: disable=g-import-not-at-top
+
+  batch, ctx, bs = parse_shape(args.child)
+  hq, hkv, d = HEADS
+  problem = make_problem(jax.random.key(0), batch, ctx, hq, hkv, d, bs)
+  scale = d ** -0.5
+  ref = pk.paged_decode_attention_reference(*problem, scale=scale)
+  emit = lambda **r: print(RESULT + json.dumps(dict(shape=args.child, **r)),
+                           flush=True)
+  emit(kind="read", us=read_us(problem[1], batch, ctx, bs),
+       us_quarter=read_us(problem[1], batch, ctx // 4, bs))
+  triton = functools.partial(pk.paged_decode_attention, scale=scale,
+                             backend="triton")
+  emit(kind="triton", us=timed(triton, *problem),
+       us_quarter=timed(triton, *with_length(problem, ctx // 4)),
+       err=rel_err(jax.jit(triton)(*problem), ref))
+  for cfg in grid(batch, ctx, hkv, args.block_kv, args.stages, args.splits,
+                  args.max_ctas):
+    f = jax.jit(functools.partial(decode_mosaic, scale=scale, config=cfg))
+    t0 = time.time()
+    exe = guarded(lambda f=f: f.lower(*problem).compile(), limit=1200)
+    row = dict(kind="mosaic", config=dict(block_kv=cfg.block_kv,
+                                          stages=cfg.stages,
+                                          num_splits=cfg.num_splits),
+               compile_s=time.time() - t0)
+    if isinstance(exe, str):
+      emit(**row, error=exe)
+      continue
+    row["err"] = rel_err(exe(*problem), ref)
+    row["us"] = timed_compiled(exe, *problem)
+    row["us_quarter"] = timed_compiled(exe, *with_length(problem, ctx // 4))
+    emit(**row)
+
+
+def run_shape(shape: str, args) -> list[dict]:
+  cmd = [sys.executable, "-m", "benchmarks.decode_mosaic_probe", "--child",
+         shape, f"--max-ctas={args.max_ctas}"] + [
+             f"--{k.replace('_', '-')}={','.join(map(str, getattr(args, k)))}"
+             for k in ("block_kv", "stages", "splits")]
+  try:
+    done = subprocess.run(cmd, capture_output=True, text=True,
+                          timeout=args.job_timeout_s, check=False)
+    text, status = done.stdout, f"exit {done.returncode}"
+    tail = done.stderr[-1500:]
+  except subprocess.TimeoutExpired as e:
+    text = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+    status, tail = f"killed after {args.job_timeout_s} s", ""
+  rows = [json.loads(l[len(RESULT):]) for l in text.splitlines()
+          if l.startswith(RESULT)]
+  print(f"== {shape}: {status}, {len(rows)} results", flush=True)
+  if tail and status != "exit 0":
+    print(tail, flush=True)
+  return rows
+
+
+def summarize(shape: str, rows: list[dict]) -> tuple[list[str], dict]:
+  """Markdown lines of one shape and its summary row."""
+  read = next((r for r in rows if r["kind"] == "read"), None)
+  tri = next((r for r in rows if r["kind"] == "triton"), None)
+  ok = [r for r in rows if r["kind"] == "mosaic" and "us" in r
+        and r["err"] < TOLERANCE]
+  pct = lambda us: 100 * read["us"] / us if read else float("nan")
+  lines = [f"### {shape}", "", "| block_kv | stages | splits | µs | % of read-only"
+           " | rows at ctx/4 µs | rel err | compile s |", "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    if r["kind"] != "mosaic":
+      continue
+    c = r["config"]
+    if "error" in r:
+      lines.append(f"| {c['block_kv']} | {c['stages']} | {c['num_splits']} | "
+                   f"error: {r['error'].splitlines()[0][:120]} ||||")
+      continue
+    lines.append(f"| {c['block_kv']} | {c['stages']} | {c['num_splits']} | "
+                 f"{r['us']:.1f} | {pct(r['us']):.0f} % | {r['us_quarter']:.1f} | "
+                 f"{r['err']:.1e} | {r['compile_s']:.1f} |")
+  best = pick(ok)
+  summary = dict(shape=shape, read_us=read and read["us"],
+                 triton_us=tri and tri["us"], triton_err=tri and tri["err"],
+                 best=best, wrong=[r["config"] for r in rows if r["kind"] == "mosaic"
+                                   and "err" in r and r["err"] >= TOLERANCE])
+  return lines, summary
+
+
+def pick(ok: list[dict]) -> dict | None:
+  """The correct tiling with the lowest geometric mean of its times over the
+  best at full and at a quarter length."""
+  if not ok:
+    return None
+  full = min(r["us"] for r in ok)
+  quarter = min(r["us_quarter"] for r in ok)
+  return min(ok, key=lambda r: (r["us"] / full) * (r["us_quarter"] / quarter))
+
+
+def table_entries(summaries: list[dict]) -> list[dict]:
+  """tuning.py "decode_mosaic" entries of the shapes with a correct tiling."""
+  hq, hkv, d = HEADS
+  out = []
+  for s in summaries:
+    if not s["best"]:
+      continue
+    batch, ctx, bs = parse_shape(s["shape"])
+    b = s["best"]
+    out.append(dict(batch=batch, context=ctx, kv_heads=hkv, q_heads=hq,
+                    head_dim=d, block_size=bs, itemsize=2, **b["config"],
+                    us=round(b["us"], 1), us_quarter=round(b["us_quarter"], 1),
+                    pct_of_read=round(100 * s["read_us"] / b["us"], 1),
+                    triton_us=round(s["triton_us"], 1)))
+  return out
+
+
+def write_table(entries: list[dict]) -> str:
+  """Merges `entries` into the device's table ("decode" entries kept)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from pallas_kernels import tuning  # pylint: disable=g-import-not-at-top
+  kind = jax.devices()[0].device_kind
+  path = tuning.TABLE_DIR / f"{tuning.device_slug(kind)}.json"
+  old = json.loads(path.read_text()) if path.exists() else {"device_kind": kind}
+  key = lambda e: (e["batch"], e["context"], e["kv_heads"], e["head_dim"],
+                   e["block_size"], e["itemsize"])
+  new = {key(e) for e in entries}
+  kept = [e for e in old.get("decode_mosaic", []) if key(e) not in new]
+  old["decode_mosaic"] = kept + entries
+  old["decode_mosaic_command"] = (
+      f"python3 -m benchmarks.decode_mosaic_probe --write-table "
+      f"({time.strftime('%Y-%m-%d')}, jax {jax.__version__})")
+  path.write_text(json.dumps(old, indent=1) + "\n")
+  return str(path)
+
+
+def summary_table(summaries: list[dict]) -> list[str]:
+  lines = ["| shape | read-only µs | Triton µs (% of read) | Mosaic best µs (% of read)"
+           " | vs Triton | best: block_kv/stages/splits | rel err | wrong tilings |",
+           "|---|---|---|---|---|---|---|---|"]
+  for s in summaries:
+    read, tri, best = s["read_us"], s["triton_us"], s["best"]
+    if not (read and tri and best):
+      lines.append(f"| {s['shape']} | {read} | {tri} | no correct Mosaic tiling |||| "
+                   f"{len(s['wrong'])} |")
+      continue
+    c = best["config"]
+    lines.append(
+        f"| {s['shape']} | {read:.1f} | {tri:.1f} ({100 * read / tri:.0f} %) | "
+        f"{best['us']:.1f} ({100 * read / best['us']:.0f} %) | {tri / best['us']:.2f}x | "
+        f"{c['block_kv']}/{c['stages']}/{c['num_splits']} | {best['err']:.1e} | "
+        f"{len(s['wrong'])} |")
+  return lines
+
+
+def main():
+  ints = lambda s: tuple(int(x) for x in s.split(","))
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--out", default=None, help="directory for the JSON and markdown")
+  p.add_argument("--shapes", default=",".join(SHAPES),
+                 help="batch x context / block size, comma-separated (default: %(default)s)")
+  p.add_argument("--block-kv", type=ints, default=(64, 128), help="default: 64,128")
+  p.add_argument("--stages", type=ints, default=(2, 3, 4), help="default: 2,3,4")
+  p.add_argument("--splits", type=ints, default=(1, 2, 4, 8), help="default: 1,2,4,8")
+  p.add_argument("--max-ctas", type=int, default=16 * 132,
+                 help="skip split counts giving more CTAs (default: %(default)s)")
+  p.add_argument("--write-table", action="store_true",
+                 help="merge the best tilings into pallas_kernels/tuning/<device>.json "
+                      "(default: off)")
+  p.add_argument("--job_timeout_s", type=int, default=240,
+                 help="seconds one shape may take (default: %(default)s)")
+  p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+  args = p.parse_args()
+  if args.child:
+    child(args)
+    return
+  all_rows, md, summaries = [], [], []
+  for shape in args.shapes.split(","):
+    rows = run_shape(shape, args)
+    all_rows += rows
+    lines, summary = summarize(shape, rows)
+    md += lines + [""]
+    summaries.append(summary)
+    print("\n".join(lines), flush=True)
+    if args.out:  # after every shape: a killed run keeps what it measured
+      save(args.out, all_rows, summaries, md)
+  print("\n".join(summary_table(summaries)))
+  if args.write_table:
+    path = write_table(table_entries(summaries))
+    print("wrote", path)
+    if args.out:
+      shutil.copy(path, args.out)
+
+
+def save(out: str, rows: list[dict], summaries: list[dict], md: list[str]):
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "decode_mosaic_probe.json"), "w") as f:
+    json.dump(dict(rows=rows, summary=summaries), f, indent=1)
+  with open(os.path.join(out, "decode_mosaic_probe.md"), "w") as f:
+    f.write("\n".join(summary_table(summaries) + [""] + md) + "\n")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,162 @@
+"""Paged decode attention as a Pallas Mosaic GPU kernel (Hopper).
+
+Same contract as decode_triton.py. Grid (batch, KV heads, splits); the body
+and its TMA pipeline are in decode_mosaic_kernel.py. The query heads of a KV
+head are one box of q viewed as [batch, hkv, group, d] (zero-padded to 8
+rows when the group is no multiple of 8), and so is the output.
+
+Supported: 16-bit caches (bf16, f16) with head_dim a multiple of 64, GQA
+groups of at most 64; `supports()` says so and decode.py sends everything
+else (float32 and 8-bit caches) to the Triton kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pallas_kernels import decode_mosaic_kernel as kernel
+from pallas_kernels import quantization
+from pallas_kernels.prefill_mosaic import SMEM_BYTES
+from pallas_kernels.prefill_mosaic import interpret_params
+from pallas_kernels.prefill_mosaic import smem_buffer
+from pallas_kernels.prefill_mosaic_kernel import ALIGN
+from pallas_kernels.prefill_mosaic_kernel import ROWS_PER_WG
+from pallas_kernels.prefill_mosaic_memory import copies_per_stage
+from pallas_kernels.prefill_mosaic_memory import producer
+
+
+# NOTE: Mosaic aligns each SMEM buffer; lowering measured 2,928 bytes over the
+# buffers' sizes with split partials (jax 0.11.2).
+ALIGN_SLACK = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeMosaicConfig:
+  """Tiling of the Mosaic decode kernel (static)."""
+  block_kv: int = 128  # cache tokens per pipeline step: 64, 128 or 256
+  stages: int = 2  # K/V stages in flight, >= 2
+  num_splits: int = 1  # CTAs per (row, KV head), each a run of whole steps
+
+  def __post_init__(self):
+    if self.block_kv not in (64, 128, 256):
+      raise ValueError(f"block_kv must be 64, 128 or 256, got {self.block_kv}")
+    if self.stages < 2:
+      raise ValueError(f"stages must be >= 2, got {self.stages}")
+    if self.num_splits < 1:
+      raise ValueError(f"num_splits must be >= 1, got {self.num_splits}")
+
+  def smem_bytes(self, head_dim: int, itemsize: int) -> int:
+    """Shared memory of the Q/O tile, the K/V stages, the split partials and
+    each buffer's alignment (P through shared memory, interpret mode only, is
+    not counted)."""
+    part = (ROWS_PER_WG * head_dim + ROWS_PER_WG) * 4 if self.num_splits > 1 else 0
+    return ((ROWS_PER_WG + 2 * self.stages * self.block_kv) * head_dim * itemsize
+            + part + ALIGN_SLACK)
+
+
+def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
+  """Whether the Mosaic kernel runs these operands with `config` (a 16-bit
+  array cache, head_dim % 64 == 0, group <= 64, shared memory fits)."""
+  if quantization.is_quantized(kv_cache):
+    return False
+  hkv, head_dim = kv_cache.shape[1], kv_cache.shape[4]
+  itemsize = kv_cache.dtype.itemsize
+  return (itemsize == 2 and q.dtype == kv_cache.dtype and head_dim % 64 == 0
+          and q.shape[1] // hkv <= ROWS_PER_WG
+          and config.smem_bytes(head_dim, itemsize) <= SMEM_BYTES)
+
+
+def combine_splits(part, lse):
+  """Merges normalised split outputs part [b, hkv, splits, rows, d] by their
+  log2-sum-exp lse [b, hkv, splits, rows] (NEG_BIG: empty) -> [b, hkv, rows, d]."""
+  live = lse > kernel.NEG_BIG / 2
+  top = jnp.max(jnp.where(live, lse, -jnp.inf), axis=2, keepdims=True)
+  w = jnp.where(live, jnp.exp2(lse - jnp.where(jnp.isfinite(top), top, 0.0)), 0.0)
+  den = w.sum(axis=2)
+  num = (part * w[..., None]).sum(axis=2)
+  return jnp.where(den[..., None] > 0,
+                   num / jnp.where(den > 0, den, 1.0)[..., None], 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("scale", "config", "interpret"))
+def decode_mosaic(q, kv_cache, block_tables, lengths, *, scale,
+                  config: DecodeMosaicConfig = DecodeMosaicConfig(),
+                  interpret=False):
+  """Runs the kernel; arguments as `paged_decode_attention`, pre-validated.
+
+  Requires supports(q, kv_cache, config).
+  """
+  batch, hq, head_dim = q.shape
+  hkv = kv_cache.shape[1]
+  group = hq // hkv
+  cfg = kernel.Static(
+      block_kv=config.block_kv, stages=config.stages,
+      num_splits=config.num_splits, q_rows=-(-group // ALIGN) * ALIGN,
+      p_in_regs=not interpret, max_blocks=block_tables.shape[1],
+      scale=scale)
+  qp = q.reshape(batch, hkv, group, head_dim)
+  if cfg.q_rows != group:
+    qp = jnp.pad(qp, ((0, 0), (0, 0), (0, cfg.q_rows - group), (0, 0)))
+  out = run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret)
+  if cfg.num_splits > 1:
+    out = combine_splits(out[0], out[1][..., :cfg.q_rows]).astype(q.dtype)
+  return out[:, :, :group].reshape(batch, hq, head_dim)
+
+
+def run_kernel(qp, kv_cache, block_tables, lengths, cfg: kernel.Static,
+               interpret=False):
+  """The kernel alone: qp [batch, hkv, q_rows, d] -> the output in that shape,
+  or (partials [.., splits, q_rows, d] f32, lse [.., splits, 64] f32)."""
+  batch, hkv, rows, head_dim = qp.shape
+  if cfg.num_splits == 1:
+    out_type = jax.ShapeDtypeStruct(qp.shape, qp.dtype)
+  else:
+    part = (batch, hkv, cfg.num_splits)
+    out_type = (jax.ShapeDtypeStruct(part + (rows, head_dim), jnp.float32),
+                jax.ShapeDtypeStruct(part + (ROWS_PER_WG,), jnp.float32))
+  return plgpu.kernel(
+      functools.partial(_entry, cfg=cfg),
+      out_type=out_type,
+      grid=(batch, hkv, cfg.num_splits),
+      grid_names=("row", "head", "split"),
+      num_threads=2,
+      thread_name="wg",
+      compiler_params=plgpu.CompilerParams(approx_math=True),
+      interpret=interpret_params(interpret, 2),
+      kernel_name="paged_decode_mosaic",
+  )(lengths, block_tables.reshape(-1), qp, kv_cache)
+
+
+def _entry(len_ref, bt_ref, q_ref, kv_ref, *out_refs, cfg: kernel.Static):
+  """Allocates shared memory and barriers, then splits by warpgroup.
+
+  len_ref int32 [batch]; bt_ref int32 [batch * max_blocks]; q_ref [batch,
+  hkv, q_rows, d]; kv_ref [num_blocks, hkv, 2, block_size, d] (all GMEM).
+  """
+  head_dim, dtype = q_ref.shape[-1], q_ref.dtype
+  block_size = kv_ref.shape[3]
+  copies = copies_per_stage(block_size, cfg)
+
+  def body(*bufs, **bars):
+    span = kernel.Span(len_ref, cfg, block_size)
+    wg = jax.lax.axis_index("wg")
+    pl.when(wg == 0)(
+        lambda: kernel.consumer(span, q_ref, out_refs, bufs, bars, cfg))
+    pl.when(wg == 1)(
+        lambda: producer(span, bt_ref, kv_ref, bufs[-2:], bars, cfg))
+
+  pl.run_scoped(
+      body, *kernel.buffers(cfg, head_dim, dtype, smem_buffer),
+      q=plgpu.Barrier(num_arrivals=1),
+      k_ready=plgpu.Barrier(num_arrivals=copies, num_barriers=cfg.stages),
+      v_ready=plgpu.Barrier(num_arrivals=copies, num_barriers=cfg.stages),
+      v_tail=plgpu.Barrier(num_arrivals=copies),
+      k_free=plgpu.Barrier(num_arrivals=1, num_barriers=cfg.stages),
+      v_free=plgpu.Barrier(num_arrivals=1, num_barriers=cfg.stages),
+      collective_axes="wg")
