@@ -245,14 +245,16 @@ def main():
     md += lines + [""]
     summaries.append(summary)
     print("\n".join(lines), flush=True)
-    if args.out:  # after every shape: a killed run keeps what it measured
+    # NOTE: after every shape, so that a killed run keeps what it measured.
+    if args.out:
       save(args.out, all_rows, summaries, md)
+    if args.write_table:
+      path = write_table(table_entries(summaries[-1:]))
+      if args.out:
+        shutil.copy(path, args.out)
   print("\n".join(summary_table(summaries)))
   if args.write_table:
-    path = write_table(table_entries(summaries))
     print("wrote", path)
-    if args.out:
-      shutil.copy(path, args.out)
 
 
 def save(out: str, rows: list[dict], summaries: list[dict], md: list[str]):

@@ -94,10 +94,12 @@ case $part in
       done
     done
     for f in "$out"/*/profile_*.json; do
-      python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[1].split("/")[-2],
-        r["batch"], "wall %.2f busy %.2f ms/step" % (r["wall_ms_per_step"], r["gpu_busy_ms_per_step"]));
-        [print("   %7.3f ms %5.1fx %s" % (t["ms_per_step"], t["calls_per_step"], t["name"][:90]))
-         for t in r["top"][:6]]' "$f"
+      python3 -c 'import json,sys
+r = json.load(open(sys.argv[1]))
+print(sys.argv[1].split("/")[-2], r["batch"], "wall %.2f busy %.2f ms/step" % (
+    r["wall_ms_per_step"], r["gpu_busy_ms_per_step"]))
+for t in r["top"][:6]:
+  print("   %7.3f ms %5.1fx %s" % (t["ms_per_step"], t["calls_per_step"], t["name"][:90]))' "$f"
     done
     ;;
   decode-probe)
