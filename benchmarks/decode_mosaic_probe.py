@@ -3,7 +3,7 @@
 Usage: PYTHONPATH=. python3 -m benchmarks.decode_mosaic_probe [--out DIR]
            [--shapes 64x2048/16,8x8192/128] [--block-kv 64,128]
            [--stages 2,3,4] [--splits 1,2,4,8] [--max-ctas 2112]
-           [--job_timeout_s 240] [--write-table]
+           [--job_timeout_s 240] [--write-table [--table-dir DIR]] [--interpret]
 
 Per shape (batch x context / block size; bf16, 32 q / 8 kv heads x 128,
 every row full length, shuffled tables, the cache holding only the used
@@ -18,7 +18,8 @@ summary; writes decode_mosaic_probe.json / .md under --out after each shape.
 With --write-table, the best tiling per shape (lowest geometric mean of its
 time over the best at full and at a quarter length) becomes a "decode_mosaic"
 entry of the device's tuning table (pallas_kernels/tuning.py), replacing an
-entry of the same class and keeping the others.
+entry of the same class and keeping the others. --interpret runs the kernels
+in interpret mode with wall-clock times (CPU tests of this script only).
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def child(args) -> None:
   from benchmarks.tune_kernels import make_problem, read_us, timed_compiled, with_length  # pylint: disable=g-import-not-at-top
   from pallas_kernels.decode_mosaic import decode_mosaic  # pylint: disable=g-import-not-at-top
 
+  interpret = args.interpret
+  timer = timed_compiled if not interpret else _wall_us
   batch, ctx, bs = parse_shape(args.child)
   hq, hkv, d = HEADS
   problem = make_problem(jax.random.key(0), batch, ctx, hq, hkv, d, bs)
@@ -80,13 +83,14 @@ def child(args) -> None:
   emit(kind="read", us=read_us(problem[1], batch, ctx, bs),
        us_quarter=read_us(problem[1], batch, ctx // 4, bs))
   triton = functools.partial(pk.paged_decode_attention, scale=scale,
-                             backend="triton")
+                             backend="triton", interpret=interpret)
   emit(kind="triton", us=timed(triton, *problem),
        us_quarter=timed(triton, *with_length(problem, ctx // 4)),
        err=rel_err(jax.jit(triton)(*problem), ref))
   for cfg in grid(batch, ctx, hkv, args.block_kv, args.stages, args.splits,
                   args.max_ctas):
-    f = jax.jit(functools.partial(decode_mosaic, scale=scale, config=cfg))
+    f = jax.jit(functools.partial(decode_mosaic, scale=scale, config=cfg,
+                                  interpret=interpret))
     t0 = time.time()
     exe = guarded(lambda f=f: f.lower(*problem).compile(), limit=1200)
     row = dict(kind="mosaic", config=dict(block_kv=cfg.block_kv,
@@ -97,14 +101,23 @@ def child(args) -> None:
       emit(**row, error=exe)
       continue
     row["err"] = rel_err(exe(*problem), ref)
-    row["us"] = timed_compiled(exe, *problem)
-    row["us_quarter"] = timed_compiled(exe, *with_length(problem, ctx // 4))
+    row["us"] = timer(exe, *problem)
+    row["us_quarter"] = timer(exe, *with_length(problem, ctx // 4))
     emit(**row)
+
+
+def _wall_us(exe, *args) -> float:
+  """Wall-clock µs of one call (interpret mode: no device timer)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  jax.block_until_ready(exe(*args))
+  return (time.perf_counter() - t0) * 1e6
 
 
 def run_shape(shape: str, args) -> list[dict]:
   cmd = [sys.executable, "-m", "benchmarks.decode_mosaic_probe", "--child",
-         shape, f"--max-ctas={args.max_ctas}"] + [
+         shape, f"--max-ctas={args.max_ctas}"] + (
+             ["--interpret"] if args.interpret else []) + [
              f"--{k.replace('_', '-')}={','.join(map(str, getattr(args, k)))}"
              for k in ("block_kv", "stages", "splits")]
   try:
@@ -178,12 +191,14 @@ def table_entries(summaries: list[dict]) -> list[dict]:
   return out
 
 
-def write_table(entries: list[dict]) -> str:
+def write_table(entries: list[dict], table_dir: str | None = None) -> str:
   """Merges `entries` into the device's table ("decode" entries kept)."""
+  import pathlib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from pallas_kernels import tuning  # pylint: disable=g-import-not-at-top
   kind = jax.devices()[0].device_kind
-  path = tuning.TABLE_DIR / f"{tuning.device_slug(kind)}.json"
+  path = (pathlib.Path(table_dir) if table_dir else tuning.TABLE_DIR) / (
+      f"{tuning.device_slug(kind)}.json")
   old = json.loads(path.read_text()) if path.exists() else {"device_kind": kind}
   key = lambda e: (e["batch"], e["context"], e["kv_heads"], e["head_dim"],
                    e["block_size"], e["itemsize"])
@@ -230,6 +245,10 @@ def main():
   p.add_argument("--write-table", action="store_true",
                  help="merge the best tilings into pallas_kernels/tuning/<device>.json "
                       "(default: off)")
+  p.add_argument("--table-dir", default=None,
+                 help="folder of the tuning tables (default: pallas_kernels/tuning)")
+  p.add_argument("--interpret", action="store_true",
+                 help="interpret mode, wall-clock times: CPU tests of this script (default: off)")
   p.add_argument("--job_timeout_s", type=int, default=240,
                  help="seconds one shape may take (default: %(default)s)")
   p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -249,8 +268,8 @@ def main():
     if args.out:
       save(args.out, all_rows, summaries, md)
     if args.write_table:
-      path = write_table(table_entries(summaries[-1:]))
-      if args.out:
+      path = write_table(table_entries(summaries[-1:]), args.table_dir)
+      if args.out and os.path.dirname(os.path.abspath(path)) != os.path.abspath(args.out):
         shutil.copy(path, args.out)
   print("\n".join(summary_table(summaries)))
   if args.write_table:

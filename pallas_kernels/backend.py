@@ -11,21 +11,23 @@ import jax
 
 # NOTE: "xla" is the pure-jnp reference path (also the CPU path of the engine).
 # "triton" is Pallas lowered through Triton. "mosaic" is Pallas Mosaic GPU
-# (Hopper: wgmma, TMA) for prefill; its decode and KV write are still the
-# Triton kernels, and prefill cases it does not take (float32 or 8-bit caches,
-# head_dim not a multiple of 64, GQA groups over 16) run the Triton prefill
-# (prefill.py). An engine asked for "mosaic" with an 8-bit cache refuses it
-# (EngineConfig): only the default falls back silently.
+# (Hopper: wgmma, TMA) for prefill and decode; its KV write is still the Triton
+# kernel, and cases its kernels do not take (float32 or 8-bit caches, head_dim
+# not a multiple of 64, prefill GQA groups over 16) run the Triton kernels
+# (prefill.py, decode.py). An engine asked for "mosaic" with an 8-bit cache
+# refuses it (EngineConfig): only the default falls back silently.
 KNOWN_BACKENDS = ("triton", "mosaic", "xla")
 
 
 def default_backend() -> str:
   """Returns the backend used when the caller passes `backend=None`.
 
-  On a Hopper GPU (compute capability 9.x: H100, H200) "mosaic": its prefill
-  kernel reached 90 % of cuDNN's causal rate on an H200 against Triton's 42 %
-  (docs/benchmarks.md, 2026-12-02), with the Triton decode. On other GPUs
-  "triton" (the Mosaic kernel needs wgmma); everywhere else the XLA reference.
+  On a Hopper GPU (compute capability 9.x: H100, H200) "mosaic": on an H200
+  its prefill kernel reached 90 % of cuDNN's causal rate against Triton's 42 %,
+  its decode kernel 92-113 % of a read-only pass over the same KV bytes against
+  Triton's 60-87 % (1.26-1.36x faster at 16-128-token blocks; docs/benchmarks.md,
+  2026-12-02). On other GPUs "triton" (the Mosaic kernels need wgmma and TMA);
+  everywhere else the XLA reference.
   """
   if jax.default_backend() != "gpu":
     return "xla"

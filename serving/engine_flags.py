@@ -50,7 +50,7 @@ _ENGINE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     # NOTE: --engine-seed, since --seed is the per-request sampling seed.
     ("--engine-seed", "seed", int, "draws the seeds of requests that give none"),
     ("--attention-backend", "attention_backend", str,
-     "attention implementation: triton, mosaic (Mosaic GPU prefill, Triton decode) or xla "
+     "attention implementation: triton, mosaic (Mosaic GPU prefill and decode) or xla "
      "(default: mosaic on Hopper GPUs, triton on other GPUs, xla elsewhere)"),
     ("--tensor-parallel", "tensor_parallel", int,
      "devices to split weights and KV heads over (must divide the KV heads)"),

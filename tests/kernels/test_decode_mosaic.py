@@ -16,6 +16,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 import pallas_kernels as pk
 from pallas_kernels import decode_mosaic
+from pallas_kernels import heuristics
 from pallas_kernels import quantization
 from tests.kernels import helpers
 
@@ -166,3 +167,28 @@ def test_config_rejects_bad_tiles():
     C(stages=1)
   with pytest.raises(ValueError, match="num_splits"):
     C(num_splits=0)
+
+
+def test_backend_mosaic_runs_it_for_16_bit_caches_only(monkeypatch):
+  """bf16 goes to decode_mosaic with the tuned tiling; float32 and int8 run Triton."""
+  calls = []
+  real = decode_mosaic.decode_mosaic
+  monkeypatch.setattr(decode_mosaic, "decode_mosaic",
+                      lambda *a, **k: calls.append(k["config"]) or real(*a, **k))
+  case = (16, 8, 2, 64, [37, 130], None)
+  q, paged, args = _problem(case, seed=4)
+  out = pk.paged_decode_attention(*args, backend="mosaic", interpret=helpers.INTERPRET)
+  want = helpers.naive_decode(q, paged, case[4], 0.125)
+  assert helpers.rel_err(np.asarray(out, np.float64), want) < helpers.tolerance(BF16)
+  assert calls == [heuristics.decode_mosaic_config(2, 2, args[2].shape[1], 16)]
+  pk.paged_decode_attention(*args, backend="mosaic", num_splits=2,
+                            interpret=helpers.INTERPRET)
+  assert calls[-1].num_splits == 2
+  f32 = [a.astype(jnp.float32) if a.dtype == jnp.bfloat16 else a for a in args]
+  out = pk.paged_decode_attention(*f32, backend="mosaic", interpret=helpers.INTERPRET)
+  assert len(calls) == 2  # Triton ran it
+  assert helpers.rel_err(np.asarray(out, np.float64), want) < helpers.tolerance(BF16)
+  cache = quantization.QuantizedKV(*quantization.quantize(jnp.nan_to_num(args[1]), jnp.int8))
+  pk.paged_decode_attention(args[0], cache, *args[2:], backend="mosaic",
+                            interpret=helpers.INTERPRET)
+  assert len(calls) == 2

@@ -102,3 +102,40 @@ def test_partial_retune_replaces_only_its_block_sizes():
   assert sorted((e["block_size"], e["num_splits"]) for e in out["decode"]) == [
       (16, 1), (64, 4), (128, 1)]
   assert out["command"].startswith("first run") and "[64] re-measured 2026-12-02" in out["command"]
+
+
+MOSAIC_FIELDS = {"batch", "context", "kv_heads", "head_dim", "block_size", "itemsize",
+                 "block_kv", "stages", "num_splits"}
+
+
+@pytest.mark.parametrize("path", TABLES, ids=lambda p: p.stem)
+def test_mosaic_decode_entries_are_valid_tilings_that_fit(path):
+  from pallas_kernels.decode_mosaic import DecodeMosaicConfig  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.prefill_mosaic import SMEM_BYTES  # pylint: disable=g-import-not-at-top
+  for e in json.loads(path.read_text()).get("decode_mosaic", []):
+    assert MOSAIC_FIELDS <= set(e), e
+    cfg = DecodeMosaicConfig(block_kv=e["block_kv"], stages=e["stages"],
+                             num_splits=e["num_splits"])
+    assert cfg.smem_bytes(e["head_dim"], e["itemsize"]) <= SMEM_BYTES, e
+    assert e["num_splits"] * e["block_kv"] <= e["context"], e
+
+
+def test_mosaic_decode_nearest_entry_else_heuristics(monkeypatch):
+  from pallas_kernels.decode_mosaic import DecodeMosaicConfig as C  # pylint: disable=g-import-not-at-top
+  assert tuning.decode_mosaic_config("cpu", 8, 8, 512, 16, 128, 2) == (
+      heuristics.decode_mosaic_config(8, 8, 512, 16))
+  assert heuristics.decode_mosaic_config(8, 8, 512, 16) == C(128, 2, 2)   # 128 CTAs
+  assert heuristics.decode_mosaic_config(64, 8, 128, 16) == C(128, 2, 1)
+  assert heuristics.decode_mosaic_config(1, 8, 16, 16).num_splits == 2    # 2 steps only
+  entries = [dict(batch=64, context=2048, kv_heads=8, head_dim=128, block_size=16,
+                  itemsize=2, block_kv=128, stages=2, num_splits=1),
+             dict(batch=8, context=8192, kv_heads=8, head_dim=128, block_size=16,
+                  itemsize=2, block_kv=64, stages=3, num_splits=2)]
+  monkeypatch.setattr(tuning, "load_table", lambda kind: {"decode_mosaic": entries})
+  assert tuning.decode_mosaic_config("x", 64, 8, 128, 16, 128, 2) == C(128, 2, 1)
+  # 8 x 8192 measured 2 splits over 64 programs; 2 rows have a quarter of them.
+  assert tuning.decode_mosaic_config("x", 2, 8, 512, 16, 128, 2) == C(64, 3, 8)
+  # Never more splits than steps of the table's width: 4 blocks = 1 step of 64.
+  assert tuning.decode_mosaic_config("x", 1, 8, 4, 16, 128, 2).num_splits == 1
+  assert tuning.decode_mosaic_config("x", 64, 8, 128, 32, 128, 2) == (
+      heuristics.decode_mosaic_config(64, 8, 128, 32))

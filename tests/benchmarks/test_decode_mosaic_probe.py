@@ -1,0 +1,55 @@
+"""benchmarks/decode_mosaic_probe.py on CPU: children, checks, report and table.
+
+The kernels run in Mosaic GPU / Triton interpret mode (`--interpret`, wall-clock
+times that mean nothing); the GPU run is docs/benchmarks.md's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from benchmarks import decode_mosaic_probe as probe
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+
+
+def test_tilings_are_checked_and_the_best_merged_into_the_table(tmp_path):
+  table = tmp_path / "cpu.json"
+  kept = dict(batch=1, context=64, kv_heads=8, head_dim=128, block_size=16, itemsize=2,
+              block_kv=64, stages=2, num_splits=1)
+  table.write_text(json.dumps({"device_kind": "cpu", "decode": [{"batch": 7}],
+                               "decode_mosaic": [kept]}))
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.decode_mosaic_probe", "--interpret",
+       "--shapes", "2x256/16", "--block-kv", "64", "--stages", "2", "--splits", "1,2",
+       "--out", str(tmp_path), "--write-table", "--table-dir", str(tmp_path)],
+      cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  rows = json.loads((tmp_path / "decode_mosaic_probe.json").read_text())["rows"]
+  mosaic = [r for r in rows if r["kind"] == "mosaic"]
+  assert [r["config"]["num_splits"] for r in mosaic] == [1, 2]
+  assert all(r["err"] < probe.TOLERANCE for r in mosaic), mosaic
+  assert {r["kind"] for r in rows} == {"read", "triton", "mosaic"}
+  out = json.loads(table.read_text())
+  assert out["decode"] == [{"batch": 7}]                    # the Triton entries stay
+  new = [e for e in out["decode_mosaic"] if e["batch"] == 2]
+  assert len(new) == 1 and new[0]["context"] == 256 and new[0]["block_size"] == 16
+  assert kept in out["decode_mosaic"]                       # another class stays
+  assert "| 2x256/16 |" in (tmp_path / "decode_mosaic_probe.md").read_text()
+
+
+def test_pick_weighs_full_and_quarter_lengths():
+  row = lambda n, us, q: dict(config=n, us=us, us_quarter=q)
+  fast_long, even = row("a", 100.0, 40.0), row("b", 105.0, 25.0)
+  assert probe.pick([fast_long, even])["config"] == "b"
+  assert probe.pick([fast_long])["config"] == "a"
+  assert probe.pick([]) is None
+
+
+def test_grid_keeps_one_step_per_split_and_the_shared_memory():
+  cfgs = probe.grid(8, 256, 8, (64, 128), (2, 3, 4), (1, 2, 4, 8))
+  assert cfgs and all(c.num_splits * c.block_kv <= 256 for c in cfgs)
+  assert all(c.smem_bytes(128, 2) <= 227 * 1024 for c in cfgs)
+  assert probe.parse_shape("64x2048/128") == (64, 2048, 128)
