@@ -55,27 +55,42 @@ def paged_decode_attention(
   if backend == "xla":
     return paged_decode_attention_reference(
         q, kv_cache, block_tables, lengths, scale=scale)
-  values = quantization.values_of(kv_cache)
-  _, hkv, _, block_size, _ = values.shape
-  device_kind = jax.devices()[0].device_kind
   if backend == "mosaic":
-    # NOTE: 8-bit and float32 caches (and head_dim % 64 != 0) run Triton.
-    mosaic = tuning.decode_mosaic_config(
-        device_kind, q.shape[0], hkv, block_tables.shape[1], block_size,
-        q.shape[-1], values.dtype.itemsize)
-    if num_splits is not None:
-      mosaic = dataclasses.replace(mosaic, num_splits=num_splits)
-    if decode_mosaic.supports(q, kv_cache, mosaic):
+    mosaic = _mosaic_config(q, kv_cache, block_tables, num_splits)
+    if mosaic is not None:
       return decode_mosaic.decode_mosaic(q, kv_cache, block_tables, lengths,
                                          scale=float(scale), config=mosaic,
                                          interpret=interpret)
-  # NOTE: the tiling comes from the device's measured table (pallas_kernels/tuning/),
-  # else from the shape heuristics; an explicit num_splits overrides only the split.
-  # An 8-bit cache (itemsize 1) has no table entries yet: the heuristics.
-  cfg = tuning.decode_config(device_kind, q.shape[0], hkv,
-                             block_tables.shape[1], block_size, q.shape[-1],
-                             values.dtype.itemsize)
+  cfg = _triton_config(q, kv_cache, block_tables)
   return decode_triton(
       q, kv_cache, block_tables, lengths, scale=float(scale),
       num_splits=num_splits or cfg.num_splits, pages_per_step=cfg.pages_per_step,
       num_warps=cfg.num_warps, num_stages=cfg.num_stages, interpret=interpret)
+
+
+def _problem_class(q, kv_cache, block_tables) -> tuple:
+  """(device kind, batch, kv heads, table width, block size, head_dim, itemsize): what the
+  tuning tables are keyed by."""
+  values = quantization.values_of(kv_cache)
+  _, hkv, _, block_size, _ = values.shape
+  return (jax.devices()[0].device_kind, q.shape[0], hkv, block_tables.shape[1], block_size,
+          q.shape[-1], values.dtype.itemsize)
+
+
+def _mosaic_config(q, kv_cache, block_tables, num_splits):
+  """The Mosaic decode's tiling (the table's, else heuristics; an explicit num_splits
+  overrides the split), or None where it does not run: 8-bit and float32 caches,
+  head_dim % 64 != 0 (the Triton kernel takes those)."""
+  cfg = tuning.decode_mosaic_config(*_problem_class(q, kv_cache, block_tables))
+  if num_splits is not None:
+    cfg = dataclasses.replace(cfg, num_splits=num_splits)
+  return cfg if decode_mosaic.supports(q, kv_cache, cfg) else None
+
+
+def _triton_config(q, kv_cache, block_tables) -> tuning.DecodeConfig:
+  """The Triton decode's tiling.
+
+  NOTE: from the device's measured table (pallas_kernels/tuning/), else from the shape
+  heuristics. An 8-bit cache (itemsize 1) has no table entries yet: the heuristics.
+  """
+  return tuning.decode_config(*_problem_class(q, kv_cache, block_tables))
