@@ -59,8 +59,7 @@ def paged_prefill_attention(
   # (Its memory warpgroup TMA-copies 16-bit K/V tiles straight into the wgmma
   # operands; an 8-bit tile would need a conversion pass, not written.)
   config = heuristics.prefill_mosaic_config(q.shape[-1])
-  if (backend == "mosaic" and not quantization.is_quantized(kv_cache)
-      and prefill_mosaic.supports(q, kv_cache, config)):
+  if backend == "mosaic" and prefill_mosaic.supports(q, kv_cache, config):
     return prefill_mosaic.prefill_mosaic(
         q, kv_cache, block_tables, cu_q_lens, kv_lens, scale=float(scale),
         config=config, interpret=interpret)

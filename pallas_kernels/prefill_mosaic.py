@@ -24,6 +24,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels import prefill_tiles
+from pallas_kernels import quantization
 from pallas_kernels.prefill_mosaic_kernel import ALIGN
 from pallas_kernels.prefill_mosaic_kernel import ROWS_PER_WG
 from pallas_kernels.prefill_mosaic_kernel import Static
@@ -61,9 +62,12 @@ class MosaicConfig:
             + 2 * self.stages * self.block_kv * head_dim) * itemsize
 
 
-def supports(q: jax.Array, kv_cache: jax.Array, config: MosaicConfig) -> bool:
-  """Whether the Mosaic kernel runs these shapes/dtypes with `config` (16-bit,
-  head_dim % 64 == 0, groups <= rows / 8, shared memory fits); else Triton."""
+def supports(q: jax.Array, kv_cache, config: MosaicConfig) -> bool:
+  """Whether the Mosaic kernel runs these operands with `config` (a 16-bit
+  array cache, head_dim % 64 == 0, groups <= rows / 8, shared memory fits);
+  else Triton."""
+  if quantization.is_quantized(kv_cache):
+    return False
   hkv, head_dim = kv_cache.shape[1], kv_cache.shape[4]
   itemsize = kv_cache.dtype.itemsize
   group_pad = pl.next_power_of_2(q.shape[1] // hkv)

@@ -136,6 +136,10 @@ def test_supports_16_bit_caches_with_head_dim_multiple_of_64():
   assert not ok(q(8, 96), cache(96))
   assert not ok(q(8, 512), cache(512))  # shared memory
   assert not ok(q(512, 64), cache(64))  # group 256
+  quantized = pk.QuantizedKV(jnp.zeros((3, 2, 2, 16, 128), jnp.int8),
+                             jnp.zeros((3, 2, 2, 16), jnp.float32))
+  assert not prefill_mosaic.supports(q(8, 128), quantized,
+                                    heuristics.prefill_mosaic_config(128))
 
 
 def test_default_config_fits_shared_memory():
