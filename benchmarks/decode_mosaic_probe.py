@@ -3,18 +3,23 @@
 Usage: PYTHONPATH=. python3 -m benchmarks.decode_mosaic_probe [--out DIR]
            [--shapes 64x2048/16,8x8192/128] [--block-kv 64,128]
            [--stages 2,3,4] [--splits 1,2,4,8] [--max-ctas 2112]
-           [--job_timeout_s 240] [--write-table [--table-dir DIR]] [--interpret]
+           [--kv-dtype bfloat16,int8,float8_e4m3] [--job_timeout_s 240]
+           [--write-table [--table-dir DIR]] [--interpret]
 
-Per shape (batch x context / block size; bf16, 32 q / 8 kv heads x 128,
-every row full length, shuffled tables, the cache holding only the used
-blocks): a read-only pass over those KV bytes (the ceiling), the Triton
-kernel with the engine's tiling (the device's tuning table), and every
+Per KV-cache dtype and shape (batch x context / block size; bf16 q, 32 q /
+8 kv heads x 128, every row full length, shuffled tables, the cache holding
+only the used blocks; an 8-bit cache is the bf16 one quantized per token and
+head): a read-only pass over those KV bytes (values and scales: the
+ceiling), the Triton kernel with the engine's tiling (the device's tuning
+table), and every
 Mosaic tiling of the grid that fits shared memory and has >= one step per
 split, each checked against the float32 reference (relative error) at full
 length. The best Mosaic tiling is also timed with rows at a quarter of the
 context. Each shape runs in a child process killed after --job_timeout_s (a
 hang or crash costs that shape only). Prints a table per shape and a
-summary; writes decode_mosaic_probe.json / .md under --out after each shape.
+summary (an 8-bit dtype's best time also over bf16's best at the shape, the
+issue-15 target being <= 0.6); writes decode_mosaic_probe.json / .md under
+--out after each shape.
 With --write-table, the best tiling per shape (lowest geometric mean of its
 time over the best at full and at a quarter length) becomes a "decode_mosaic"
 entry of the device's tuning table (pallas_kernels/tuning.py), replacing an
@@ -48,7 +53,7 @@ def parse_shape(name: str) -> tuple[int, int, int]:
 
 
 def grid(batch: int, ctx: int, hkv: int, block_kv, stages, splits,
-         max_ctas: int = 16 * 132):
+         max_ctas: int = 16 * 132, quantized: bool = False):
   """(block_kv, stages, splits) points with >= one step per split and at
   most `max_ctas` CTAs (at least the one-split points)."""
   from pallas_kernels.decode_mosaic import DecodeMosaicConfig  # pylint: disable=g-import-not-at-top
@@ -56,7 +61,7 @@ def grid(batch: int, ctx: int, hkv: int, block_kv, stages, splits,
   out = []
   for bkv, st, ns in itertools.product(block_kv, stages, splits):
     cfg = DecodeMosaicConfig(block_kv=bkv, stages=st, num_splits=ns)
-    if (cfg.smem_bytes(HEADS[2], 2) <= SMEM_BYTES and ns * bkv <= ctx
+    if (cfg.smem_bytes(HEADS[2], 2, quantized) <= SMEM_BYTES and ns * bkv <= ctx
         and (ns == 1 or batch * hkv * ns <= max_ctas)):
       out.append(cfg)
   return out
@@ -68,27 +73,31 @@ def child(args) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import pallas_kernels as pk  # pylint: disable=g-import-not-at-top
   from benchmarks.measure import guarded, rel_err, timed  # pylint: disable=g-import-not-at-top
-  from benchmarks.tune_kernels import make_problem, read_us, timed_compiled, with_length  # pylint: disable=g-import-not-at-top
+  from benchmarks.kv_quant import cache_of  # pylint: disable=g-import-not-at-top
+  from benchmarks.tune_kernels import make_problem, timed_compiled, with_length  # pylint: disable=g-import-not-at-top
   from pallas_kernels.decode_mosaic import decode_mosaic  # pylint: disable=g-import-not-at-top
 
   interpret = args.interpret
   timer = timed_compiled if not interpret else _wall_us
   batch, ctx, bs = parse_shape(args.child)
   hq, hkv, d = HEADS
-  problem = make_problem(jax.random.key(0), batch, ctx, hq, hkv, d, bs)
+  q, kv, tables, lengths = make_problem(jax.random.key(0), batch, ctx, hq, hkv,
+                                        d, bs)
+  kv_dtype = args.kv_dtype[0]  # a child measures one
+  problem = (q, cache_of(kv, kv_dtype), tables, lengths)
   scale = d ** -0.5
   ref = pk.paged_decode_attention_reference(*problem, scale=scale)
-  emit = lambda **r: print(RESULT + json.dumps(dict(shape=args.child, **r)),
-                           flush=True)
-  emit(kind="read", us=read_us(problem[1], batch, ctx, bs),
-       us_quarter=read_us(problem[1], batch, ctx // 4, bs))
+  emit = lambda **r: print(RESULT + json.dumps(
+      dict(shape=args.child, kv_dtype=kv_dtype, **r)), flush=True)
+  emit(kind="read", us=_read_us(problem[1], batch, ctx, bs),
+       us_quarter=_read_us(problem[1], batch, ctx // 4, bs))
   triton = functools.partial(pk.paged_decode_attention, scale=scale,
                              backend="triton", interpret=interpret)
   emit(kind="triton", us=timed(triton, *problem),
        us_quarter=timed(triton, *with_length(problem, ctx // 4)),
        err=rel_err(jax.jit(triton)(*problem), ref))
   for cfg in grid(batch, ctx, hkv, args.block_kv, args.stages, args.splits,
-                  args.max_ctas):
+                  args.max_ctas, kv_dtype != "bfloat16"):
     f = jax.jit(functools.partial(decode_mosaic, scale=scale, config=cfg,
                                   interpret=interpret))
     t0 = time.time()
@@ -106,6 +115,22 @@ def child(args) -> None:
     emit(**row)
 
 
+def _read_us(cache, batch: int, length: int, bs: int) -> float:
+  """A read-only pass over the blocks (values and any scales) `batch` rows of
+  `length` tokens hold."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from benchmarks.measure import timed  # pylint: disable=g-import-not-at-top
+  used = [x[:batch * (-(-length // bs)) + 1] for x in jax.tree.leaves(cache)]
+
+  def words(x):  # NOTE: XLA reduces 8-bit elements far below the bandwidth
+    if x.dtype.itemsize == 1:
+      x = jax.lax.bitcast_convert_type(x.reshape(x.shape[:-1] + (-1, 4)), jnp.uint32)
+    return x
+  return timed(lambda *xs: [jnp.max(words(x), axis=tuple(range(1, x.ndim)))
+                            for x in xs], *used)
+
+
 def _wall_us(exe, *args) -> float:
   """Wall-clock µs of one call (interpret mode: no device timer)."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -114,9 +139,9 @@ def _wall_us(exe, *args) -> float:
   return (time.perf_counter() - t0) * 1e6
 
 
-def run_shape(shape: str, args) -> list[dict]:
+def run_shape(shape: str, kv_dtype: str, args) -> list[dict]:
   cmd = [sys.executable, "-m", "benchmarks.decode_mosaic_probe", "--child",
-         shape, f"--max-ctas={args.max_ctas}"] + (
+         shape, f"--max-ctas={args.max_ctas}", f"--kv-dtype={kv_dtype}"] + (
              ["--interpret"] if args.interpret else []) + [
              f"--{k.replace('_', '-')}={','.join(map(str, getattr(args, k)))}"
              for k in ("block_kv", "stages", "splits")]
@@ -130,20 +155,20 @@ def run_shape(shape: str, args) -> list[dict]:
     status, tail = f"killed after {args.job_timeout_s} s", ""
   rows = [json.loads(l[len(RESULT):]) for l in text.splitlines()
           if l.startswith(RESULT)]
-  print(f"== {shape}: {status}, {len(rows)} results", flush=True)
+  print(f"== {shape} {kv_dtype}: {status}, {len(rows)} results", flush=True)
   if tail and status != "exit 0":
     print(tail, flush=True)
   return rows
 
 
-def summarize(shape: str, rows: list[dict]) -> tuple[list[str], dict]:
-  """Markdown lines of one shape and its summary row."""
+def summarize(shape: str, kv_dtype: str, rows: list[dict]) -> tuple[list[str], dict]:
+  """Markdown lines of one shape and KV dtype, and its summary row."""
   read = next((r for r in rows if r["kind"] == "read"), None)
   tri = next((r for r in rows if r["kind"] == "triton"), None)
   ok = [r for r in rows if r["kind"] == "mosaic" and "us" in r
         and r["err"] < TOLERANCE]
   pct = lambda us: 100 * read["us"] / us if read else float("nan")
-  lines = [f"### {shape}", "", "| block_kv | stages | splits | µs | % of read-only"
+  lines = [f"### {shape} {kv_dtype}", "", "| block_kv | stages | splits | µs | % of read-only"
            " | rows at ctx/4 µs | rel err | compile s |", "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     if r["kind"] != "mosaic":
@@ -157,7 +182,7 @@ def summarize(shape: str, rows: list[dict]) -> tuple[list[str], dict]:
                  f"{r['us']:.1f} | {pct(r['us']):.0f} % | {r['us_quarter']:.1f} | "
                  f"{r['err']:.1e} | {r['compile_s']:.1f} |")
   best = pick(ok)
-  summary = dict(shape=shape, read_us=read and read["us"],
+  summary = dict(shape=shape, kv_dtype=kv_dtype, read_us=read and read["us"],
                  triton_us=tri and tri["us"], triton_err=tri and tri["err"],
                  best=best, wrong=[r["config"] for r in rows if r["kind"] == "mosaic"
                                    and "err" in r and r["err"] >= TOLERANCE])
@@ -183,8 +208,10 @@ def table_entries(summaries: list[dict]) -> list[dict]:
       continue
     batch, ctx, bs = parse_shape(s["shape"])
     b = s["best"]
+    itemsize = 2 if s["kv_dtype"] == "bfloat16" else 1
     out.append(dict(batch=batch, context=ctx, kv_heads=hkv, q_heads=hq,
-                    head_dim=d, block_size=bs, itemsize=2, **b["config"],
+                    head_dim=d, block_size=bs, itemsize=itemsize,
+                    kv_cache_dtype=s["kv_dtype"], **b["config"],
                     us=round(b["us"], 1), us_quarter=round(b["us_quarter"], 1),
                     pct_of_read=round(100 * s["read_us"] / b["us"], 1),
                     triton_us=round(s["triton_us"], 1)))
@@ -213,19 +240,24 @@ def write_table(entries: list[dict], table_dir: str | None = None) -> str:
 
 
 def summary_table(summaries: list[dict]) -> list[str]:
-  lines = ["| shape | read-only µs | Triton µs (% of read) | Mosaic best µs (% of read)"
-           " | vs Triton | best: block_kv/stages/splits | rel err | wrong tilings |",
-           "|---|---|---|---|---|---|---|---|"]
+  """One row per shape and KV dtype; "vs bf16" is the best Mosaic time over
+  the bf16 cache's best at the same shape."""
+  lines = ["| shape | KV dtype | read-only µs | Triton µs (% of read) | Mosaic best µs "
+           "(% of read) | vs Triton | vs bf16 | best: block_kv/stages/splits | rel err "
+           "| wrong tilings |", "|---|---|---|---|---|---|---|---|---|---|"]
+  bf16 = {s["shape"]: s["best"]["us"] for s in summaries
+          if s["kv_dtype"] == "bfloat16" and s["best"]}
   for s in summaries:
     read, tri, best = s["read_us"], s["triton_us"], s["best"]
     if not (read and tri and best):
-      lines.append(f"| {s['shape']} | {read} | {tri} | no correct Mosaic tiling |||| "
-                   f"{len(s['wrong'])} |")
+      lines.append(f"| {s['shape']} | {s['kv_dtype']} | {read} | {tri} | no correct "
+                   f"Mosaic tiling ||||| {len(s['wrong'])} |")
       continue
     c = best["config"]
+    vs = f"{best['us'] / bf16[s['shape']]:.2f}" if s["shape"] in bf16 else "-"
     lines.append(
-        f"| {s['shape']} | {read:.1f} | {tri:.1f} ({100 * read / tri:.0f} %) | "
-        f"{best['us']:.1f} ({100 * read / best['us']:.0f} %) | {tri / best['us']:.2f}x | "
+        f"| {s['shape']} | {s['kv_dtype']} | {read:.1f} | {tri:.1f} ({100 * read / tri:.0f} %) | "
+        f"{best['us']:.1f} ({100 * read / best['us']:.0f} %) | {tri / best['us']:.2f}x | {vs} | "
         f"{c['block_kv']}/{c['stages']}/{c['num_splits']} | {best['err']:.1e} | "
         f"{len(s['wrong'])} |")
   return lines
@@ -247,6 +279,9 @@ def main():
                       "(default: off)")
   p.add_argument("--table-dir", default=None,
                  help="folder of the tuning tables (default: pallas_kernels/tuning)")
+  p.add_argument("--kv-dtype", type=lambda x: tuple(x.split(",")), default=("bfloat16",),
+                 help="KV-cache dtypes, comma-separated: bfloat16, int8, float8_e4m3 "
+                      "(default: bfloat16)")
   p.add_argument("--interpret", action="store_true",
                  help="interpret mode, wall-clock times: CPU tests of this script (default: off)")
   p.add_argument("--job_timeout_s", type=int, default=240,
@@ -257,10 +292,10 @@ def main():
     child(args)
     return
   all_rows, md, summaries = [], [], []
-  for shape in args.shapes.split(","):
-    rows = run_shape(shape, args)
+  for shape, kv_dtype in itertools.product(args.shapes.split(","), args.kv_dtype):
+    rows = run_shape(shape, kv_dtype, args)
     all_rows += rows
-    lines, summary = summarize(shape, rows)
+    lines, summary = summarize(shape, kv_dtype, rows)
     md += lines + [""]
     summaries.append(summary)
     print("\n".join(lines), flush=True)

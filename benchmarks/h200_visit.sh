@@ -30,6 +30,8 @@
 #   bash benchmarks/h200_visit.sh decode-probe OUT  # issue 14: Mosaic decode tilings vs Triton
 #                                                # and the read-only pass, issue's shapes
 #   bash benchmarks/h200_visit.sh decode-table OUT  # the Mosaic decode's tuning-table entries
+#   bash benchmarks/h200_visit.sh decode-q8 OUT  # issue 15: the Mosaic decode per KV-cache
+#                                                # dtype at the issue's shapes, vs bf16's best
 # Needs the wheels the GPU image lacks in .whl/ (docs/benchmarks.md) and, for the baseline,
 # `git archive REV engine models pallas_kernels serving benchmarks configs | tar -x -C .baseline`.
 set -u
@@ -113,6 +115,12 @@ for t in r["top"][:6]:
 64x2048/16,256x1024/16,64x512/16,256x512/16,64x2048/32,64x2048/64,64x2048/128,\
 8x8192/64,8x8192/128,256x1024/64,256x1024/128
     grep -A22 "^| shape" "$out/table.log"
+    ;;
+  decode-q8)  # issue 15: 8-bit caches in the Mosaic decode against bf16, issue's shapes
+    run q8 300 python3 -m benchmarks.decode_mosaic_probe --out "$out" \
+      --kv-dtype int8,float8_e4m3,bfloat16 --block-kv 64,128 --stages 2,3,4 --splits 1,2 \
+      --job_timeout_s 100 --shapes 64x4096/16,256x1024/16
+    grep -A12 "^| shape" "$out/q8.log"
     ;;
   kv-dtype-8b)  # issue 15: the 8B engine's decode step and tokens/s at batch 256 per KV dtype
     mkdir -p "$out/kv"

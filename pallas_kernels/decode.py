@@ -79,8 +79,13 @@ def _problem_class(q, kv_cache, block_tables) -> tuple:
 
 def _mosaic_config(q, kv_cache, block_tables, num_splits):
   """The Mosaic decode's tiling (the table's, else heuristics; an explicit num_splits
-  overrides the split), or None where it does not run: 8-bit and float32 caches,
-  head_dim % 64 != 0 (the Triton kernel takes those)."""
+  overrides the split), or None where it does not run: float32 caches, head_dim % 64
+  != 0, and 8-bit caches (the Triton kernel takes those)."""
+  # NOTE: decode_mosaic reads 8-bit caches too (decode_mosaic_q8.py), but on the
+  # H200 it beat the Triton kernel at 64 x 4096 only and lost at 256 x 1024
+  # (docs/benchmarks.md, 2026-12-03): 8-bit caches stay on Triton until it wins.
+  if quantization.is_quantized(kv_cache):
+    return None
   cfg = tuning.decode_mosaic_config(*_problem_class(q, kv_cache, block_tables))
   if num_splits is not None:
     cfg = dataclasses.replace(cfg, num_splits=num_splits)

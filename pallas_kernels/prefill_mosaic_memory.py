@@ -34,7 +34,7 @@ def producer(tile: Tile, bt_ref, kv_ref, bufs, bars, cfg: Static):
   def _produce(step):
     slot = lax.rem(step, cfg.stages)
     refill = step >= cfg.stages
-    issue = functools.partial(_issue, tile, kv_ref, _block_ids(
+    issue = functools.partial(issue_copies, tile, kv_ref, block_ids(
         tile, bt_ref, kv_ref.shape[3], cfg, step))
     pl.when(refill)(lambda: plgpu.barrier_wait(bars["k_free"].at[slot]))
     issue(0, k_smem.at[slot], bars["k_ready"].at[slot])
@@ -66,7 +66,7 @@ def copies_per_stage(block_size: int, cfg: Static) -> int:
   return cfg.block_kv // min(block_size, cfg.block_kv)
 
 
-def _block_ids(tile: Tile, bt_ref, block_size: int, cfg: Static, step):
+def block_ids(tile: Tile, bt_ref, block_size: int, cfg: Static, step):
   """(cache block, row offset) of each copy of a step, from the block table.
 
   bt_ref int32 [seqs * max_blocks] (GMEM). Blocks past the tile's end re-read
@@ -82,10 +82,12 @@ def _block_ids(tile: Tile, bt_ref, block_size: int, cfg: Static, step):
   return ids
 
 
-def _issue(tile: Tile, kv_ref, ids, which, dst, barrier):
+def issue_copies(tile: Tile, kv_ref, ids, which, dst, barrier):
   """TMA of K (which=0) or V (1) of a step's blocks `ids` into dst.
 
-  kv_ref [blocks, hkv, 2, bs, d] (GMEM); dst [block_kv, d] (SMEM, swizzled).
+  kv_ref [blocks, hkv, 2, bs, d...] (GMEM); dst [block_kv, d...] (SMEM): the
+  cache and a stage, or an 8-bit cache's scales [blocks, hkv, 2, bs] and
+  [block_kv].
   """
   sub = dst.shape[0] // len(ids)
   for j, (block, offset) in enumerate(ids):

@@ -53,3 +53,21 @@ def test_grid_keeps_one_step_per_split_and_the_shared_memory():
   assert cfgs and all(c.num_splits * c.block_kv <= 256 for c in cfgs)
   assert all(c.smem_bytes(128, 2) <= 227 * 1024 for c in cfgs)
   assert probe.parse_shape("64x2048/128") == (64, 2048, 128)
+
+
+def test_an_8_bit_cache_is_probed_against_bf16(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.decode_mosaic_probe", "--interpret",
+       "--shapes", "2x128/16", "--block-kv", "64", "--stages", "3", "--splits", "1",
+       "--kv-dtype", "bfloat16,int8", "--out", str(tmp_path)],
+      cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  rows = json.loads((tmp_path / "decode_mosaic_probe.json").read_text())["rows"]
+  int8 = [r for r in rows if r["kv_dtype"] == "int8" and r["kind"] == "mosaic"]
+  assert len(int8) == 1 and int8[0]["err"] < probe.TOLERANCE, int8
+  assert {r["kv_dtype"] for r in rows} == {"bfloat16", "int8"}
+  md = (tmp_path / "decode_mosaic_probe.md").read_text()
+  assert "| 2x128/16 | int8 |" in md and "| 2x128/16 | bfloat16 |" in md
+  # 8-bit stages take shared memory too: bf16-only tilings that would not fit are cut.
+  assert len(probe.grid(8, 4096, 8, (128,), (2, 3), (1,), quantized=True)) == 1
+  assert len(probe.grid(8, 4096, 8, (128,), (2, 3), (1,))) == 2

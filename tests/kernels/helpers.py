@@ -12,6 +12,7 @@ import dataclasses
 import jax
 import numpy as np
 
+import pallas_kernels
 from pallas_kernels import quantization
 
 # Interpret mode on CPU; the same tests run compiled on a GPU machine.
@@ -155,3 +156,19 @@ def make_paged_quantized(rng, kv_lens, num_kv_heads, head_dim, block_size, name,
 def device_cache(cache):
   """A numpy cache (array or QuantizedKV of arrays) as JAX arrays."""
   return jax.tree_util.tree_map(jax.numpy.asarray, cache)
+
+
+def assert_decode_matches(out, q, paged, args, lengths, scale, tol):
+  """A decode output against the float64 oracle and the reference, zeros for
+  empty rows; the tolerance must catch a swapped K/V and a length off by one.
+  q: float64 queries; args: the kernel's (q, cache, tables, lengths)."""
+  assert rel_err(out, naive_decode(q, paged, lengths, scale)) < tol
+  ref = pallas_kernels.paged_decode_attention_reference(*args, scale=scale)
+  assert rel_err(out, ref) < tol
+  for b, n in enumerate(lengths):
+    if n == 0:
+      assert not out[b].any(), "padding row must be zeros"
+  swapped = naive_decode(q, paged, lengths, scale, swap_kv=True)
+  assert rel_err(out, swapped) > 10 * tol
+  shifted = naive_decode(q, paged, lengths, scale, causal_shift=-1)
+  assert rel_err(out, shifted) > tol

@@ -1,0 +1,191 @@
+"""8-bit caches (int8, float8_e4m3 bits in uint8) in the Mosaic GPU decode.
+
+wgmma reads its B operand (K for S = Q Kᵀ, V for O += P V) from shared
+memory in 16 bits only, so the pipeline gets one more hop:
+
+  memory warpgroup   TMA of a step's 8-bit K and V (one copy per KV block)
+                     into a ring of `stages` 8-bit stages, and of their
+                     float32 scales (one copy each, from the row's scales
+                     gathered in token order by `gather_scales`);
+  K and V converters one warpgroup each: 64 rows at a time, 8-bit stage ->
+                     registers -> bf16 into the compute warpgroup's
+                     STAGES16 stages; a pure bit conversion, no scale;
+  compute warpgroup  decode_mosaic_kernel.consumer with the scales as
+                     attn.ColumnScales: K's per key multiply S's columns, V's
+                     multiply P's columns before P V (float32, in registers).
+
+With the scales out of the converters, int8 -> bf16 is Mosaic GPU's
+prmt/sub.bf16x2 sequence (no integer-to-float instruction) and the products
+keep float32 scales. NOTE: the converters, not HBM, bound this kernel on
+the H200 (docs/benchmarks.md: 8-bit at 1.1-1.3x bf16's time, where the
+bytes say 0.5x); deeper 8-bit rings (stages 2..8) did not change it.
+
+Barriers per stage s of the 8-bit ring: k8_ready/v8_ready (TMA landed: a
+values copy per block and the scales copy), k8_free/v8_free (converted),
+s_free (the compute warpgroup has read the step's scales); per 16-bit stage:
+k_ready/v_ready (written and fenced), k_free/v_free (the compute warpgroup
+is done).
+
+NOTE: the scales are gathered outside the kernel (an XLA gather of 1/32 of
+the values' bytes at head_dim 128) because a KV block's 16 scales are 64
+bytes, and a TMA copy per block into one [block_kv] buffer faulted on the
+H200 (misaligned address: a tensor copy's shared-memory end must be
+128-byte aligned). The gather also zeroes the scales at and past each row's
+length: a step past the end reads slots no token was written to (NaN
+scales and NaN e4m3 bits in the tests' poison), and P's masked columns
+times a zero scale stay zero. The converters zero those rows' values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pallas_kernels import quantization
+from pallas_kernels.prefill_mosaic_memory import MEMORY_REGISTERS
+from pallas_kernels.prefill_mosaic_memory import block_ids
+from pallas_kernels.prefill_mosaic_memory import copies_per_stage
+from pallas_kernels.prefill_mosaic_memory import issue_copies
+
+CHUNK_ROWS = 64  # rows a converter handles at once (a WGMMA layout tile's M)
+# NOTE: the WGMMA layout (2 elements a thread-vector), not WGMMA_8BIT (4):
+# storing WGMMA_8BIT-laid bf16 into the swizzled 16-bit stage faulted with a
+# misaligned address on the H200 (jax 0.11.2), and no layout cast between
+# the two is inferable.
+LAYOUT = plgpu.Layout.WGMMA
+# NOTE: per thread, beside the compute warpgroup's compute_registers(1) = 256
+# and the memory warpgroup's 40: 256 + 40 + 2 * 104 <= 512 (64K over 128).
+CONVERT_REGISTERS = 104
+WARPGROUPS = 4  # compute, memory, K converter, V converter
+# NOTE: the 16-bit stages the compute warpgroup reads are two whatever the
+# config's `stages` (the 8-bit ring's depth): the bytes in flight from HBM
+# are the 8-bit stages'; with as many 8-bit stages as 16-bit ones (2 at
+# block_kv 128, the shared memory's limit) the H200 moved 2.5 TB/s.
+STAGES16 = 2
+
+
+def compute_static(cfg):
+  """The compute warpgroup's Static: cfg with the 16-bit stage count."""
+  return dataclasses.replace(cfg, stages=STAGES16)
+
+
+def buffers(cfg, head_dim: int, storage, smem) -> list:
+  """8-bit K and V stages [stages, block_kv, d], then their scales
+  [stages, block_kv] float32."""
+  return [smem((cfg.stages, cfg.block_kv, head_dim), storage),
+          smem((cfg.stages, cfg.block_kv, head_dim), storage),
+          plgpu.SMEM((cfg.stages, cfg.block_kv), jnp.float32),
+          plgpu.SMEM((cfg.stages, cfg.block_kv), jnp.float32)]
+
+
+def gather_scales(scales, block_tables, lengths, block_kv: int):
+  """scales [blocks, hkv, 2, bs] -> [batch, hkv, 2, tokens] in each row's
+  token order (tokens: the table's, rounded up to whole steps), zero at and
+  past the row's length."""
+  batch, max_blocks = block_tables.shape
+  _, hkv, _, bs = scales.shape
+  rows = scales[block_tables].transpose(0, 2, 3, 1, 4)  # [batch, hkv, 2, mb, bs]
+  rows = rows.reshape(batch, hkv, 2, max_blocks * bs)
+  pad = -(max_blocks * bs) % block_kv
+  rows = jnp.pad(rows, ((0, 0), (0, 0), (0, 0), (0, pad))) if pad else rows
+  token = jnp.arange(rows.shape[-1], dtype=jnp.int32)
+  return jnp.where(token < lengths[:, None, None, None], rows, 0.0)
+
+
+def barriers(cfg, block_size: int) -> dict:
+  """The barriers of the module docstring, by name."""
+  copies = copies_per_stage(block_size, cfg) + 1  # the values, the scales
+  stage = lambda n: plgpu.Barrier(num_arrivals=n, num_barriers=cfg.stages)
+  stage16 = lambda: plgpu.Barrier(num_arrivals=1, num_barriers=STAGES16)
+  return dict(q=plgpu.Barrier(num_arrivals=1),
+              k8_ready=stage(copies), v8_ready=stage(copies),
+              k8_free=stage(1), v8_free=stage(1), s_free=stage(1),
+              k_ready=stage16(),
+              v_ready=stage16(), k_free=stage16(), v_free=stage16())
+
+
+def producer(span, bt_ref, values_ref, scales_ref, bufs, bars, cfg):
+  """Memory warpgroup: TMA of the span's 8-bit K/V and scales, `stages` ahead.
+
+  values_ref [blocks, hkv, 2, bs, d], scales_ref [batch, hkv, 2, tokens]
+  (gather_scales; GMEM).
+  """
+  plgpu.set_max_registers(MEMORY_REGISTERS, action="decrease")
+  stages = (bufs[0], bufs[2], "k"), (bufs[1], bufs[3], "v")
+
+  @pl.loop(0, span.num_steps)
+  def _produce(step):
+    slot = lax.rem(step, cfg.stages)
+    ids = block_ids(span, bt_ref, values_ref.shape[3], cfg, step)
+    # NOTE: a slot's scales are the compute warpgroup's until s_free.
+    pl.when(step >= cfg.stages)(
+        lambda: plgpu.barrier_wait(bars["s_free"].at[slot]))
+    for which, (values, scales, name) in enumerate(stages):
+      ready = bars[f"{name}8_ready"].at[slot]
+      pl.when(step >= cfg.stages)(
+          lambda n=name: plgpu.barrier_wait(bars[f"{n}8_free"].at[slot]))
+      issue_copies(span, values_ref, ids, which, values.at[slot], ready)
+      first = span.first_kv + step * cfg.block_kv
+      plgpu.copy_gmem_to_smem(
+          scales_ref.at[span.row, span.head, which, pl.ds(first, cfg.block_kv)],
+          scales.at[slot], ready)
+
+  _drain(span, (bars["k8_free"], bars["v8_free"], bars["s_free"]), cfg.stages)
+
+
+def converter(span, which: int, bufs, dst, bars, cfg):
+  """K (which=0) or V (1) converter: each 8-bit stage as bf16 into the
+  16-bit stage dst [STAGES16, block_kv, d] (SMEM, swizzled)."""
+  plgpu.set_max_registers(CONVERT_REGISTERS, action="decrease")
+  src = bufs[which]
+  name = "kv"[which]
+
+  @pl.loop(0, span.num_steps)
+  def _convert(step):
+    slot, slot16 = lax.rem(step, cfg.stages), lax.rem(step, STAGES16)
+    plgpu.barrier_wait(bars[f"{name}8_ready"].at[slot])
+    pl.when(step >= STAGES16)(
+        lambda: plgpu.barrier_wait(bars[f"{name}_free"].at[slot16]))
+    valid = span.end - span.first_kv - step * cfg.block_kv  # rows to keep
+    stage = (src.at[slot], dst.at[slot16])
+    pl.when(valid >= cfg.block_kv)(lambda: _convert_stage(*stage, None))
+    pl.when(valid < cfg.block_kv)(lambda: _convert_stage(*stage, valid))
+    plgpu.commit_smem()  # generic-proxy writes before wgmma reads them
+    plgpu.barrier_arrive(bars[f"{name}_ready"].at[slot16])
+    plgpu.barrier_arrive(bars[f"{name}8_free"].at[slot])
+
+  _drain(span, (bars[f"{name}_free"],), STAGES16)
+
+
+def _convert_stage(src, dst, valid):
+  """dst = src's numbers as bf16 (exact: int8 and e4m3 are bf16 subsets),
+  zero from row `valid` on (None: all kept).
+
+  src [block_kv, d] 8-bit, dst [block_kv, d] bf16 (both SMEM).
+  """
+  block_kv = src.shape[0]
+  number = quantization.format_of(src.dtype).number
+  for r0 in range(0, block_kv, CHUNK_ROWS):
+    rows = pl.ds(r0, CHUNK_ROWS)
+    x = plgpu.load(src.at[rows], layout=LAYOUT)
+    if number == jnp.int8:
+      y = x.astype(dst.dtype)
+    else:  # NOTE: no e4m3 -> bf16 instruction: via f16 (cvt e4m3x2) and f32
+      y = lax.bitcast_convert_type(x, number).astype(jnp.float32).astype(dst.dtype)
+    if valid is not None:
+      row = plgpu.broadcasted_iota(jnp.int32, x.shape, 0, layout=LAYOUT) + r0
+      y = jnp.where(row < valid, y, jnp.zeros_like(y))
+    dst.at[rows][...] = y
+
+
+def _drain(span, free_bars, stages: int):
+  """Observes the releases of the last `stages` steps (every phase of a
+  barrier a warpgroup waits on must be observed; the interpreter checks it)."""
+  @pl.loop(jnp.maximum(span.num_steps - stages, 0), span.num_steps)
+  def _wait(step):
+    for bar in free_bars:
+      plgpu.barrier_wait(bar.at[lax.rem(step, stages)])

@@ -1,0 +1,136 @@
+"""The Mosaic GPU decode over 8-bit caches (decode_mosaic_q8.py) against a
+float64 oracle over the dequantized stored values.
+
+On CPU it runs in Mosaic GPU interpret mode (four warpgroups, their barriers
+and TMA copies simulated), compiled on a GPU machine. Unowned slots hold NaN
+scales and NaN e4m3 bits (helpers.make_paged_quantized): a tail step that let
+one through would turn its row's output into NaN.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+import pallas_kernels as pk
+from pallas_kernels import decode_mosaic
+from pallas_kernels import decode_mosaic_q8 as q8
+from pallas_kernels import quantization
+from tests.kernels import helpers
+
+BF16 = ml_dtypes.bfloat16
+C = decode_mosaic.DecodeMosaicConfig
+NAMES = helpers.QUANTIZED
+
+CASES = [  # block_size, hq, hkv, d, lengths, config
+    (16, 8, 2, 64, [37, 0, 130], C(block_kv=64)),  # GQA 4, padding row
+    (16, 12, 4, 64, [16, 47, 1, 95], C(block_kv=64, num_splits=3, stages=4)),
+    (8, 4, 4, 64, [1, 8, 17, 64], C(block_kv=64, num_splits=2)),  # GQA 1
+    (64, 8, 1, 64, [200, 64, 1], C(block_kv=64, stages=3)),  # GQA 8
+    (256, 9, 3, 64, [300, 1], C(block_kv=128)),  # GQA 3, 256-token blocks
+    (16, 4, 1, 128, [700, 513], C(block_kv=64, num_splits=3, stages=5)),  # ragged
+]
+
+
+def _problem(case, name, seed):
+  block_size, hq, hkv, d, lengths, _ = case
+  rng = np.random.default_rng(seed)
+  paged = helpers.make_paged_quantized(rng, lengths, hkv, d, block_size, name)
+  q = rng.standard_normal((len(lengths), hq, d)).astype(BF16)
+  args = (jnp.asarray(q), helpers.device_cache(paged.kv_cache),
+          jnp.asarray(paged.block_tables), jnp.asarray(lengths, jnp.int32))
+  return q.astype(np.float64), paged, args
+
+
+def _run(args, config, interpret=helpers.INTERPRET):
+  d = args[0].shape[-1]
+  return np.asarray(decode_mosaic.decode_mosaic(
+      *args, scale=d ** -0.5, config=config, interpret=interpret), np.float64)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"bs{c[0]}-{c[1]}x{c[2]}-{c[5]}")
+def test_matches_oracle(case, name):
+  lengths, config = case[4], case[5]
+  q, paged, args = _problem(case, name, seed=case[0] + case[1])
+  assert decode_mosaic.supports(args[0], args[1], config)
+  out = _run(args, config)
+  scale = case[3] ** -0.5
+  assert np.isfinite(out).all(), "a poisoned slot reached the output"
+  helpers.assert_decode_matches(out, q, paged, args, lengths, scale,
+                                helpers.tolerance(BF16))
+
+
+def test_gather_scales_puts_each_row_in_token_order_zero_past_its_length():
+  rng = np.random.default_rng(3)
+  scales = rng.standard_normal((7, 2, 2, 4)).astype(np.float32)
+  tables = np.array([[3, 1, 6], [2, 0, 0]], np.int32)
+  lengths = np.array([11, 3], np.int32)
+  gather = lambda: np.asarray(q8.gather_scales(
+      jnp.asarray(scales), jnp.asarray(tables), jnp.asarray(lengths), 64))
+  got = gather()
+  assert got.shape == (2, 2, 2, 64)
+  for b, n in enumerate(lengths):
+    for t in range(n):
+      np.testing.assert_array_equal(got[b, :, :, t], scales[tables[b, t // 4], :, :, t % 4])
+    assert not got[b, :, :, n:].any()
+
+
+@pytest.mark.skipif(not helpers.INTERPRET,
+                    reason="the race detector is part of the CPU interpreter")
+@pytest.mark.parametrize("name", NAMES)
+def test_pipeline_has_no_data_races(name):
+  from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call  # pylint: disable=g-import-not-at-top
+  case = (16, 8, 2, 64, [37, 200], None)
+  q, paged, args = _problem(case, name, seed=1)
+  out = _run(args, C(block_kv=64, stages=3, num_splits=2),
+             interpret=plgpu.InterpretGPUParams(detect_races=True))
+  assert helpers.rel_err(out, helpers.naive_decode(q, paged, [37, 200], 0.125)) < (
+      helpers.tolerance(BF16))
+  assert not interpret_pallas_call.get_races().races_found
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape,config", [
+    ((16, 32, 8, 128), C(block_kv=128, stages=2)),  # the 8B's heads
+    ((16, 32, 8, 128), C(block_kv=64, stages=6, num_splits=4)),
+    ((8, 32, 8, 128), C(block_kv=64, stages=4)),
+    ((128, 9, 3, 64), C(block_kv=64, num_splits=2)),
+], ids=str)
+def test_lowers_for_hopper(shape, config, name):
+  """Pallas -> Mosaic GPU lowering for sm_90: the four warpgroups' layouts,
+  the 8-bit TMA shapes, the shared memory."""
+  block_size, hq, hkv, d = shape
+  spec = jax.ShapeDtypeStruct
+  storage = quantization.storage_dtype(name)
+  cache = quantization.QuantizedKV(spec((512, hkv, 2, block_size, d), storage),
+                                   spec((512, hkv, 2, block_size), jnp.float32))
+  assert decode_mosaic.supports(spec((64, hq, d), jnp.bfloat16), cache, config)
+  f = jax.jit(lambda *a: decode_mosaic.decode_mosaic(*a, scale=d ** -0.5, config=config))
+  exported = jax.export.export(f, platforms=["cuda"])(
+      spec((64, hq, d), jnp.bfloat16), cache, spec((64, 32), jnp.int32),
+      spec((64,), jnp.int32))
+  assert "paged_decode_mosaic_q8" in exported.mlir_module()
+
+
+def test_shared_memory_counts_the_8_bit_stages():
+  """The 16-bit stages are q8.STAGES16 whatever `stages`; the 8-bit ring is
+  `stages` deep: the first tiling supports() refuses does not lower."""
+  spec = jax.ShapeDtypeStruct
+  q = spec((8, 32, 128), jnp.bfloat16)
+  cache = quantization.QuantizedKV(spec((64, 8, 2, 16, 128), jnp.int8),
+                                   spec((64, 8, 2, 16), jnp.float32))
+  fits, over = C(block_kv=128, stages=2), C(block_kv=128, stages=3)
+  assert decode_mosaic.supports(q, cache, fits)
+  assert not decode_mosaic.supports(q, cache, over)
+  assert decode_mosaic.supports(q, cache, C(block_kv=64, stages=8))
+  lower = lambda cfg: jax.export.export(jax.jit(
+      lambda *a: decode_mosaic.decode_mosaic(*a, scale=0.1, config=cfg)),
+      platforms=["cuda"])(q, cache, spec((8, 8), jnp.int32), spec((8,), jnp.int32))
+  lower(fits)
+  with pytest.raises(ValueError, match="shared memory"):
+    lower(over)
