@@ -58,10 +58,12 @@ def grid(batch: int, ctx: int, hkv: int, block_kv, stages, splits,
   most `max_ctas` CTAs (at least the one-split points)."""
   from pallas_kernels.decode_mosaic import DecodeMosaicConfig  # pylint: disable=g-import-not-at-top
   from pallas_kernels.prefill_mosaic import SMEM_BYTES  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.decode_mosaic_q8 import q_cols  # pylint: disable=g-import-not-at-top
+  cols = q_cols(HEADS[0] // HEADS[1]) if quantized else 0
   out = []
   for bkv, st, ns in itertools.product(block_kv, stages, splits):
     cfg = DecodeMosaicConfig(block_kv=bkv, stages=st, num_splits=ns)
-    if (cfg.smem_bytes(HEADS[2], 2, quantized) <= SMEM_BYTES and ns * bkv <= ctx
+    if (cfg.smem_bytes(HEADS[2], 2, cols) <= SMEM_BYTES and ns * bkv <= ctx
         and (ns == 1 or batch * hkv * ns <= max_ctas)):
       out.append(cfg)
   return out

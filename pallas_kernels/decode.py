@@ -81,9 +81,11 @@ def _mosaic_config(q, kv_cache, block_tables, num_splits):
   """The Mosaic decode's tiling (the table's, else heuristics; an explicit num_splits
   overrides the split), or None where it does not run: float32 caches, head_dim % 64
   != 0, and 8-bit caches (the Triton kernel takes those)."""
-  # NOTE: decode_mosaic reads 8-bit caches too (decode_mosaic_q8.py), but on the
-  # H200 it beat the Triton kernel at 64 x 4096 only and lost at 256 x 1024
-  # (docs/benchmarks.md, 2026-12-03): 8-bit caches stay on Triton until it wins.
+  # NOTE: decode_mosaic reads 8-bit caches too (decode_mosaic_q8.py): on the H200
+  # it beat the Triton kernel for e4m3 (1.64x at 64 x 4096, 1.09x at 256 x 1024)
+  # and int8 at 64 x 4096 (1.29x) but not int8 at 256 x 1024 (0.95x), and its
+  # engine step was not measured (docs/benchmarks.md, 2026-12-03): 8-bit caches
+  # stay on Triton until it is.
   if quantization.is_quantized(kv_cache):
     return None
   cfg = tuning.decode_mosaic_config(*_problem_class(q, kv_cache, block_tables))

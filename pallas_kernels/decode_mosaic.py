@@ -23,7 +23,6 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels import decode_mosaic_kernel as kernel
 from pallas_kernels import decode_mosaic_q8 as q8
-from pallas_kernels import prefill_mosaic_kernel as attn
 from pallas_kernels import quantization
 from pallas_kernels.prefill_mosaic import SMEM_BYTES
 from pallas_kernels.prefill_mosaic import interpret_params
@@ -54,18 +53,16 @@ class DecodeMosaicConfig:
     if self.num_splits < 1:
       raise ValueError(f"num_splits must be >= 1, got {self.num_splits}")
 
-  def smem_bytes(self, head_dim: int, itemsize: int,
-                 quantized: bool = False) -> int:
-    """Shared memory of the Q/O tile, the K/V stages (q's `itemsize`), an
-    8-bit cache's stages and scales, the split partials and each buffer's
-    alignment (P through shared memory, interpret mode only, is not
-    counted)."""
+  def smem_bytes(self, head_dim: int, itemsize: int, q8_cols: int = 0) -> int:
+    """Shared memory of the Q/O tile, the K/V stages, the split partials and
+    each buffer's alignment (P through shared memory, interpret mode only, is
+    not counted); with q8_cols, of the 8-bit kernel with that many query
+    columns (decode_mosaic_q8.smem_bytes)."""
+    if q8_cols:
+      return q8.smem_bytes(self, head_dim, q8_cols) + ALIGN_SLACK
     part = (ROWS_PER_WG * head_dim + ROWS_PER_WG) * 4 if self.num_splits > 1 else 0
-    rows8 = 2 * self.stages * self.block_kv if quantized else 0  # 8-bit K, V
-    stages16 = q8.STAGES16 if quantized else self.stages
-    rows16 = 2 * stages16 * self.block_kv  # K and V rows of q's dtype
-    return ((ROWS_PER_WG + rows16) * head_dim * itemsize
-            + rows8 * (head_dim + 4) + part + ALIGN_SLACK)
+    return ((ROWS_PER_WG + 2 * self.stages * self.block_kv) * head_dim * itemsize
+            + part + ALIGN_SLACK)
 
 
 def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
@@ -75,11 +72,12 @@ def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
   quantized = quantization.is_quantized(kv_cache)
   values = quantization.values_of(kv_cache)
   hkv, head_dim = values.shape[1], values.shape[4]
-  itemsize = q.dtype.itemsize
+  itemsize, group = q.dtype.itemsize, q.shape[1] // hkv
+  cols = q8.q_cols(group) if quantized else 0
   return (itemsize == 2 and (q.dtype == jnp.bfloat16 if quantized
                              else q.dtype == values.dtype)
-          and head_dim % 64 == 0 and q.shape[1] // hkv <= ROWS_PER_WG
-          and config.smem_bytes(head_dim, itemsize, quantized) <= SMEM_BYTES)
+          and head_dim % 64 == 0 and group <= ROWS_PER_WG
+          and config.smem_bytes(head_dim, itemsize, cols) <= SMEM_BYTES)
 
 
 def combine_splits(part, lse):
@@ -105,18 +103,18 @@ def decode_mosaic(q, kv_cache, block_tables, lengths, *, scale,
   batch, hq, head_dim = q.shape
   hkv = quantization.values_of(kv_cache).shape[1]
   group = hq // hkv
+  quantized = quantization.is_quantized(kv_cache)
   cfg = kernel.Static(
       block_kv=config.block_kv, stages=config.stages,
-      num_splits=config.num_splits, q_rows=-(-group // ALIGN) * ALIGN,
+      num_splits=config.num_splits,
+      q_rows=q8.q_cols(group) if quantized else -(-group // ALIGN) * ALIGN,
       p_in_regs=not interpret, max_blocks=block_tables.shape[1],
       scale=scale)
   qp = q.reshape(batch, hkv, group, head_dim)
   if cfg.q_rows != group:
     qp = jnp.pad(qp, ((0, 0), (0, 0), (0, cfg.q_rows - group), (0, 0)))
-  if quantization.is_quantized(kv_cache):
-    kv_cache = quantization.QuantizedKV(kv_cache.values, q8.gather_scales(
-        kv_cache.scales, block_tables, lengths, cfg.block_kv))
-  out = run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret)
+  run = q8.run_kernel if quantized else run_kernel
+  out = run(qp, kv_cache, block_tables, lengths, cfg, interpret)
   if cfg.num_splits > 1:
     out = combine_splits(out[0], out[1][..., :cfg.q_rows]).astype(q.dtype)
   return out[:, :, :group].reshape(batch, hq, head_dim)
@@ -125,9 +123,7 @@ def decode_mosaic(q, kv_cache, block_tables, lengths, *, scale,
 def run_kernel(qp, kv_cache, block_tables, lengths, cfg: kernel.Static,
                interpret=False):
   """The kernel alone: qp [batch, hkv, q_rows, d] -> the output in that shape,
-  or (partials [.., splits, q_rows, d] f32, lse [.., splits, 64] f32).
-  kv_cache is an array or a QuantizedKV whose scales are gathered
-  (decode_mosaic_q8.gather_scales)."""
+  or (partials [.., splits, q_rows, d] f32, lse [.., splits, 64] f32)."""
   batch, hkv, rows, head_dim = qp.shape
   if cfg.num_splits == 1:
     out_type = jax.ShapeDtypeStruct(qp.shape, qp.dtype)
@@ -135,19 +131,17 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg: kernel.Static,
     part = (batch, hkv, cfg.num_splits)
     out_type = (jax.ShapeDtypeStruct(part + (rows, head_dim), jnp.float32),
                 jax.ShapeDtypeStruct(part + (ROWS_PER_WG,), jnp.float32))
-  quantized = quantization.is_quantized(kv_cache)
-  wgs = q8.WARPGROUPS if quantized else 2
   return plgpu.kernel(
-      functools.partial(_entry_q8 if quantized else _entry, cfg=cfg),
+      functools.partial(_entry, cfg=cfg),
       out_type=out_type,
       grid=(batch, hkv, cfg.num_splits),
       grid_names=("row", "head", "split"),
-      num_threads=wgs,
+      num_threads=2,
       thread_name="wg",
       compiler_params=plgpu.CompilerParams(approx_math=True),
-      interpret=interpret_params(interpret, wgs),
-      kernel_name="paged_decode_mosaic_q8" if quantized else "paged_decode_mosaic",
-  )(lengths, block_tables.reshape(-1), qp, *jax.tree.leaves(kv_cache))
+      interpret=interpret_params(interpret, 2),
+      kernel_name="paged_decode_mosaic",
+  )(lengths, block_tables.reshape(-1), qp, kv_cache)
 
 
 def _entry(len_ref, bt_ref, q_ref, kv_ref, *out_refs, cfg: kernel.Static):
@@ -177,30 +171,3 @@ def _entry(len_ref, bt_ref, q_ref, kv_ref, *out_refs, cfg: kernel.Static):
       k_free=plgpu.Barrier(num_arrivals=1, num_barriers=cfg.stages),
       v_free=plgpu.Barrier(num_arrivals=1, num_barriers=cfg.stages),
       collective_axes="wg")
-
-
-def _entry_q8(len_ref, bt_ref, q_ref, values_ref, scales_ref, *out_refs,
-              cfg: kernel.Static):
-  """`_entry` for an 8-bit cache: values_ref [num_blocks, hkv, 2, block_size,
-  d] int8/uint8, scales_ref [batch, hkv, 2, tokens] f32 (gathered; GMEM);
-  warpgroups 2 and 3 convert K and V (decode_mosaic_q8.py)."""
-  head_dim, dtype = q_ref.shape[-1], q_ref.dtype
-  cfg16 = q8.compute_static(cfg)
-
-  def body(*bufs, **bars):
-    span = kernel.Span(len_ref, cfg, values_ref.shape[3])
-    compute, stages8 = bufs[:-4], bufs[-4:]
-    scales = attn.ColumnScales(stages8[2], stages8[3], bars["s_free"], cfg.stages)
-    wg = jax.lax.axis_index("wg")
-    pl.when(wg == 0)(lambda: kernel.consumer(span, q_ref, out_refs, compute,
-                                             bars, cfg16, scales))
-    pl.when(wg == 1)(lambda: q8.producer(span, bt_ref, values_ref, scales_ref,
-                                         stages8, bars, cfg))
-    for which in (0, 1):
-      pl.when(wg == 2 + which)(functools.partial(
-          q8.converter, span, which, stages8, compute[-2 + which], bars, cfg))
-
-  pl.run_scoped(
-      body, *kernel.buffers(cfg16, head_dim, dtype, smem_buffer),
-      *q8.buffers(cfg, head_dim, values_ref.dtype, smem_buffer),
-      **q8.barriers(cfg, values_ref.shape[3]), collective_axes="wg")

@@ -86,10 +86,8 @@ def _length_mask(s, step, *, span: Span, cfg: Static):
                    NEG_BIG)
 
 
-def consumer(span: Span, q_ref, out_refs, bufs, bars, cfg: Static,
-             scales=None):
-  """The compute warpgroup: attention of the Q tile over the span's steps
-  (over an 8-bit cache, `scales`: attn.ColumnScales)."""
+def consumer(span: Span, q_ref, out_refs, bufs, bars, cfg: Static):
+  """The compute warpgroup: attention of the Q tile over the span's steps."""
   plgpu.set_max_registers(attn.compute_registers(1), action="increase")
   qo, p_smem, part_smem, lse_smem, k_smem, v_smem = bufs
   # qo [64, d] (q dtype), p_smem [64, block_kv] or None, part_smem [64, d]
@@ -101,7 +99,7 @@ def consumer(span: Span, q_ref, out_refs, bufs, bars, cfg: Static,
   plgpu.barrier_wait(bars["q"])
   step = functools.partial(
       attn.attention_step, qo=qo, p_smem=p_smem, k_smem=k_smem, v_smem=v_smem,
-      bars=bars, cfg=cfg, sched=None, scales=scales)
+      bars=bars, cfg=cfg, sched=None)
   carry = lax.fori_loop(0, span.num_full, functools.partial(step, mask=None),
                         attn.initial_carry(qo))
   mask = functools.partial(_length_mask, span=span, cfg=cfg)

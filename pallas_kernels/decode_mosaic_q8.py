@@ -10,15 +10,16 @@ memory in 16 bits only, so the pipeline gets one more hop:
   K and V converters one warpgroup each: 64 rows at a time, 8-bit stage ->
                      registers -> bf16 into the compute warpgroup's
                      STAGES16 stages; a pure bit conversion, no scale;
-  compute warpgroup  decode_mosaic_kernel.consumer with the scales as
-                     attn.ColumnScales: K's per key multiply S's columns, V's
-                     multiply P's columns before P V (float32, in registers).
+  compute warpgroup  decode_mosaic_q8_compute.consumer, transposed (keys as
+                     wgmma's M, the GQA group as N); K's per-key scales
+                     multiply Sᵀ's rows, V's Pᵀ's rows before P V (float32).
 
 With the scales out of the converters, int8 -> bf16 is Mosaic GPU's
 prmt/sub.bf16x2 sequence (no integer-to-float instruction) and the products
-keep float32 scales. NOTE: the converters, not HBM, bound this kernel on
-the H200 (docs/benchmarks.md: 8-bit at 1.1-1.3x bf16's time, where the
-bytes say 0.5x); deeper 8-bit rings (stages 2..8) did not change it.
+keep float32 scales. NOTE: on the H200 this kernel takes 0.95-1.11x the
+bf16 kernel's time where the bytes say 0.44x (docs/benchmarks.md,
+2026-12-03): the conversions and the compute warpgroup bound it, not HBM
+(deeper 8-bit rings, stages 2..8, changed nothing).
 
 Barriers per stage s of the 8-bit ring: k8_ready/v8_ready (TMA landed: a
 values copy per block and the scales copy), k8_free/v8_free (converted),
@@ -38,14 +39,20 @@ times a zero scale stay zero. The converters zero those rows' values.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels import decode_mosaic_kernel as kernel
+from pallas_kernels import decode_mosaic_q8_compute as compute
 from pallas_kernels import quantization
+from pallas_kernels.decode_mosaic_q8_compute import q_cols  # pylint: disable=unused-import
+from pallas_kernels.prefill_mosaic import interpret_params
+from pallas_kernels.prefill_mosaic import smem_buffer
 from pallas_kernels.prefill_mosaic_memory import MEMORY_REGISTERS
 from pallas_kernels.prefill_mosaic_memory import block_ids
 from pallas_kernels.prefill_mosaic_memory import copies_per_stage
@@ -57,8 +64,8 @@ CHUNK_ROWS = 64  # rows a converter handles at once (a WGMMA layout tile's M)
 # misaligned address on the H200 (jax 0.11.2), and no layout cast between
 # the two is inferable.
 LAYOUT = plgpu.Layout.WGMMA
-# NOTE: per thread, beside the compute warpgroup's compute_registers(1) = 256
-# and the memory warpgroup's 40: 256 + 40 + 2 * 104 <= 512 (64K over 128).
+# NOTE: per thread, beside the compute warpgroup's 256 and the memory
+# warpgroup's 40: 256 + 40 + 2 * 104 <= 512 (64K over 128).
 CONVERT_REGISTERS = 104
 WARPGROUPS = 4  # compute, memory, K converter, V converter
 # NOTE: the 16-bit stages the compute warpgroup reads are two whatever the
@@ -68,9 +75,69 @@ WARPGROUPS = 4  # compute, memory, K converter, V converter
 STAGES16 = 2
 
 
-def compute_static(cfg):
-  """The compute warpgroup's Static: cfg with the 16-bit stage count."""
-  return dataclasses.replace(cfg, stages=STAGES16)
+def smem_bytes(config, head_dim: int, cols: int) -> int:
+  """Shared memory of the buffers (before Mosaic's alignment) for a
+  DecodeMosaicConfig and `cols` query columns."""
+  out = 4 if config.num_splits > 1 else 2
+  tiles = (cols * head_dim + config.block_kv * cols) * 2 + head_dim * cols * out
+  stages16 = 2 * STAGES16 * config.block_kv * head_dim * 2
+  stages8 = 2 * config.stages * config.block_kv * (head_dim + 4)
+  return tiles + cols * 4 + stages16 + stages8
+
+
+def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
+  """The kernel over an 8-bit cache: qp [batch, hkv, q_rows, d] bf16 (q_rows
+  = q_cols(group)) -> as decode_mosaic.run_kernel's outputs (the kernel's
+  transposed ones swapped back, lse [.., splits, q_rows])."""
+  batch, hkv, cols, head_dim = qp.shape
+  scales = gather_scales(kv_cache.scales, block_tables, lengths, cfg.block_kv)
+  part = (batch, hkv, cfg.num_splits)
+  if cfg.num_splits == 1:
+    out_type = jax.ShapeDtypeStruct((batch, hkv, head_dim, cols), qp.dtype)
+  else:
+    out_type = (jax.ShapeDtypeStruct(part + (head_dim, cols), jnp.float32),
+                jax.ShapeDtypeStruct(part + (cols,), jnp.float32))
+  out = plgpu.kernel(
+      functools.partial(_entry, cfg=cfg), out_type=out_type,
+      grid=(batch, hkv, cfg.num_splits), grid_names=("row", "head", "split"),
+      num_threads=WARPGROUPS, thread_name="wg",
+      compiler_params=plgpu.CompilerParams(approx_math=True),
+      interpret=interpret_params(interpret, WARPGROUPS),
+      kernel_name="paged_decode_mosaic_q8",
+  )(lengths, block_tables.reshape(-1), qp, kv_cache.values, scales)
+  if cfg.num_splits == 1:
+    return out.swapaxes(-1, -2)
+  return out[0].swapaxes(-1, -2), out[1]
+
+
+def _entry(len_ref, bt_ref, q_ref, values_ref, scales_ref, *out_refs, cfg):
+  """Allocates shared memory and barriers, then splits by warpgroup.
+
+  len_ref int32 [batch]; bt_ref int32 [batch * max_blocks]; q_ref [batch,
+  hkv, N, d] bf16; values_ref [num_blocks, hkv, 2, block_size, d] int8 or
+  uint8; scales_ref [batch, hkv, 2, tokens] f32 (gather_scales; all GMEM).
+  """
+  head_dim, cols = q_ref.shape[-1], q_ref.shape[-2]
+  smem16 = (STAGES16, cfg.block_kv, head_dim)
+
+  def body(*smem, **bars):
+    tiles, (k16, v16), ring = smem[:4], smem[4:6], smem[6:]
+    span = kernel.Span(len_ref, cfg, values_ref.shape[3])
+    bufs = compute.Bufs(*tiles, k16, v16, ring[2], ring[3])
+    wg = lax.axis_index("wg")
+    pl.when(wg == 0)(lambda: compute.consumer(span, q_ref, out_refs, bufs,
+                                              bars, cfg, STAGES16))
+    pl.when(wg == 1)(lambda: producer(span, bt_ref, values_ref, scales_ref,
+                                      ring, bars, cfg))
+    for which, dst in enumerate((k16, v16)):
+      pl.when(wg == 2 + which)(functools.partial(
+          converter, span, which, ring, dst, bars, cfg))
+
+  pl.run_scoped(
+      body, *compute.buffers(cfg, head_dim, cols, smem_buffer),
+      smem_buffer(smem16, jnp.bfloat16), smem_buffer(smem16, jnp.bfloat16),
+      *buffers(cfg, head_dim, values_ref.dtype, smem_buffer),
+      **barriers(cfg, values_ref.shape[3]), collective_axes="wg")
 
 
 def buffers(cfg, head_dim: int, storage, smem) -> list:

@@ -208,12 +208,10 @@ def _causal_mask(s, step, *, tile: Tile, wg, cfg: Static):
 
 
 def attention_step(step, carry, *, qo, p_smem, k_smem, v_smem, bars, cfg,
-                   sched, mask, scales=None):
+                   sched, mask):
   """One pipeline step of a compute warpgroup: S = Q Kᵀ of stage
   `step % cfg.stages`, `mask(s, step)` unless None, online softmax, O += P V.
-  The decode kernel (decode_mosaic_kernel.py) runs it too; over an 8-bit
-  cache it passes `scales` (ColumnScales): K's scale per key multiplies S's
-  columns, V's multiplies P's columns for P V (not the row sums)."""
+  The decode kernel (decode_mosaic_kernel.py) runs it too."""
   acc, m_prev, l_prev = carry  # [64, d] f32, [64] f32, [64] f32
   slot = lax.rem(step, cfg.stages)
   plgpu.barrier_wait(bars["k_ready"].at[slot])
@@ -227,8 +225,6 @@ def attention_step(step, carry, *, qo, p_smem, k_smem, v_smem, bars, cfg,
   s = pl.run_scoped(qk, plgpu.ACC((ROWS_PER_WG, cfg.block_kv), jnp.float32))
   plgpu.barrier_arrive(bars["k_free"].at[slot])
   s = s * (cfg.scale * LOG2E)  # log2 domain
-  if scales is not None:
-    s = s * scales.columns(0, step, s.shape)
   if mask is not None:
     s = mask(s, step)
   m_new = jnp.maximum(m_prev, s.max(axis=1))
@@ -236,50 +232,18 @@ def attention_step(step, carry, *, qo, p_smem, k_smem, v_smem, bars, cfg,
   p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
   l_new = l_prev * alpha + p.sum(axis=1)
   acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-  if scales is None:
-    p16 = _p16(p, p_smem, v_smem.dtype)  # [64, block_kv]
+  p16 = p.astype(v_smem.dtype)  # [64, block_kv]
+  if p_smem is not None:  # P through shared memory (see Static.p_in_regs)
+    p_smem[...] = p16
+    plgpu.commit_smem()
   if sched is not None:
     plgpu.barrier_arrive(sched)  # softmax done
   plgpu.barrier_wait(bars["v_ready"].at[slot])
   if sched is not None:
     plgpu.barrier_wait(sched)  # the tensor cores are ours
-  if scales is not None:
-    p16 = _p16(p * scales.columns(1, step, p.shape), p_smem, v_smem.dtype)
   acc = _pv(acc, p16, p_smem, v_smem.at[slot])
   plgpu.barrier_arrive(bars["v_free"].at[slot])
-  if scales is not None:
-    scales.release(step)
   return acc, m_new, l_new
-
-
-@dataclasses.dataclass(frozen=True)
-class ColumnScales:
-  """An 8-bit cache's per-key scales for attention_step: refs [stages,
-  block_kv] f32 (SMEM) for K and V, a ring `stages` deep; `free` [stages]
-  (a barrier) is arrived at once a step has read its slot."""
-  k: object
-  v: object
-  free: object
-  stages: int
-
-  def columns(self, which: int, step, shape):
-    """The step's K (0) or V (1) scales broadcast over `shape`'s rows."""
-    ref = (self.k, self.v)[which].at[lax.rem(step, self.stages)]
-    row = plgpu.load(ref, layout=plgpu.Layout.WGMMA.reduce(0))
-    return lax.broadcast_in_dim(row, shape, [1])
-
-  def release(self, step):
-    plgpu.barrier_arrive(self.free.at[lax.rem(step, self.stages)])
-
-
-def _p16(p, p_smem, dtype):
-  """P in the V operand's dtype; stored to p_smem where P goes through
-  shared memory (see Static.p_in_regs)."""
-  p16 = p.astype(dtype)
-  if p_smem is not None:
-    p_smem[...] = p16
-    plgpu.commit_smem()
-  return p16
 
 
 def _pv(acc, p16, p_smem, v):

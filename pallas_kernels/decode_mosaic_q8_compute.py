@@ -1,0 +1,138 @@
+"""The compute warpgroup of the 8-bit Mosaic decode, transposed: Sᵀ = K Qᵀ.
+
+Decode's query tile is a KV head's GQA group (3-8 heads in the models we
+serve). As wgmma's M (64 rows a warpgroup) it makes every step's softmax 64
+rows of which the group is a few; on the H200 that bound the 8-bit kernel
+(docs/benchmarks.md). Here the keys are M and the group is N, padded to
+`q_cols` (16, 32 or 64: the P stage's rows must be >= 32 bytes, wgmma has no
+16-byte swizzle):
+
+  Sᵀ [block_kv, N] = K [block_kv, d] · Qᵀ        (A: K stage, B: Q tile)
+  Oᵀ [d, N]       += Vᵀ [d, block_kv] · Pᵀ        (A: V stage transposed,
+                                                   B: Pᵀ through SMEM)
+
+K's per-key scales multiply Sᵀ's rows, V's multiply Pᵀ's rows before P V.
+Each step takes one cross-warp max over the keys; the row sums stay
+elementwise over the steps ([block_kv, N], reduced once at the end).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pallas_kernels.prefill_mosaic_kernel import LOG2E
+from pallas_kernels.prefill_mosaic_kernel import NEG_BIG
+
+LAYOUT = plgpu.Layout.WGMMA
+COLS = LAYOUT.reduce(0)  # a value per query column
+KEYS = LAYOUT.reduce(1)  # a value per key row
+COMPUTE_REGISTERS = 256
+
+
+def q_cols(group: int) -> int:
+  """The query tile's columns: the group rounded up to 16, 32 or 64."""
+  return next(n for n in (16, 32, 64) if group <= n)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bufs:
+  """The compute warpgroup's shared memory (the `smem` tiling throughout):
+  q [N, d] bf16; p [N, block_kv] bf16 (P, written as Pᵀ through a
+  transposed view: wgmma takes one swizzle for both operands); out [d, N] (Oᵀ: q's dtype with
+  one split, else float32); lse [N] f32 or None; k, v [STAGES16, block_kv,
+  d] bf16; k_scales, v_scales [stages, block_kv] f32 (the 8-bit ring's)."""
+  q: object
+  p: object
+  out: object
+  lse: object
+  k: object
+  v: object
+  k_scales: object
+  v_scales: object
+
+
+def buffers(cfg, head_dim: int, cols: int, smem) -> list:
+  """q, p, out, lse of Bufs (k, v and the scales are allocated beside)."""
+  split = cfg.num_splits > 1
+  return [smem((cols, head_dim), jnp.bfloat16),
+          smem((cols, cfg.block_kv), jnp.bfloat16),
+          smem((head_dim, cols), jnp.float32 if split else jnp.bfloat16),
+          plgpu.SMEM((cols,), jnp.float32) if split else None]
+
+
+def consumer(span, q_ref, out_refs, bufs: Bufs, bars, cfg, stages16: int):
+  """Attention of the group over the span's steps. q_ref [batch, hkv, N, d]
+  (GMEM); out_refs: (oᵀ [batch, hkv, d, N],) or (partials [.., splits, d, N]
+  f32, lse [.., splits, N] f32)."""
+  plgpu.set_max_registers(COMPUTE_REGISTERS, action="increase")
+  plgpu.copy_gmem_to_smem(q_ref.at[span.row, span.head], bufs.q, bars["q"])
+  plgpu.barrier_wait(bars["q"])
+  cols, head_dim = bufs.q.shape
+  carry = (plgpu.layout_cast(jnp.zeros((head_dim, cols), jnp.float32), LAYOUT),
+           plgpu.layout_cast(jnp.full((cols,), NEG_BIG, jnp.float32), COLS),
+           plgpu.layout_cast(jnp.zeros((cfg.block_kv, cols), jnp.float32), LAYOUT))
+  step = lambda masked: lambda i, c: _step(i, c, span, bufs, bars, cfg,
+                                           stages16, masked)
+  carry = lax.fori_loop(0, span.num_full, step(False), carry)
+  acc, m, sums = lax.fori_loop(span.num_full, span.num_steps, step(True), carry)
+  l = sums.sum(axis=0)
+  inv = jnp.where(l > 0, 1.0 / jnp.where(l > 0, l, 1.0), 0.0)  # empty: zeros
+  bufs.out[...] = (acc * lax.broadcast_in_dim(inv, acc.shape, [1])).astype(
+      bufs.out.dtype)
+  dst = (span.row, span.head)
+  if bufs.lse is not None:
+    dst += (lax.axis_index("split"),)
+    bufs.lse[...] = jnp.where(l > 0, m + jnp.log2(jnp.where(l > 0, l, 1.0)),
+                              NEG_BIG)
+  plgpu.commit_smem()
+  plgpu.copy_smem_to_gmem(bufs.out, out_refs[0].at[dst])
+  if bufs.lse is not None:
+    plgpu.copy_smem_to_gmem(bufs.lse, out_refs[1].at[dst])
+  plgpu.wait_smem_to_gmem(0)
+
+
+def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, masked):
+  """One step: Sᵀ, scales and mask, online softmax over the keys, Oᵀ += Vᵀ Pᵀ."""
+  acc, m_prev, sums = carry  # [d, N] f32, [N] f32, [block_kv, N] f32
+  slot, ring = lax.rem(step, stages16), lax.rem(step, cfg.stages)
+  plgpu.barrier_wait(bars["k_ready"].at[slot])
+
+  def qk(acc_ref):  # acc_ref [block_kv, N] f32
+    plgpu.wgmma(acc_ref, bufs.k.at[slot], bufs.q.transpose((1, 0)))
+    return acc_ref[...]
+
+  s = pl.run_scoped(qk, plgpu.ACC((cfg.block_kv, bufs.q.shape[0]), jnp.float32))
+  plgpu.barrier_arrive(bars["k_free"].at[slot])
+  k_scale = plgpu.load(bufs.k_scales.at[ring], layout=KEYS)
+  s = s * lax.broadcast_in_dim(k_scale * (cfg.scale * LOG2E), s.shape, [0])
+  if masked:
+    key = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=LAYOUT)
+    s = jnp.where(key + (span.first_kv + step * cfg.block_kv) < span.end, s,
+                  NEG_BIG)
+  m_new = jnp.maximum(m_prev, s.max(axis=0))
+  alpha = jnp.exp2(m_prev - m_new)
+  p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [1]))
+  sums = sums * lax.broadcast_in_dim(alpha, s.shape, [1]) + p
+  acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [1])
+  plgpu.barrier_wait(bars["v_ready"].at[slot])
+  v_scale = plgpu.load(bufs.v_scales.at[ring], layout=KEYS)
+  p_t = bufs.p.transpose((1, 0))  # [block_kv, N], stored transposed
+  p_t[...] = (p * lax.broadcast_in_dim(v_scale, p.shape, [0])).astype(
+      bufs.p.dtype)
+  plgpu.commit_smem()
+
+  def pv(acc_ref):  # acc_ref [d, N] f32, starts at zero
+    plgpu.wgmma(acc_ref, bufs.v.at[slot].transpose((1, 0)), p_t)
+    return acc_ref[...]
+
+  # NOTE: a fresh accumulator added to acc, not one initialised from it:
+  # interpret mode cannot run the latter (and this one is 16 adds a thread).
+  acc = acc + pl.run_scoped(pv, plgpu.ACC(acc.shape, jnp.float32))
+  plgpu.barrier_arrive(bars["v_free"].at[slot])
+  plgpu.barrier_arrive(bars["s_free"].at[ring])
+  return acc, m_new, sums
