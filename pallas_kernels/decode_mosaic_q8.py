@@ -33,7 +33,7 @@ bytes, and a TMA copy per block into one [block_kv] buffer faulted on the
 H200 (misaligned address: a tensor copy's shared-memory end must be
 128-byte aligned). The gather also zeroes the scales at and past each row's
 length: a step past the end reads slots no token was written to (NaN
-scales and NaN e4m3 bits in the tests' poison), and P's masked columns
+scales and NaN e4m3 bits in the tests' poison), and Pᵀ's masked keys
 times a zero scale stay zero. The converters zero those rows' values.
 """
 
@@ -69,9 +69,9 @@ LAYOUT = plgpu.Layout.WGMMA
 CONVERT_REGISTERS = 104
 WARPGROUPS = 4  # compute, memory, K converter, V converter
 # NOTE: the 16-bit stages the compute warpgroup reads are two whatever the
-# config's `stages` (the 8-bit ring's depth): the bytes in flight from HBM
-# are the 8-bit stages'; with as many 8-bit stages as 16-bit ones (2 at
-# block_kv 128, the shared memory's limit) the H200 moved 2.5 TB/s.
+# config's `stages` (the 8-bit ring's depth), so shared memory can hold a
+# deeper 8-bit ring at block_kv 64 (on the H200 deeper rings were no faster;
+# docs/benchmarks.md, 2026-12-03).
 STAGES16 = 2
 
 
