@@ -58,7 +58,7 @@ def grid(batch: int, ctx: int, hkv: int, block_kv, stages, splits,
   most `max_ctas` CTAs (at least the one-split points)."""
   from pallas_kernels.decode_mosaic import DecodeMosaicConfig  # pylint: disable=g-import-not-at-top
   from pallas_kernels.prefill_mosaic import SMEM_BYTES  # pylint: disable=g-import-not-at-top
-  from pallas_kernels.decode_mosaic_q8 import q_cols  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.decode_mosaic_q8_compute import q_cols  # pylint: disable=g-import-not-at-top
   cols = q_cols(HEADS[0] // HEADS[1]) if quantized else 0
   out = []
   for bkv, st, ns in itertools.product(block_kv, stages, splits):
@@ -76,7 +76,7 @@ def child(args) -> None:
   import pallas_kernels as pk  # pylint: disable=g-import-not-at-top
   from benchmarks.measure import guarded, rel_err, timed  # pylint: disable=g-import-not-at-top
   from benchmarks.kv_quant import cache_of  # pylint: disable=g-import-not-at-top
-  from benchmarks.tune_kernels import make_problem, timed_compiled, with_length  # pylint: disable=g-import-not-at-top
+  from benchmarks.tune_kernels import make_problem, read_us, timed_compiled, with_length  # pylint: disable=g-import-not-at-top
   from pallas_kernels.decode_mosaic import decode_mosaic  # pylint: disable=g-import-not-at-top
 
   interpret = args.interpret
@@ -91,8 +91,8 @@ def child(args) -> None:
   ref = pk.paged_decode_attention_reference(*problem, scale=scale)
   emit = lambda **r: print(RESULT + json.dumps(
       dict(shape=args.child, kv_dtype=kv_dtype, **r)), flush=True)
-  emit(kind="read", us=_read_us(problem[1], batch, ctx, bs),
-       us_quarter=_read_us(problem[1], batch, ctx // 4, bs))
+  emit(kind="read", us=read_us(problem[1], batch, ctx, bs),
+       us_quarter=read_us(problem[1], batch, ctx // 4, bs))
   triton = functools.partial(pk.paged_decode_attention, scale=scale,
                              backend="triton", interpret=interpret)
   emit(kind="triton", us=timed(triton, *problem),
@@ -115,22 +115,6 @@ def child(args) -> None:
     row["us"] = timer(exe, *problem)
     row["us_quarter"] = timer(exe, *with_length(problem, ctx // 4))
     emit(**row)
-
-
-def _read_us(cache, batch: int, length: int, bs: int) -> float:
-  """A read-only pass over the blocks (values and any scales) `batch` rows of
-  `length` tokens hold."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from benchmarks.measure import timed  # pylint: disable=g-import-not-at-top
-  used = [x[:batch * (-(-length // bs)) + 1] for x in jax.tree.leaves(cache)]
-
-  def words(x):  # NOTE: XLA reduces 8-bit elements far below the bandwidth
-    if x.dtype.itemsize == 1:
-      x = jax.lax.bitcast_convert_type(x.reshape(x.shape[:-1] + (-1, 4)), jnp.uint32)
-    return x
-  return timed(lambda *xs: [jnp.max(words(x), axis=tuple(range(1, x.ndim)))
-                            for x in xs], *used)
 
 
 def _wall_us(exe, *args) -> float:

@@ -24,6 +24,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from pallas_kernels import decode_mosaic_kernel as kernel
 from pallas_kernels import decode_mosaic_q8 as q8
 from pallas_kernels import quantization
+from pallas_kernels.decode_mosaic_q8_compute import q_cols
 from pallas_kernels.prefill_mosaic import SMEM_BYTES
 from pallas_kernels.prefill_mosaic import interpret_params
 from pallas_kernels.prefill_mosaic import smem_buffer
@@ -73,7 +74,7 @@ def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
   values = quantization.values_of(kv_cache)
   hkv, head_dim = values.shape[1], values.shape[4]
   itemsize, group = q.dtype.itemsize, q.shape[1] // hkv
-  cols = q8.q_cols(group) if quantized else 0
+  cols = q_cols(group) if quantized else 0
   return (itemsize == 2 and (q.dtype == jnp.bfloat16 if quantized
                              else q.dtype == values.dtype)
           and head_dim % 64 == 0 and group <= ROWS_PER_WG
@@ -107,7 +108,7 @@ def decode_mosaic(q, kv_cache, block_tables, lengths, *, scale,
   cfg = kernel.Static(
       block_kv=config.block_kv, stages=config.stages,
       num_splits=config.num_splits,
-      q_rows=q8.q_cols(group) if quantized else -(-group // ALIGN) * ALIGN,
+      q_rows=q_cols(group) if quantized else -(-group // ALIGN) * ALIGN,
       p_in_regs=not interpret, max_blocks=block_tables.shape[1],
       scale=scale)
   qp = q.reshape(batch, hkv, group, head_dim)

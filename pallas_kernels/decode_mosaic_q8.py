@@ -50,7 +50,6 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from pallas_kernels import decode_mosaic_kernel as kernel
 from pallas_kernels import decode_mosaic_q8_compute as compute
 from pallas_kernels import quantization
-from pallas_kernels.decode_mosaic_q8_compute import q_cols  # pylint: disable=unused-import
 from pallas_kernels.prefill_mosaic import interpret_params
 from pallas_kernels.prefill_mosaic import smem_buffer
 from pallas_kernels.prefill_mosaic_memory import MEMORY_REGISTERS
