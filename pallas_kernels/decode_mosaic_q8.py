@@ -1,31 +1,33 @@
 """8-bit caches (int8, float8_e4m3 bits in uint8) in the Mosaic GPU decode.
 
-wgmma reads its B operand (K for S = Q Kᵀ, V for O += P V) from shared
-memory in 16 bits only, so the pipeline gets one more hop:
+wgmma reads 16-bit operands here (bf16 q), so the 8-bit values become bf16
+before it, K in the compute warpgroup's registers, V in a warpgroup of its
+own:
 
   memory warpgroup   TMA of a step's 8-bit K and V (one copy per KV block)
                      into a ring of `stages` 8-bit stages, and of their
                      float32 scales (one copy each, from the row's scales
                      gathered in token order by `gather_scales`);
-  K and V converters one warpgroup each: 64 rows at a time, 8-bit stage ->
-                     registers -> bf16 into the compute warpgroup's
-                     STAGES16 stages; a pure bit conversion, no scale;
+  V converter        64 rows at a time, 8-bit stage -> registers -> bf16
+                     into the compute warpgroup's STAGES16 stages; a pure bit
+                     conversion, no scale; rows past the row's end zeroed;
   compute warpgroup  decode_mosaic_q8_compute.consumer, transposed (keys as
-                     wgmma's M, the GQA group as N); K's per-key scales
+                     wgmma's M, the GQA group as N), K converted in its
+                     registers as wgmma's A operand; K's per-key scales
                      multiply Sᵀ's rows, V's Pᵀ's rows before P V (float32).
 
-With the scales out of the converters, int8 -> bf16 is Mosaic GPU's
-prmt/sub.bf16x2 sequence (no integer-to-float instruction) and the products
-keep float32 scales. NOTE: on the H200 this kernel takes 0.95-1.11x the
-bf16 kernel's time where the bytes say 0.44x (docs/benchmarks.md,
-2026-12-03): the conversions and the compute warpgroup bound it, not HBM
-(deeper 8-bit rings, stages 2..8, changed nothing).
+int8 -> bf16 is Mosaic GPU's prmt/sub.bf16x2 sequence (no integer-to-float
+instruction); e4m3 goes through f16 and f32. NOTE: on the H200 the version
+with a K converter warpgroup and 16-bit K stages took 0.95-1.11x the bf16
+kernel's time where the bytes say 0.44x (docs/benchmarks.md, 2026-12-03):
+its two 16-bit stages of K and V left room for two 8-bit stages at
+block_kv 128, half the bytes in flight of the bf16 kernel's two stages.
 
 Barriers per stage s of the 8-bit ring: k8_ready/v8_ready (TMA landed: a
-values copy per block and the scales copy), k8_free/v8_free (converted),
-s_free (the compute warpgroup has read the step's scales); per 16-bit stage:
-k_ready/v_ready (written and fenced), k_free/v_free (the compute warpgroup
-is done).
+values copy per block and the scales copy), k8_free (the compute warpgroup
+has read K), v8_free (converted), s_free (the compute warpgroup has read the
+step's scales); per 16-bit stage: v_ready (written and fenced), v_free (the
+compute warpgroup is done).
 
 NOTE: the scales are gathered outside the kernel (an XLA gather of 1/32 of
 the values' bytes at head_dim 128) because a KV block's 16 scales are 64
@@ -34,7 +36,7 @@ H200 (misaligned address: a tensor copy's shared-memory end must be
 128-byte aligned). The gather also zeroes the scales at and past each row's
 length: a step past the end reads slots no token was written to (NaN
 scales and NaN e4m3 bits in the tests' poison), and Pᵀ's masked keys
-times a zero scale stay zero. The converters zero those rows' values.
+times a zero scale stay zero. The V converter zeroes those rows' values.
 """
 
 from __future__ import annotations
@@ -49,7 +51,6 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels import decode_mosaic_kernel as kernel
 from pallas_kernels import decode_mosaic_q8_compute as compute
-from pallas_kernels import quantization
 from pallas_kernels.prefill_mosaic import interpret_params
 from pallas_kernels.prefill_mosaic import smem_buffer
 from pallas_kernels.prefill_mosaic_memory import MEMORY_REGISTERS
@@ -57,20 +58,17 @@ from pallas_kernels.prefill_mosaic_memory import block_ids
 from pallas_kernels.prefill_mosaic_memory import copies_per_stage
 from pallas_kernels.prefill_mosaic_memory import issue_copies
 
-CHUNK_ROWS = 64  # rows a converter handles at once (a WGMMA layout tile's M)
-# NOTE: the WGMMA layout (2 elements a thread-vector), not WGMMA_8BIT (4):
+# NOTE: bf16 is stored in the WGMMA layout (2 elements a thread-vector):
 # storing WGMMA_8BIT-laid bf16 into the swizzled 16-bit stage faulted with a
-# misaligned address on the H200 (jax 0.11.2), and no layout cast between
-# the two is inferable.
-LAYOUT = plgpu.Layout.WGMMA
+# misaligned address on the H200 (jax 0.11.2).
+LAYOUT = compute.LAYOUT
 # NOTE: per thread, beside the compute warpgroup's 256 and the memory
-# warpgroup's 40: 256 + 40 + 2 * 104 <= 512 (64K over 128).
+# warpgroup's 40: 256 + 40 + 104 <= 3 * 168 (64K over 384 threads).
 CONVERT_REGISTERS = 104
-WARPGROUPS = 4  # compute, memory, K converter, V converter
-# NOTE: the 16-bit stages the compute warpgroup reads are two whatever the
-# config's `stages` (the 8-bit ring's depth), so shared memory can hold a
-# deeper 8-bit ring at block_kv 64 (on the H200 deeper rings were no faster;
-# docs/benchmarks.md, 2026-12-03).
+WARPGROUPS = 3  # compute, memory, V converter
+# NOTE: the 16-bit V stages the compute warpgroup reads are two whatever the
+# config's `stages` (the 8-bit ring's depth), so shared memory holds a
+# deeper 8-bit ring.
 STAGES16 = 2
 
 
@@ -79,7 +77,7 @@ def smem_bytes(config, head_dim: int, cols: int) -> int:
   DecodeMosaicConfig and `cols` query columns."""
   out = 4 if config.num_splits > 1 else 2
   tiles = (cols * head_dim + config.block_kv * cols) * 2 + head_dim * cols * out
-  stages16 = 2 * STAGES16 * config.block_kv * head_dim * 2
+  stages16 = STAGES16 * config.block_kv * head_dim * 2  # V only
   stages8 = 2 * config.stages * config.block_kv * (head_dim + 4)
   return tiles + cols * 4 + stages16 + stages8
 
@@ -97,7 +95,8 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
     out_type = (jax.ShapeDtypeStruct(part + (head_dim, cols), jnp.float32),
                 jax.ShapeDtypeStruct(part + (cols,), jnp.float32))
   out = plgpu.kernel(
-      functools.partial(_entry, cfg=cfg), out_type=out_type,
+      functools.partial(_entry, cfg=cfg, interpret=bool(interpret)),
+      out_type=out_type,
       grid=(batch, hkv, cfg.num_splits), grid_names=("row", "head", "split"),
       num_threads=WARPGROUPS, thread_name="wg",
       compiler_params=plgpu.CompilerParams(approx_math=True),
@@ -109,33 +108,35 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
   return out[0].swapaxes(-1, -2), out[1]
 
 
-def _entry(len_ref, bt_ref, q_ref, values_ref, scales_ref, *out_refs, cfg):
+def _entry(len_ref, bt_ref, q_ref, values_ref, scales_ref, *out_refs, cfg,
+           interpret):
   """Allocates shared memory and barriers, then splits by warpgroup.
 
   len_ref int32 [batch]; bt_ref int32 [batch * max_blocks]; q_ref [batch,
   hkv, N, d] bf16; values_ref [num_blocks, hkv, 2, block_size, d] int8 or
   uint8; scales_ref [batch, hkv, 2, tokens] f32 (gather_scales; all GMEM).
+  interpret: adds the compute warpgroup's k_tile (decode_mosaic_q8_compute).
   """
   head_dim, cols = q_ref.shape[-1], q_ref.shape[-2]
   smem16 = (STAGES16, cfg.block_kv, head_dim)
+  k_tile = (compute.CHUNK_ROWS, head_dim)
 
   def body(*smem, **bars):
-    tiles, (k16, v16), ring = smem[:4], smem[4:6], smem[6:]
+    tiles, v16, ring, k_tile = smem[:4], smem[4], smem[5:9], smem[9]
     span = kernel.Span(len_ref, cfg, values_ref.shape[3])
-    bufs = compute.Bufs(*tiles, k16, v16, ring[2], ring[3])
+    bufs = compute.Bufs(*tiles, ring[0], v16, ring[2], ring[3], k_tile)
     wg = lax.axis_index("wg")
     pl.when(wg == 0)(lambda: compute.consumer(span, q_ref, out_refs, bufs,
                                               bars, cfg, STAGES16))
     pl.when(wg == 1)(lambda: producer(span, bt_ref, values_ref, scales_ref,
                                       ring, bars, cfg))
-    for which, dst in enumerate((k16, v16)):
-      pl.when(wg == 2 + which)(functools.partial(
-          converter, span, which, ring, dst, bars, cfg))
+    pl.when(wg == 2)(lambda: converter(span, ring[1], v16, bars, cfg))
 
   pl.run_scoped(
       body, *compute.buffers(cfg, head_dim, cols, smem_buffer),
-      smem_buffer(smem16, jnp.bfloat16), smem_buffer(smem16, jnp.bfloat16),
+      smem_buffer(smem16, jnp.bfloat16),
       *buffers(cfg, head_dim, values_ref.dtype, smem_buffer),
+      smem_buffer(k_tile, jnp.bfloat16) if interpret else None,
       **barriers(cfg, values_ref.shape[3]), collective_axes="wg")
 
 
@@ -170,8 +171,7 @@ def barriers(cfg, block_size: int) -> dict:
   return dict(q=plgpu.Barrier(num_arrivals=1),
               k8_ready=stage(copies), v8_ready=stage(copies),
               k8_free=stage(1), v8_free=stage(1), s_free=stage(1),
-              k_ready=stage16(),
-              v_ready=stage16(), k_free=stage16(), v_free=stage16())
+              v_ready=stage16(), v_free=stage16())
 
 
 def producer(span, bt_ref, values_ref, scales_ref, bufs, bars, cfg):
@@ -203,28 +203,26 @@ def producer(span, bt_ref, values_ref, scales_ref, bufs, bars, cfg):
   _drain(span, (bars["k8_free"], bars["v8_free"], bars["s_free"]), cfg.stages)
 
 
-def converter(span, which: int, bufs, dst, bars, cfg):
-  """K (which=0) or V (1) converter: each 8-bit stage as bf16 into the
-  16-bit stage dst [STAGES16, block_kv, d] (SMEM, swizzled)."""
+def converter(span, src, dst, bars, cfg):
+  """V converter: each 8-bit stage of src [stages, block_kv, d] as bf16
+  into the 16-bit stage dst [STAGES16, block_kv, d] (both SMEM, swizzled)."""
   plgpu.set_max_registers(CONVERT_REGISTERS, action="decrease")
-  src = bufs[which]
-  name = "kv"[which]
 
   @pl.loop(0, span.num_steps)
   def _convert(step):
     slot, slot16 = lax.rem(step, cfg.stages), lax.rem(step, STAGES16)
-    plgpu.barrier_wait(bars[f"{name}8_ready"].at[slot])
+    plgpu.barrier_wait(bars["v8_ready"].at[slot])
     pl.when(step >= STAGES16)(
-        lambda: plgpu.barrier_wait(bars[f"{name}_free"].at[slot16]))
+        lambda: plgpu.barrier_wait(bars["v_free"].at[slot16]))
     valid = span.end - span.first_kv - step * cfg.block_kv  # rows to keep
     stage = (src.at[slot], dst.at[slot16])
     pl.when(valid >= cfg.block_kv)(lambda: _convert_stage(*stage, None))
     pl.when(valid < cfg.block_kv)(lambda: _convert_stage(*stage, valid))
     plgpu.commit_smem()  # generic-proxy writes before wgmma reads them
-    plgpu.barrier_arrive(bars[f"{name}_ready"].at[slot16])
-    plgpu.barrier_arrive(bars[f"{name}8_free"].at[slot])
+    plgpu.barrier_arrive(bars["v_ready"].at[slot16])
+    plgpu.barrier_arrive(bars["v8_free"].at[slot])
 
-  _drain(span, (bars[f"{name}_free"],), STAGES16)
+  _drain(span, (bars["v_free"],), STAGES16)
 
 
 def _convert_stage(src, dst, valid):
@@ -233,15 +231,10 @@ def _convert_stage(src, dst, valid):
 
   src [block_kv, d] 8-bit, dst [block_kv, d] bf16 (both SMEM).
   """
-  block_kv = src.shape[0]
-  number = quantization.format_of(src.dtype).number
-  for r0 in range(0, block_kv, CHUNK_ROWS):
-    rows = pl.ds(r0, CHUNK_ROWS)
-    x = plgpu.load(src.at[rows], layout=LAYOUT)
-    if number == jnp.int8:
-      y = x.astype(dst.dtype)
-    else:  # NOTE: no e4m3 -> bf16 instruction: via f16 (cvt e4m3x2) and f32
-      y = lax.bitcast_convert_type(x, number).astype(jnp.float32).astype(dst.dtype)
+  for r0 in range(0, src.shape[0], compute.CHUNK_ROWS):
+    rows = pl.ds(r0, compute.CHUNK_ROWS)
+    x = plgpu.load(src.at[rows], layout=compute.LOAD8_LAYOUT)
+    y = plgpu.layout_cast(compute.to_bf16(x), LAYOUT)
     if valid is not None:
       row = plgpu.broadcasted_iota(jnp.int32, x.shape, 0, layout=LAYOUT) + r0
       y = jnp.where(row < valid, y, jnp.zeros_like(y))

@@ -11,9 +11,17 @@ rows of which the group is a few; on the H200 that bound the 8-bit kernel
   Oᵀ [d, N]       += Vᵀ [d, block_kv] · Pᵀ        (A: V stage transposed,
                                                    B: Pᵀ through SMEM)
 
+K is read from the 8-bit ring itself: 64 rows at a time are loaded into
+registers, converted to bf16 there and given to wgmma as a register A
+operand (no 16-bit K stage, no K converter warpgroup). V goes through the V
+converter's bf16 stages (wgmma's A must be in the WGMMA layout, and a
+transposed 8-bit load has no relayout to it).
+
 K's per-key scales multiply Sᵀ's rows, V's multiply Pᵀ's rows before P V.
 Each step takes one cross-warp max over the keys; the row sums stay
-elementwise over the steps ([block_kv, N], reduced once at the end).
+elementwise over the steps ([block_kv, N], reduced once at the end). K's
+rows past a row's end are not zeroed: the masked step replaces their Sᵀ
+rows (NaN from poisoned slots included) before anything reads them.
 """
 
 from __future__ import annotations
@@ -28,7 +36,14 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from pallas_kernels.prefill_mosaic_kernel import LOG2E
 from pallas_kernels.prefill_mosaic_kernel import NEG_BIG
 
+from pallas_kernels import quantization
+
 LAYOUT = plgpu.Layout.WGMMA
+# 8-bit chunks (K here, V in the converter) are loaded 4 bytes a
+# thread-vector (one 32-bit shared-memory load) and shuffled to LAYOUT after
+# the conversion to bf16.
+LOAD8_LAYOUT = plgpu.Layout.WGMMA_UPCAST_2X
+CHUNK_ROWS = 64  # K rows per register chunk (a WGMMA layout tile's M)
 COLS = LAYOUT.reduce(0)  # a value per query column
 KEYS = LAYOUT.reduce(1)  # a value per key row
 COMPUTE_REGISTERS = 256
@@ -44,8 +59,10 @@ class Bufs:
   """The compute warpgroup's shared memory (the `smem` tiling throughout):
   q [N, d] bf16; p [N, block_kv] bf16 (P, written as Pᵀ through a
   transposed view: wgmma takes one swizzle for both operands); out [d, N] (Oᵀ: q's dtype with
-  one split, else float32); lse [N] f32 or None; k, v [STAGES16, block_kv,
-  d] bf16; k_scales, v_scales [stages, block_kv] f32 (the 8-bit ring's)."""
+  one split, else float32); lse [N] f32 or None; k [stages, block_kv, d]
+  8-bit (the ring's); v [STAGES16, block_kv, d] bf16; k_scales, v_scales
+  [stages, block_kv] f32 (the ring's); k_tile [CHUNK_ROWS, d] bf16 in
+  interpret mode only, else None (see _k_chunk)."""
   q: object
   p: object
   out: object
@@ -54,6 +71,7 @@ class Bufs:
   v: object
   k_scales: object
   v_scales: object
+  k_tile: object = None
 
 
 def buffers(cfg, head_dim: int, cols: int, smem) -> list:
@@ -100,14 +118,17 @@ def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, masked):
   """One step: Sᵀ, scales and mask, online softmax over the keys, Oᵀ += Vᵀ Pᵀ."""
   acc, m_prev, sums = carry  # [d, N] f32, [N] f32, [block_kv, N] f32
   slot, ring = lax.rem(step, stages16), lax.rem(step, cfg.stages)
-  plgpu.barrier_wait(bars["k_ready"].at[slot])
+  plgpu.barrier_wait(bars["k8_ready"].at[ring])
 
   def qk(acc_ref):  # acc_ref [block_kv, N] f32
-    plgpu.wgmma(acc_ref, bufs.k.at[slot], bufs.q.transpose((1, 0)))
+    for r0 in range(0, cfg.block_kv, CHUNK_ROWS):
+      rows = pl.ds(r0, CHUNK_ROWS)
+      plgpu.wgmma(acc_ref.at[rows], _k_chunk(bufs, ring, rows),
+                  bufs.q.transpose((1, 0)))
     return acc_ref[...]
 
   s = pl.run_scoped(qk, plgpu.ACC((cfg.block_kv, bufs.q.shape[0]), jnp.float32))
-  plgpu.barrier_arrive(bars["k_free"].at[slot])
+  plgpu.barrier_arrive(bars["k8_free"].at[ring])
   k_scale = plgpu.load(bufs.k_scales.at[ring], layout=KEYS)
   s = s * lax.broadcast_in_dim(k_scale * (cfg.scale * LOG2E), s.shape, [0])
   if masked:
@@ -136,3 +157,30 @@ def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, masked):
   plgpu.barrier_arrive(bars["v_free"].at[slot])
   plgpu.barrier_arrive(bars["s_free"].at[ring])
   return acc, m_new, sums
+
+
+def _k_chunk(bufs: Bufs, ring, rows):
+  """K's `rows` of 8-bit ring stage `ring` as bf16 in registers (wgmma's
+  LAYOUT), or, in interpret mode, through bufs.k_tile.
+
+  NOTE: Mosaic GPU's interpreter takes wgmma operands from shared memory
+  only; there the converted chunk is stored to k_tile first (the same
+  numbers: the conversion is exact either way).
+  """
+  x = plgpu.load(bufs.k.at[ring].at[rows], layout=LOAD8_LAYOUT)
+  k = plgpu.layout_cast(to_bf16(x), LAYOUT)
+  if bufs.k_tile is None:
+    return k
+  bufs.k_tile[...] = k
+  plgpu.commit_smem()
+  return bufs.k_tile
+
+
+def to_bf16(x):
+  """8-bit stored values (int8, or e4m3 bits in uint8) as bf16, exactly."""
+  number = quantization.format_of(x.dtype).number
+  if number == jnp.int8:
+    return x.astype(jnp.bfloat16)
+  # NOTE: no e4m3 -> bf16 instruction: via f16 (cvt e4m3x2) and f32.
+  return lax.bitcast_convert_type(x, number).astype(jnp.float32).astype(
+      jnp.bfloat16)

@@ -124,7 +124,7 @@ def test_shared_memory_counts_the_8_bit_stages():
   q = spec((8, 32, 128), jnp.bfloat16)
   cache = quantization.QuantizedKV(spec((64, 8, 2, 16, 128), jnp.int8),
                                    spec((64, 8, 2, 16), jnp.float32))
-  fits, over = C(block_kv=128, stages=2), C(block_kv=128, stages=3)
+  fits, over = C(block_kv=128, stages=4), C(block_kv=128, stages=5)
   assert decode_mosaic.supports(q, cache, fits)
   assert not decode_mosaic.supports(q, cache, over)
   assert decode_mosaic.supports(q, cache, C(block_kv=64, stages=8))
