@@ -214,7 +214,7 @@ def write_table(entries: list[dict], table_dir: str | None = None) -> str:
       f"{tuning.device_slug(kind)}.json")
   old = json.loads(path.read_text()) if path.exists() else {"device_kind": kind}
   key = lambda e: (e["batch"], e["context"], e["kv_heads"], e["head_dim"],
-                   e["block_size"], e["itemsize"])
+                   e["block_size"], e.get("kv_cache_dtype", "bfloat16"))
   new = {key(e) for e in entries}
   kept = [e for e in old.get("decode_mosaic", []) if key(e) not in new]
   old["decode_mosaic"] = kept + entries

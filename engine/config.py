@@ -6,7 +6,7 @@ import dataclasses
 from engine.context_limit import check_fits_cache
 
 from engine.kv_layout import BLOCK_SIZES as _BLOCK_SIZES
-from engine.kv_layout import KV_CACHE_DTYPES, is_quantized
+from engine.kv_layout import KV_CACHE_DTYPES
 from engine.spec.ngram import NgramConfig
 
 
@@ -70,9 +70,6 @@ class EngineConfig:
     if self.kv_cache_dtype not in KV_CACHE_DTYPES:
       raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
                        f"got {self.kv_cache_dtype!r}")
-    if self.attention_backend == "mosaic" and is_quantized(self.cache_dtype):
-      raise ValueError(f"attention_backend 'mosaic' does not read an 8-bit KV cache "
-                       f"(kv_cache_dtype {self.kv_cache_dtype}); use 'triton'")
     if not isinstance(self.num_decode_steps, int) or not 1 <= self.num_decode_steps <= 64:
       raise ValueError(f"num_decode_steps must be an int in 1..64, got {self.num_decode_steps!r}")
     self._check_speculative()

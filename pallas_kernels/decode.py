@@ -80,15 +80,17 @@ def _problem_class(q, kv_cache, block_tables) -> tuple:
 def _mosaic_config(q, kv_cache, block_tables, num_splits):
   """The Mosaic decode's tiling (the table's, else heuristics; an explicit num_splits
   overrides the split), or None where it does not run: float32 caches, head_dim % 64
-  != 0, and 8-bit caches (the Triton kernel takes those)."""
-  # NOTE: decode_mosaic reads 8-bit caches too (decode_mosaic_q8.py): on the H200
-  # it beat the Triton kernel for e4m3 (1.64x at 64 x 4096, 1.09x at 256 x 1024)
-  # and int8 at 64 x 4096 (1.29x) but not int8 at 256 x 1024 (0.95x), and its
-  # engine step was not measured (docs/benchmarks.md, 2026-12-03): 8-bit caches
-  # stay on Triton until it is.
+  != 0, and 8-bit caches the device's table has not measured faster than Triton."""
+  problem = _problem_class(q, kv_cache, block_tables)
+  name = quantization.name_of(kv_cache)
+  # NOTE: an 8-bit cache takes the Mosaic decode (decode_mosaic_q8.py) only where
+  # its nearest table entry beat the Triton kernel in the same run: on the H200 it
+  # did not everywhere (docs/benchmarks.md), and no table means no measurement.
   if quantization.is_quantized(kv_cache):
-    return None
-  cfg = tuning.decode_mosaic_config(*_problem_class(q, kv_cache, block_tables))
+    entry = tuning.decode_mosaic_entry(*problem[:6], name)
+    if entry is None or not entry["us"] < entry["triton_us"]:
+      return None
+  cfg = tuning.decode_mosaic_config(*problem, kv_cache_dtype=name)
   if num_splits is not None:
     cfg = dataclasses.replace(cfg, num_splits=num_splits)
   return cfg if decode_mosaic.supports(q, kv_cache, cfg) else None

@@ -71,6 +71,14 @@ def storage_dtype(name: str) -> jnp.dtype:
   return FORMATS[name].storage if name in FORMATS else jnp.dtype(name)
 
 
+def name_of(kv_cache) -> str:
+  """The KV-cache dtype name of a cache ('int8', 'float8_e4m3', 'bfloat16', ...)."""
+  if not is_quantized(kv_cache):
+    return jnp.dtype(kv_cache.dtype).name
+  storage = jnp.dtype(kv_cache.values.dtype)
+  return next(name for name, fmt in FORMATS.items() if fmt.storage == storage)
+
+
 def format_of(storage) -> Format:
   """The 8-bit format stored in arrays of dtype `storage` (int8 or uint8)."""
   for fmt in FORMATS.values():

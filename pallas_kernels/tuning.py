@@ -75,24 +75,36 @@ def decode_config(device_kind: str, batch: int, num_kv_heads: int, max_blocks: i
 
 def decode_mosaic_config(device_kind: str, batch: int, num_kv_heads: int,
                          max_blocks: int, block_size: int, head_dim: int,
-                         itemsize: int):
+                         itemsize: int, kv_cache_dtype: str = "bfloat16"):
   """The Mosaic decode kernel's tiling (a DecodeMosaicConfig) for this
   problem: the nearest "decode_mosaic" entry of the device's table, its
   splits rescaled as decode_config's; else heuristics.decode_mosaic_config."""
-  entries = [e for e in load_table(device_kind).get("decode_mosaic", ())
-             if e["block_size"] == block_size and e["head_dim"] == head_dim
-             and e["itemsize"] == itemsize]
-  if not entries:
+  e = decode_mosaic_entry(device_kind, batch, num_kv_heads, max_blocks,
+                          block_size, head_dim, kv_cache_dtype)
+  if e is None or e["itemsize"] != itemsize:
     return heuristics.decode_mosaic_config(batch, num_kv_heads, max_blocks,
                                            block_size)
-  programs = batch * num_kv_heads
-  e = min(entries, key=lambda e: _distance(e, programs, max_blocks * block_size))
   steps = -(-max_blocks * block_size // e["block_kv"])
   measured = e["batch"] * e["kv_heads"] * e["num_splits"]
-  splits = min(_pow2_at_most(measured / programs), heuristics.MAX_SPLITS,
-               _pow2_at_most(steps))
+  splits = min(_pow2_at_most(measured / (batch * num_kv_heads)),
+               heuristics.MAX_SPLITS, _pow2_at_most(steps))
   return DecodeMosaicConfig(block_kv=e["block_kv"], stages=e["stages"],
                             num_splits=splits)
+
+
+def decode_mosaic_entry(device_kind: str, batch: int, num_kv_heads: int,
+                        max_blocks: int, block_size: int, head_dim: int,
+                        kv_cache_dtype: str = "bfloat16") -> dict | None:
+  """The device table's "decode_mosaic" entry nearest to this problem among
+  those of its block size, head_dim and KV-cache dtype (entries without a
+  kv_cache_dtype are bfloat16's), or None."""
+  entries = [e for e in load_table(device_kind).get("decode_mosaic", ())
+             if e["block_size"] == block_size and e["head_dim"] == head_dim
+             and e.get("kv_cache_dtype", "bfloat16") == kv_cache_dtype]
+  if not entries:
+    return None
+  programs = batch * num_kv_heads
+  return min(entries, key=lambda e: _distance(e, programs, max_blocks * block_size))
 
 
 def heuristic_decode_config(batch: int, num_kv_heads: int, max_blocks: int, block_size: int,

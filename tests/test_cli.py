@@ -131,8 +131,6 @@ def test_prefix_cache_switch_is_one_flag():
     (["generate", "--max-tokens", "0", SKY], "--max-tokens"),
     (["generate", "--block-size", "12", SKY], "--block-size"),
     (["generate", "--kv-cache-dtype", "int4", SKY], "--kv-cache-dtype"),
-    (["generate", "--kv-cache-dtype", "int8", "--attention-backend", "mosaic", SKY],
-     "--kv-cache-dtype"),
     (["generate", "--max-num-seqs", "0", SKY], "--max-num-seqs"),
     (["batch", "--input", __file__, "--output", "x.jsonl", "--temperature", "-1"],
      "--temperature"),

@@ -71,3 +71,18 @@ def test_an_8_bit_cache_is_probed_against_bf16(tmp_path):
   # 8-bit stages take shared memory too: at block_kv 128 the ring stops at 4.
   assert len(probe.grid(8, 4096, 8, (128,), (4, 5), (1,), quantized=True)) == 1
   assert len(probe.grid(8, 4096, 8, (128,), (2, 3), (1,))) == 2
+
+
+def test_a_table_merge_keeps_the_other_kv_dtypes_of_a_shape(tmp_path):
+  shape = dict(batch=64, context=4096, kv_heads=8, head_dim=128, block_size=16)
+  bf16 = dict(shape, itemsize=2, block_kv=128, stages=2, num_splits=1)
+  e4m3 = dict(shape, itemsize=1, kv_cache_dtype="float8_e4m3", block_kv=128, stages=4,
+              num_splits=1)
+  int8 = dict(e4m3, kv_cache_dtype="int8")
+  probe.write_table([bf16, e4m3], str(tmp_path))
+  probe.write_table([int8], str(tmp_path))
+  probe.write_table([dict(int8, stages=3)], str(tmp_path))
+  out = json.loads((tmp_path / "cpu.json").read_text())["decode_mosaic"]
+  assert sorted(e.get("kv_cache_dtype", "bfloat16") for e in out) == [
+      "bfloat16", "float8_e4m3", "int8"]
+  assert dict(int8, stages=3) in out  # a re-measured class replaces its own entry

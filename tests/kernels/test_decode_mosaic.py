@@ -18,6 +18,7 @@ import pallas_kernels as pk
 from pallas_kernels import decode_mosaic
 from pallas_kernels import heuristics
 from pallas_kernels import quantization
+from pallas_kernels import tuning
 from tests.kernels import helpers
 
 BF16 = ml_dtypes.bfloat16
@@ -162,9 +163,10 @@ def test_config_rejects_bad_tiles():
     C(num_splits=0)
 
 
-def test_backend_mosaic_runs_it_for_16_bit_caches_only(monkeypatch):
-  """bf16 goes to decode_mosaic with the tuned tiling; float32 and int8 run Triton
-  (the 8-bit Mosaic decode is slower than Triton's at the engine's batches)."""
+def test_backend_mosaic_runs_it_for_bf16_and_8_bit_where_the_table_measured_it_faster(
+    monkeypatch):
+  """bf16 goes to decode_mosaic with the tuned tiling; float32 runs Triton; an
+  8-bit cache runs Mosaic only where its nearest table entry beat Triton."""
   calls = []
   real = decode_mosaic.decode_mosaic
   monkeypatch.setattr(decode_mosaic, "decode_mosaic",
@@ -183,8 +185,15 @@ def test_backend_mosaic_runs_it_for_16_bit_caches_only(monkeypatch):
   assert len(calls) == 2  # Triton ran it
   assert helpers.rel_err(np.asarray(out, np.float64), want) < helpers.tolerance(BF16)
   cache = quantization.QuantizedKV(*quantization.quantize(jnp.nan_to_num(args[1]), jnp.int8))
-  out = pk.paged_decode_attention(args[0], cache, *args[2:], backend="mosaic",
-                                  interpret=helpers.INTERPRET)
-  assert len(calls) == 2  # Triton ran it
   ref = pk.paged_decode_attention_reference(args[0], cache, *args[2:])
-  assert helpers.rel_err(np.asarray(out, np.float64), ref) < helpers.tolerance(BF16)
+  entry = dict(batch=2, context=4096, kv_heads=2, head_dim=64, block_size=16, itemsize=1,
+               kv_cache_dtype="int8", block_kv=64, stages=3, num_splits=1)
+  for us, ran in ((300.0, False), (200.0, True), (None, False)):  # Triton took 250
+    table = {"decode_mosaic": [dict(entry, us=us, triton_us=250.0)] if us else []}
+    monkeypatch.setattr(tuning, "load_table", lambda kind, t=table: t)
+    before = len(calls)
+    out = pk.paged_decode_attention(args[0], cache, *args[2:], backend="mosaic",
+                                    interpret=helpers.INTERPRET)
+    assert len(calls) - before == ran, (us, calls)
+    assert helpers.rel_err(np.asarray(out, np.float64), ref) < helpers.tolerance(BF16)
+  assert calls[-1] == C(block_kv=64, stages=3)

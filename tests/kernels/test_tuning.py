@@ -111,12 +111,17 @@ MOSAIC_FIELDS = {"batch", "context", "kv_heads", "head_dim", "block_size", "item
 @pytest.mark.parametrize("path", TABLES, ids=lambda p: p.stem)
 def test_mosaic_decode_entries_are_valid_tilings_that_fit(path):
   from pallas_kernels.decode_mosaic import DecodeMosaicConfig  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.decode_mosaic_q8_compute import q_cols  # pylint: disable=g-import-not-at-top
   from pallas_kernels.prefill_mosaic import SMEM_BYTES  # pylint: disable=g-import-not-at-top
   for e in json.loads(path.read_text()).get("decode_mosaic", []):
     assert MOSAIC_FIELDS <= set(e), e
     cfg = DecodeMosaicConfig(block_kv=e["block_kv"], stages=e["stages"],
                              num_splits=e["num_splits"])
-    assert cfg.smem_bytes(e["head_dim"], e["itemsize"]) <= SMEM_BYTES, e
+    # An 8-bit entry's q is bf16, its query tile the group's q_cols columns.
+    cols = 0 if e["itemsize"] == 2 else q_cols(e["q_heads"] // e["kv_heads"])
+    assert cfg.smem_bytes(e["head_dim"], 2, cols) <= SMEM_BYTES, e
+    assert e.get("kv_cache_dtype", "bfloat16") in (
+        ("bfloat16",) if e["itemsize"] == 2 else ("int8", "float8_e4m3")), e
     assert e["num_splits"] * e["block_kv"] <= e["context"], e
 
 
@@ -139,3 +144,11 @@ def test_mosaic_decode_nearest_entry_else_heuristics(monkeypatch):
   assert tuning.decode_mosaic_config("x", 1, 8, 4, 16, 128, 2).num_splits == 1
   assert tuning.decode_mosaic_config("x", 64, 8, 128, 32, 128, 2) == (
       heuristics.decode_mosaic_config(64, 8, 128, 32))
+  # An 8-bit KV dtype takes its own entries only (none of bf16's).
+  assert tuning.decode_mosaic_entry("x", 64, 8, 128, 16, 128, "int8") is None
+  int8 = dict(entries[1], itemsize=1, kv_cache_dtype="int8", block_kv=128, stages=4)
+  entries.append(int8)
+  assert tuning.decode_mosaic_entry("x", 64, 8, 128, 16, 128, "int8") is int8
+  assert tuning.decode_mosaic_entry("x", 64, 8, 128, 16, 128, "float8_e4m3") is None
+  assert tuning.decode_mosaic_config("x", 8, 8, 512, 16, 128, 1, "int8") == C(128, 4, 2)
+  assert tuning.decode_mosaic_entry("x", 64, 8, 128, 16, 128)["itemsize"] == 2
