@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import itertools
 import json
 import os
@@ -196,7 +197,13 @@ def bench_model(name: str, batch: int, bandwidth: float, prompt_len: int = PROMP
           "step_over_roofline": step_s / roofline,
           "engine_step_wall_ms": wall_per_decode * 1e3,
           "gpu_idle_fraction": max(0.0, 1 - multi_s / wall_per_decode),
-          "compilations": llm.engine.stats().num_compilations}
+          "compilations": llm.engine.stats().num_compilations,
+          "row_tokens_sha1": [token_digest(o.token_ids) for o in outs]}
+
+
+def token_digest(token_ids) -> str:
+  """A short digest of one row's generated tokens (runs compare rows by it)."""
+  return hashlib.sha1(np.asarray(token_ids, np.int64).tobytes()).hexdigest()[:12]
 
 
 def _fmt(x, spec: str) -> str:
