@@ -2,7 +2,7 @@
 
 Usage: PYTHONPATH=. python3 -m benchmarks.decode_mosaic_probe [--out DIR]
            [--shapes 64x2048/16,8x8192/128] [--block-kv 64,128]
-           [--stages 2,3,4] [--splits 1,2,4,8] [--compute-wgs 1,2] [--max-ctas 2112]
+           [--stages 2,3,4] [--splits 1,2,4,8] [--max-ctas 2112]
            [--kv-dtype bfloat16,int8,float8_e4m3] [--job_timeout_s 240]
            [--write-table [--table-dir DIR]] [--interpret]
 
@@ -53,19 +53,16 @@ def parse_shape(name: str) -> tuple[int, int, int]:
 
 
 def grid(batch: int, ctx: int, hkv: int, block_kv, stages, splits,
-         max_ctas: int = 16 * 132, quantized: bool = False, compute_wgs=(1,)):
-  """(block_kv, stages, splits, compute_wgs) points with >= one step per
-  split and at most `max_ctas` CTAs (at least the one-split points); two
-  compute warpgroups for 8-bit caches with an even ring only."""
+         max_ctas: int = 16 * 132, quantized: bool = False):
+  """(block_kv, stages, splits) points with >= one step per split and at
+  most `max_ctas` CTAs (at least the one-split points)."""
   from pallas_kernels.decode_mosaic import DecodeMosaicConfig  # pylint: disable=g-import-not-at-top
   from pallas_kernels.prefill_mosaic import SMEM_BYTES  # pylint: disable=g-import-not-at-top
   from pallas_kernels.decode_mosaic_q8_compute import q_cols  # pylint: disable=g-import-not-at-top
   cols = q_cols(HEADS[0] // HEADS[1]) if quantized else 0
   out = []
-  for wgs, bkv, st, ns in itertools.product(compute_wgs, block_kv, stages, splits):
-    if wgs > 1 and not (quantized and st % wgs == 0):
-      continue
-    cfg = DecodeMosaicConfig(block_kv=bkv, stages=st, num_splits=ns, compute_wgs=wgs)
+  for bkv, st, ns in itertools.product(block_kv, stages, splits):
+    cfg = DecodeMosaicConfig(block_kv=bkv, stages=st, num_splits=ns)
     if (cfg.smem_bytes(HEADS[2], 2, cols) <= SMEM_BYTES and ns * bkv <= ctx
         and (ns == 1 or batch * hkv * ns <= max_ctas)):
       out.append(cfg)
@@ -102,15 +99,14 @@ def child(args) -> None:
        us_quarter=timed(triton, *with_length(problem, ctx // 4)),
        err=rel_err(jax.jit(triton)(*problem), ref))
   for cfg in grid(batch, ctx, hkv, args.block_kv, args.stages, args.splits,
-                  args.max_ctas, kv_dtype != "bfloat16", args.compute_wgs):
+                  args.max_ctas, kv_dtype != "bfloat16"):
     f = jax.jit(functools.partial(decode_mosaic, scale=scale, config=cfg,
                                   interpret=interpret))
     t0 = time.time()
     exe = guarded(lambda f=f: f.lower(*problem).compile(), limit=1200)
     row = dict(kind="mosaic", config=dict(block_kv=cfg.block_kv,
                                           stages=cfg.stages,
-                                          num_splits=cfg.num_splits,
-                                          compute_wgs=cfg.compute_wgs),
+                                          num_splits=cfg.num_splits),
                compile_s=time.time() - t0)
     if isinstance(exe, str):
       emit(**row, error=exe)
@@ -134,7 +130,7 @@ def run_shape(shape: str, kv_dtype: str, args) -> list[dict]:
          shape, f"--max-ctas={args.max_ctas}", f"--kv-dtype={kv_dtype}"] + (
              ["--interpret"] if args.interpret else []) + [
              f"--{k.replace('_', '-')}={','.join(map(str, getattr(args, k)))}"
-             for k in ("block_kv", "stages", "splits", "compute_wgs")]
+             for k in ("block_kv", "stages", "splits")]
   try:
     done = subprocess.run(cmd, capture_output=True, text=True,
                           timeout=args.job_timeout_s, check=False)
@@ -158,18 +154,17 @@ def summarize(shape: str, kv_dtype: str, rows: list[dict]) -> tuple[list[str], d
   ok = [r for r in rows if r["kind"] == "mosaic" and "us" in r
         and r["err"] < TOLERANCE]
   pct = lambda us: 100 * read["us"] / us if read else float("nan")
-  lines = [f"### {shape} {kv_dtype}", "", "| block_kv | stages | splits | compute wgs | µs "
-           "| % of read-only | rows at ctx/4 µs | rel err | compile s |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  lines = [f"### {shape} {kv_dtype}", "", "| block_kv | stages | splits | µs | % of read-only"
+           " | rows at ctx/4 µs | rel err | compile s |", "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     if r["kind"] != "mosaic":
       continue
     c = r["config"]
     if "error" in r:
-      lines.append(f"| {tiling(c, ' | ')} | "
+      lines.append(f"| {c['block_kv']} | {c['stages']} | {c['num_splits']} | "
                    f"error: {r['error'].splitlines()[0][:120]} ||||")
       continue
-    lines.append(f"| {tiling(c, ' | ')} | "
+    lines.append(f"| {c['block_kv']} | {c['stages']} | {c['num_splits']} | "
                  f"{r['us']:.1f} | {pct(r['us']):.0f} % | {r['us_quarter']:.1f} | "
                  f"{r['err']:.1e} | {r['compile_s']:.1f} |")
   best = pick(ok)
@@ -178,12 +173,6 @@ def summarize(shape: str, kv_dtype: str, rows: list[dict]) -> tuple[list[str], d
                  best=best, wrong=[r["config"] for r in rows if r["kind"] == "mosaic"
                                    and "err" in r and r["err"] >= TOLERANCE])
   return lines, summary
-
-
-def tiling(c: dict, sep: str) -> str:
-  """A row's config as block_kv, stages, splits, compute warpgroups."""
-  return sep.join(str(c.get(k, 1)) for k in ("block_kv", "stages", "num_splits",
-                                             "compute_wgs"))
 
 
 def pick(ok: list[dict]) -> dict | None:
@@ -240,7 +229,7 @@ def summary_table(summaries: list[dict]) -> list[str]:
   """One row per shape and KV dtype; "vs bf16" is the best Mosaic time over
   the bf16 cache's best at the same shape."""
   lines = ["| shape | KV dtype | read-only µs | Triton µs (% of read) | Mosaic best µs "
-           "(% of read) | vs Triton | vs bf16 | best: block_kv/stages/splits/wgs | rel err "
+           "(% of read) | vs Triton | vs bf16 | best: block_kv/stages/splits | rel err "
            "| wrong tilings |", "|---|---|---|---|---|---|---|---|---|---|"]
   bf16 = {s["shape"]: s["best"]["us"] for s in summaries
           if s["kv_dtype"] == "bfloat16" and s["best"]}
@@ -255,7 +244,7 @@ def summary_table(summaries: list[dict]) -> list[str]:
     lines.append(
         f"| {s['shape']} | {s['kv_dtype']} | {read:.1f} | {tri:.1f} ({100 * read / tri:.0f} %) | "
         f"{best['us']:.1f} ({100 * read / best['us']:.0f} %) | {tri / best['us']:.2f}x | {vs} | "
-        f"{tiling(c, '/')} | {best['err']:.1e} | "
+        f"{c['block_kv']}/{c['stages']}/{c['num_splits']} | {best['err']:.1e} | "
         f"{len(s['wrong'])} |")
   return lines
 
@@ -269,8 +258,6 @@ def main():
   p.add_argument("--block-kv", type=ints, default=(64, 128), help="default: 64,128")
   p.add_argument("--stages", type=ints, default=(2, 3, 4), help="default: 2,3,4")
   p.add_argument("--splits", type=ints, default=(1, 2, 4, 8), help="default: 1,2,4,8")
-  p.add_argument("--compute-wgs", type=ints, default=(1, 2),
-                 help="compute warpgroups (2: 8-bit caches, even stages only; default: 1,2)")
   p.add_argument("--max-ctas", type=int, default=16 * 132,
                  help="skip split counts giving more CTAs (default: %(default)s)")
   p.add_argument("--write-table", action="store_true",

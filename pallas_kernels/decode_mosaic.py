@@ -45,7 +45,6 @@ class DecodeMosaicConfig:
   block_kv: int = 128  # cache tokens per pipeline step: 64, 128 or 256
   stages: int = 2  # K/V stages in flight, >= 2
   num_splits: int = 1  # CTAs per (row, KV head), each a run of whole steps
-  compute_wgs: int = 1  # compute warpgroups taking alternate steps (8-bit caches: 1 or 2)
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):
@@ -54,8 +53,6 @@ class DecodeMosaicConfig:
       raise ValueError(f"stages must be >= 2, got {self.stages}")
     if self.num_splits < 1:
       raise ValueError(f"num_splits must be >= 1, got {self.num_splits}")
-    if self.compute_wgs not in (1, 2):
-      raise ValueError(f"compute_wgs must be 1 or 2, got {self.compute_wgs}")
 
   def smem_bytes(self, head_dim: int, itemsize: int, q8_cols: int = 0) -> int:
     """Shared memory of the Q/O tile, the K/V stages, the split partials and
@@ -72,17 +69,15 @@ class DecodeMosaicConfig:
 def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
   """Whether the Mosaic kernel runs these operands with `config`: a 16-bit q
   over a cache of its dtype or a bf16 q over an 8-bit one, head_dim % 64 ==
-  0, group <= 64, shared memory fits; two compute warpgroups over an 8-bit
-  cache only, with `stages` a multiple of two."""
+  0, group <= 64, shared memory fits."""
   quantized = quantization.is_quantized(kv_cache)
   values = quantization.values_of(kv_cache)
   hkv, head_dim = values.shape[1], values.shape[4]
   itemsize, group = q.dtype.itemsize, q.shape[1] // hkv
   cols = q_cols(group) if quantized else 0
-  wgs_ok = config.compute_wgs == 1 or (quantized and config.stages % 2 == 0)
   return (itemsize == 2 and (q.dtype == jnp.bfloat16 if quantized
                              else q.dtype == values.dtype)
-          and wgs_ok and head_dim % 64 == 0 and group <= ROWS_PER_WG
+          and head_dim % 64 == 0 and group <= ROWS_PER_WG
           and config.smem_bytes(head_dim, itemsize, cols) <= SMEM_BYTES)
 
 
@@ -115,7 +110,7 @@ def decode_mosaic(q, kv_cache, block_tables, lengths, *, scale,
       num_splits=config.num_splits,
       q_rows=q_cols(group) if quantized else -(-group // ALIGN) * ALIGN,
       p_in_regs=not interpret, max_blocks=block_tables.shape[1],
-      scale=scale, compute_wgs=config.compute_wgs)
+      scale=scale)
   qp = q.reshape(batch, hkv, group, head_dim)
   if cfg.q_rows != group:
     qp = jnp.pad(qp, ((0, 0), (0, 0), (0, cfg.q_rows - group), (0, 0)))

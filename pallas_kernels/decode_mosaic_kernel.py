@@ -46,7 +46,6 @@ class Static:
   p_in_regs: bool  # as prefill_mosaic_kernel.Static (False in interpret mode)
   max_blocks: int  # block-table row length
   scale: float  # softmax scale
-  compute_wgs: int = 1  # compute warpgroups (the 8-bit kernel's: 1 or 2)
 
 
 def _cdiv(a, b: int):

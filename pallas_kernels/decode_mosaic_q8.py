@@ -11,27 +11,26 @@ own:
   V converter        64 rows at a time, 8-bit stage -> registers -> bf16
                      into the compute warpgroup's STAGES16 stages; a pure bit
                      conversion, no scale; rows past the row's end zeroed;
-  compute warpgroups decode_mosaic_q8_compute.consumer (cfg.compute_wgs, 1
-                     or 2, on alternate steps), transposed (keys as wgmma's
-                     M, the GQA group as N), K converted in registers as
-                     wgmma's A operand; K's per-key scales multiply Sᵀ's
-                     rows, V's Pᵀ's rows before P V (float32).
+  compute warpgroup  decode_mosaic_q8_compute.consumer, transposed (keys as
+                     wgmma's M, the GQA group as N), K converted in its
+                     registers as wgmma's A operand; K's per-key scales
+                     multiply Sᵀ's rows, V's Pᵀ's rows before P V (float32).
 
 int8 -> bf16 is Mosaic GPU's prmt/sub.bf16x2 sequence (no integer-to-float
 instruction); e4m3 goes through f16 and f32. NOTE (H200, 2026-12-03,
 docs/benchmarks.md): with a K converter warpgroup and 16-bit K stages this
 kernel took 0.95-1.11x the bf16 kernel's time where the bytes say 0.44x;
-with K in registers, 0.85-1.06x; 2, 3 or 4 8-bit stages gave the same
-times, so not the bytes in flight but one compute warpgroup's serial step
-(wait, convert, wgmma, softmax, P store, wgmma) bound it: two compute
-warpgroups (cfg.compute_wgs) overlap two such chains.
+with K in registers 0.85-1.06x. 2, 3 or 4 8-bit stages time the same, and
+neither conversion bounds it: without the V conversion 0.88x the time,
+without K's loads and conversion none faster; two compute warpgroups on
+alternate steps were no faster (and raced on the GPU), so the kernel has
+one.
 
 Barriers per stage s of the 8-bit ring: k8_ready/v8_ready (TMA landed: a
-values copy per block and the scales copy), k8_free (a compute warpgroup
-has read K), v8_free (converted), s_free (a compute warpgroup has read the
-step's scales); per 16-bit stage: v_ready (written and fenced), v_free (a
-compute warpgroup is done); merge (warpgroup 1's partial state is in shared
-memory; two compute warpgroups only).
+values copy per block and the scales copy), k8_free (the compute warpgroup
+has read K), v8_free (converted), s_free (the compute warpgroup has read the
+step's scales); per 16-bit stage: v_ready (written and fenced), v_free (the
+compute warpgroup is done).
 
 NOTE: the scales are gathered outside the kernel (an XLA gather of 1/32 of
 the values' bytes at head_dim 128) because a KV block's 16 scales are 64
@@ -66,20 +65,13 @@ from pallas_kernels.prefill_mosaic_memory import issue_copies
 # storing WGMMA_8BIT-laid bf16 into the swizzled 16-bit stage faulted with a
 # misaligned address on the H200 (jax 0.11.2).
 LAYOUT = compute.LAYOUT
-# NOTE: per thread, beside the compute warpgroups' (compute.COMPUTE_REGISTERS)
-# and the memory warpgroup's 40: 256 + 40 + 104 <= 3 * 168 (64K registers
-# over 384 threads); 2 * 176 + 40 + 104 <= 4 * 128.
+# NOTE: per thread, beside the compute warpgroup's 256 and the memory
+# warpgroup's 40: 256 + 40 + 104 <= 3 * 168 (64K over 384 threads).
 CONVERT_REGISTERS = 104
-
-
-def warpgroups(cfg) -> int:
-  """cfg.compute_wgs compute warpgroups, then the memory one, then the V converter."""
-  return cfg.compute_wgs + 2
-
-
-# NOTE: the 16-bit V stages the compute warpgroups read are two whatever the
+WARPGROUPS = 3  # compute, memory, V converter
+# NOTE: the 16-bit V stages the compute warpgroup reads are two whatever the
 # config's `stages` (the 8-bit ring's depth), so shared memory holds a
-# deeper 8-bit ring; two, so each of two compute warpgroups has its own.
+# deeper 8-bit ring.
 STAGES16 = 2
 
 
@@ -87,12 +79,10 @@ def smem_bytes(config, head_dim: int, cols: int) -> int:
   """Shared memory of the buffers (before Mosaic's alignment) for a
   DecodeMosaicConfig and `cols` query columns."""
   out = 4 if config.num_splits > 1 else 2
-  wgs = config.compute_wgs
-  tiles = (cols * head_dim + wgs * config.block_kv * cols) * 2 + head_dim * cols * out
-  merge = (head_dim * cols + 2 * cols) * 4 if wgs > 1 else 0
+  tiles = (cols * head_dim + config.block_kv * cols) * 2 + head_dim * cols * out
   stages16 = STAGES16 * config.block_kv * head_dim * 2  # V only
   stages8 = 2 * config.stages * config.block_kv * (head_dim + 4)
-  return tiles + cols * 4 + merge + stages16 + stages8
+  return tiles + cols * 4 + stages16 + stages8
 
 
 def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
@@ -108,11 +98,12 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
     out_type = (jax.ShapeDtypeStruct(part + (head_dim, cols), jnp.float32),
                 jax.ShapeDtypeStruct(part + (cols,), jnp.float32))
   out = plgpu.kernel(
-      functools.partial(_entry, cfg=cfg), out_type=out_type,
+      functools.partial(_entry, cfg=cfg, interpret=bool(interpret)),
+      out_type=out_type,
       grid=(batch, hkv, cfg.num_splits), grid_names=("row", "head", "split"),
-      num_threads=warpgroups(cfg), thread_name="wg",
+      num_threads=WARPGROUPS, thread_name="wg",
       compiler_params=plgpu.CompilerParams(approx_math=True),
-      interpret=interpret_params(interpret, warpgroups(cfg)),
+      interpret=interpret_params(interpret, WARPGROUPS),
       kernel_name="paged_decode_mosaic_q8",
   )(lengths, block_tables.reshape(-1), qp, kv_cache.values, scales)
   if cfg.num_splits == 1:
@@ -120,38 +111,35 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
   return out[0].swapaxes(-1, -2), out[1]
 
 
-def _entry(len_ref, bt_ref, q_ref, values_ref, scales_ref, *out_refs, cfg):
+def _entry(len_ref, bt_ref, q_ref, values_ref, scales_ref, *out_refs, cfg,
+           interpret):
   """Allocates shared memory and barriers, then splits by warpgroup.
 
   len_ref int32 [batch]; bt_ref int32 [batch * max_blocks]; q_ref [batch,
   hkv, N, d] bf16; values_ref [num_blocks, hkv, 2, block_size, d] int8 or
   uint8; scales_ref [batch, hkv, 2, tokens] f32 (gather_scales; all GMEM).
-  Without register wgmma operands (cfg.p_in_regs False: interpret mode) the
-  compute warpgroups get a k_tile each (decode_mosaic_q8_compute._k_chunk).
+  interpret: adds the compute warpgroup's k_tile (decode_mosaic_q8_compute).
   """
   head_dim, cols = q_ref.shape[-1], q_ref.shape[-2]
-  wgs = cfg.compute_wgs
   smem16 = (STAGES16, cfg.block_kv, head_dim)
-  k_tile = (wgs, compute.CHUNK_ROWS, head_dim)
+  k_tile = (compute.CHUNK_ROWS, head_dim)
 
   def body(*smem, **bars):
-    tiles, v16, ring, merge, k_tile = smem[:4], smem[4], smem[5:9], smem[9], smem[10]
+    tiles, v16, ring, k_tile = smem[:4], smem[4], smem[5:9], smem[9]
     span = kernel.Span(len_ref, cfg, values_ref.shape[3])
-    bufs = compute.Bufs(*tiles, ring[0], v16, ring[2], ring[3], merge, k_tile)
+    bufs = compute.Bufs(*tiles, ring[0], v16, ring[2], ring[3], k_tile)
     wg = lax.axis_index("wg")
-    for w in range(wgs):
-      pl.when(wg == w)(functools.partial(compute.consumer, span, q_ref, out_refs,
-                                         bufs, bars, cfg, STAGES16, w))
-    pl.when(wg == wgs)(lambda: producer(span, bt_ref, values_ref, scales_ref,
-                                        ring, bars, cfg))
-    pl.when(wg == wgs + 1)(lambda: converter(span, ring[1], v16, bars, cfg))
+    pl.when(wg == 0)(lambda: compute.consumer(span, q_ref, out_refs, bufs,
+                                              bars, cfg, STAGES16))
+    pl.when(wg == 1)(lambda: producer(span, bt_ref, values_ref, scales_ref,
+                                      ring, bars, cfg))
+    pl.when(wg == 2)(lambda: converter(span, ring[1], v16, bars, cfg))
 
   pl.run_scoped(
       body, *compute.buffers(cfg, head_dim, cols, smem_buffer),
       smem_buffer(smem16, jnp.bfloat16),
       *buffers(cfg, head_dim, values_ref.dtype, smem_buffer),
-      compute.merge_buffers(cfg, head_dim, cols),
-      None if cfg.p_in_regs else smem_buffer(k_tile, jnp.bfloat16),
+      smem_buffer(k_tile, jnp.bfloat16) if interpret else None,
       **barriers(cfg, values_ref.shape[3]), collective_axes="wg")
 
 
@@ -183,8 +171,7 @@ def barriers(cfg, block_size: int) -> dict:
   copies = copies_per_stage(block_size, cfg) + 1  # the values, the scales
   stage = lambda n: plgpu.Barrier(num_arrivals=n, num_barriers=cfg.stages)
   stage16 = lambda: plgpu.Barrier(num_arrivals=1, num_barriers=STAGES16)
-  merge = dict(merge=plgpu.Barrier(num_arrivals=1)) if cfg.compute_wgs > 1 else {}
-  return dict(q=plgpu.Barrier(num_arrivals=1), **merge,
+  return dict(q=plgpu.Barrier(num_arrivals=1),
               k8_ready=stage(copies), v8_ready=stage(copies),
               k8_free=stage(1), v8_free=stage(1), s_free=stage(1),
               v_ready=stage16(), v_free=stage16())

@@ -1,4 +1,4 @@
-"""The compute warpgroups of the 8-bit Mosaic decode, transposed: Sᵀ = K Qᵀ.
+"""The compute warpgroup of the 8-bit Mosaic decode, transposed: Sᵀ = K Qᵀ.
 
 Decode's query tile is a KV head's GQA group (3-8 heads in the models we
 serve). As wgmma's M (64 rows a warpgroup) it makes every step's softmax 64
@@ -17,11 +17,6 @@ operand (no 16-bit K stage, no K converter warpgroup). V goes through the V
 converter's bf16 stages (wgmma's A must be in the WGMMA layout, and a
 transposed 8-bit load has no relayout to it).
 
-With cfg.compute_wgs = 2, two such warpgroups take alternate steps (one's
-softmax runs while the other's wgmma and conversions do: one warpgroup's
-steps are a serial chain) and warpgroup 0 merges the other's (acc, max,
-sum) at the end, as split partials are merged.
-
 K's per-key scales multiply Sᵀ's rows, V's multiply Pᵀ's rows before P V.
 Each step takes one cross-warp max over the keys; the row sums stay
 elementwise over the steps ([block_kv, N], reduced once at the end). K's
@@ -38,20 +33,20 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from pallas_kernels import quantization
 from pallas_kernels.prefill_mosaic_kernel import LOG2E
 from pallas_kernels.prefill_mosaic_kernel import NEG_BIG
+
+from pallas_kernels import quantization
 
 LAYOUT = plgpu.Layout.WGMMA
 # NOTE: 8-bit chunks (K here, V in the converter) are loaded in LAYOUT, 2
 # bytes a thread-vector: WGMMA_UPCAST_2X's 4-byte loads and a shuffle to
-# LAYOUT after the conversion were slower on the H200 (e4m3 at 64 x 4096: 249
+# LAYOUT after the conversion were slower on the H200 (e4m3 at 64 x 4096: 243
 # vs 216 µs; docs/benchmarks.md, 2026-12-03).
 CHUNK_ROWS = 64  # K rows per register chunk (a WGMMA layout tile's M)
 COLS = LAYOUT.reduce(0)  # a value per query column
 KEYS = LAYOUT.reduce(1)  # a value per key row
-# NOTE: per thread, by compute warpgroups (decode_mosaic_q8 counts the rest).
-COMPUTE_REGISTERS = {1: 256, 2: 176}
+COMPUTE_REGISTERS = 256
 
 
 def q_cols(group: int) -> int:
@@ -61,16 +56,13 @@ def q_cols(group: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Bufs:
-  """The compute warpgroups' shared memory (the `smem` tiling throughout),
-  W = cfg.compute_wgs:
-  q [N, d] bf16; p [W, N, block_kv] bf16 (each warpgroup's P, written as Pᵀ
-  through a transposed view: wgmma takes one swizzle for both operands); out
-  [d, N] (Oᵀ: q's dtype with one split, else float32); lse [N] f32 or None;
-  k [stages, block_kv, d] 8-bit (the ring's); v [STAGES16, block_kv, d]
-  bf16; k_scales, v_scales [stages, block_kv] f32 (the ring's); merge:
-  (acc [d, N], m [N], l [N]) f32 of warpgroup 1 for warpgroup 0, or None
-  (W = 1); k_tile [W, CHUNK_ROWS, d] bf16 in interpret mode only, else None
-  (see _k_chunk)."""
+  """The compute warpgroup's shared memory (the `smem` tiling throughout):
+  q [N, d] bf16; p [N, block_kv] bf16 (P, written as Pᵀ through a
+  transposed view: wgmma takes one swizzle for both operands); out [d, N] (Oᵀ: q's dtype with
+  one split, else float32); lse [N] f32 or None; k [stages, block_kv, d]
+  8-bit (the ring's); v [STAGES16, block_kv, d] bf16; k_scales, v_scales
+  [stages, block_kv] f32 (the ring's); k_tile [CHUNK_ROWS, d] bf16 in
+  interpret mode only, else None (see _k_chunk)."""
   q: object
   p: object
   out: object
@@ -79,7 +71,6 @@ class Bufs:
   v: object
   k_scales: object
   v_scales: object
-  merge: object = None
   k_tile: object = None
 
 
@@ -87,77 +78,27 @@ def buffers(cfg, head_dim: int, cols: int, smem) -> list:
   """q, p, out, lse of Bufs (k, v and the scales are allocated beside)."""
   split = cfg.num_splits > 1
   return [smem((cols, head_dim), jnp.bfloat16),
-          smem((cfg.compute_wgs, cols, cfg.block_kv), jnp.bfloat16),
+          smem((cols, cfg.block_kv), jnp.bfloat16),
           smem((head_dim, cols), jnp.float32 if split else jnp.bfloat16),
           plgpu.SMEM((cols,), jnp.float32) if split else None]
 
 
-def merge_buffers(cfg, head_dim: int, cols: int):
-  """Bufs.merge: warpgroup 1's (acc, m, l), or None with one compute warpgroup."""
-  if cfg.compute_wgs == 1:
-    return None
-  return (plgpu.SMEM((head_dim, cols), jnp.float32), plgpu.SMEM((cols,), jnp.float32),
-          plgpu.SMEM((cols,), jnp.float32))
-
-
-def consumer(span, q_ref, out_refs, bufs: Bufs, bars, cfg, stages16: int,
-             wg: int = 0):
-  """Compute warpgroup `wg` of cfg.compute_wgs: attention of the group over
-  the span's steps wg, wg + W, ...; warpgroup 0 merges the others' and writes
-  the output. q_ref [batch, hkv, N, d] (GMEM); out_refs: (oᵀ [batch, hkv, d,
-  N],) or (partials [.., splits, d, N] f32, lse [.., splits, N] f32)."""
-  plgpu.set_max_registers(COMPUTE_REGISTERS[cfg.compute_wgs], action="increase")
-  if wg == 0:
-    plgpu.copy_gmem_to_smem(q_ref.at[span.row, span.head], bufs.q, bars["q"])
+def consumer(span, q_ref, out_refs, bufs: Bufs, bars, cfg, stages16: int):
+  """Attention of the group over the span's steps. q_ref [batch, hkv, N, d]
+  (GMEM); out_refs: (oᵀ [batch, hkv, d, N],) or (partials [.., splits, d, N]
+  f32, lse [.., splits, N] f32)."""
+  plgpu.set_max_registers(COMPUTE_REGISTERS, action="increase")
+  plgpu.copy_gmem_to_smem(q_ref.at[span.row, span.head], bufs.q, bars["q"])
   plgpu.barrier_wait(bars["q"])
   cols, head_dim = bufs.q.shape
   carry = (plgpu.layout_cast(jnp.zeros((head_dim, cols), jnp.float32), LAYOUT),
            plgpu.layout_cast(jnp.full((cols,), NEG_BIG, jnp.float32), COLS),
            plgpu.layout_cast(jnp.zeros((cfg.block_kv, cols), jnp.float32), LAYOUT))
-  # NOTE: warpgroup wg takes the steps wg (mod W): with stages and stages16
-  # multiples of W (supports()), every 8-bit and 16-bit slot it waits on is
-  # its own, so it observes each of their phases (barrier phases are counted
-  # per warpgroup).
-  w = cfg.compute_wgs
-  mine = lambda steps: lax.div(jnp.maximum(steps - wg, 0) + (w - 1), w)
-  step = lambda masked: lambda j, c: _step(j * w + wg, c, span, bufs, bars, cfg,
-                                           stages16, masked, wg)
-  carry = lax.fori_loop(0, mine(span.num_full), step(False), carry)
-  acc, m, sums = lax.fori_loop(mine(span.num_full), mine(span.num_steps),
-                               step(True), carry)
+  step = lambda masked: lambda i, c: _step(i, c, span, bufs, bars, cfg,
+                                           stages16, masked)
+  carry = lax.fori_loop(0, span.num_full, step(False), carry)
+  acc, m, sums = lax.fori_loop(span.num_full, span.num_steps, step(True), carry)
   l = sums.sum(axis=0)
-  if w > 1:
-    if wg == 1:
-      _hand_over(acc, m, l, bufs.merge, bars["merge"])
-      return
-    acc, m, l = _merge(acc, m, l, bufs.merge, bars["merge"])
-  _write_out(acc, m, l, span, out_refs, bufs)
-
-
-def _hand_over(acc, m, l, merge, bar):
-  """Warpgroup 1's state into merge (SMEM) for warpgroup 0."""
-  merge[0][...] = acc
-  merge[1][...] = m
-  merge[2][...] = l
-  plgpu.commit_smem()
-  plgpu.barrier_arrive(bar)
-
-
-def _merge(acc, m, l, merge, bar):
-  """This warpgroup's (acc [d, N], m [N], l [N]) merged with warpgroup 1's
-  (log2-domain maxima; an empty side has m = NEG_BIG, l = 0)."""
-  plgpu.barrier_wait(bar)
-  acc1 = plgpu.load(merge[0], layout=LAYOUT)
-  m1 = plgpu.load(merge[1], layout=COLS)
-  l1 = plgpu.load(merge[2], layout=COLS)
-  top = jnp.maximum(m, m1)
-  a0, a1 = jnp.exp2(m - top), jnp.exp2(m1 - top)
-  col = lambda a: lax.broadcast_in_dim(a, acc.shape, [1])
-  return acc * col(a0) + acc1 * col(a1), top, l * a0 + l1 * a1
-
-
-def _write_out(acc, m, l, span, out_refs, bufs: Bufs):
-  """Oᵀ normalised (and the split's log2-sum-exp) into GMEM."""
   inv = jnp.where(l > 0, 1.0 / jnp.where(l > 0, l, 1.0), 0.0)  # empty: zeros
   bufs.out[...] = (acc * lax.broadcast_in_dim(inv, acc.shape, [1])).astype(
       bufs.out.dtype)
@@ -173,8 +114,7 @@ def _write_out(acc, m, l, span, out_refs, bufs: Bufs):
   plgpu.wait_smem_to_gmem(0)
 
 
-def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, masked,
-          wg: int):
+def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, masked):
   """One step: Sᵀ, scales and mask, online softmax over the keys, Oᵀ += Vᵀ Pᵀ."""
   acc, m_prev, sums = carry  # [d, N] f32, [N] f32, [block_kv, N] f32
   slot, ring = lax.rem(step, stages16), lax.rem(step, cfg.stages)
@@ -183,7 +123,7 @@ def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, masked,
   def qk(acc_ref):  # acc_ref [block_kv, N] f32
     for r0 in range(0, cfg.block_kv, CHUNK_ROWS):
       rows = pl.ds(r0, CHUNK_ROWS)
-      plgpu.wgmma(acc_ref.at[rows], _k_chunk(bufs, ring, rows, wg),
+      plgpu.wgmma(acc_ref.at[rows], _k_chunk(bufs, ring, rows),
                   bufs.q.transpose((1, 0)))
     return acc_ref[...]
 
@@ -202,7 +142,7 @@ def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, masked,
   acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [1])
   plgpu.barrier_wait(bars["v_ready"].at[slot])
   v_scale = plgpu.load(bufs.v_scales.at[ring], layout=KEYS)
-  p_t = bufs.p.at[wg].transpose((1, 0))  # [block_kv, N], stored transposed
+  p_t = bufs.p.transpose((1, 0))  # [block_kv, N], stored transposed
   p_t[...] = (p * lax.broadcast_in_dim(v_scale, p.shape, [0])).astype(
       bufs.p.dtype)
   plgpu.commit_smem()
@@ -219,7 +159,7 @@ def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, masked,
   return acc, m_new, sums
 
 
-def _k_chunk(bufs: Bufs, ring, rows, wg: int):
+def _k_chunk(bufs: Bufs, ring, rows):
   """K's `rows` of 8-bit ring stage `ring` as bf16 in registers (wgmma's
   LAYOUT), or, in interpret mode, through bufs.k_tile.
 
@@ -230,9 +170,9 @@ def _k_chunk(bufs: Bufs, ring, rows, wg: int):
   k = to_bf16(plgpu.load(bufs.k.at[ring].at[rows], layout=LAYOUT))
   if bufs.k_tile is None:
     return k
-  bufs.k_tile.at[wg][...] = k
+  bufs.k_tile[...] = k
   plgpu.commit_smem()
-  return bufs.k_tile.at[wg]
+  return bufs.k_tile
 
 
 def to_bf16(x):

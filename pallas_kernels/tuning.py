@@ -89,7 +89,7 @@ def decode_mosaic_config(device_kind: str, batch: int, num_kv_heads: int,
   splits = min(_pow2_at_most(measured / (batch * num_kv_heads)),
                heuristics.MAX_SPLITS, _pow2_at_most(steps))
   return DecodeMosaicConfig(block_kv=e["block_kv"], stages=e["stages"],
-                            num_splits=splits, compute_wgs=e.get("compute_wgs", 1))
+                            num_splits=splits)
 
 
 def decode_mosaic_entry(device_kind: str, batch: int, num_kv_heads: int,

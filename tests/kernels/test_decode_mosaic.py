@@ -152,10 +152,6 @@ def test_supports_16_bit_q_over_16_or_8_bit_caches_with_head_dim_multiple_of_64(
   assert ok(q(8, 128), quantized(128))  # decode_mosaic_q8.py
   assert not ok(q(8, 128, jnp.float32), quantized(128))
   assert not ok(q(8, 96), quantized(96))
-  two = lambda stages: C(block_kv=64, stages=stages, compute_wgs=2)
-  assert decode_mosaic.supports(q(8, 128), quantized(128), two(4))
-  assert not decode_mosaic.supports(q(8, 128), quantized(128), two(3))  # odd ring
-  assert not decode_mosaic.supports(q(8, 128), cache(128), two(4))  # 8-bit kernel's only
 
 
 def test_config_rejects_bad_tiles():
@@ -165,8 +161,6 @@ def test_config_rejects_bad_tiles():
     C(stages=1)
   with pytest.raises(ValueError, match="num_splits"):
     C(num_splits=0)
-  with pytest.raises(ValueError, match="compute_wgs"):
-    C(compute_wgs=3)
 
 
 def test_backend_mosaic_runs_it_for_bf16_and_8_bit_where_the_table_measured_it_faster(

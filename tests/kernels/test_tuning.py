@@ -116,8 +116,7 @@ def test_mosaic_decode_entries_are_valid_tilings_that_fit(path):
   for e in json.loads(path.read_text()).get("decode_mosaic", []):
     assert MOSAIC_FIELDS <= set(e), e
     cfg = DecodeMosaicConfig(block_kv=e["block_kv"], stages=e["stages"],
-                             num_splits=e["num_splits"],
-                             compute_wgs=e.get("compute_wgs", 1))
+                             num_splits=e["num_splits"])
     # An 8-bit entry's q is bf16, its query tile the group's q_cols columns.
     cols = 0 if e["itemsize"] == 2 else q_cols(e["q_heads"] // e["kv_heads"])
     assert cfg.smem_bytes(e["head_dim"], 2, cols) <= SMEM_BYTES, e
@@ -147,10 +146,9 @@ def test_mosaic_decode_nearest_entry_else_heuristics(monkeypatch):
       heuristics.decode_mosaic_config(64, 8, 128, 32))
   # An 8-bit KV dtype takes its own entries only (none of bf16's).
   assert tuning.decode_mosaic_entry("x", 64, 8, 128, 16, 128, "int8") is None
-  int8 = dict(entries[1], itemsize=1, kv_cache_dtype="int8", block_kv=128, stages=4,
-              compute_wgs=2)
+  int8 = dict(entries[1], itemsize=1, kv_cache_dtype="int8", block_kv=128, stages=4)
   entries.append(int8)
   assert tuning.decode_mosaic_entry("x", 64, 8, 128, 16, 128, "int8") is int8
   assert tuning.decode_mosaic_entry("x", 64, 8, 128, 16, 128, "float8_e4m3") is None
-  assert tuning.decode_mosaic_config("x", 8, 8, 512, 16, 128, 1, "int8") == C(128, 4, 2, 2)
+  assert tuning.decode_mosaic_config("x", 8, 8, 512, 16, 128, 1, "int8") == C(128, 4, 2)
   assert tuning.decode_mosaic_entry("x", 64, 8, 128, 16, 128)["itemsize"] == 2
