@@ -191,12 +191,14 @@ def producer(span, bt_ref, values_ref, scales_ref, bufs, bars, cfg):
     slot = lax.rem(step, cfg.stages)
     ids = block_ids(span, bt_ref, values_ref.shape[3], cfg, step)
     # NOTE: a slot's scales are the compute warpgroup's until s_free.
-    pl.when(step >= cfg.stages)(
-        lambda: plgpu.barrier_wait(bars["s_free"].at[slot]))
+    with jax.named_scope("wait_s"):
+      pl.when(step >= cfg.stages)(
+          lambda: plgpu.barrier_wait(bars["s_free"].at[slot]))
     for which, (values, scales, name) in enumerate(stages):
       ready = bars[f"{name}8_ready"].at[slot]
-      pl.when(step >= cfg.stages)(
-          lambda n=name: plgpu.barrier_wait(bars[f"{n}8_free"].at[slot]))
+      with jax.named_scope(f"wait_{name}8_free"):
+        pl.when(step >= cfg.stages)(
+            lambda n=name: plgpu.barrier_wait(bars[f"{n}8_free"].at[slot]))
       issue_copies(span, values_ref, ids, which, values.at[slot], ready)
       first = span.first_kv + step * cfg.block_kv
       plgpu.copy_gmem_to_smem(
@@ -214,14 +216,16 @@ def converter(span, src, dst, bars, cfg):
   @pl.loop(0, span.num_steps)
   def _convert(step):
     slot, slot16 = lax.rem(step, cfg.stages), lax.rem(step, STAGES16)
-    plgpu.barrier_wait(bars["v8_ready"].at[slot])
-    pl.when(step >= STAGES16)(
-        lambda: plgpu.barrier_wait(bars["v_free"].at[slot16]))
+    with jax.named_scope("wait_v8"):
+      plgpu.barrier_wait(bars["v8_ready"].at[slot])
+      pl.when(step >= STAGES16)(
+          lambda: plgpu.barrier_wait(bars["v_free"].at[slot16]))
     valid = span.end - span.first_kv - step * cfg.block_kv  # rows to keep
     stage = (src.at[slot], dst.at[slot16])
-    pl.when(valid >= cfg.block_kv)(lambda: _convert_stage(*stage, None))
-    pl.when(valid < cfg.block_kv)(lambda: _convert_stage(*stage, valid))
-    plgpu.commit_smem()  # generic-proxy writes before wgmma reads them
+    with jax.named_scope("convert"):
+      pl.when(valid >= cfg.block_kv)(lambda: _convert_stage(*stage, None))
+      pl.when(valid < cfg.block_kv)(lambda: _convert_stage(*stage, valid))
+      plgpu.commit_smem()  # generic-proxy writes before wgmma reads them
     plgpu.barrier_arrive(bars["v_ready"].at[slot16])
     plgpu.barrier_arrive(bars["v8_free"].at[slot])
 

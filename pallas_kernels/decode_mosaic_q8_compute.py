@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
@@ -118,7 +119,8 @@ def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, masked):
   """One step: Sᵀ, scales and mask, online softmax over the keys, Oᵀ += Vᵀ Pᵀ."""
   acc, m_prev, sums = carry  # [d, N] f32, [N] f32, [block_kv, N] f32
   slot, ring = lax.rem(step, stages16), lax.rem(step, cfg.stages)
-  plgpu.barrier_wait(bars["k8_ready"].at[ring])
+  with jax.named_scope("wait_k"):
+    plgpu.barrier_wait(bars["k8_ready"].at[ring])
 
   def qk(acc_ref):  # acc_ref [block_kv, N] f32
     for r0 in range(0, cfg.block_kv, CHUNK_ROWS):
@@ -127,25 +129,29 @@ def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, masked):
                   bufs.q.transpose((1, 0)))
     return acc_ref[...]
 
-  s = pl.run_scoped(qk, plgpu.ACC((cfg.block_kv, bufs.q.shape[0]), jnp.float32))
-  plgpu.barrier_arrive(bars["k8_free"].at[ring])
-  k_scale = plgpu.load(bufs.k_scales.at[ring], layout=KEYS)
-  s = s * lax.broadcast_in_dim(k_scale * (cfg.scale * LOG2E), s.shape, [0])
-  if masked:
-    key = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=LAYOUT)
-    s = jnp.where(key + (span.first_kv + step * cfg.block_kv) < span.end, s,
-                  NEG_BIG)
-  m_new = jnp.maximum(m_prev, s.max(axis=0))
-  alpha = jnp.exp2(m_prev - m_new)
-  p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [1]))
-  sums = sums * lax.broadcast_in_dim(alpha, s.shape, [1]) + p
-  acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [1])
-  plgpu.barrier_wait(bars["v_ready"].at[slot])
-  v_scale = plgpu.load(bufs.v_scales.at[ring], layout=KEYS)
-  p_t = bufs.p.transpose((1, 0))  # [block_kv, N], stored transposed
-  p_t[...] = (p * lax.broadcast_in_dim(v_scale, p.shape, [0])).astype(
-      bufs.p.dtype)
-  plgpu.commit_smem()
+  with jax.named_scope("qk"):
+    s = pl.run_scoped(qk, plgpu.ACC((cfg.block_kv, bufs.q.shape[0]), jnp.float32))
+    plgpu.barrier_arrive(bars["k8_free"].at[ring])
+  with jax.named_scope("softmax"):
+    k_scale = plgpu.load(bufs.k_scales.at[ring], layout=KEYS)
+    s = s * lax.broadcast_in_dim(k_scale * (cfg.scale * LOG2E), s.shape, [0])
+    if masked:
+      key = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=LAYOUT)
+      s = jnp.where(key + (span.first_kv + step * cfg.block_kv) < span.end, s,
+                    NEG_BIG)
+    m_new = jnp.maximum(m_prev, s.max(axis=0))
+    alpha = jnp.exp2(m_prev - m_new)
+    p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [1]))
+    sums = sums * lax.broadcast_in_dim(alpha, s.shape, [1]) + p
+    acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [1])
+  with jax.named_scope("wait_v"):
+    plgpu.barrier_wait(bars["v_ready"].at[slot])
+  with jax.named_scope("p_store"):
+    v_scale = plgpu.load(bufs.v_scales.at[ring], layout=KEYS)
+    p_t = bufs.p.transpose((1, 0))  # [block_kv, N], stored transposed
+    p_t[...] = (p * lax.broadcast_in_dim(v_scale, p.shape, [0])).astype(
+        bufs.p.dtype)
+    plgpu.commit_smem()
 
   def pv(acc_ref):  # acc_ref [d, N] f32, starts at zero
     plgpu.wgmma(acc_ref, bufs.v.at[slot].transpose((1, 0)), p_t)
@@ -153,9 +159,10 @@ def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, masked):
 
   # NOTE: a fresh accumulator added to acc, not one initialised from it:
   # interpret mode cannot run the latter (and this one is 16 adds a thread).
-  acc = acc + pl.run_scoped(pv, plgpu.ACC(acc.shape, jnp.float32))
-  plgpu.barrier_arrive(bars["v_free"].at[slot])
-  plgpu.barrier_arrive(bars["s_free"].at[ring])
+  with jax.named_scope("pv"):
+    acc = acc + pl.run_scoped(pv, plgpu.ACC(acc.shape, jnp.float32))
+    plgpu.barrier_arrive(bars["v_free"].at[slot])
+    plgpu.barrier_arrive(bars["s_free"].at[ring])
   return acc, m_new, sums
 
 
