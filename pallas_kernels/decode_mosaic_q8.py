@@ -24,7 +24,10 @@ with K in registers 0.85-1.06x. 2, 3 or 4 8-bit stages time the same, and
 neither conversion bounds it: without the V conversion 0.88x the time,
 without K's loads and conversion none faster; two compute warpgroups on
 alternate steps were no faster (and raced on the GPU), so the kernel has
-one.
+one. Mosaic GPU's profiler over the named scopes: the compute warpgroup
+hardly waits, 43-51 % of its step is qk (K's conversion; the two wgmma are
+small), and the V converter's conversion takes as long: the 8-bit -> bf16
+conversion in the WGMMA layout is what a faster kernel must cut.
 
 Barriers per stage s of the 8-bit ring: k8_ready/v8_ready (TMA landed: a
 values copy per block and the scales copy), k8_free (the compute warpgroup
