@@ -26,8 +26,9 @@ without K's loads and conversion none faster; two compute warpgroups on
 alternate steps were no faster (and raced on the GPU), so the kernel has
 one. Mosaic GPU's profiler over the named scopes: the compute warpgroup
 hardly waits, 43-51 % of its step is qk (K's conversion; the two wgmma are
-small), and the V converter's conversion takes as long: the 8-bit -> bf16
-conversion in the WGMMA layout is what a faster kernel must cut.
+small), and the V converter's conversion takes as long: getting 8-bit
+chunks into bf16 in the WGMMA layout is what a faster kernel must cut (not
+the arithmetic: other exact conversion chains timed the same).
 
 Barriers per stage s of the 8-bit ring: k8_ready/v8_ready (TMA landed: a
 values copy per block and the scales copy), k8_free (the compute warpgroup
