@@ -139,11 +139,7 @@ def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, masked):
       key = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=LAYOUT)
       s = jnp.where(key + (span.first_kv + step * cfg.block_kv) < span.end, s,
                     NEG_BIG)
-    m_new = jnp.maximum(m_prev, s.max(axis=0))
-    alpha = jnp.exp2(m_prev - m_new)
-    p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [1]))
-    sums = sums * lax.broadcast_in_dim(alpha, s.shape, [1]) + p
-    acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [1])
+    p, (acc, m_new, sums) = _online_softmax(s, (acc, m_prev, sums))
   with jax.named_scope("wait_v"):
     plgpu.barrier_wait(bars["v_ready"].at[slot])
   with jax.named_scope("p_store"):
@@ -165,6 +161,16 @@ def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, masked):
     plgpu.barrier_arrive(bars["s_free"].at[ring])
   return acc, m_new, sums
 
+
+def _online_softmax(s, carry):
+  """Pᵀ = exp2(Sᵀ - max) [block_kv, N] f32 and the carry (acc [d, N], m [N],
+  sums [block_kv, N]) rescaled to the new max over the step's keys."""
+  acc, m_prev, sums = carry
+  m_new = jnp.maximum(m_prev, s.max(axis=0))
+  alpha = jnp.exp2(m_prev - m_new)
+  p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [1]))
+  sums = sums * lax.broadcast_in_dim(alpha, s.shape, [1]) + p
+  return p, (acc * lax.broadcast_in_dim(alpha, acc.shape, [1]), m_new, sums)
 
 def _k_chunk(bufs: Bufs, ring, rows):
   """K's `rows` of 8-bit ring stage `ring` as bf16 in registers (wgmma's
