@@ -84,8 +84,8 @@ def _mosaic_config(q, kv_cache, block_tables, num_splits):
   problem = _problem_class(q, kv_cache, block_tables)
   name = quantization.name_of(kv_cache)
   # NOTE: an 8-bit cache takes the Mosaic decode (decode_mosaic_q8.py) only where
-  # its nearest table entry beat the Triton kernel in the same run: on the H200 it
-  # did not everywhere (docs/benchmarks.md), and no table means no measurement.
+  # its nearest table entry beat the Triton kernel in the same run (on the H200 int8
+  # lost at 256 x 1024 until 2026-12-03, docs/benchmarks.md); no table, no claim.
   if quantization.is_quantized(kv_cache):
     entry = tuning.decode_mosaic_entry(*problem[:6], name)
     if entry is None or not entry["us"] < entry["triton_us"]:

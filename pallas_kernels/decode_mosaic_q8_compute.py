@@ -62,7 +62,7 @@ class Bufs:
   transposed view: wgmma takes one swizzle for both operands); out [d, N] (Oᵀ: q's dtype with
   one split, else float32); lse [N] f32 or None; k [stages, block_kv, d]
   8-bit (the ring's); v [STAGES16, block_kv, d] bf16; k_scales, v_scales
-  [stages, block_kv] f32 (the ring's); k_tile [CHUNK_ROWS, d] bf16 in
+  [stages, block_kv] f32 (the ring's); k_tile [block_kv, d] bf16 in
   interpret mode only, else None (see _k_chunk)."""
   q: object
   p: object
@@ -123,10 +123,10 @@ def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, masked):
     plgpu.barrier_wait(bars["k8_ready"].at[ring])
 
   def qk(acc_ref):  # acc_ref [block_kv, N] f32
-    for r0 in range(0, cfg.block_kv, CHUNK_ROWS):
-      rows = pl.ds(r0, CHUNK_ROWS)
-      plgpu.wgmma(acc_ref.at[rows], _k_chunk(bufs, ring, rows),
-                  bufs.q.transpose((1, 0)))
+    chunks = [pl.ds(r0, CHUNK_ROWS) for r0 in range(0, cfg.block_kv, CHUNK_ROWS)]
+    ks = [_k_chunk(bufs, ring, rows) for rows in chunks]  # all before any wgmma
+    for rows, k in zip(chunks, ks):
+      plgpu.wgmma(acc_ref.at[rows], k, bufs.q.transpose((1, 0)))
     return acc_ref[...]
 
   with jax.named_scope("qk"):
@@ -172,6 +172,7 @@ def _online_softmax(s, carry):
   sums = sums * lax.broadcast_in_dim(alpha, s.shape, [1]) + p
   return p, (acc * lax.broadcast_in_dim(alpha, acc.shape, [1]), m_new, sums)
 
+
 def _k_chunk(bufs: Bufs, ring, rows):
   """K's `rows` of 8-bit ring stage `ring` as bf16 in registers (wgmma's
   LAYOUT), or, in interpret mode, through bufs.k_tile.
@@ -183,9 +184,9 @@ def _k_chunk(bufs: Bufs, ring, rows):
   k = to_bf16(plgpu.load(bufs.k.at[ring].at[rows], layout=LAYOUT))
   if bufs.k_tile is None:
     return k
-  bufs.k_tile[...] = k
+  bufs.k_tile.at[rows][...] = k
   plgpu.commit_smem()
-  return bufs.k_tile
+  return bufs.k_tile.at[rows]
 
 
 def to_bf16(x):
