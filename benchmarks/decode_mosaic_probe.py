@@ -3,14 +3,15 @@
 Usage: PYTHONPATH=. python3 -m benchmarks.decode_mosaic_probe [--out DIR]
            [--shapes 64x2048/16,8x8192/128] [--block-kv 64,128]
            [--stages 2,3,4] [--splits 1,2,4,8] [--max-ctas 2112]
-           [--kv-dtype bfloat16,int8,float8_e4m3] [--job_timeout_s 240]
+           [--kv-dtype bfloat16,int8,float8_e4m3] [--qk-8bit 0,1]
+           [--v-converters 1,2] [--job_timeout_s 240]
            [--write-table [--table-dir DIR]] [--interpret]
 
 Per KV-cache dtype and shape (batch x context / block size; bf16 q, 32 q /
 8 kv heads x 128, every row full length, shuffled tables, the cache holding
 only the used blocks; an 8-bit cache is the bf16 one quantized per token and
-head): a read-only pass over those KV bytes (values and scales: the
-ceiling), the Triton kernel with the engine's tiling (the device's tuning
+head, and its grid also spans qk_8bit and v_converters): a read-only pass
+over those KV bytes (values and scales: the ceiling), the Triton kernel with the engine's tiling (the device's tuning
 table), and every
 Mosaic tiling of the grid that fits shared memory and has >= one step per
 split, each checked against the float32 reference (relative error) at full
@@ -53,16 +54,23 @@ def parse_shape(name: str) -> tuple[int, int, int]:
 
 
 def grid(batch: int, ctx: int, hkv: int, block_kv, stages, splits,
-         max_ctas: int = 16 * 132, quantized: bool = False):
+         max_ctas: int = 16 * 132, quantized: bool = False, qk_8bit=(False,),
+         v_converters=(1,)):
   """(block_kv, stages, splits) points with >= one step per split and at
-  most `max_ctas` CTAs (at least the one-split points)."""
+  most `max_ctas` CTAs (at least the one-split points); for an 8-bit cache
+  also each of the qk_8bit and v_converters values that tiling can take."""
   from pallas_kernels.decode_mosaic import DecodeMosaicConfig  # pylint: disable=g-import-not-at-top
   from pallas_kernels.prefill_mosaic import SMEM_BYTES  # pylint: disable=g-import-not-at-top
   from pallas_kernels.decode_mosaic_q8_compute import q_cols  # pylint: disable=g-import-not-at-top
   cols = q_cols(HEADS[0] // HEADS[1]) if quantized else 0
   out = []
-  for bkv, st, ns in itertools.product(block_kv, stages, splits):
-    cfg = DecodeMosaicConfig(block_kv=bkv, stages=st, num_splits=ns)
+  eight_bit = (qk_8bit, v_converters) if quantized else ((False,), (1,))
+  for bkv, st, ns, qk8, conv in itertools.product(block_kv, stages, splits,
+                                                  *eight_bit):
+    if conv * 64 > bkv:
+      continue
+    cfg = DecodeMosaicConfig(block_kv=bkv, stages=st, num_splits=ns,
+                             qk_8bit=bool(qk8), v_converters=conv)
     if (cfg.smem_bytes(HEADS[2], 2, cols) <= SMEM_BYTES and ns * bkv <= ctx
         and (ns == 1 or batch * hkv * ns <= max_ctas)):
       out.append(cfg)
@@ -99,15 +107,17 @@ def child(args) -> None:
        us_quarter=timed(triton, *with_length(problem, ctx // 4)),
        err=rel_err(jax.jit(triton)(*problem), ref))
   for cfg in grid(batch, ctx, hkv, args.block_kv, args.stages, args.splits,
-                  args.max_ctas, kv_dtype != "bfloat16"):
+                  args.max_ctas, kv_dtype != "bfloat16", args.qk_8bit,
+                  args.v_converters):
     f = jax.jit(functools.partial(decode_mosaic, scale=scale, config=cfg,
                                   interpret=interpret))
     t0 = time.time()
     exe = guarded(lambda f=f: f.lower(*problem).compile(), limit=1200)
-    row = dict(kind="mosaic", config=dict(block_kv=cfg.block_kv,
-                                          stages=cfg.stages,
-                                          num_splits=cfg.num_splits),
-               compile_s=time.time() - t0)
+    config = dict(block_kv=cfg.block_kv, stages=cfg.stages,
+                  num_splits=cfg.num_splits)
+    if kv_dtype != "bfloat16":
+      config.update(qk_8bit=cfg.qk_8bit, v_converters=cfg.v_converters)
+    row = dict(kind="mosaic", config=config, compile_s=time.time() - t0)
     if isinstance(exe, str):
       emit(**row, error=exe)
       continue
@@ -130,7 +140,7 @@ def run_shape(shape: str, kv_dtype: str, args) -> list[dict]:
          shape, f"--max-ctas={args.max_ctas}", f"--kv-dtype={kv_dtype}"] + (
              ["--interpret"] if args.interpret else []) + [
              f"--{k.replace('_', '-')}={','.join(map(str, getattr(args, k)))}"
-             for k in ("block_kv", "stages", "splits")]
+             for k in ("block_kv", "stages", "splits", "qk_8bit", "v_converters")]
   try:
     done = subprocess.run(cmd, capture_output=True, text=True,
                           timeout=args.job_timeout_s, check=False)
@@ -154,17 +164,17 @@ def summarize(shape: str, kv_dtype: str, rows: list[dict]) -> tuple[list[str], d
   ok = [r for r in rows if r["kind"] == "mosaic" and "us" in r
         and r["err"] < TOLERANCE]
   pct = lambda us: 100 * read["us"] / us if read else float("nan")
-  lines = [f"### {shape} {kv_dtype}", "", "| block_kv | stages | splits | µs | % of read-only"
-           " | rows at ctx/4 µs | rel err | compile s |", "|---|---|---|---|---|---|---|---|"]
+  lines = [f"### {shape} {kv_dtype}", "", "| block_kv/stages/splits[/qk/conv] | µs | "
+           "% of read-only | rows at ctx/4 µs | rel err | compile s |",
+           "|---|---|---|---|---|---|"]
   for r in rows:
     if r["kind"] != "mosaic":
       continue
-    c = r["config"]
     if "error" in r:
-      lines.append(f"| {c['block_kv']} | {c['stages']} | {c['num_splits']} | "
+      lines.append(f"| {_tiling(r['config'])} | "
                    f"error: {r['error'].splitlines()[0][:120]} ||||")
       continue
-    lines.append(f"| {c['block_kv']} | {c['stages']} | {c['num_splits']} | "
+    lines.append(f"| {_tiling(r['config'])} | "
                  f"{r['us']:.1f} | {pct(r['us']):.0f} % | {r['us_quarter']:.1f} | "
                  f"{r['err']:.1e} | {r['compile_s']:.1f} |")
   best = pick(ok)
@@ -229,7 +239,8 @@ def summary_table(summaries: list[dict]) -> list[str]:
   """One row per shape and KV dtype; "vs bf16" is the best Mosaic time over
   the bf16 cache's best at the same shape."""
   lines = ["| shape | KV dtype | read-only µs | Triton µs (% of read) | Mosaic best µs "
-           "(% of read) | vs Triton | vs bf16 | best: block_kv/stages/splits | rel err "
+           "(% of read) | vs Triton | vs bf16 | best: block_kv/stages/splits[/qk/conv] "
+           "| rel err "
            "| wrong tilings |", "|---|---|---|---|---|---|---|---|---|---|"]
   bf16 = {s["shape"]: s["best"]["us"] for s in summaries
           if s["kv_dtype"] == "bfloat16" and s["best"]}
@@ -244,9 +255,17 @@ def summary_table(summaries: list[dict]) -> list[str]:
     lines.append(
         f"| {s['shape']} | {s['kv_dtype']} | {read:.1f} | {tri:.1f} ({100 * read / tri:.0f} %) | "
         f"{best['us']:.1f} ({100 * read / best['us']:.0f} %) | {tri / best['us']:.2f}x | {vs} | "
-        f"{c['block_kv']}/{c['stages']}/{c['num_splits']} | {best['err']:.1e} | "
+        f"{_tiling(c)} | {best['err']:.1e} | "
         f"{len(s['wrong'])} |")
   return lines
+
+
+def _tiling(c: dict) -> str:
+  """block_kv/stages/splits, and for an 8-bit cache /bf16|8bit/converters."""
+  out = f"{c['block_kv']}/{c['stages']}/{c['num_splits']}"
+  if "qk_8bit" in c:
+    out += f"/{'8bit' if c['qk_8bit'] else 'bf16'}/{c['v_converters']}"
+  return out
 
 
 def main():
@@ -258,6 +277,11 @@ def main():
   p.add_argument("--block-kv", type=ints, default=(64, 128), help="default: 64,128")
   p.add_argument("--stages", type=ints, default=(2, 3, 4), help="default: 2,3,4")
   p.add_argument("--splits", type=ints, default=(1, 2, 4, 8), help="default: 1,2,4,8")
+  p.add_argument("--qk-8bit", type=ints, default=(0, 1),
+                 help="8-bit caches: Sᵀ by 8-bit wgmma with q in two terms (1) or K "
+                      "converted to bf16 (0), comma-separated (default: 0,1)")
+  p.add_argument("--v-converters", type=ints, default=(1, 2),
+                 help="8-bit caches: V converter warpgroups (default: 1,2)")
   p.add_argument("--max-ctas", type=int, default=16 * 132,
                  help="skip split counts giving more CTAs (default: %(default)s)")
   p.add_argument("--write-table", action="store_true",

@@ -32,6 +32,9 @@
 #   bash benchmarks/h200_visit.sh decode-table OUT  # the Mosaic decode's tuning-table entries
 #   bash benchmarks/h200_visit.sh decode-q8 OUT  # issue 15: the Mosaic decode per KV-cache
 #                                                # dtype at the issue's shapes, vs bf16's best
+#   bash benchmarks/h200_visit.sh decode-q8-modes OUT  # issue 15: the 8-bit decode's Sᵀ (K to
+#                                                # bf16 vs 8-bit wgmma) x 1/2 V converters;
+#                                                # the best into the table; then the 8B per dtype
 # Needs the wheels the GPU image lacks in .whl/ (docs/benchmarks.md) and, for the baseline,
 # `git archive REV engine models pallas_kernels serving benchmarks configs | tar -x -C .baseline`.
 set -u
@@ -121,6 +124,20 @@ for t in r["top"][:6]:
       --kv-dtype int8,float8_e4m3,bfloat16 --block-kv 128,64 --stages 2,3 --splits 1,2 \
       --job_timeout_s 60 --shapes 64x4096/16,256x1024/16
     grep -A12 "^| shape" "$out/q8.log"
+    ;;
+  decode-q8-modes)  # issue 15: qk_8bit x v_converters (8-bit entries into the table only)
+    run q8bf16 100 python3 -m benchmarks.decode_mosaic_probe --out "$out/bf16" \
+      --kv-dtype bfloat16 --block-kv 128 --stages 2 --splits 1 --job_timeout_s 60 \
+      --shapes 64x4096/16,256x1024/16
+    run q8modes 330 python3 -m benchmarks.decode_mosaic_probe --out "$out" --write-table \
+      --kv-dtype float8_e4m3,int8 --block-kv 128,64 --stages 2,4 --splits 1 \
+      --qk-8bit 0,1 --v-converters 1,2 --job_timeout_s 80 --shapes 64x4096/16,256x1024/16
+    grep -A4 "^| shape" "$out/q8bf16.log"; grep -A8 "^| shape" "$out/q8modes.log"
+    mkdir -p "$out/kv"
+    run throughput_kv 150 python3 -m benchmarks.throughput --out "$out/kv" --skip-check \
+      --models llama3-8b --batches 256 --prompt-len 1024 --new-tokens 128 \
+      --kv-cache-dtype int8,float8_e4m3
+    grep -A4 "^| model" "$out/throughput_kv.log"
     ;;
   kv-dtype-8b)  # issue 15: the 8B engine's decode step and tokens/s at batch 256 per KV dtype
     mkdir -p "$out/kv"

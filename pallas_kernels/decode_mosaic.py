@@ -45,6 +45,11 @@ class DecodeMosaicConfig:
   block_kv: int = 128  # cache tokens per pipeline step: 64, 128 or 256
   stages: int = 2  # K/V stages in flight, >= 2
   num_splits: int = 1  # CTAs per (row, KV head), each a run of whole steps
+  # 8-bit caches only (decode_mosaic_q8.py): Sᵀ by an 8-bit wgmma over the K
+  # stage with q in two 8-bit terms (else K converted to bf16 in registers),
+  # and the V converter warpgroups (2 needs block_kv >= 128).
+  qk_8bit: bool = False
+  v_converters: int = 1
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):
@@ -53,6 +58,9 @@ class DecodeMosaicConfig:
       raise ValueError(f"stages must be >= 2, got {self.stages}")
     if self.num_splits < 1:
       raise ValueError(f"num_splits must be >= 1, got {self.num_splits}")
+    if self.v_converters not in (1, 2) or self.v_converters * 64 > self.block_kv:
+      raise ValueError(f"v_converters must be 1 or 2 (and 64 rows each of "
+                       f"block_kv {self.block_kv}), got {self.v_converters}")
 
   def smem_bytes(self, head_dim: int, itemsize: int, q8_cols: int = 0) -> int:
     """Shared memory of the Q/O tile, the K/V stages, the split partials and
@@ -68,14 +76,16 @@ class DecodeMosaicConfig:
 
 def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
   """Whether the Mosaic kernel runs these operands with `config`: a 16-bit q
-  over a cache of its dtype or a bf16 q over an 8-bit one, head_dim % 64 ==
-  0, group <= 64, shared memory fits."""
+  over a cache of its dtype or a bf16 q over an 8-bit one (qk_8bit and
+  v_converters for 8-bit caches only), head_dim % 64 == 0, group <= 64,
+  shared memory fits."""
   quantized = quantization.is_quantized(kv_cache)
   values = quantization.values_of(kv_cache)
   hkv, head_dim = values.shape[1], values.shape[4]
   itemsize, group = q.dtype.itemsize, q.shape[1] // hkv
   cols = q_cols(group) if quantized else 0
-  return (itemsize == 2 and (q.dtype == jnp.bfloat16 if quantized
+  eight_bit_only = config.qk_8bit or config.v_converters != 1
+  return (itemsize == 2 and (quantized or not eight_bit_only) and (q.dtype == jnp.bfloat16 if quantized
                              else q.dtype == values.dtype)
           and head_dim % 64 == 0 and group <= ROWS_PER_WG
           and config.smem_bytes(head_dim, itemsize, cols) <= SMEM_BYTES)
@@ -109,6 +119,7 @@ def decode_mosaic(q, kv_cache, block_tables, lengths, *, scale,
       block_kv=config.block_kv, stages=config.stages,
       num_splits=config.num_splits,
       q_rows=q_cols(group) if quantized else -(-group // ALIGN) * ALIGN,
+      qk_8bit=config.qk_8bit, v_converters=config.v_converters,
       p_in_regs=not interpret, max_blocks=block_tables.shape[1],
       scale=scale)
   qp = q.reshape(batch, hkv, group, head_dim)

@@ -46,6 +46,8 @@ class Static:
   p_in_regs: bool  # as prefill_mosaic_kernel.Static (False in interpret mode)
   max_blocks: int  # block-table row length
   scale: float  # softmax scale
+  qk_8bit: bool = False  # DecodeMosaicConfig's (8-bit caches only)
+  v_converters: int = 1
 
 
 def _cdiv(a, b: int):

@@ -1,19 +1,20 @@
 """8-bit caches (int8, float8_e4m3 bits in uint8) in the Mosaic GPU decode.
 
-wgmma reads 16-bit operands here (bf16 q), so the 8-bit values become bf16
-before it, K in the compute warpgroup's registers, V in a warpgroup of its
-own:
+wgmma cannot read V's 8-bit values as they lie (an 8-bit operand must be
+K-major), so V becomes bf16 in converter warpgroups; K becomes bf16 in the
+compute warpgroup's registers, or is read by an 8-bit wgmma as it lies
+(DecodeMosaicConfig.qk_8bit, q then in two 8-bit terms):
 
   memory warpgroup   TMA of a step's 8-bit K and V (one copy per KV block)
                      into a ring of `stages` 8-bit stages, and of their
                      float32 scales (one copy each, from the row's scales
                      gathered in token order by `gather_scales`);
-  V converter        64 rows at a time, 8-bit stage -> registers -> bf16
-                     into the compute warpgroup's STAGES16 stages; a pure bit
+  V converters       `v_converters` warpgroups (1 or 2), each its 64-row
+                     chunks of a step: 8-bit stage -> registers -> bf16 into
+                     the compute warpgroup's STAGES16 stages; a pure bit
                      conversion, no scale; rows past the row's end zeroed;
   compute warpgroup  decode_mosaic_q8_compute.consumer, transposed (keys as
-                     wgmma's M, the GQA group as N), K converted in its
-                     registers as wgmma's A operand; K's per-key scales
+                     wgmma's M, the GQA group as N); K's per-key scales
                      multiply Sᵀ's rows, V's Pᵀ's rows before P V (float32).
 
 int8 -> bf16 is Mosaic GPU's prmt/sub.bf16x2 sequence (no integer-to-float
@@ -28,13 +29,24 @@ one. Mosaic GPU's profiler over the named scopes: the compute warpgroup
 hardly waits, 43-51 % of its step is qk (K's conversion; the two wgmma are
 small), and the V converter's conversion takes as long: getting 8-bit
 chunks into bf16 in the WGMMA layout is what a faster kernel must cut (not
-the arithmetic: other exact conversion chains timed the same).
+the arithmetic: other exact conversion chains timed the same). qk_8bit and
+a second V converter take K's conversion off the compute warpgroup and
+halve the converter's share of V's; added 2026-12-04 when no GPU was lent,
+so not yet timed: the device's table picks (its entries without the two
+options run the kernel as measured).
+
+NOTE: with qk_8bit an e4m3 cache's uint8 values reach the kernel bitcast to
+float8_e4m3fn (wgmma takes its type from the shared-memory ref; a TMA copy
+keeps the element type, Mosaic GPU has no bitcast of a tiled shared-memory
+ref, and interpret mode keeps a RefUnion's members apart). A same-width
+bitcast-convert should be a free bitcast for XLA on the GPU; the probe's
+times sum every kernel of the call, so a copy of the cache would show there.
 
 Barriers per stage s of the 8-bit ring: k8_ready/v8_ready (TMA landed: a
 values copy per block and the scales copy), k8_free (the compute warpgroup
-has read K), v8_free (converted), s_free (the compute warpgroup has read the
-step's scales); per 16-bit stage: v_ready (written and fenced), v_free (the
-compute warpgroup is done).
+has read K), v8_free (every V converter is done), s_free (the compute
+warpgroup has read the step's scales); per 16-bit stage: v_ready (every V converter's chunks
+written and fenced), v_free (the compute warpgroup is done).
 
 NOTE: the scales are gathered outside the kernel (an XLA gather of 1/32 of
 the values' bytes at head_dim 128) because a KV block's 16 scales are 64
@@ -58,6 +70,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels import decode_mosaic_kernel as kernel
 from pallas_kernels import decode_mosaic_q8_compute as compute
+from pallas_kernels import quantization
 from pallas_kernels.prefill_mosaic import interpret_params
 from pallas_kernels.prefill_mosaic import smem_buffer
 from pallas_kernels.prefill_mosaic_memory import MEMORY_REGISTERS
@@ -70,9 +83,9 @@ from pallas_kernels.prefill_mosaic_memory import issue_copies
 # misaligned address on the H200 (jax 0.11.2).
 LAYOUT = compute.LAYOUT
 # NOTE: per thread, beside the compute warpgroup's 256 and the memory
-# warpgroup's 40: 256 + 40 + 104 <= 3 * 168 (64K over 384 threads).
+# warpgroup's 40: 256 + 40 + 104 <= 3 * 168 (64K over 384 threads), and
+# with two V converters 256 + 40 + 2 * 104 <= 4 * 128.
 CONVERT_REGISTERS = 104
-WARPGROUPS = 3  # compute, memory, V converter
 # NOTE: the 16-bit V stages the compute warpgroup reads are two whatever the
 # config's `stages` (the 8-bit ring's depth), so shared memory holds a
 # deeper 8-bit ring.
@@ -83,7 +96,8 @@ def smem_bytes(config, head_dim: int, cols: int) -> int:
   """Shared memory of the buffers (before Mosaic's alignment) for a
   DecodeMosaicConfig and `cols` query columns."""
   out = 4 if config.num_splits > 1 else 2
-  tiles = (cols * head_dim + config.block_kv * cols) * 2 + head_dim * cols * out
+  q = 2 * cols * (head_dim + 4) if config.qk_8bit else cols * head_dim * 2
+  tiles = q + config.block_kv * cols * 2 + head_dim * cols * out
   stages16 = STAGES16 * config.block_kv * head_dim * 2  # V only
   stages8 = 2 * config.stages * config.block_kv * (head_dim + 4)
   return tiles + cols * 4 + stages16 + stages8
@@ -101,49 +115,66 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
   else:
     out_type = (jax.ShapeDtypeStruct(part + (head_dim, cols), jnp.float32),
                 jax.ShapeDtypeStruct(part + (cols,), jnp.float32))
+  values, q_args = kv_cache.values, (qp,)
+  if cfg.qk_8bit:  # wgmma reads the numbers (e4m3 bits as float8_e4m3fn)
+    values, q_args = quantization.numbers(values), split_q(qp, kv_cache.values.dtype)
+  warpgroups = 2 + cfg.v_converters
   out = plgpu.kernel(
       functools.partial(_entry, cfg=cfg, interpret=bool(interpret)),
       out_type=out_type,
       grid=(batch, hkv, cfg.num_splits), grid_names=("row", "head", "split"),
-      num_threads=WARPGROUPS, thread_name="wg",
+      num_threads=warpgroups, thread_name="wg",
       compiler_params=plgpu.CompilerParams(approx_math=True),
-      interpret=interpret_params(interpret, WARPGROUPS),
+      interpret=interpret_params(interpret, warpgroups),
       kernel_name="paged_decode_mosaic_q8",
-  )(lengths, block_tables.reshape(-1), qp, kv_cache.values, scales)
+  )(lengths, block_tables.reshape(-1), values, scales, *q_args)
   if cfg.num_splits == 1:
     return out.swapaxes(-1, -2)
   return out[0].swapaxes(-1, -2), out[1]
 
 
-def _entry(len_ref, bt_ref, q_ref, values_ref, scales_ref, *out_refs, cfg,
-           interpret):
+def split_q(qp, storage):
+  """qp [batch, hkv, N, d] bf16 -> q's two 8-bit terms as wgmma's numbers
+  [batch, hkv, 2N, d] (quantization.quantize_two_terms, one scale per query
+  head and term) and their scales [batch, hkv, 2, N] f32."""
+  terms, scales = quantization.quantize_two_terms(qp, storage)
+  terms = quantization.numbers(jnp.concatenate([terms[0], terms[1]], axis=2))
+  return terms, scales.transpose(1, 2, 0, 3)
+
+
+def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, interpret):
   """Allocates shared memory and barriers, then splits by warpgroup.
 
-  len_ref int32 [batch]; bt_ref int32 [batch * max_blocks]; q_ref [batch,
-  hkv, N, d] bf16; values_ref [num_blocks, hkv, 2, block_size, d] int8 or
-  uint8; scales_ref [batch, hkv, 2, tokens] f32 (gather_scales; all GMEM).
+  len_ref int32 [batch]; bt_ref int32 [batch * max_blocks]; values_ref
+  [num_blocks, hkv, 2, block_size, d] int8 or uint8 (float8_e4m3fn with
+  qk_8bit); scales_ref [batch, hkv, 2, tokens] f32 (gather_scales); refs:
+  the consumer's q_refs (1 or 2), then the outputs (all GMEM).
   interpret: adds the compute warpgroup's k_tile (decode_mosaic_q8_compute).
   """
-  head_dim, cols = q_ref.shape[-1], q_ref.shape[-2]
+  n_q = 2 if cfg.qk_8bit else 1
+  q_refs, out_refs = refs[:n_q], refs[n_q:]
+  head_dim, cols = q_refs[0].shape[-1], out_refs[0].shape[-1]
   smem16 = (STAGES16, cfg.block_kv, head_dim)
   k_tile = (cfg.block_kv, head_dim)
 
   def body(*smem, **bars):
-    tiles, v16, ring, k_tile = smem[:4], smem[4], smem[5:9], smem[9]
+    tiles, v16, ring, k_tile = smem[:5], smem[5], smem[6:10], smem[10]
     span = kernel.Span(len_ref, cfg, values_ref.shape[3])
     bufs = compute.Bufs(*tiles, ring[0], v16, ring[2], ring[3], k_tile)
     wg = lax.axis_index("wg")
-    pl.when(wg == 0)(lambda: compute.consumer(span, q_ref, out_refs, bufs,
+    pl.when(wg == 0)(lambda: compute.consumer(span, q_refs, out_refs, bufs,
                                               bars, cfg, STAGES16))
     pl.when(wg == 1)(lambda: producer(span, bt_ref, values_ref, scales_ref,
                                       ring, bars, cfg))
-    pl.when(wg == 2)(lambda: converter(span, ring[1], v16, bars, cfg))
+    for c in range(cfg.v_converters):
+      pl.when(wg == 2 + c)(functools.partial(
+          converter, span, ring[1], v16, bars, cfg, c, cfg.v_converters))
 
   pl.run_scoped(
-      body, *compute.buffers(cfg, head_dim, cols, smem_buffer),
+      body, *compute.buffers(cfg, head_dim, cols, values_ref.dtype, smem_buffer),
       smem_buffer(smem16, jnp.bfloat16),
       *buffers(cfg, head_dim, values_ref.dtype, smem_buffer),
-      smem_buffer(k_tile, jnp.bfloat16) if interpret else None,
+      smem_buffer(k_tile, jnp.bfloat16) if interpret and not cfg.qk_8bit else None,
       **barriers(cfg, values_ref.shape[3]), collective_axes="wg")
 
 
@@ -173,12 +204,13 @@ def gather_scales(scales, block_tables, lengths, block_kv: int):
 def barriers(cfg, block_size: int) -> dict:
   """The barriers of the module docstring, by name."""
   copies = copies_per_stage(block_size, cfg) + 1  # the values, the scales
+  n_conv = cfg.v_converters
   stage = lambda n: plgpu.Barrier(num_arrivals=n, num_barriers=cfg.stages)
-  stage16 = lambda: plgpu.Barrier(num_arrivals=1, num_barriers=STAGES16)
-  return dict(q=plgpu.Barrier(num_arrivals=1),
+  stage16 = lambda n: plgpu.Barrier(num_arrivals=n, num_barriers=STAGES16)
+  return dict(q=plgpu.Barrier(num_arrivals=2 if cfg.qk_8bit else 1),
               k8_ready=stage(copies), v8_ready=stage(copies),
-              k8_free=stage(1), v8_free=stage(1), s_free=stage(1),
-              v_ready=stage16(), v_free=stage16())
+              k8_free=stage(1), v8_free=stage(n_conv), s_free=stage(1),
+              v_ready=stage16(n_conv), v_free=stage16(1))
 
 
 def producer(span, bt_ref, values_ref, scales_ref, bufs, bars, cfg):
@@ -212,10 +244,13 @@ def producer(span, bt_ref, values_ref, scales_ref, bufs, bars, cfg):
   _drain(span, (bars["k8_free"], bars["v8_free"], bars["s_free"]), cfg.stages)
 
 
-def converter(span, src, dst, bars, cfg):
-  """V converter: each 8-bit stage of src [stages, block_kv, d] as bf16
-  into the 16-bit stage dst [STAGES16, block_kv, d] (both SMEM, swizzled)."""
+def converter(span, src, dst, bars, cfg, index: int, count: int):
+  """V converter `index` of `count`: its 64-row chunks (every count-th) of
+  each 8-bit stage of src [stages, block_kv, d] as bf16 into the 16-bit stage
+  dst [STAGES16, block_kv, d] (both SMEM, swizzled)."""
   plgpu.set_max_registers(CONVERT_REGISTERS, action="decrease")
+  starts = range(index * compute.CHUNK_ROWS, cfg.block_kv,
+                 count * compute.CHUNK_ROWS)
 
   @pl.loop(0, span.num_steps)
   def _convert(step):
@@ -225,7 +260,7 @@ def converter(span, src, dst, bars, cfg):
       pl.when(step >= STAGES16)(
           lambda: plgpu.barrier_wait(bars["v_free"].at[slot16]))
     valid = span.end - span.first_kv - step * cfg.block_kv  # rows to keep
-    stage = (src.at[slot], dst.at[slot16])
+    stage = (src.at[slot], dst.at[slot16], starts)
     with jax.named_scope("convert"):
       pl.when(valid >= cfg.block_kv)(lambda: _convert_stage(*stage, None))
       pl.when(valid < cfg.block_kv)(lambda: _convert_stage(*stage, valid))
@@ -236,14 +271,13 @@ def converter(span, src, dst, bars, cfg):
   _drain(span, (bars["v_free"],), STAGES16)
 
 
-def _convert_stage(src, dst, valid):
-  """dst = src's numbers as bf16 (exact: int8 and e4m3 are bf16 subsets),
-  zero from row `valid` on (None: all kept).
+def _convert_stage(src, dst, starts, valid):
+  """dst = src's numbers as bf16 (exact: int8 and e4m3 are bf16 subsets) in
+  the 64-row chunks at `starts`, zero from row `valid` on (None: all kept).
 
   src [block_kv, d] 8-bit, dst [block_kv, d] bf16 (both SMEM).
   """
-  chunks = [pl.ds(r0, compute.CHUNK_ROWS)
-            for r0 in range(0, src.shape[0], compute.CHUNK_ROWS)]
+  chunks = [pl.ds(r0, compute.CHUNK_ROWS) for r0 in starts]
   # NOTE: every chunk loaded before any is converted and stored: 1-3 % faster
   # on the H200 than chunk by chunk (docs/benchmarks.md, 2026-12-03).
   xs = [plgpu.load(src.at[rows], layout=LAYOUT) for rows in chunks]

@@ -11,11 +11,19 @@ rows of which the group is a few; on the H200 that bound the 8-bit kernel
   Oᵀ [d, N]       += Vᵀ [d, block_kv] · Pᵀ        (A: V stage transposed,
                                                    B: Pᵀ through SMEM)
 
-K is read from the 8-bit ring itself: 64 rows at a time are loaded into
-registers, converted to bf16 there and given to wgmma as a register A
-operand (no 16-bit K stage, no K converter warpgroup). V goes through the V
-converter's bf16 stages (wgmma's A must be in the WGMMA layout, and a
-transposed 8-bit load has no relayout to it).
+Sᵀ comes one of two ways (DecodeMosaicConfig.qk_8bit):
+  bf16 (default)  K read from the 8-bit ring 64 rows at a time into
+                  registers, converted to bf16 there and given to wgmma as a
+                  register A operand, q a bf16 tile;
+  8-bit           no conversion: one 8-bit wgmma (int8 -> int32, e4m3 -> f32)
+                  per term of q straight over the K stage, q given as two
+                  8-bit terms (quantization.quantize_two_terms: q's
+                  quantization and its residual's, each with a scale per
+                  query head), so Sᵀ = Σ_t (K Q_tᵀ) q_scale_t holds q to about
+                  bf16's precision, not one 8-bit format's.
+V goes through the V converters' bf16 stages either way (wgmma's A must be in
+the WGMMA layout, and a transposed 8-bit load has no relayout to it; an 8-bit
+A operand must be K-major, and Vᵀ is not).
 
 K's per-key scales multiply Sᵀ's rows, V's multiply Pᵀ's rows before P V.
 Each step takes one cross-warp max over the keys; the row sums stay
@@ -58,13 +66,16 @@ def q_cols(group: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class Bufs:
   """The compute warpgroup's shared memory (the `smem` tiling throughout):
-  q [N, d] bf16; p [N, block_kv] bf16 (P, written as Pᵀ through a
-  transposed view: wgmma takes one swizzle for both operands); out [d, N] (Oᵀ: q's dtype with
-  one split, else float32); lse [N] f32 or None; k [stages, block_kv, d]
-  8-bit (the ring's); v [STAGES16, block_kv, d] bf16; k_scales, v_scales
-  [stages, block_kv] f32 (the ring's); k_tile [block_kv, d] bf16 in
-  interpret mode only, else None (see _k_chunk)."""
+  q [N, d] bf16, or with qk_8bit [2N, d] 8-bit (q's two terms, split_q);
+  q_scales [2, N] f32 (qk_8bit) or None; p [N, block_kv] bf16 (P, written
+  as Pᵀ through a transposed view: wgmma takes one swizzle for both
+  operands); out [d, N] (Oᵀ: q's dtype with one split, else float32); lse
+  [N] f32 or None; k [stages, block_kv, d] 8-bit (the ring's); v [STAGES16,
+  block_kv, d] bf16; k_scales, v_scales [stages, block_kv] f32 (the
+  ring's); k_tile [block_kv, d] bf16 in interpret mode without qk_8bit,
+  else None (see _k_chunk)."""
   q: object
+  q_scales: object
   p: object
   out: object
   lse: object
@@ -75,30 +86,44 @@ class Bufs:
   k_tile: object = None
 
 
-def buffers(cfg, head_dim: int, cols: int, smem) -> list:
-  """q, p, out, lse of Bufs (k, v and the scales are allocated beside)."""
+def buffers(cfg, head_dim: int, cols: int, number, smem) -> list:
+  """q, q_scales, p, out, lse of Bufs (k, v and the scales are allocated
+  beside); number: the 8-bit type of the K stages."""
   split = cfg.num_splits > 1
-  return [smem((cols, head_dim), jnp.bfloat16),
-          smem((cols, cfg.block_kv), jnp.bfloat16),
-          smem((head_dim, cols), jnp.float32 if split else jnp.bfloat16),
-          plgpu.SMEM((cols,), jnp.float32) if split else None]
+  if cfg.qk_8bit:
+    q = [smem((2 * cols, head_dim), number), plgpu.SMEM((2, cols), jnp.float32)]
+  else:
+    q = [smem((cols, head_dim), jnp.bfloat16), None]
+  return q + [smem((cols, cfg.block_kv), jnp.bfloat16),
+              smem((head_dim, cols), jnp.float32 if split else jnp.bfloat16),
+              plgpu.SMEM((cols,), jnp.float32) if split else None]
 
 
-def consumer(span, q_ref, out_refs, bufs: Bufs, bars, cfg, stages16: int):
-  """Attention of the group over the span's steps. q_ref [batch, hkv, N, d]
-  (GMEM); out_refs: (oᵀ [batch, hkv, d, N],) or (partials [.., splits, d, N]
-  f32, lse [.., splits, N] f32)."""
+def consumer(span, q_refs, out_refs, bufs: Bufs, bars, cfg, stages16: int):
+  """Attention of the group over the span's steps. q_refs: (q [batch, hkv,
+  N, d] bf16,) or with qk_8bit (q's terms [batch, hkv, 2N, d] 8-bit, their
+  scales [batch, hkv, 2, N] f32) (GMEM); out_refs: (oᵀ [batch, hkv, d, N],)
+  or (partials [.., splits, d, N] f32, lse [.., splits, N] f32)."""
   plgpu.set_max_registers(COMPUTE_REGISTERS, action="increase")
-  plgpu.copy_gmem_to_smem(q_ref.at[span.row, span.head], bufs.q, bars["q"])
+  for ref, buf in zip(q_refs, (bufs.q, bufs.q_scales)):
+    plgpu.copy_gmem_to_smem(ref.at[span.row, span.head], buf, bars["q"])
   plgpu.barrier_wait(bars["q"])
-  cols, head_dim = bufs.q.shape
+  cols, head_dim = bufs.p.shape[0], bufs.q.shape[1]
+  q_scales = None
+  if cfg.qk_8bit:  # [N] f32 each, loop-invariant
+    q_scales = [plgpu.load(bufs.q_scales.at[t], layout=COLS) for t in range(2)]
   carry = (plgpu.layout_cast(jnp.zeros((head_dim, cols), jnp.float32), LAYOUT),
            plgpu.layout_cast(jnp.full((cols,), NEG_BIG, jnp.float32), COLS),
            plgpu.layout_cast(jnp.zeros((cfg.block_kv, cols), jnp.float32), LAYOUT))
   step = lambda masked: lambda i, c: _step(i, c, span, bufs, bars, cfg,
-                                           stages16, masked)
+                                           stages16, q_scales, masked)
   carry = lax.fori_loop(0, span.num_full, step(False), carry)
   acc, m, sums = lax.fori_loop(span.num_full, span.num_steps, step(True), carry)
+  _finish(span, out_refs, bufs, acc, m, sums)
+
+
+def _finish(span, out_refs, bufs: Bufs, acc, m, sums):
+  """Oᵀ = acc / l (and with splits lse = m + log2 l) stored to GMEM."""
   l = sums.sum(axis=0)
   inv = jnp.where(l > 0, 1.0 / jnp.where(l > 0, l, 1.0), 0.0)  # empty: zeros
   bufs.out[...] = (acc * lax.broadcast_in_dim(inv, acc.shape, [1])).astype(
@@ -115,22 +140,18 @@ def consumer(span, q_ref, out_refs, bufs: Bufs, bars, cfg, stages16: int):
   plgpu.wait_smem_to_gmem(0)
 
 
-def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, masked):
-  """One step: Sᵀ, scales and mask, online softmax over the keys, Oᵀ += Vᵀ Pᵀ."""
+def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, q_scales,
+          masked):
+  """One step: Sᵀ, scales and mask, online softmax over the keys, Oᵀ += Vᵀ Pᵀ.
+  q_scales: the scales of q's two 8-bit terms ([N] f32 each) or None."""
   acc, m_prev, sums = carry  # [d, N] f32, [N] f32, [block_kv, N] f32
   slot, ring = lax.rem(step, stages16), lax.rem(step, cfg.stages)
   with jax.named_scope("wait_k"):
     plgpu.barrier_wait(bars["k8_ready"].at[ring])
 
-  def qk(acc_ref):  # acc_ref [block_kv, N] f32
-    chunks = [pl.ds(r0, CHUNK_ROWS) for r0 in range(0, cfg.block_kv, CHUNK_ROWS)]
-    ks = [_k_chunk(bufs, ring, rows) for rows in chunks]  # all before any wgmma
-    for rows, k in zip(chunks, ks):
-      plgpu.wgmma(acc_ref.at[rows], k, bufs.q.transpose((1, 0)))
-    return acc_ref[...]
-
   with jax.named_scope("qk"):
-    s = pl.run_scoped(qk, plgpu.ACC((cfg.block_kv, bufs.q.shape[0]), jnp.float32))
+    s = (_qk_8bit(bufs, ring, cfg, q_scales) if cfg.qk_8bit
+         else _qk_bf16(bufs, ring, cfg))
     plgpu.barrier_arrive(bars["k8_free"].at[ring])
   with jax.named_scope("softmax"):
     k_scale = plgpu.load(bufs.k_scales.at[ring], layout=KEYS)
@@ -162,6 +183,35 @@ def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, masked):
   return acc, m_new, sums
 
 
+def _qk_bf16(bufs: Bufs, ring, cfg):
+  """Sᵀ [block_kv, N] f32 = K Qᵀ, K's chunks converted to bf16 in registers."""
+  def qk(acc_ref):  # acc_ref [block_kv, N] f32
+    chunks = [pl.ds(r0, CHUNK_ROWS) for r0 in range(0, cfg.block_kv, CHUNK_ROWS)]
+    ks = [_k_chunk(bufs, ring, rows) for rows in chunks]  # all before any wgmma
+    for rows, k in zip(chunks, ks):
+      plgpu.wgmma(acc_ref.at[rows], k, bufs.q.transpose((1, 0)))
+    return acc_ref[...]
+  return pl.run_scoped(qk, plgpu.ACC((cfg.block_kv, bufs.p.shape[0]), jnp.float32))
+
+
+def _qk_8bit(bufs: Bufs, ring, cfg, q_scales):
+  """Sᵀ [block_kv, N] f32 = Σ_t (K Q_tᵀ) q_scale_t: one 8-bit wgmma per term
+  of q (split_q) straight over the K stage, no conversion."""
+  cols = bufs.p.shape[0]
+  acc_dtype = jnp.int32 if bufs.k.dtype == jnp.int8 else jnp.float32
+
+  def qk(*acc_refs):  # acc_refs: [block_kv, N] int32 (int8) or f32 (e4m3)
+    for t, acc_ref in enumerate(acc_refs):
+      plgpu.wgmma(acc_ref, bufs.k.at[ring],
+                  bufs.q.at[pl.ds(t * cols, cols)].transpose((1, 0)))
+    return [acc_ref[...] for acc_ref in acc_refs]
+
+  accs = pl.run_scoped(qk, *[plgpu.ACC((cfg.block_kv, cols), acc_dtype)] * 2)
+  terms = [a.astype(jnp.float32) * lax.broadcast_in_dim(qs, a.shape, [1])
+           for a, qs in zip(accs, q_scales)]
+  return terms[0] + terms[1]
+
+
 def _online_softmax(s, carry):
   """Pᵀ = exp2(Sᵀ - max) [block_kv, N] f32 and the carry (acc [d, N], m [N],
   sums [block_kv, N]) rescaled to the new max over the step's keys."""
@@ -190,10 +240,11 @@ def _k_chunk(bufs: Bufs, ring, rows):
 
 
 def to_bf16(x):
-  """8-bit stored values (int8, or e4m3 bits in uint8) as bf16, exactly."""
-  number = quantization.format_of(x.dtype).number
-  if number == jnp.int8:
+  """8-bit values (int8, float8_e4m3fn, or e4m3 bits in uint8) as bf16,
+  exactly."""
+  if x.dtype == jnp.int8:
     return x.astype(jnp.bfloat16)
+  if x.dtype == jnp.uint8:
+    x = lax.bitcast_convert_type(x, quantization.format_of(x.dtype).number)
   # NOTE: no e4m3 -> bf16 instruction: via f16 (cvt e4m3x2) and f32.
-  return lax.bitcast_convert_type(x, number).astype(jnp.float32).astype(
-      jnp.bfloat16)
+  return x.astype(jnp.float32).astype(jnp.bfloat16)

@@ -89,7 +89,8 @@ def decode_mosaic_config(device_kind: str, batch: int, num_kv_heads: int,
   splits = min(_pow2_at_most(measured / (batch * num_kv_heads)),
                heuristics.MAX_SPLITS, _pow2_at_most(steps))
   return DecodeMosaicConfig(block_kv=e["block_kv"], stages=e["stages"],
-                            num_splits=splits)
+                            num_splits=splits, qk_8bit=e.get("qk_8bit", False),
+                            v_converters=e.get("v_converters", 1))
 
 
 def decode_mosaic_entry(device_kind: str, batch: int, num_kv_heads: int,

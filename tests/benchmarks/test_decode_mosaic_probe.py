@@ -59,18 +59,27 @@ def test_an_8_bit_cache_is_probed_against_bf16(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "benchmarks.decode_mosaic_probe", "--interpret",
        "--shapes", "2x128/16", "--block-kv", "64", "--stages", "3", "--splits", "1",
-       "--kv-dtype", "bfloat16,int8", "--out", str(tmp_path)],
+       "--kv-dtype", "bfloat16,int8", "--qk-8bit", "0,1", "--out", str(tmp_path)],
       cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   rows = json.loads((tmp_path / "decode_mosaic_probe.json").read_text())["rows"]
   int8 = [r for r in rows if r["kv_dtype"] == "int8" and r["kind"] == "mosaic"]
-  assert len(int8) == 1 and int8[0]["err"] < probe.TOLERANCE, int8
+  assert [r["config"]["qk_8bit"] for r in int8] == [False, True], int8
+  assert all(r["err"] < probe.TOLERANCE for r in int8), int8
   assert {r["kv_dtype"] for r in rows} == {"bfloat16", "int8"}
   md = (tmp_path / "decode_mosaic_probe.md").read_text()
   assert "| 2x128/16 | int8 |" in md and "| 2x128/16 | bfloat16 |" in md
   # 8-bit stages take shared memory too: at block_kv 128 the ring stops at 4.
   assert len(probe.grid(8, 4096, 8, (128,), (4, 5), (1,), quantized=True)) == 1
   assert len(probe.grid(8, 4096, 8, (128,), (2, 3), (1,))) == 2
+  # The 8-bit kernel's options multiply its grid (two V converters need 128 rows); a
+  # bf16 cache's grid has neither.
+  both = dict(qk_8bit=(False, True), v_converters=(1, 2))
+  eight = probe.grid(8, 4096, 8, (64, 128), (2,), (1,), quantized=True, **both)
+  assert sorted((c.block_kv, c.qk_8bit, c.v_converters) for c in eight) == [
+      (64, False, 1), (64, True, 1), (128, False, 1), (128, False, 2), (128, True, 1),
+      (128, True, 2)]
+  assert len(probe.grid(8, 4096, 8, (64, 128), (2,), (1,), **both)) == 2
 
 
 def test_a_table_merge_keeps_the_other_kv_dtypes_of_a_shape(tmp_path):

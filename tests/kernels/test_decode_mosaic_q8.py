@@ -33,6 +33,12 @@ CASES = [  # block_size, hq, hkv, d, lengths, config
     (64, 8, 1, 64, [200, 64, 1], C(block_kv=64, stages=3)),  # GQA 8
     (256, 9, 3, 64, [300, 1], C(block_kv=128)),  # GQA 3, 256-token blocks
     (16, 4, 1, 128, [700, 513], C(block_kv=64, num_splits=3, stages=5)),  # ragged
+    # Sᵀ by 8-bit wgmma (q in two 8-bit terms), one or two V converters
+    (16, 8, 2, 64, [37, 0, 130], C(block_kv=64, qk_8bit=True)),
+    (256, 9, 3, 64, [300, 1], C(block_kv=128, qk_8bit=True, v_converters=2)),
+    (16, 4, 1, 128, [700, 513], C(block_kv=128, num_splits=3, stages=3, qk_8bit=True,
+                                  v_converters=2)),
+    (8, 4, 4, 64, [1, 8, 17, 64], C(block_kv=128, v_converters=2)),  # K still in bf16
 ]
 
 
@@ -83,12 +89,14 @@ def test_gather_scales_puts_each_row_in_token_order_zero_past_its_length():
 @pytest.mark.skipif(not helpers.INTERPRET,
                     reason="the race detector is part of the CPU interpreter")
 @pytest.mark.parametrize("name", NAMES)
-def test_pipeline_has_no_data_races(name):
+@pytest.mark.parametrize("config", [
+    C(block_kv=64, stages=3, num_splits=2),
+    C(block_kv=128, stages=3, num_splits=2, qk_8bit=True, v_converters=2)], ids=str)
+def test_pipeline_has_no_data_races(name, config):
   from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call  # pylint: disable=g-import-not-at-top
   case = (16, 8, 2, 64, [37, 200], None)
   q, paged, args = _problem(case, name, seed=1)
-  out = _run(args, C(block_kv=64, stages=3, num_splits=2),
-             interpret=plgpu.InterpretGPUParams(detect_races=True))
+  out = _run(args, config, interpret=plgpu.InterpretGPUParams(detect_races=True))
   assert helpers.rel_err(out, helpers.naive_decode(q, paged, [37, 200], 0.125)) < (
       helpers.tolerance(BF16))
   assert not interpret_pallas_call.get_races().races_found
@@ -100,6 +108,10 @@ def test_pipeline_has_no_data_races(name):
     ((16, 32, 8, 128), C(block_kv=64, stages=6, num_splits=4)),
     ((8, 32, 8, 128), C(block_kv=64, stages=4)),
     ((128, 9, 3, 64), C(block_kv=64, num_splits=2)),
+    ((16, 32, 8, 128), C(block_kv=128, stages=4, qk_8bit=True, v_converters=2)),
+    ((16, 32, 8, 128), C(block_kv=128, stages=2, num_splits=4, qk_8bit=True)),
+    ((128, 9, 3, 64), C(block_kv=64, qk_8bit=True)),
+    ((16, 32, 8, 128), C(block_kv=128, stages=4, v_converters=2)),
 ], ids=str)
 def test_lowers_for_hopper(shape, config, name):
   """Pallas -> Mosaic GPU lowering for sm_90: the four warpgroups' layouts,
@@ -115,6 +127,20 @@ def test_lowers_for_hopper(shape, config, name):
       spec((64, hq, d), jnp.bfloat16), cache, spec((64, 32), jnp.int32),
       spec((64,), jnp.int32))
   assert "paged_decode_mosaic_q8" in exported.mlir_module()
+
+
+def test_the_8_bit_options_are_refused_where_they_do_not_apply():
+  spec = jax.ShapeDtypeStruct
+  q = spec((8, 32, 128), jnp.bfloat16)
+  bf16 = spec((64, 8, 2, 16, 128), jnp.bfloat16)
+  int8 = quantization.QuantizedKV(spec((64, 8, 2, 16, 128), jnp.int8),
+                                  spec((64, 8, 2, 16), jnp.float32))
+  for cfg in (C(qk_8bit=True), C(block_kv=128, v_converters=2)):
+    assert decode_mosaic.supports(q, int8, cfg)
+    assert not decode_mosaic.supports(q, bf16, cfg)  # the 16-bit kernel has neither
+  for bad in (dict(block_kv=64, v_converters=2), dict(v_converters=3)):
+    with pytest.raises(ValueError, match="v_converters"):
+      C(**bad)
 
 
 def test_shared_memory_counts_the_8_bit_stages():

@@ -41,6 +41,32 @@ def test_quantize_round_trip_error_is_bounded(name):
   assert 0 < err.mean() / np.abs(x).mean() < (1e-2 if name == "int8" else 4e-2)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_two_terms_take_the_error_down_by_the_format_twice(name):
+  """quantize_two_terms (the Mosaic decode's q with qk_8bit): the second term is the
+  first's residual quantized, so the sum's error is one format step of a step."""
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((32, 2, 128)) * rng.lognormal(0, 2, (32, 2, 1))
+  x[3, 0] = 0.0                                            # an all-zero vector
+  storage = quantization.storage_dtype(name)
+  values, scales = quantization.quantize_two_terms(jnp.asarray(x, jnp.float32), storage)
+  assert values.shape == (2, 32, 2, 128) and values.dtype == storage
+  assert scales.shape == (2, 32, 2)
+  one = quantization.dequantize(*quantization.quantize(jnp.asarray(x, jnp.float32), storage))
+  np.testing.assert_array_equal(np.asarray(quantization.dequantize(values[0], scales[0])),
+                                np.asarray(one))           # the first term is quantize's
+  back = np.asarray(quantization.dequantize(values[0], scales[0])
+                    + quantization.dequantize(values[1], scales[1]), np.float64)
+  assert not back[3, 0].any()
+  err, amax = np.abs(back - x), np.abs(x).max(-1, keepdims=True)
+  if name == "int8":     # half a step of (half a step of amax / 127) / 127
+    assert (err <= amax / (4 * 127 ** 2) * (1 + 1e-4)).all()
+  else:                  # 3 + 3 mantissa bits, subnormals a step of a step
+    assert (err <= np.abs(x) * 2.0 ** -8 + amax / 448 * 2.0 ** -12).all()
+  one_err = np.abs(np.asarray(one, np.float64) - x).mean()
+  assert err.mean() < one_err / (50 if name == "int8" else 8)
+
+
 def _write_problem(rng, name, block_size=16, hkv=3, d=64, real=11, padded=3):
   num_blocks = 2 + -(-real // block_size) + 1
   cache = quantization.QuantizedKV(

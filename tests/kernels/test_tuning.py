@@ -116,7 +116,11 @@ def test_mosaic_decode_entries_are_valid_tilings_that_fit(path):
   for e in json.loads(path.read_text()).get("decode_mosaic", []):
     assert MOSAIC_FIELDS <= set(e), e
     cfg = DecodeMosaicConfig(block_kv=e["block_kv"], stages=e["stages"],
-                             num_splits=e["num_splits"])
+                             num_splits=e["num_splits"],
+                             qk_8bit=e.get("qk_8bit", False),
+                             v_converters=e.get("v_converters", 1))
+    if e["itemsize"] == 2:  # the 8-bit kernel's options are its entries' only
+      assert not cfg.qk_8bit and cfg.v_converters == 1, e
     # An 8-bit entry's q is bf16, its query tile the group's q_cols columns.
     cols = 0 if e["itemsize"] == 2 else q_cols(e["q_heads"] // e["kv_heads"])
     assert cfg.smem_bytes(e["head_dim"], 2, cols) <= SMEM_BYTES, e
@@ -151,4 +155,8 @@ def test_mosaic_decode_nearest_entry_else_heuristics(monkeypatch):
   assert tuning.decode_mosaic_entry("x", 64, 8, 128, 16, 128, "int8") is int8
   assert tuning.decode_mosaic_entry("x", 64, 8, 128, 16, 128, "float8_e4m3") is None
   assert tuning.decode_mosaic_config("x", 8, 8, 512, 16, 128, 1, "int8") == C(128, 4, 2)
+  # An 8-bit entry's kernel options come with its tiling.
+  int8.update(qk_8bit=True, v_converters=2)
+  assert tuning.decode_mosaic_config("x", 8, 8, 512, 16, 128, 1, "int8") == C(
+      128, 4, 2, qk_8bit=True, v_converters=2)
   assert tuning.decode_mosaic_entry("x", 64, 8, 128, 16, 128)["itemsize"] == 2
