@@ -122,7 +122,7 @@ for t in r["top"][:6]:
   decode-q8)  # issue 15: 8-bit caches in the Mosaic decode against bf16, issue's shapes
     run q8 200 python3 -m benchmarks.decode_mosaic_probe --out "$out" \
       --kv-dtype int8,float8_e4m3,bfloat16 --block-kv 128,64 --stages 2,3 --splits 1,2 \
-      --job_timeout_s 60 --shapes 64x4096/16,256x1024/16
+      --qk-8bit 0 --v-converters 1 --job_timeout_s 60 --shapes 64x4096/16,256x1024/16
     grep -A12 "^| shape" "$out/q8.log"
     ;;
   decode-q8-modes)  # issue 15: qk_8bit x v_converters (8-bit entries into the table only)
