@@ -8,7 +8,10 @@ agreement and mean KL against the bf16 cache, for each 8-bit dtype and scale lay
 
   per token (engine)      the engine's QuantizedKV: one scale per token, KV head and K|V
   per token (emulated)    a float32 cache holding each vector quantized and dequantized
-                          with its own scale: must match the engine (checks the emulation)
+                          with the engine's scale: must match the engine (checks the
+                          emulation)
+  (the per-block scales below are max / the format's largest value, without e4m3's
+  search over grid shifts)
   per block, oracle       one scale per block, KV head and K|V, from the block's final
                           maximum known in advance (bf16 run): the best any per-block
                           scale can do
@@ -76,9 +79,10 @@ def _seams(config, name, scales_of, make_state):
 
 
 def per_token(config, name):
-  qmax = quantization.FORMATS[name].qmax
+  """The engine's scales (quantization.quantize: e4m3's the best of its grid shifts)."""
+  storage = quantization.storage_dtype(name)
   return _seams(config, name, lambda kv, state, slots, bs: (
-      jnp.max(jnp.abs(kv), axis=-1) / qmax, state), lambda shape: jnp.zeros(()))
+      quantization.quantize(kv, storage)[1], state), lambda shape: jnp.zeros(()))
 
 
 def per_block_oracle(config, name, block_amax):

@@ -45,8 +45,9 @@ times sum every kernel of the call, so a copy of the cache would show there.
 Barriers per stage s of the 8-bit ring: k8_ready/v8_ready (TMA landed: a
 values copy per block and the scales copy), k8_free (the compute warpgroup
 has read K), v8_free (every V converter is done), s_free (the compute
-warpgroup has read the step's scales); per 16-bit stage: v_ready (every V converter's chunks
-written and fenced), v_free (the compute warpgroup is done).
+warpgroup has read the step's scales); per 16-bit stage: v_ready (every V
+converter's chunks written and fenced), v_free (the compute warpgroup is
+done).
 
 NOTE: the scales are gathered outside the kernel (an XLA gather of 1/32 of
 the values' bytes at head_dim 128) because a KV block's 16 scales are 64

@@ -47,10 +47,15 @@ def test_tiny_llama_kv_cache_sharded_by_kv_head(report, tp):
 
 def test_int8_kv_cache_greedy_equals_single_device_and_splits_by_kv_head(report):
   one, two = report["int8"]["tp1"], report["int8"]["tp2"]
-  assert two["tokens"] == one["tokens"]
-  np.testing.assert_allclose(np.array(two["logprobs"]), np.array(one["logprobs"]),
-                             rtol=0, atol=2e-5)
   values, scales = two["cache"]["values"], two["cache"]["scales"]
+  assert two["tokens"] == one["tokens"]
+  # NOTE: TP 2's K/V may land one int8 step from TP 1's (its matmuls sum in another order:
+  # values' max_diff <= 1 below), and such a step moves later logprobs by about 1e-4 (1.9e-4
+  # on a Sapphire Rapids CPU, 2026-12-04); 1e-3 is still 50x under what int8 itself moves
+  # them (mean 0.056 against the bf16 cache). Equal caches must give bf16's 2e-5.
+  atol = 2e-5 if values["max_diff"] == 0 else 1e-3
+  np.testing.assert_allclose(np.array(two["logprobs"]), np.array(one["logprobs"]),
+                             rtol=0, atol=atol)
   assert values["dtype"] == "int8" and scales["dtype"] == "float32"
   rows, kv_heads, _, block_size, head_dim = values["shape"]
   assert scales["shape"] == [rows, kv_heads, 2, block_size]
