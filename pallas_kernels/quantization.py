@@ -116,23 +116,22 @@ def quantize(x: jax.Array, storage) -> tuple[jax.Array, jax.Array]:
   x = x.astype(jnp.float32)
   amax = jnp.max(jnp.abs(x), axis=-1)
   shifts = 1 if jnp.issubdtype(fmt.number, jnp.integer) else E4M3_SHIFTS
-  best = None
   for k in range(shifts):
     c = 2.0 ** (k / shifts)
-    y = _stored(x, jnp.where(amax > 0, (fmt.qmax / c) / jnp.where(amax > 0, amax, 1.0), 0.0),
-                fmt)
-    scale = amax * (c / fmt.qmax)
-    err = jnp.sum(jnp.square(y * scale[..., None] - x), axis=-1) if shifts > 1 else None
-    if best is None:
-      best = (y, scale, err)
+    y_k = _stored(x, jnp.where(amax > 0, (fmt.qmax / c) / jnp.where(amax > 0, amax, 1.0),
+                               0.0), fmt)
+    scale_k = amax * (c / fmt.qmax)
+    err_k = jnp.sum(jnp.square(y_k * scale_k[..., None] - x), axis=-1)
+    if k == 0:
+      y, scale, err = y_k, scale_k, err_k
       continue
-    take = err < best[2]
-    best = (jnp.where(take[..., None], y, best[0]), jnp.where(take, scale, best[1]),
-            jnp.where(take, err, best[2]))
-  y = best[0].astype(fmt.number)  # NOTE: exact: best[0] holds format values in float32
+    take = err_k < err
+    y, scale = jnp.where(take[..., None], y_k, y), jnp.where(take, scale_k, scale)
+    err = jnp.where(take, err_k, err)
+  y = y.astype(fmt.number)  # NOTE: exact: y holds the format's numbers in float32
   if fmt.number != fmt.storage:
     y = jax.lax.bitcast_convert_type(y, fmt.storage)
-  return y, best[1]
+  return y, scale
 
 
 def _stored(x, inv, fmt: Format):
