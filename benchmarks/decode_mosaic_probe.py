@@ -11,10 +11,10 @@ Per KV-cache dtype and shape (batch x context / block size; bf16 q, 32 q /
 8 kv heads x 128, every row full length, shuffled tables, the cache holding
 only the used blocks; an 8-bit cache is the bf16 one quantized per token and
 head, and its grid also spans qk_8bit and v_converters): a read-only pass
-over those KV bytes (values and scales: the ceiling), the Triton kernel with the engine's tiling (the device's tuning
-table), and every
-Mosaic tiling of the grid that fits shared memory and has >= one step per
-split, each checked against the float32 reference (relative error) at full
+over those KV bytes (values and scales: the ceiling), the Triton kernel
+with the engine's tiling (the device's tuning table), and every Mosaic
+tiling of the grid that fits shared memory and has >= one step per split,
+each checked against the float32 reference (relative error) at full
 length. The best Mosaic tiling is also timed with rows at a quarter of the
 context. Each shape runs in a child process killed after --job_timeout_s (a
 hang or crash costs that shape only). Prints a table per shape and a
@@ -67,10 +67,11 @@ def grid(batch: int, ctx: int, hkv: int, block_kv, stages, splits,
   eight_bit = (qk_8bit, v_converters) if quantized else ((False,), (1,))
   for bkv, st, ns, qk8, conv in itertools.product(block_kv, stages, splits,
                                                   *eight_bit):
-    if conv * 64 > bkv:
+    try:
+      cfg = DecodeMosaicConfig(block_kv=bkv, stages=st, num_splits=ns,
+                               qk_8bit=bool(qk8), v_converters=conv)
+    except ValueError:  # e.g. two V converters need block_kv >= 128
       continue
-    cfg = DecodeMosaicConfig(block_kv=bkv, stages=st, num_splits=ns,
-                             qk_8bit=bool(qk8), v_converters=conv)
     if (cfg.smem_bytes(HEADS[2], 2, cols) <= SMEM_BYTES and ns * bkv <= ctx
         and (ns == 1 or batch * hkv * ns <= max_ctas)):
       out.append(cfg)

@@ -85,8 +85,8 @@ def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
   itemsize, group = q.dtype.itemsize, q.shape[1] // hkv
   cols = q_cols(group) if quantized else 0
   eight_bit_only = config.qk_8bit or config.v_converters != 1
-  return (itemsize == 2 and (quantized or not eight_bit_only) and (q.dtype == jnp.bfloat16 if quantized
-                             else q.dtype == values.dtype)
+  return (itemsize == 2 and (quantized or not eight_bit_only)
+          and (q.dtype == jnp.bfloat16 if quantized else q.dtype == values.dtype)
           and head_dim % 64 == 0 and group <= ROWS_PER_WG
           and config.smem_bytes(head_dim, itemsize, cols) <= SMEM_BYTES)
 

@@ -134,6 +134,12 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
   return out[0].swapaxes(-1, -2), out[1]
 
 
+def q_inputs(cfg) -> int:
+  """The kernel's q operands, one TMA copy each: q, or with qk_8bit its two 8-bit
+  terms and their scales (split_q)."""
+  return 2 if cfg.qk_8bit else 1
+
+
 def split_q(qp, storage):
   """qp [batch, hkv, N, d] bf16 -> q's two 8-bit terms as wgmma's numbers
   [batch, hkv, 2N, d] (quantization.quantize_two_terms, one scale per query
@@ -152,8 +158,7 @@ def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, interpret):
   the consumer's q_refs (1 or 2), then the outputs (all GMEM).
   interpret: adds the compute warpgroup's k_tile (decode_mosaic_q8_compute).
   """
-  n_q = 2 if cfg.qk_8bit else 1
-  q_refs, out_refs = refs[:n_q], refs[n_q:]
+  q_refs, out_refs = refs[:q_inputs(cfg)], refs[q_inputs(cfg):]
   head_dim, cols = q_refs[0].shape[-1], out_refs[0].shape[-1]
   smem16 = (STAGES16, cfg.block_kv, head_dim)
   k_tile = (cfg.block_kv, head_dim)
@@ -169,7 +174,7 @@ def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, interpret):
                                       ring, bars, cfg))
     for c in range(cfg.v_converters):
       pl.when(wg == 2 + c)(functools.partial(
-          converter, span, ring[1], v16, bars, cfg, c, cfg.v_converters))
+          converter, span, ring[1], v16, bars, cfg, c))
 
   pl.run_scoped(
       body, *compute.buffers(cfg, head_dim, cols, values_ref.dtype, smem_buffer),
@@ -205,10 +210,10 @@ def gather_scales(scales, block_tables, lengths, block_kv: int):
 def barriers(cfg, block_size: int) -> dict:
   """The barriers of the module docstring, by name."""
   copies = copies_per_stage(block_size, cfg) + 1  # the values, the scales
-  n_conv = cfg.v_converters
+  n_conv = cfg.v_converters  # each arrives on v8_free and v_ready
   stage = lambda n: plgpu.Barrier(num_arrivals=n, num_barriers=cfg.stages)
   stage16 = lambda n: plgpu.Barrier(num_arrivals=n, num_barriers=STAGES16)
-  return dict(q=plgpu.Barrier(num_arrivals=2 if cfg.qk_8bit else 1),
+  return dict(q=plgpu.Barrier(num_arrivals=q_inputs(cfg)),
               k8_ready=stage(copies), v8_ready=stage(copies),
               k8_free=stage(1), v8_free=stage(n_conv), s_free=stage(1),
               v_ready=stage16(n_conv), v_free=stage16(1))
@@ -245,13 +250,13 @@ def producer(span, bt_ref, values_ref, scales_ref, bufs, bars, cfg):
   _drain(span, (bars["k8_free"], bars["v8_free"], bars["s_free"]), cfg.stages)
 
 
-def converter(span, src, dst, bars, cfg, index: int, count: int):
-  """V converter `index` of `count`: its 64-row chunks (every count-th) of
-  each 8-bit stage of src [stages, block_kv, d] as bf16 into the 16-bit stage
-  dst [STAGES16, block_kv, d] (both SMEM, swizzled)."""
+def converter(span, src, dst, bars, cfg, index: int):
+  """V converter `index` of cfg.v_converters: its 64-row chunks (every
+  v_converters-th) of each 8-bit stage of src [stages, block_kv, d] as bf16
+  into the 16-bit stage dst [STAGES16, block_kv, d] (both SMEM, swizzled)."""
   plgpu.set_max_registers(CONVERT_REGISTERS, action="decrease")
   starts = range(index * compute.CHUNK_ROWS, cfg.block_kv,
-                 count * compute.CHUNK_ROWS)
+                 cfg.v_converters * compute.CHUNK_ROWS)
 
   @pl.loop(0, span.num_steps)
   def _convert(step):

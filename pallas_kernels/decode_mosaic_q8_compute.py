@@ -245,6 +245,6 @@ def to_bf16(x):
   if x.dtype == jnp.int8:
     return x.astype(jnp.bfloat16)
   if x.dtype == jnp.uint8:
-    x = lax.bitcast_convert_type(x, quantization.format_of(x.dtype).number)
+    x = quantization.numbers(x)
   # NOTE: no e4m3 -> bf16 instruction: via f16 (cvt e4m3x2) and f32.
   return x.astype(jnp.float32).astype(jnp.bfloat16)
