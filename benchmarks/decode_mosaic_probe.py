@@ -10,7 +10,7 @@ Usage: PYTHONPATH=. python3 -m benchmarks.decode_mosaic_probe [--out DIR]
 Per KV-cache dtype and shape (batch x context / block size; bf16 q, 32 q /
 8 kv heads x 128, every row full length, shuffled tables, the cache holding
 only the used blocks; an 8-bit cache is the bf16 one quantized per token and
-head, and its grid also spans qk_8bit and v_converters): a read-only pass
+head, and its grid also spans v_converters and, for int8, qk_8bit): a read-only pass
 over those KV bytes (values and scales: the ceiling), the Triton kernel
 with the engine's tiling (the device's tuning table), and every Mosaic
 tiling of the grid that fits shared memory and has >= one step per split,
@@ -86,7 +86,7 @@ def child(args) -> None:
   from benchmarks.measure import guarded, rel_err, timed  # pylint: disable=g-import-not-at-top
   from benchmarks.kv_quant import cache_of  # pylint: disable=g-import-not-at-top
   from benchmarks.tune_kernels import make_problem, read_us, timed_compiled, with_length  # pylint: disable=g-import-not-at-top
-  from pallas_kernels.decode_mosaic import decode_mosaic  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.decode_mosaic import decode_mosaic, supports  # pylint: disable=g-import-not-at-top
 
   interpret = args.interpret
   timer = timed_compiled if not interpret else _wall_us
@@ -110,6 +110,8 @@ def child(args) -> None:
   for cfg in grid(batch, ctx, hkv, args.block_kv, args.stages, args.splits,
                   args.max_ctas, kv_dtype != "bfloat16", args.qk_8bit,
                   args.v_converters):
+    if not supports(*problem[:2], cfg):  # e.g. qk_8bit over e4m3
+      continue
     f = jax.jit(functools.partial(decode_mosaic, scale=scale, config=cfg,
                                   interpret=interpret))
     t0 = time.time()

@@ -134,7 +134,7 @@ for t in r["top"][:6]:
       --qk-8bit 0,1 --v-converters 1,2 --job_timeout_s 80 --shapes 64x4096/16,256x1024/16
     grep -A4 "^| shape" "$out/q8bf16.log"; grep -A8 "^| shape" "$out/q8modes.log"
     mkdir -p "$out/kv"
-    run throughput_kv 150 python3 -m benchmarks.throughput --out "$out/kv" --skip-check \
+    run throughput_kv 280 python3 -m benchmarks.throughput --out "$out/kv" --skip-check \
       --models llama3-8b --batches 256 --prompt-len 1024 --new-tokens 128 \
       --kv-cache-dtype int8,float8_e4m3
     grep -A4 "^| model" "$out/throughput_kv.log"

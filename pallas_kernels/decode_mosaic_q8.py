@@ -31,16 +31,10 @@ small), and the V converter's conversion takes as long: getting 8-bit
 chunks into bf16 in the WGMMA layout is what a faster kernel must cut (not
 the arithmetic: other exact conversion chains timed the same). qk_8bit and
 a second V converter take K's conversion off the compute warpgroup and
-halve the converter's share of V's; added 2026-12-04 when no GPU was lent,
-so not yet timed: the device's table picks (its entries without the two
-options run the kernel as measured).
-
-NOTE: with qk_8bit an e4m3 cache's uint8 values reach the kernel bitcast to
-float8_e4m3fn (wgmma takes its type from the shared-memory ref; a TMA copy
-keeps the element type, Mosaic GPU has no bitcast of a tiled shared-memory
-ref, and interpret mode keeps a RefUnion's members apart). A same-width
-bitcast-convert should be a free bitcast for XLA on the GPU; the probe's
-times sum every kernel of the call, so a copy of the cache would show there.
+halve the converter's share of V's; the device's table picks them. On the
+H100 (2026-12-05): int8's qk_8bit 2-7 % faster at full length; e4m3's
+slower and wrong on the GPU (decode_mosaic.supports refuses it); two V
+converters 1-6 % slower everywhere (not yet timed on the H200).
 
 Barriers per stage s of the 8-bit ring: k8_ready/v8_ready (TMA landed: a
 values copy per block and the scales copy), k8_free (the compute warpgroup
@@ -116,9 +110,7 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
   else:
     out_type = (jax.ShapeDtypeStruct(part + (head_dim, cols), jnp.float32),
                 jax.ShapeDtypeStruct(part + (cols,), jnp.float32))
-  values, q_args = kv_cache.values, (qp,)
-  if cfg.qk_8bit:  # wgmma reads the numbers (e4m3 bits as float8_e4m3fn)
-    values, q_args = quantization.numbers(values), split_q(qp, kv_cache.values.dtype)
+  q_args = split_q(qp, kv_cache.values.dtype) if cfg.qk_8bit else (qp,)
   warpgroups = 2 + cfg.v_converters
   out = plgpu.kernel(
       functools.partial(_entry, cfg=cfg, interpret=bool(interpret)),
@@ -128,7 +120,7 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
       compiler_params=plgpu.CompilerParams(approx_math=True),
       interpret=interpret_params(interpret, warpgroups),
       kernel_name="paged_decode_mosaic_q8",
-  )(lengths, block_tables.reshape(-1), values, scales, *q_args)
+  )(lengths, block_tables.reshape(-1), kv_cache.values, scales, *q_args)
   if cfg.num_splits == 1:
     return out.swapaxes(-1, -2)
   return out[0].swapaxes(-1, -2), out[1]
@@ -141,12 +133,11 @@ def q_inputs(cfg) -> int:
 
 
 def split_q(qp, storage):
-  """qp [batch, hkv, N, d] bf16 -> q's two 8-bit terms as wgmma's numbers
-  [batch, hkv, 2N, d] (quantization.quantize_two_terms, one scale per query
-  head and term) and their scales [batch, hkv, 2, N] f32."""
+  """qp [batch, hkv, N, d] bf16 -> q's two 8-bit terms [batch, hkv, 2N, d]
+  of the cache's `storage` dtype (int8: quantization.quantize_two_terms, one
+  scale per query head and term) and their scales [batch, hkv, 2, N] f32."""
   terms, scales = quantization.quantize_two_terms(qp, storage)
-  terms = quantization.numbers(jnp.concatenate([terms[0], terms[1]], axis=2))
-  return terms, scales.transpose(1, 2, 0, 3)
+  return jnp.concatenate([terms[0], terms[1]], axis=2), scales.transpose(1, 2, 0, 3)
 
 
 def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, interpret):

@@ -15,12 +15,12 @@ Sᵀ comes one of two ways (DecodeMosaicConfig.qk_8bit):
   bf16 (default)  K read from the 8-bit ring 64 rows at a time into
                   registers, converted to bf16 there and given to wgmma as a
                   register A operand, q a bf16 tile;
-  8-bit           no conversion: one 8-bit wgmma (int8 -> int32, e4m3 -> f32)
-                  per term of q straight over the K stage, q given as two
-                  8-bit terms (quantization.quantize_two_terms: q's
-                  quantization and its residual's, each with a scale per
-                  query head), so Sᵀ = Σ_t (K Q_tᵀ) q_scale_t holds q to about
-                  bf16's precision, not one 8-bit format's.
+  8-bit (int8)    no conversion: one int8 wgmma (into int32, exact) per
+                  term of q straight over the K stage, q given as two int8
+                  terms (quantization.quantize_two_terms: q's quantization
+                  and its residual's, each with a scale per query head), so
+                  Sᵀ = Σ_t (K Q_tᵀ) q_scale_t holds q to about bf16's
+                  precision, not int8's. Not for e4m3: decode_mosaic.supports.
 V goes through the V converters' bf16 stages either way (wgmma's A must be in
 the WGMMA layout, and a transposed 8-bit load has no relayout to it; an 8-bit
 A operand must be K-major, and Vᵀ is not).
@@ -198,15 +198,14 @@ def _qk_8bit(bufs: Bufs, ring, cfg, q_scales):
   """Sᵀ [block_kv, N] f32 = Σ_t (K Q_tᵀ) q_scale_t: one 8-bit wgmma per term
   of q (split_q) straight over the K stage, no conversion."""
   cols = bufs.p.shape[0]
-  acc_dtype = jnp.int32 if bufs.k.dtype == jnp.int8 else jnp.float32
 
-  def qk(*acc_refs):  # acc_refs: [block_kv, N] int32 (int8) or f32 (e4m3)
+  def qk(*acc_refs):  # acc_refs: [block_kv, N] int32
     for t, acc_ref in enumerate(acc_refs):
       plgpu.wgmma(acc_ref, bufs.k.at[ring],
                   bufs.q.at[pl.ds(t * cols, cols)].transpose((1, 0)))
     return [acc_ref[...] for acc_ref in acc_refs]
 
-  accs = pl.run_scoped(qk, *[plgpu.ACC((cfg.block_kv, cols), acc_dtype)] * 2)
+  accs = pl.run_scoped(qk, *[plgpu.ACC((cfg.block_kv, cols), jnp.int32)] * 2)
   terms = [a.astype(jnp.float32) * lax.broadcast_in_dim(qs, a.shape, [1])
            for a, qs in zip(accs, q_scales)]
   return terms[0] + terms[1]
