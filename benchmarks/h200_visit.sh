@@ -32,6 +32,9 @@
 #   bash benchmarks/h200_visit.sh decode-table OUT  # the Mosaic decode's tuning-table entries
 #   bash benchmarks/h200_visit.sh decode-q8 OUT  # issue 15: the Mosaic decode per KV-cache
 #                                                # dtype at the issue's shapes, vs bf16's best
+#   bash benchmarks/h200_visit.sh decode-q8-scales OUT  # issue 15: the 8-bit decode with its
+#                                                # scales copied per KV block, vs BASELINE
+#                                                # (and $VARIANTS, more such trees)
 #   bash benchmarks/h200_visit.sh decode-q8-modes OUT  # issue 15: the 8-bit decode's Sᵀ (K to
 #                                                # bf16 vs 8-bit wgmma) x 1/2 V converters;
 #                                                # the best into the table; then the 8B per dtype
@@ -138,6 +141,20 @@ for t in r["top"][:6]:
       --models llama3-8b --batches 256 --prompt-len 1024 --new-tokens 128 \
       --kv-cache-dtype int8,float8_e4m3
     grep -A4 "^| model" "$out/throughput_kv.log"
+    ;;
+  decode-q8-scales)  # issue 15: scales copied per KV block (no XLA gather), now vs BASELINE
+    run q8bf16 100 python3 -m benchmarks.decode_mosaic_probe --out "$out/bf16" \
+      --kv-dtype bfloat16 --block-kv 128 --stages 2 --splits 1 --job_timeout_s 60 \
+      --shapes 64x4096/16,256x1024/16
+    for dir in . .baseline ${VARIANTS:-}; do  # VARIANTS: more trees like .baseline
+      v=$([ "$dir" = . ] && echo now || echo "${dir#.}")
+      mkdir -p "$out/$v"
+      (cd "$dir" && run "q8_$v" 200 \
+        python3 -m benchmarks.decode_mosaic_probe --out "$out/$v" --kv-dtype float8_e4m3,int8 \
+        --block-kv 128 --stages 4 --splits 1 --qk-8bit 0,1 --v-converters 1 \
+        --job_timeout_s 90 --shapes 64x4096/16,256x1024/16)
+    done
+    grep -A4 "^| shape" "$out/q8bf16.log"; grep -A6 "^| shape" "$out"/q8_*.log
     ;;
   kv-dtype-8b)  # issue 15: the 8B engine's decode step and tokens/s at batch 256 per KV dtype
     mkdir -p "$out/kv"
