@@ -32,12 +32,12 @@
 #   bash benchmarks/h200_visit.sh decode-table OUT  # the Mosaic decode's tuning-table entries
 #   bash benchmarks/h200_visit.sh decode-q8 OUT  # issue 15: the Mosaic decode per KV-cache
 #                                                # dtype at the issue's shapes, vs bf16's best
-#   bash benchmarks/h200_visit.sh decode-q8-scales OUT  # issue 15: the 8-bit decode with its
-#                                                # scales copied per KV block, vs BASELINE
-#                                                # (and $VARIANTS, more such trees)
+#   bash benchmarks/h200_visit.sh decode-q8-scales OUT  # issue 15: the 8-bit decode now vs
+#                                                # BASELINE (and $VARIANTS, more such trees)
 #   bash benchmarks/h200_visit.sh decode-q8-modes OUT  # issue 15: the 8-bit decode's Sᵀ (K to
-#                                                # bf16 vs 8-bit wgmma) x 1/2 V converters;
-#                                                # the best into the table; then the 8B per dtype
+#                                                # bf16 vs 8-bit wgmma) x $V_CONVERTERS (1; "1,2"
+#                                                # both) V converters, block_kv 128; the best into
+#                                                # the table (copied to OUT); then the 8B per dtype
 # Needs the wheels the GPU image lacks in .whl/ (docs/benchmarks.md) and, for the baseline,
 # `git archive REV engine models pallas_kernels serving benchmarks configs | tar -x -C .baseline`.
 set -u
@@ -132,17 +132,20 @@ for t in r["top"][:6]:
     run q8bf16 100 python3 -m benchmarks.decode_mosaic_probe --out "$out/bf16" \
       --kv-dtype bfloat16 --block-kv 128 --stages 2 --splits 1 --job_timeout_s 60 \
       --shapes 64x4096/16,256x1024/16
-    run q8modes 330 python3 -m benchmarks.decode_mosaic_probe --out "$out" --write-table \
-      --kv-dtype float8_e4m3,int8 --block-kv 128,64 --stages 2,4 --splits 1 \
-      --qk-8bit 0,1 --v-converters 1,2 --job_timeout_s 80 --shapes 64x4096/16,256x1024/16
+    touch "$out/.t0"
+    run q8modes 200 python3 -m benchmarks.decode_mosaic_probe --out "$out" --write-table \
+      --kv-dtype float8_e4m3,int8 --block-kv 128 --stages 2,4 --splits 1 \
+      --qk-8bit 0,1 --v-converters ${V_CONVERTERS:-1} --job_timeout_s 80 \
+      --shapes 64x4096/16,256x1024/16
+    find pallas_kernels/tuning -newer "$out/.t0" -name "*.json" -exec cp {} "$out/" \;
     grep -A4 "^| shape" "$out/q8bf16.log"; grep -A8 "^| shape" "$out/q8modes.log"
     mkdir -p "$out/kv"
-    run throughput_kv 280 python3 -m benchmarks.throughput --out "$out/kv" --skip-check \
+    run throughput_kv 300 python3 -m benchmarks.throughput --out "$out/kv" --skip-check \
       --models llama3-8b --batches 256 --prompt-len 1024 --new-tokens 128 \
-      --kv-cache-dtype int8,float8_e4m3
-    grep -A4 "^| model" "$out/throughput_kv.log"
+      --kv-cache-dtype bfloat16,int8,float8_e4m3
+    grep -A5 "^| model" "$out/throughput_kv.log"
     ;;
-  decode-q8-scales)  # issue 15: scales copied per KV block (no XLA gather), now vs BASELINE
+  decode-q8-scales)  # issue 15: the 8-bit decode now vs BASELINE (.baseline/) and $VARIANTS
     run q8bf16 100 python3 -m benchmarks.decode_mosaic_probe --out "$out/bf16" \
       --kv-dtype bfloat16 --block-kv 128 --stages 2 --splits 1 --job_timeout_s 60 \
       --shapes 64x4096/16,256x1024/16
@@ -151,7 +154,7 @@ for t in r["top"][:6]:
       mkdir -p "$out/$v"
       (cd "$dir" && run "q8_$v" 200 \
         python3 -m benchmarks.decode_mosaic_probe --out "$out/$v" --kv-dtype float8_e4m3,int8 \
-        --block-kv 128 --stages 4 --splits 1 --qk-8bit 0,1 --v-converters 1 \
+        --block-kv 128 --stages 4 --splits 1 --qk-8bit 0,1 --v-converters 1,2 \
         --job_timeout_s 90 --shapes 64x4096/16,256x1024/16)
     done
     grep -A4 "^| shape" "$out/q8bf16.log"; grep -A6 "^| shape" "$out"/q8_*.log

@@ -7,7 +7,8 @@ compute warpgroup's registers, or is read by an 8-bit wgmma as it lies
 
   memory warpgroup   TMA of a step's 8-bit K and V (one copy per KV block)
                      into a ring of `stages` 8-bit stages, and of their
-                     float32 scales (one bulk copy per KV block beside);
+                     float32 scales (one copy each, from the row's scales
+                     gathered in token order by `gather_scales`);
   V converters       `v_converters` warpgroups (1 or 2), each its 64-row
                      chunks of a step: 8-bit stage -> registers -> bf16 into
                      the compute warpgroup's STAGES16 stages; a pure bit
@@ -42,16 +43,14 @@ warpgroup has read the step's scales); per 16-bit stage: v_ready (every V
 converter's chunks written and fenced), v_free (the compute warpgroup is
 done).
 
-NOTE: a KV block's scales (16 floats at block size 16: 64 bytes) are one
-non-tensor bulk copy each (oob_mode PROMISE_IN_BOUNDS: 16-byte alignment); a
-tensor (TMA) copy per block into the step's [block_kv] buffer faulted on the
-H200 (misaligned address: tensor copies need 128-byte aligned shared memory),
-and an XLA gather of the scales into token order before the kernel cost a
-read and a write of them besides the kernel's read. A step past a row's end
-reads slots no token was written to (NaN scales and NaN e4m3 bits in the
-tests' poison): the masked step replaces those keys' Sᵀ rows before
-anything reads them and zeroes their Pᵀ rows after V's scales multiply them;
-the V converter zeroes those rows' values.
+NOTE: the scales are gathered outside the kernel (an XLA gather of 1/32 of
+the values' bytes at head_dim 128) because a KV block's 16 scales are 64
+bytes, and a TMA copy per block into one [block_kv] buffer faulted on the
+H200 (misaligned address: a tensor copy's shared-memory end must be
+128-byte aligned). The gather also zeroes the scales at and past each row's
+length: a step past the end reads slots no token was written to (NaN
+scales and NaN e4m3 bits in the tests' poison), and Pᵀ's masked keys
+times a zero scale stay zero. The V converter zeroes those rows' values.
 """
 
 from __future__ import annotations
@@ -74,12 +73,10 @@ from pallas_kernels.prefill_mosaic_memory import block_ids
 from pallas_kernels.prefill_mosaic_memory import copies_per_stage
 from pallas_kernels.prefill_mosaic_memory import issue_copies
 
-# NOTE: the V converter's registers never meet wgmma, so it loads and stores
-# in a layout of 8 consecutive elements a thread-vector (8-byte 8-bit loads,
-# 16-byte bf16 stores: one swizzle chunk), not the WGMMA layout's 2 (storing
-# WGMMA_8BIT-laid bf16, 4 a vector, into the swizzled 16-bit stage faulted
-# with a misaligned address on the H200, jax 0.11.2).
-CONVERT_LAYOUT = plgpu.Layout.WGMMA_UPCAST_4X
+# NOTE: bf16 is stored in the WGMMA layout (2 elements a thread-vector):
+# storing WGMMA_8BIT-laid bf16 into the swizzled 16-bit stage faulted with a
+# misaligned address on the H200 (jax 0.11.2).
+LAYOUT = compute.LAYOUT
 # NOTE: per thread, beside the compute warpgroup's 256 and the memory
 # warpgroup's 40: 256 + 40 + 104 <= 3 * 168 (64K over 384 threads), and
 # with two V converters 256 + 40 + 2 * 104 <= 4 * 128.
@@ -106,6 +103,7 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
   = q_cols(group)) -> as decode_mosaic.run_kernel's outputs (the kernel's
   transposed ones swapped back, lse [.., splits, q_rows])."""
   batch, hkv, cols, head_dim = qp.shape
+  scales = gather_scales(kv_cache.scales, block_tables, lengths, cfg.block_kv)
   part = (batch, hkv, cfg.num_splits)
   if cfg.num_splits == 1:
     out_type = jax.ShapeDtypeStruct((batch, hkv, head_dim, cols), qp.dtype)
@@ -122,8 +120,7 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
       compiler_params=plgpu.CompilerParams(approx_math=True),
       interpret=interpret_params(interpret, warpgroups),
       kernel_name="paged_decode_mosaic_q8",
-  )(lengths, block_tables.reshape(-1), kv_cache.values, kv_cache.scales,
-    *q_args)
+  )(lengths, block_tables.reshape(-1), kv_cache.values, scales, *q_args)
   if cfg.num_splits == 1:
     return out.swapaxes(-1, -2)
   return out[0].swapaxes(-1, -2), out[1]
@@ -148,7 +145,7 @@ def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, interpret):
 
   len_ref int32 [batch]; bt_ref int32 [batch * max_blocks]; values_ref
   [num_blocks, hkv, 2, block_size, d] int8 or uint8 (float8_e4m3fn with
-  qk_8bit); scales_ref [num_blocks, hkv, 2, block_size] f32; refs:
+  qk_8bit); scales_ref [batch, hkv, 2, tokens] f32 (gather_scales); refs:
   the consumer's q_refs (1 or 2), then the outputs (all GMEM).
   interpret: adds the compute warpgroup's k_tile (decode_mosaic_q8_compute).
   """
@@ -187,9 +184,23 @@ def buffers(cfg, head_dim: int, storage, smem) -> list:
           plgpu.SMEM((cfg.stages, cfg.block_kv), jnp.float32)]
 
 
+def gather_scales(scales, block_tables, lengths, block_kv: int):
+  """scales [blocks, hkv, 2, bs] -> [batch, hkv, 2, tokens] in each row's
+  token order (tokens: the table's, rounded up to whole steps), zero at and
+  past the row's length."""
+  batch, max_blocks = block_tables.shape
+  _, hkv, _, bs = scales.shape
+  rows = scales[block_tables].transpose(0, 2, 3, 1, 4)  # [batch, hkv, 2, mb, bs]
+  rows = rows.reshape(batch, hkv, 2, max_blocks * bs)
+  pad = -(max_blocks * bs) % block_kv
+  rows = jnp.pad(rows, ((0, 0), (0, 0), (0, 0), (0, pad))) if pad else rows
+  token = jnp.arange(rows.shape[-1], dtype=jnp.int32)
+  return jnp.where(token < lengths[:, None, None, None], rows, 0.0)
+
+
 def barriers(cfg, block_size: int) -> dict:
   """The barriers of the module docstring, by name."""
-  copies = 2 * copies_per_stage(block_size, cfg)  # the values, the scales
+  copies = copies_per_stage(block_size, cfg) + 1  # the values, the scales
   n_conv = cfg.v_converters  # each arrives on v8_free and v_ready
   stage = lambda n: plgpu.Barrier(num_arrivals=n, num_barriers=cfg.stages)
   stage16 = lambda n: plgpu.Barrier(num_arrivals=n, num_barriers=STAGES16)
@@ -200,15 +211,13 @@ def barriers(cfg, block_size: int) -> dict:
 
 
 def producer(span, bt_ref, values_ref, scales_ref, bufs, bars, cfg):
-  """Memory warpgroup: TMA of the span's 8-bit K/V and their scales, `stages`
-  ahead, one values copy and one scales copy per KV block.
+  """Memory warpgroup: TMA of the span's 8-bit K/V and scales, `stages` ahead.
 
-  values_ref [blocks, hkv, 2, bs, d], scales_ref [blocks, hkv, 2, bs] (GMEM).
+  values_ref [blocks, hkv, 2, bs, d], scales_ref [batch, hkv, 2, tokens]
+  (gather_scales; GMEM).
   """
   plgpu.set_max_registers(MEMORY_REGISTERS, action="decrease")
   stages = (bufs[0], bufs[2], "k"), (bufs[1], bufs[3], "v")
-  bulk = functools.partial(plgpu.copy_gmem_to_smem,
-                           oob_mode=plgpu.OOBFillMode.PROMISE_IN_BOUNDS)
 
   @pl.loop(0, span.num_steps)
   def _produce(step):
@@ -224,7 +233,10 @@ def producer(span, bt_ref, values_ref, scales_ref, bufs, bars, cfg):
         pl.when(step >= cfg.stages)(
             lambda n=name: plgpu.barrier_wait(bars[f"{n}8_free"].at[slot]))
       issue_copies(span, values_ref, ids, which, values.at[slot], ready)
-      issue_copies(span, scales_ref, ids, which, scales.at[slot], ready, bulk)
+      first = span.first_kv + step * cfg.block_kv
+      plgpu.copy_gmem_to_smem(
+          scales_ref.at[span.row, span.head, which, pl.ds(first, cfg.block_kv)],
+          scales.at[slot], ready)
 
   _drain(span, (bars["k8_free"], bars["v8_free"], bars["s_free"]), cfg.stages)
 
@@ -265,11 +277,11 @@ def _convert_stage(src, dst, starts, valid):
   chunks = [pl.ds(r0, compute.CHUNK_ROWS) for r0 in starts]
   # NOTE: every chunk loaded before any is converted and stored: 1-3 % faster
   # on the H200 than chunk by chunk (docs/benchmarks.md, 2026-12-03).
-  xs = [plgpu.load(src.at[rows], layout=CONVERT_LAYOUT) for rows in chunks]
+  xs = [plgpu.load(src.at[rows], layout=LAYOUT) for rows in chunks]
   for rows, x in zip(chunks, xs):
     y = compute.to_bf16(x)
     if valid is not None:
-      row = plgpu.broadcasted_iota(jnp.int32, x.shape, 0, layout=CONVERT_LAYOUT)
+      row = plgpu.broadcasted_iota(jnp.int32, x.shape, 0, layout=LAYOUT)
       y = jnp.where(row + rows.start < valid, y, jnp.zeros_like(y))
     dst.at[rows][...] = y
 

@@ -25,13 +25,11 @@ V goes through the V converters' bf16 stages either way (wgmma's A must be in
 the WGMMA layout, and a transposed 8-bit load has no relayout to it; an 8-bit
 A operand must be K-major, and Vᵀ is not).
 
-K's per-key scales multiply Sᵀ's rows, V's multiply Pᵀ's rows before P V
-(the memory warpgroup copies them per KV block, unwritten slots' included).
+K's per-key scales multiply Sᵀ's rows, V's multiply Pᵀ's rows before P V.
 Each step takes one cross-warp max over the keys; the row sums stay
 elementwise over the steps ([block_kv, N], reduced once at the end). K's
 rows past a row's end are not zeroed: the masked step replaces their Sᵀ
-rows (NaN from poisoned slots included) before anything reads them, and
-zeroes their Pᵀ rows after V's scales (NaN there too) multiply them.
+rows (NaN from poisoned slots included) before anything reads them.
 """
 
 from __future__ import annotations
@@ -158,20 +156,18 @@ def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, q_scales,
   with jax.named_scope("softmax"):
     k_scale = plgpu.load(bufs.k_scales.at[ring], layout=KEYS)
     s = s * lax.broadcast_in_dim(k_scale * (cfg.scale * LOG2E), s.shape, [0])
-    if masked:  # keys at or past the span's end
+    if masked:
       key = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=LAYOUT)
-      live = key + (span.first_kv + step * cfg.block_kv) < span.end
-      s = jnp.where(live, s, NEG_BIG)
+      s = jnp.where(key + (span.first_kv + step * cfg.block_kv) < span.end, s,
+                    NEG_BIG)
     p, (acc, m_new, sums) = _online_softmax(s, (acc, m_prev, sums))
   with jax.named_scope("wait_v"):
     plgpu.barrier_wait(bars["v_ready"].at[slot])
   with jax.named_scope("p_store"):
     v_scale = plgpu.load(bufs.v_scales.at[ring], layout=KEYS)
-    p = p * lax.broadcast_in_dim(v_scale, p.shape, [0])
-    if masked:  # NOTE: unwritten slots' scales may be NaN; 0 * NaN is NaN
-      p = jnp.where(live, p, jnp.zeros_like(p))
     p_t = bufs.p.transpose((1, 0))  # [block_kv, N], stored transposed
-    p_t[...] = p.astype(bufs.p.dtype)
+    p_t[...] = (p * lax.broadcast_in_dim(v_scale, p.shape, [0])).astype(
+        bufs.p.dtype)
     plgpu.commit_smem()
 
   def pv(acc_ref):  # acc_ref [d, N] f32, starts at zero

@@ -82,18 +82,18 @@ def block_ids(tile: Tile, bt_ref, block_size: int, cfg: Static, step):
   return ids
 
 
-def issue_copies(tile: Tile, kv_ref, ids, which, dst, barrier,
-                 copy=plgpu.copy_gmem_to_smem):
-  """Copies of K (which=0) or V (1) of a step's blocks `ids` into dst.
+def issue_copies(tile: Tile, kv_ref, ids, which, dst, barrier):
+  """TMA of K (which=0) or V (1) of a step's blocks `ids` into dst.
 
   kv_ref [blocks, hkv, 2, bs, d...] (GMEM); dst [block_kv, d...] (SMEM): the
   cache and a stage, or an 8-bit cache's scales [blocks, hkv, 2, bs] and
-  [block_kv] (with a bulk `copy`: decode_mosaic_q8.producer).
+  [block_kv].
   """
   sub = dst.shape[0] // len(ids)
   for j, (block, offset) in enumerate(ids):
-    copy(kv_ref.at[block, tile.head, which, pl.ds(offset, sub)],
-         dst.at[pl.ds(j * sub, sub)], barrier)
+    plgpu.copy_gmem_to_smem(
+        kv_ref.at[block, tile.head, which, pl.ds(offset, sub)],
+        dst.at[pl.ds(j * sub, sub)], barrier)
 
 
 def _zero_rows(v_ref, valid):

@@ -81,6 +81,21 @@ def test_matches_oracle(case, name):
                                 helpers.tolerance(BF16))
 
 
+def test_gather_scales_puts_each_row_in_token_order_zero_past_its_length():
+  rng = np.random.default_rng(3)
+  scales = rng.standard_normal((7, 2, 2, 4)).astype(np.float32)
+  tables = np.array([[3, 1, 6], [2, 0, 0]], np.int32)
+  lengths = np.array([11, 3], np.int32)
+  gather = lambda: np.asarray(q8.gather_scales(
+      jnp.asarray(scales), jnp.asarray(tables), jnp.asarray(lengths), 64))
+  got = gather()
+  assert got.shape == (2, 2, 2, 64)
+  for b, n in enumerate(lengths):
+    for t in range(n):
+      np.testing.assert_array_equal(got[b, :, :, t], scales[tables[b, t // 4], :, :, t % 4])
+    assert not got[b, :, :, n:].any()
+
+
 @pytest.mark.skipif(not helpers.INTERPRET,
                     reason="the race detector is part of the CPU interpreter")
 @pytest.mark.parametrize("config,name", with_names([
