@@ -38,6 +38,7 @@
 #                                                # bf16 vs 8-bit wgmma) x $V_CONVERTERS (1; "1,2"
 #                                                # both) V converters, block_kv 128; the best into
 #                                                # the table (copied to OUT); then the 8B per dtype
+#                                                # (SKIP_BF16=1: no bf16 kernel run first)
 # Needs the wheels the GPU image lacks in .whl/ (docs/benchmarks.md) and, for the baseline,
 # `git archive REV engine models pallas_kernels serving benchmarks configs | tar -x -C .baseline`.
 set -u
@@ -129,7 +130,7 @@ for t in r["top"][:6]:
     grep -A12 "^| shape" "$out/q8.log"
     ;;
   decode-q8-modes)  # issue 15: qk_8bit x v_converters (8-bit entries into the table only)
-    run q8bf16 100 python3 -m benchmarks.decode_mosaic_probe --out "$out/bf16" \
+    [ -n "${SKIP_BF16:-}" ] || run q8bf16 100 python3 -m benchmarks.decode_mosaic_probe --out "$out/bf16" \
       --kv-dtype bfloat16 --block-kv 128 --stages 2 --splits 1 --job_timeout_s 60 \
       --shapes 64x4096/16,256x1024/16
     touch "$out/.t0"
