@@ -6,6 +6,8 @@ Usage: PYTHONPATH=. python3 -m benchmarks.decode_mosaic_probe [--out DIR]
            [--kv-dtype bfloat16,int8,float8_e4m3] [--qk-8bit 0,1]
            [--v-converters 1,2] [--job_timeout_s 240]
            [--write-table [--table-dir DIR]] [--interpret]
+       PYTHONPATH=. python3 -m benchmarks.decode_mosaic_probe --from-run JSON
+           --device-kind KIND [--table-dir DIR]
 
 Per KV-cache dtype and shape (batch x context / block size; bf16 q, 32 q /
 8 kv heads x 128, every row full length, shuffled tables, the cache holding
@@ -21,6 +23,8 @@ hang or crash costs that shape only). Prints a table per shape and a
 summary (an 8-bit dtype's best time also over bf16's best at the shape, the
 issue-15 target being <= 0.6); writes decode_mosaic_probe.json / .md under
 --out after each shape.
+--from-run JSON --device-kind KIND merges a recorded run's best tilings into
+KIND's table without measuring (a run made without --write-table).
 With --write-table, the best tiling per shape (lowest geometric mean of its
 time over the best at full and at a quarter length) becomes a "decode_mosaic"
 entry of the device's tuning table (pallas_kernels/tuning.py), replacing an
@@ -217,12 +221,15 @@ def table_entries(summaries: list[dict]) -> list[dict]:
   return out
 
 
-def write_table(entries: list[dict], table_dir: str | None = None) -> str:
-  """Merges `entries` into the device's table ("decode" entries kept)."""
+def write_table(entries: list[dict], table_dir: str | None = None,
+                device_kind: str | None = None, source: str = "") -> str:
+  """Merges `entries` into the table of `device_kind` (default: this
+  process's device; "decode" entries kept); source: the recorded run they
+  came from, if not this one."""
   import pathlib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from pallas_kernels import tuning  # pylint: disable=g-import-not-at-top
-  kind = jax.devices()[0].device_kind
+  kind = device_kind or jax.devices()[0].device_kind
   path = (pathlib.Path(table_dir) if table_dir else tuning.TABLE_DIR) / (
       f"{tuning.device_slug(kind)}.json")
   old = json.loads(path.read_text()) if path.exists() else {"device_kind": kind}
@@ -231,9 +238,9 @@ def write_table(entries: list[dict], table_dir: str | None = None) -> str:
   new = {key(e) for e in entries}
   kept = [e for e in old.get("decode_mosaic", []) if key(e) not in new]
   old["decode_mosaic"] = kept + entries
-  old["decode_mosaic_command"] = (
-      f"python3 -m benchmarks.decode_mosaic_probe --write-table "
-      f"({time.strftime('%Y-%m-%d')}, jax {jax.__version__})")
+  how = f"--from-run {source} --device-kind '{kind}'" if source else "--write-table"
+  old["decode_mosaic_command"] = (f"python3 -m benchmarks.decode_mosaic_probe {how} "
+                                  f"({time.strftime('%Y-%m-%d')}, jax {jax.__version__})")
   path.write_text(json.dumps(old, indent=1) + "\n")
   return str(path)
 
@@ -290,6 +297,12 @@ def main():
   p.add_argument("--write-table", action="store_true",
                  help="merge the best tilings into pallas_kernels/tuning/<device>.json "
                       "(default: off)")
+  p.add_argument("--from-run", default=None, metavar="JSON",
+                 help="no measuring: merge the best tilings of a recorded run (its "
+                      "decode_mosaic_probe.json) into --device-kind's table (default: off)")
+  p.add_argument("--device-kind", default=None,
+                 help="with --from-run: the device the run measured, as JAX names it "
+                      "(e.g. 'NVIDIA H200'; default: none)")
   p.add_argument("--table-dir", default=None,
                  help="folder of the tuning tables (default: pallas_kernels/tuning)")
   p.add_argument("--kv-dtype", type=lambda x: tuple(x.split(",")), default=("bfloat16",),
@@ -303,6 +316,14 @@ def main():
   args = p.parse_args()
   if args.child:
     child(args)
+    return
+  if args.from_run:
+    if not args.device_kind:
+      p.error("--from-run needs --device-kind")
+    with open(args.from_run) as f:
+      summaries = json.load(f)["summary"]
+    print("wrote", write_table(table_entries(summaries), args.table_dir,
+                               args.device_kind, os.path.basename(args.from_run)))
     return
   all_rows, md, summaries = [], [], []
   for shape, kv_dtype in itertools.product(args.shapes.split(","), args.kv_dtype):

@@ -37,7 +37,8 @@
 #   bash benchmarks/h200_visit.sh decode-q8-modes OUT  # issue 15: the 8-bit decode's Sᵀ (K to
 #                                                # bf16 vs 8-bit wgmma) x $V_CONVERTERS (1; "1,2"
 #                                                # both) V converters, block_kv 128; the best into
-#                                                # the table (copied to OUT); then the 8B per dtype
+#                                                # the table (the probe copies it to OUT); then
+#                                                # the 8B per dtype
 #                                                # (SKIP_BF16=1: no bf16 kernel run first)
 # Needs the wheels the GPU image lacks in .whl/ (docs/benchmarks.md) and, for the baseline,
 # `git archive REV engine models pallas_kernels serving benchmarks configs | tar -x -C .baseline`.
@@ -133,12 +134,10 @@ for t in r["top"][:6]:
     [ -n "${SKIP_BF16:-}" ] || run q8bf16 100 python3 -m benchmarks.decode_mosaic_probe --out "$out/bf16" \
       --kv-dtype bfloat16 --block-kv 128 --stages 2 --splits 1 --job_timeout_s 60 \
       --shapes 64x4096/16,256x1024/16
-    touch "$out/.t0"
     run q8modes 200 python3 -m benchmarks.decode_mosaic_probe --out "$out" --write-table \
       --kv-dtype float8_e4m3,int8 --block-kv 128 --stages 2,4 --splits 1 \
       --qk-8bit 0,1 --v-converters ${V_CONVERTERS:-1} --job_timeout_s 80 \
       --shapes 64x4096/16,256x1024/16
-    find pallas_kernels/tuning -newer "$out/.t0" -name "*.json" -exec cp {} "$out/" \;
     grep -A4 "^| shape" "$out/q8bf16.log"; grep -A8 "^| shape" "$out/q8modes.log"
     mkdir -p "$out/kv"
     run throughput_kv 300 python3 -m benchmarks.throughput --out "$out/kv" --skip-check \

@@ -95,3 +95,25 @@ def test_a_table_merge_keeps_the_other_kv_dtypes_of_a_shape(tmp_path):
   assert sorted(e.get("kv_cache_dtype", "bfloat16") for e in out) == [
       "bfloat16", "float8_e4m3", "int8"]
   assert dict(int8, stages=3) in out  # a re-measured class replaces its own entry
+
+
+def test_a_recorded_run_rebuilds_its_table_entries_without_measuring(tmp_path):
+  best = dict(config=dict(block_kv=128, stages=4, num_splits=1, qk_8bit=True,
+                          v_converters=1), us=206.6, us_quarter=79.0)
+  run = dict(rows=[], summary=[
+      dict(shape="64x4096/16", kv_dtype="int8", read_us=123.4, triton_us=320.8,
+           best=best),
+      dict(shape="256x1024/16", kv_dtype="int8", read_us=123.3, triton_us=279.0,
+           best=None)])  # no correct tiling: no entry
+  (tmp_path / "run.json").write_text(json.dumps(run))
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.decode_mosaic_probe", "--from-run",
+       str(tmp_path / "run.json"), "--device-kind", "NVIDIA H200", "--table-dir",
+       str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  table = json.loads((tmp_path / "nvidia-h200.json").read_text())
+  (entry,) = table["decode_mosaic"]
+  assert (entry["batch"], entry["kv_cache_dtype"], entry["qk_8bit"], entry["us"]) == (
+      64, "int8", True, 206.6)
+  assert entry["pct_of_read"] == round(100 * 123.4 / 206.6, 1)
+  assert "--from-run run.json --device-kind 'NVIDIA H200'" in table["decode_mosaic_command"]
