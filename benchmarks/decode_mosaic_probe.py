@@ -278,6 +278,15 @@ def _tiling(c: dict) -> str:
   return out
 
 
+def table_from_run(path: str, device_kind: str, table_dir: str | None) -> str:
+  """Merges the best tilings of a recorded run (its decode_mosaic_probe.json)
+  into `device_kind`'s table."""
+  with open(path) as f:
+    summaries = json.load(f)["summary"]
+  return write_table(table_entries(summaries), table_dir, device_kind,
+                     os.path.basename(path))
+
+
 def main():
   ints = lambda s: tuple(int(x) for x in s.split(","))
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -320,10 +329,7 @@ def main():
   if args.from_run:
     if not args.device_kind:
       p.error("--from-run needs --device-kind")
-    with open(args.from_run) as f:
-      summaries = json.load(f)["summary"]
-    print("wrote", write_table(table_entries(summaries), args.table_dir,
-                               args.device_kind, os.path.basename(args.from_run)))
+    print("wrote", table_from_run(args.from_run, args.device_kind, args.table_dir))
     return
   all_rows, md, summaries = [], [], []
   for shape, kv_dtype in itertools.product(args.shapes.split(","), args.kv_dtype):

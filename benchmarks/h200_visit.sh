@@ -58,6 +58,12 @@ run() {  # run NAME SECONDS CMD...: output to OUT/NAME.log, its last lines print
   grep -v -i -E "deprecat|warn\(|^\s*$" "$out/$name.log" | tail -n 14
 }
 
+bf16_kernel() {  # the bf16 Mosaic decode at the issue-15 shapes: the 8-bit runs' reference
+  run q8bf16 100 python3 -m benchmarks.decode_mosaic_probe --out "$out/bf16" \
+    --kv-dtype bfloat16 --block-kv 128 --stages 2 --splits 1 --job_timeout_s 60 \
+    --shapes 64x4096/16,256x1024/16
+}
+
 case $part in
   start-up)
     run warmup 200 python3 -m benchmarks.warmup --out "$out/warmup.json" --num-decode-steps 4
@@ -131,9 +137,7 @@ for t in r["top"][:6]:
     grep -A12 "^| shape" "$out/q8.log"
     ;;
   decode-q8-modes)  # issue 15: qk_8bit x v_converters (8-bit entries into the table only)
-    [ -n "${SKIP_BF16:-}" ] || run q8bf16 100 python3 -m benchmarks.decode_mosaic_probe --out "$out/bf16" \
-      --kv-dtype bfloat16 --block-kv 128 --stages 2 --splits 1 --job_timeout_s 60 \
-      --shapes 64x4096/16,256x1024/16
+    [ -n "${SKIP_BF16:-}" ] || bf16_kernel
     run q8modes 200 python3 -m benchmarks.decode_mosaic_probe --out "$out" --write-table \
       --kv-dtype float8_e4m3,int8 --block-kv 128 --stages 2,4 --splits 1 \
       --qk-8bit 0,1 --v-converters ${V_CONVERTERS:-1} --job_timeout_s 80 \
@@ -146,9 +150,7 @@ for t in r["top"][:6]:
     grep -A5 "^| model" "$out/throughput_kv.log"
     ;;
   decode-q8-scales)  # issue 15: the 8-bit decode now vs BASELINE (.baseline/) and $VARIANTS
-    run q8bf16 100 python3 -m benchmarks.decode_mosaic_probe --out "$out/bf16" \
-      --kv-dtype bfloat16 --block-kv 128 --stages 2 --splits 1 --job_timeout_s 60 \
-      --shapes 64x4096/16,256x1024/16
+    bf16_kernel
     for dir in . .baseline ${VARIANTS:-}; do  # VARIANTS: more trees like .baseline
       v=$([ "$dir" = . ] && echo now || echo "${dir#.}")
       mkdir -p "$out/$v"
