@@ -287,7 +287,8 @@ def table_from_run(path: str, device_kind: str, table_dir: str | None) -> str:
                      os.path.basename(path))
 
 
-def main():
+def parser() -> argparse.ArgumentParser:
+  """The command line (help texts with the true defaults)."""
   ints = lambda s: tuple(int(x) for x in s.split(","))
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--out", default=None, help="directory for the JSON and markdown")
@@ -322,15 +323,25 @@ def main():
   p.add_argument("--job_timeout_s", type=int, default=240,
                  help="seconds one shape may take (default: %(default)s)")
   p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+  return p
+
+
+def main():
+  p = parser()
   args = p.parse_args()
   if args.child:
     child(args)
-    return
-  if args.from_run:
+  elif args.from_run:
     if not args.device_kind:
       p.error("--from-run needs --device-kind")
     print("wrote", table_from_run(args.from_run, args.device_kind, args.table_dir))
-    return
+  else:
+    measure(args)
+
+
+def measure(args) -> None:
+  """Every shape and KV dtype in a child; tables printed, saved under --out
+  and, with --write-table, merged into the device's table after each."""
   all_rows, md, summaries = [], [], []
   for shape, kv_dtype in itertools.product(args.shapes.split(","), args.kv_dtype):
     rows = run_shape(shape, kv_dtype, args)
