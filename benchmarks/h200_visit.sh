@@ -15,6 +15,9 @@
 #   bash benchmarks/h200_visit.sh serve-fixed OUT  # the same with one cold start, the fixed
 #                                                # workloads only; then the executable store's
 #                                                # tokens checked (1B engine twice, one cache)
+#   bash benchmarks/h200_visit.sh decode-q8-inside OUT  # issue 15: the decode's registers,
+#                                                # spills, SASS and profiled phases per
+#                                                # cache dtype; 8-bit times now vs $VARIANTS
 #   bash benchmarks/h200_visit.sh kv-dtype-8b OUT  # the 8B at batch 256, 1,024-token prompts,
 #                                                # per KV-cache dtype (issue 15)
 #   bash benchmarks/h200_visit.sh tune-blocks OUT  # re-measure the decode tiling of 64/128-token
@@ -158,6 +161,29 @@ for t in r["top"][:6]:
         python3 -m benchmarks.decode_mosaic_probe --out "$out/$v" --kv-dtype float8_e4m3,int8 \
         --block-kv 128 --stages 4 --splits 1 --qk-8bit 0,1 --v-converters 1,2 \
         --job_timeout_s 90 --shapes 64x4096/16,256x1024/16)
+    done
+    grep -A4 "^| shape" "$out/q8bf16.log"; grep -A6 "^| shape" "$out"/q8_*.log
+    ;;
+  decode-q8-inside)  # issue 15: registers, spills and SASS of the decode per cache dtype,
+    # the 8-bit phases under the intra-kernel profiler, then the 8-bit times now vs $VARIANTS
+    inside() {  # inside NAME ARGS...: one decode_mosaic_inside run into OUT/NAME
+      run "in_$1" 120 python3 -m benchmarks.decode_mosaic_inside --out "$out/in_$1" "${@:2}"
+    }
+    inside bf16 --asm --kv-dtype bfloat16 --stages 2 --qk-8bit 0
+    inside int8_qk8 --asm --kv-dtype int8 --qk-8bit 1
+    inside int8_bf16k --asm --kv-dtype int8 --qk-8bit 0
+    inside e4m3 --asm --kv-dtype float8_e4m3 --qk-8bit 0
+    inside prof_int8_qk8 --profile --kv-dtype int8 --qk-8bit 1
+    inside prof_e4m3 --profile --kv-dtype float8_e4m3 --qk-8bit 0
+    inside prof_bf16 --profile --kv-dtype bfloat16 --stages 2 --qk-8bit 0
+    bf16_kernel
+    for dir in . ${VARIANTS:-}; do
+      v=$([ "$dir" = . ] && echo now || echo "${dir#.}")
+      mkdir -p "$out/$v"
+      (cd "$dir" && run "q8_$v" 150 \
+        python3 -m benchmarks.decode_mosaic_probe --out "$out/$v" --kv-dtype float8_e4m3,int8 \
+        --block-kv 128 --stages 4 --splits 1 --qk-8bit 0,1 --v-converters 1 \
+        --job_timeout_s 70 --shapes 64x4096/16,256x1024/16)
     done
     grep -A4 "^| shape" "$out/q8bf16.log"; grep -A6 "^| shape" "$out"/q8_*.log
     ;;

@@ -1,0 +1,182 @@
+"""Inside the Mosaic GPU decode kernel (GPU): what it compiles to, where its time goes.
+
+Usage: PYTHONPATH=. python3 -m benchmarks.decode_mosaic_inside --out DIR
+           [--shape 64x4096/16] [--kv-dtype int8] [--block-kv 128] [--stages 4]
+           [--qk-8bit 1] [--v-converters 1] [--asm] [--profile]
+
+One tiling of decode_mosaic over one cache dtype (the problem of
+decode_mosaic_probe: bf16 q, 32 q / 8 kv heads x 128, every row full length):
+  --asm      compiles it with Mosaic GPU's dumps on (MOSAIC_GPU_DUMP_PTXAS,
+             _SASS, _PTX into DIR/dump) and summarises each kernel's ptxas
+             report (registers, spill bytes) and SASS (instructions by opcode,
+             spill loads and stores: LDL/STL);
+  --profile  runs it under Mosaic GPU's intra-kernel profiler (the kernels'
+             named scopes, one trace per warpgroup) and prints the mean time
+             of each warpgroup's phases per occurrence and per CTA. The
+             events themselves slow the kernel: the shares count, not sums.
+Writes DIR/inside.json (and the profiler's trace under DIR/trace).
+
+NOTE: the profiler is switched on by replacing plgpu.CompilerParams in this
+process with one that has profile_space and profile_dir set: the kernels
+build their params at trace time, and serving code has no profiling knob.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import os
+import re
+
+SASS_LINE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)")
+PTXAS_REGS = re.compile(r"Used (\d+) registers")
+PTXAS_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+KEY_OPS = ("LDL", "STL", "LDS", "STS", "LDSM", "PRMT", "HADD2", "HFMA2", "HMUL2",
+           "F2F", "F2FP", "I2F", "MUFU", "FMUL", "FADD", "FFMA", "FMNMX", "SHFL",
+           "BAR", "SYNCS", "HGMMA", "IGMMA", "QGMMA", "WARPGROUP", "IMAD", "IADD3",
+           "LOP3", "SHF", "LEA", "BRA")
+
+
+def sass_summary(text: str) -> dict:
+  """Instructions of a SASS listing by opcode (the part before the first
+  dot): the total, the KEY_OPS counts and the ten most frequent."""
+  ops = collections.Counter(m.group(1) for m in map(SASS_LINE.search,
+                                                    text.splitlines()) if m)
+  return dict(total=sum(ops.values()),
+              key={op: ops.get(op, 0) for op in KEY_OPS},
+              top=ops.most_common(10))
+
+
+def ptxas_summary(text: str) -> dict:
+  """Registers and spill bytes of each function a ptxas -v report lists."""
+  regs = [int(x) for x in PTXAS_REGS.findall(text)]
+  spills = [(int(a), int(b)) for a, b in PTXAS_SPILL.findall(text)]
+  return dict(registers=regs, spill_store_bytes=[a for a, _ in spills],
+              spill_load_bytes=[b for _, b in spills])
+
+
+def phase_means(trace: dict, warpgroups: int) -> dict:
+  """{warpgroup: {scope: [mean µs per occurrence, occurrences per trace]}}
+  of a Mosaic GPU profiler trace (its "B"/"E" events; one trace per
+  warpgroup of each CTA, tid - 1 = CTA * warpgroups + warpgroup)."""
+  open_at, total = {}, collections.defaultdict(float)
+  count, traces = collections.Counter(), collections.defaultdict(set)
+  for e in trace["traceEvents"]:
+    wg = (e["tid"] - 1) % warpgroups
+    key = (e["tid"], e["name"])
+    if e["ph"] == "B":
+      open_at[key] = e["ts"]
+    elif key in open_at:
+      total[wg, e["name"]] += e["ts"] - open_at.pop(key)
+      count[wg, e["name"]] += 1
+      traces[wg].add(e["tid"])
+  out = collections.defaultdict(dict)
+  for (wg, name), t in sorted(total.items()):
+    n = count[wg, name]
+    out[str(wg)][name] = [round(t / n, 4), round(n / len(traces[wg]), 2)]
+  return dict(out)
+
+
+def config_of(args):
+  from pallas_kernels.decode_mosaic import DecodeMosaicConfig  # pylint: disable=g-import-not-at-top
+  return DecodeMosaicConfig(block_kv=args.block_kv, stages=args.stages,
+                            qk_8bit=bool(args.qk_8bit),
+                            v_converters=args.v_converters)
+
+
+def problem_of(shape: str, kv_dtype: str):
+  """decode_mosaic_probe's problem at `shape` over a `kv_dtype` cache."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from benchmarks.decode_mosaic_probe import HEADS, parse_shape  # pylint: disable=g-import-not-at-top
+  from benchmarks.kv_quant import cache_of  # pylint: disable=g-import-not-at-top
+  from benchmarks.tune_kernels import make_problem  # pylint: disable=g-import-not-at-top
+  batch, ctx, bs = parse_shape(shape)
+  q, kv, tables, lengths = make_problem(jax.random.key(0), batch, ctx, *HEADS, bs)
+  return q, cache_of(kv, kv_dtype), tables, lengths
+
+
+def run_once(args, profile_dir: str | None) -> float:
+  """Compiles and runs the tiling once (with the profiler if profile_dir);
+  returns its relative error against the float32 reference."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental.pallas import mosaic_gpu as plgpu  # pylint: disable=g-import-not-at-top
+  import pallas_kernels as pk  # pylint: disable=g-import-not-at-top
+  from benchmarks.measure import rel_err  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.decode_mosaic import decode_mosaic  # pylint: disable=g-import-not-at-top
+  if profile_dir:
+    plgpu.CompilerParams = functools.partial(
+        plgpu.CompilerParams, profile_space=args.profile_space,
+        profile_dir=profile_dir, profile_bounds_check=True)
+  problem = problem_of(args.shape, args.kv_dtype)
+  scale = problem[0].shape[-1] ** -0.5
+  f = jax.jit(functools.partial(decode_mosaic, scale=scale,
+                                config=config_of(args), interpret=args.interpret))
+  out = jax.block_until_ready(f(*problem))
+  return rel_err(out, pk.paged_decode_attention_reference(*problem, scale=scale))
+
+
+def asm_report(dump_dir: str) -> dict:
+  """{file name: summary} of the dumps: ptxas reports and SASS listings."""
+  out = {}
+  for path in sorted(glob.glob(os.path.join(dump_dir, "*"))):
+    with open(path, errors="replace") as f:
+      text = f.read()
+    name = os.path.basename(path)
+    if PTXAS_REGS.search(text):
+      out[name] = ptxas_summary(text)
+    elif SASS_LINE.search(text):
+      out[name] = sass_summary(text)
+  return out
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--out", required=True, help="directory for dumps, trace, inside.json")
+  p.add_argument("--shape", default="64x4096/16", help="default: %(default)s")
+  p.add_argument("--kv-dtype", default="int8", help="default: %(default)s")
+  p.add_argument("--block-kv", type=int, default=128, help="default: %(default)s")
+  p.add_argument("--stages", type=int, default=4, help="default: %(default)s")
+  p.add_argument("--qk-8bit", type=int, default=1, help="default: %(default)s")
+  p.add_argument("--v-converters", type=int, default=1, help="default: %(default)s")
+  p.add_argument("--profile-space", type=int, default=320,
+                 help="profiler ranges per warpgroup (default: %(default)s)")
+  p.add_argument("--asm", action="store_true", help="dump and summarise ptxas and SASS")
+  p.add_argument("--profile", action="store_true", help="phase means from the profiler")
+  p.add_argument("--interpret", action="store_true", help=argparse.SUPPRESS)
+  return p
+
+
+def main(argv=None) -> dict:
+  args = parser().parse_args(argv)
+  os.makedirs(args.out, exist_ok=True)
+  dump_dir = os.path.join(args.out, "dump")
+  if args.asm:
+    os.makedirs(dump_dir, exist_ok=True)
+    for flag in ("PTXAS", "SASS", "PTX"):
+      os.environ[f"MOSAIC_GPU_DUMP_{flag}"] = "1"
+    os.environ["MOSAIC_GPU_DUMP_TO"] = dump_dir
+  trace_dir = os.path.join(args.out, "trace") if args.profile else None
+  if trace_dir:
+    os.makedirs(trace_dir, exist_ok=True)
+  report = dict(shape=args.shape, kv_dtype=args.kv_dtype,
+                config=dict(block_kv=args.block_kv, stages=args.stages,
+                            qk_8bit=args.qk_8bit, v_converters=args.v_converters),
+                err=run_once(args, trace_dir))
+  if args.asm:
+    report["asm"] = asm_report(dump_dir)
+  if trace_dir:
+    traces = sorted(glob.glob(os.path.join(trace_dir, "*-trace.json")))
+    warpgroups = 2 if args.kv_dtype == "bfloat16" else 2 + args.v_converters
+    with open(traces[-1]) as f:
+      report["phases"] = phase_means(json.load(f), warpgroups)
+  with open(os.path.join(args.out, "inside.json"), "w") as f:
+    json.dump(report, f, indent=1)
+  print(json.dumps(report, indent=1))
+  return report
+
+
+if __name__ == "__main__":
+  main()
