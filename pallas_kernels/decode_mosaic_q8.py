@@ -39,9 +39,8 @@ qk_8bit 5-13 % faster at full length, two V converters 3-9 % slower. Per-block
 bulk copies of the scales (no gather) were 1.24-1.37x slower on the H100, and
 a V converter in WGMMA_UPCAST_4X no clear gain on the H200 (docs/benchmarks.md).
 
-Barriers per stage s of the 8-bit ring: k8_ready (TMA landed: a values copy
-per block and both scales copies: the compute warpgroup reads V's scales for
-P before it waits for V), v8_ready (a values copy per block), k8_free (the compute warpgroup
+Barriers per stage s of the 8-bit ring: k8_ready/v8_ready (TMA landed: a
+values copy per block and the scales copy), k8_free (the compute warpgroup
 has read K), v8_free (every V converter is done), s_free (the compute
 warpgroup has read the step's scales); per 16-bit stage: v_ready (every V
 converter's chunks written and fenced), v_free (the compute warpgroup is
@@ -96,7 +95,7 @@ def smem_bytes(config, head_dim: int, cols: int) -> int:
   DecodeMosaicConfig and `cols` query columns."""
   out = 4 if config.num_splits > 1 else 2
   q = 2 * cols * (head_dim + 4) if config.qk_8bit else cols * head_dim * 2
-  tiles = q + 2 * config.block_kv * cols * 2 + head_dim * cols * out  # 2 P
+  tiles = q + config.block_kv * cols * 2 + head_dim * cols * out
   stages16 = STAGES16 * config.block_kv * head_dim * 2  # V only
   stages8 = 2 * config.stages * config.block_kv * (head_dim + 4)
   return tiles + cols * 4 + stages16 + stages8
@@ -204,12 +203,12 @@ def gather_scales(scales, block_tables, lengths, block_kv: int):
 
 def barriers(cfg, block_size: int) -> dict:
   """The barriers of the module docstring, by name."""
-  copies = copies_per_stage(block_size, cfg)  # the values
+  copies = copies_per_stage(block_size, cfg) + 1  # the values, the scales
   n_conv = cfg.v_converters  # each arrives on v8_free and v_ready
   stage = lambda n: plgpu.Barrier(num_arrivals=n, num_barriers=cfg.stages)
   stage16 = lambda n: plgpu.Barrier(num_arrivals=n, num_barriers=STAGES16)
   return dict(q=plgpu.Barrier(num_arrivals=q_inputs(cfg)),
-              k8_ready=stage(copies + 2), v8_ready=stage(copies),  # + scales
+              k8_ready=stage(copies), v8_ready=stage(copies),
               k8_free=stage(1), v8_free=stage(n_conv), s_free=stage(1),
               v_ready=stage16(n_conv), v_free=stage16(1))
 
@@ -221,7 +220,7 @@ def producer(span, bt_ref, values_ref, scales_ref, bufs, bars, cfg):
   (gather_scales; GMEM).
   """
   plgpu.set_max_registers(MEMORY_REGISTERS, action="decrease")
-  stages = (bufs[0], "k"), (bufs[1], "v")
+  stages = (bufs[0], bufs[2], "k"), (bufs[1], bufs[3], "v")
 
   @pl.loop(0, span.num_steps)
   def _produce(step):
@@ -231,17 +230,16 @@ def producer(span, bt_ref, values_ref, scales_ref, bufs, bars, cfg):
     with jax.named_scope("wait_s"):
       pl.when(step >= cfg.stages)(
           lambda: plgpu.barrier_wait(bars["s_free"].at[slot]))
-    first = span.first_kv + step * cfg.block_kv
-    for which, (values, name) in enumerate(stages):
+    for which, (values, scales, name) in enumerate(stages):
       ready = bars[f"{name}8_ready"].at[slot]
       with jax.named_scope(f"wait_{name}8_free"):
         pl.when(step >= cfg.stages)(
             lambda n=name: plgpu.barrier_wait(bars[f"{n}8_free"].at[slot]))
       issue_copies(span, values_ref, ids, which, values.at[slot], ready)
-      for w, scales in enumerate(bufs[2:] if which == 0 else ()):
-        plgpu.copy_gmem_to_smem(  # NOTE: both scales land with K (k8_ready)
-            scales_ref.at[span.row, span.head, w, pl.ds(first, cfg.block_kv)],
-            scales.at[slot], ready)
+      first = span.first_kv + step * cfg.block_kv
+      plgpu.copy_gmem_to_smem(
+          scales_ref.at[span.row, span.head, which, pl.ds(first, cfg.block_kv)],
+          scales.at[slot], ready)
 
   _drain(span, (bars["k8_free"], bars["v8_free"], bars["s_free"]), cfg.stages)
 

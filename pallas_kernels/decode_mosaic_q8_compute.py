@@ -25,10 +25,9 @@ V goes through the V converters' bf16 stages either way (wgmma's A must be in
 the WGMMA layout, and a transposed 8-bit load has no relayout to it; an 8-bit
 A operand must be K-major, and Vᵀ is not).
 
-Software-pipelined by a step (_schedule): step i issues step i + 1's Sᵀ
-wgmma and step i - 1's P V wgmma, then does its own softmax and P store (two
-P buffers) while the tensor cores compute both; one wait at the step's end
-covers them.
+Software-pipelined by one step: step i issues step i + 1's Sᵀ wgmma, then
+does its own softmax, P store and P V while the tensor cores compute it; one
+wait at the step's end covers both (the next K stage is released after it).
 
 K's per-key scales multiply Sᵀ's rows, V's multiply Pᵀ's rows before P V.
 Each step takes one cross-warp max over the keys; the row sums stay
@@ -40,7 +39,6 @@ rows (NaN from poisoned slots included) before anything reads them.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -73,9 +71,9 @@ def q_cols(group: int) -> int:
 class Bufs:
   """The compute warpgroup's shared memory (the `smem` tiling throughout):
   q [N, d] bf16, or with qk_8bit [2N, d] 8-bit (q's two terms, split_q);
-  q_scales [2, N] f32 (qk_8bit) or None; p [2, N, block_kv] bf16 (the P
-  of even and odd steps, written as Pᵀ through a transposed view: wgmma
-  takes one swizzle for both operands); out [d, N] (Oᵀ: q's dtype with one split, else float32); lse
+  q_scales [2, N] f32 (qk_8bit) or None; p [N, block_kv] bf16 (P, written
+  as Pᵀ through a transposed view: wgmma takes one swizzle for both
+  operands); out [d, N] (Oᵀ: q's dtype with one split, else float32); lse
   [N] f32 or None; k [stages, block_kv, d] 8-bit (the ring's); v [STAGES16,
   block_kv, d] bf16; k_scales, v_scales [stages, block_kv] f32 (the
   ring's); k_tile [block_kv, d] bf16 in interpret mode without qk_8bit,
@@ -100,7 +98,7 @@ def buffers(cfg, head_dim: int, cols: int, number, smem) -> list:
     q = [smem((2 * cols, head_dim), number), plgpu.SMEM((2, cols), jnp.float32)]
   else:
     q = [smem((cols, head_dim), jnp.bfloat16), None]
-  return q + [smem((2, cols, cfg.block_kv), jnp.bfloat16),
+  return q + [smem((cols, cfg.block_kv), jnp.bfloat16),
               smem((head_dim, cols), jnp.float32 if split else jnp.bfloat16),
               plgpu.SMEM((cols,), jnp.float32) if split else None]
 
@@ -114,44 +112,27 @@ def consumer(span, q_refs, out_refs, bufs: Bufs, bars, cfg, stages16: int):
   for ref, buf in zip(q_refs, (bufs.q, bufs.q_scales)):
     plgpu.copy_gmem_to_smem(ref.at[span.row, span.head], buf, bars["q"])
   plgpu.barrier_wait(bars["q"])
-  cols, head_dim = bufs.p.shape[1], bufs.q.shape[1]
+  cols, head_dim = bufs.p.shape[0], bufs.q.shape[1]
   q_scales = None
   if cfg.qk_8bit:  # [N] f32 each, loop-invariant
     q_scales = [plgpu.load(bufs.q_scales.at[t], layout=COLS) for t in range(2)]
   carry = (plgpu.layout_cast(jnp.zeros((head_dim, cols), jnp.float32), LAYOUT),
            plgpu.layout_cast(jnp.full((cols,), NEG_BIG, jnp.float32), COLS),
            plgpu.layout_cast(jnp.zeros((cfg.block_kv, cols), jnp.float32), LAYOUT))
-  s = lax.fori_loop(0, jnp.minimum(span.num_steps, 1), lambda i, s: _first_qk(
+  step = lambda masked, ahead: lambda i, c: _step(
+      i, c, span, bufs, bars, cfg, stages16, q_scales, masked, ahead)
+  # NOTE: step i issues step i + 1's Sᵀ wgmma before its own softmax (the
+  # carry's 4th item is Sᵀ), so the tensor cores compute it meanwhile; the
+  # first Sᵀ comes before the loops and the last step issues none. Each loop
+  # may run no trip (no steps: a padding row, an empty split).
+  n, last = span.num_steps, jnp.maximum(span.num_steps - 1, 0)
+  mid = jnp.minimum(span.num_full, last)
+  s = lax.fori_loop(0, jnp.minimum(n, 1), lambda i, s: _first_qk(
       bufs, bars, cfg, q_scales), carry[2])
-  carry += (s,)
-  for lo, hi, kinds in _schedule(span):
-    carry = lax.fori_loop(lo, hi, functools.partial(
-        _step, span=span, bufs=bufs, bars=bars, cfg=cfg, stages16=stages16,
-        q_scales=q_scales, kinds=kinds), carry)
-  acc, m, sums, _ = lax.fori_loop(0, jnp.minimum(span.num_steps, 1), lambda i, c: (
-      _pv_drain(c[0], span.num_steps - 1, bufs, bars, stages16),) + c[1:], carry)
+  carry = lax.fori_loop(0, mid, step(False, True), carry + (s,))
+  carry = lax.fori_loop(mid, last, step(True, True), carry)
+  acc, m, sums, _ = lax.fori_loop(last, n, step(True, False), carry)
   _finish(span, out_refs, bufs, acc, m, sums)
-
-
-def _schedule(span) -> list:
-  """(lo, hi, (masked, pending, ahead)) loops over the span's n steps.
-
-  NOTE: software pipelining by a step: step i issues step i - 1's P V wgmma
-  (`pending`) and step i + 1's Sᵀ wgmma (`ahead`), then does its own
-  softmax and P store while the tensor cores compute both; one wait at its
-  end covers them. Step 0 has no P V to issue, step n - 1 no Sᵀ; the last
-  P V is drained after the loops. Any loop may run no trip (n = 0: a
-  padding row or an empty split; n = 1: one step, nothing ahead).
-  """
-  n, nf = span.num_steps, span.num_full
-  one, two = jnp.minimum(n, 1), (n >= 2).astype(jnp.int32)
-  last = jnp.maximum(n - 1, 1)
-  mid = jnp.maximum(jnp.minimum(nf, n - 1), 1)
-  return [(0, one * two, (True, False, True)),       # step 0 of n >= 2
-          (0, one * (1 - two), (True, False, False)),  # the one step of n = 1
-          (1, mid, (False, True, True)),             # full steps
-          (mid, last, (True, True, True)),           # the row's tail
-          (last, n, (True, True, False))]            # step n - 1 of n >= 2
 
 
 def _finish(span, out_refs, bufs: Bufs, acc, m, sums):
@@ -185,78 +166,59 @@ def _first_qk(bufs: Bufs, bars, cfg, q_scales):
   return _s_of(accs, q_scales)
 
 
-def _step(step, carry, *, span, bufs: Bufs, bars, cfg, stages16: int,
-          q_scales, kinds):
-  """Step `step` (_schedule's kinds: masked, pending, ahead): Sᵀ (the
-  carry's) scaled and masked, online softmax over the keys, P stored for
-  the next step's P V; q_scales: the scales of q's two 8-bit terms ([N] f32
-  each) or None. The carry's acc holds the steps before `step` - 1."""
-  masked, pending, ahead = kinds
+def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, q_scales,
+          masked, ahead):
+  """One step: scales and mask of Sᵀ (the carry's), online softmax over the
+  keys, Oᵀ += Vᵀ Pᵀ; with `ahead` the next step's Sᵀ (its wgmma issued first).
+  q_scales: the scales of q's two 8-bit terms ([N] f32 each) or None."""
   acc, m_prev, sums, s = carry  # [d, N], [N], [block_kv, N], [block_kv, N] f32
-  ring, nxt = lax.rem(step, cfg.stages), lax.rem(step + 1, cfg.stages)
-  with jax.named_scope("scale"):
+  slot, ring = lax.rem(step, stages16), lax.rem(step, cfg.stages)
+  nxt = lax.rem(step + 1, cfg.stages)
+  with jax.named_scope("softmax"):
     k_scale = plgpu.load(bufs.k_scales.at[ring], layout=KEYS)
     s = s * lax.broadcast_in_dim(k_scale * (cfg.scale * LOG2E), s.shape, [0])
     if masked:
       key = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=LAYOUT)
       s = jnp.where(key + (span.first_kv + step * cfg.block_kv) < span.end, s,
                     NEG_BIG)
+  if ahead:
+    with jax.named_scope("wait_k"):
+      plgpu.barrier_wait(bars["k8_ready"].at[nxt])
 
-  def body(*refs):  # Sᵀ's accumulators (ahead), then Oᵀ's (pending)
+  def body(*refs):  # the next Sᵀ's accumulators (with `ahead`), then Oᵀ's
     if ahead:
-      with jax.named_scope("wait_k"):
-        plgpu.barrier_wait(bars["k8_ready"].at[nxt])
-      _issue_qk(refs[:len(refs) - pending], bufs, nxt, cfg)
-    if pending:
-      _issue_pv(refs[-1], step - 1, bufs, bars, stages16)
+      with jax.named_scope("qk"):
+        _issue_qk(refs[:-1], bufs, nxt, cfg)
     with jax.named_scope("softmax"):
-      p, m_new, sums_new, alpha = _online_softmax(s, m_prev, sums)
+      p, soft = _online_softmax(s, (acc, m_prev, sums))
+    with jax.named_scope("wait_v"):
+      plgpu.barrier_wait(bars["v_ready"].at[slot])
     with jax.named_scope("p_store"):
       v_scale = plgpu.load(bufs.v_scales.at[ring], layout=KEYS)
-      p_t = bufs.p.at[lax.rem(step, 2)].transpose((1, 0))  # [block_kv, N]
+      p_t = bufs.p.transpose((1, 0))  # [block_kv, N], stored transposed
       p_t[...] = (p * lax.broadcast_in_dim(v_scale, p.shape, [0])).astype(
-          p_t.dtype)
+          bufs.p.dtype)
       plgpu.commit_smem()
-    with jax.named_scope("wait_mma"):
-      return [r[...] for r in refs], (m_new, sums_new, alpha)
+    with jax.named_scope("pv"):
+      plgpu.wgmma(refs[-1], bufs.v.at[slot].transpose((1, 0)), p_t)
+      return [r[...] for r in refs], soft
 
-  refs = ((_qk_accs(bufs, cfg) if ahead else [])
-          + ([plgpu.ACC(acc.shape, jnp.float32)] if pending else []))
-  accs, (m_new, sums, alpha) = pl.run_scoped(body, *refs) if refs else body()
+  # NOTE: a fresh Oᵀ accumulator added to acc, not one initialised from it:
+  # interpret mode cannot run the latter (and this one is 16 adds a thread).
+  accs, (acc, m_new, sums) = pl.run_scoped(
+      body, *(_qk_accs(bufs, cfg) if ahead else []),
+      plgpu.ACC(acc.shape, jnp.float32))
   if ahead:
     plgpu.barrier_arrive(bars["k8_free"].at[nxt])
-    s = _s_of(accs[:len(accs) - pending], q_scales)
-  if pending:  # NOTE: a fresh accumulator added to acc: interpret mode cannot
-    # run one initialised from it (and this is 16 adds a thread).
-    acc = acc + accs[-1]
-    plgpu.barrier_arrive(bars["v_free"].at[lax.rem(step - 1, stages16)])
+    s = _s_of(accs[:-1], q_scales)
+  plgpu.barrier_arrive(bars["v_free"].at[slot])
   plgpu.barrier_arrive(bars["s_free"].at[ring])
-  return acc * lax.broadcast_in_dim(alpha, acc.shape, [1]), m_new, sums, s
-
-
-def _issue_pv(acc_ref, step, bufs: Bufs, bars, stages16: int):
-  """Issues Oᵀ = Vᵀ Pᵀ of `step` into acc_ref [d, N] f32 once its V is
-  converted (its P stored by that step)."""
-  slot = lax.rem(step, stages16)
-  with jax.named_scope("wait_v"):
-    plgpu.barrier_wait(bars["v_ready"].at[slot])
-  plgpu.wgmma(acc_ref, bufs.v.at[slot].transpose((1, 0)),
-              bufs.p.at[lax.rem(step, 2)].transpose((1, 0)))
-
-
-def _pv_drain(acc, step, bufs: Bufs, bars, stages16: int):
-  """acc [d, N] f32 plus the P V of `step`, the span's last."""
-  def pv(acc_ref):
-    _issue_pv(acc_ref, step, bufs, bars, stages16)
-    return acc_ref[...]
-  acc = acc + pl.run_scoped(pv, plgpu.ACC(acc.shape, jnp.float32))
-  plgpu.barrier_arrive(bars["v_free"].at[lax.rem(step, stages16)])
-  return acc
+  return acc + accs[-1], m_new, sums, s
 
 
 def _qk_accs(bufs: Bufs, cfg) -> list:
   """Sᵀ's accumulators: one float32, or with qk_8bit one int32 per q term."""
-  shape = (cfg.block_kv, bufs.p.shape[1])
+  shape = (cfg.block_kv, bufs.p.shape[0])
   return ([plgpu.ACC(shape, jnp.int32)] * 2 if cfg.qk_8bit
           else [plgpu.ACC(shape, jnp.float32)])
 
@@ -264,7 +226,7 @@ def _qk_accs(bufs: Bufs, cfg) -> list:
 def _issue_qk(acc_refs, bufs: Bufs, ring, cfg):
   """Issues Sᵀ = K Qᵀ of 8-bit ring stage `ring` into acc_refs (_qk_accs):
   8-bit wgmma per q term, or K's chunks converted to bf16 in registers."""
-  cols = bufs.p.shape[1]
+  cols = bufs.p.shape[0]
   if cfg.qk_8bit:
     for t, acc_ref in enumerate(acc_refs):
       plgpu.wgmma(acc_ref, bufs.k.at[ring],
@@ -286,14 +248,15 @@ def _s_of(accs, q_scales):
   return terms[0] + terms[1]
 
 
-def _online_softmax(s, m_prev, sums):
-  """Pᵀ = exp2(Sᵀ - max) [block_kv, N] f32, the new max m [N], the row sums
-  [block_kv, N] rescaled to it plus Pᵀ, and the rescale alpha [N]."""
+def _online_softmax(s, carry):
+  """Pᵀ = exp2(Sᵀ - max) [block_kv, N] f32 and the carry (acc [d, N], m [N],
+  sums [block_kv, N]) rescaled to the new max over the step's keys."""
+  acc, m_prev, sums = carry
   m_new = jnp.maximum(m_prev, s.max(axis=0))
   alpha = jnp.exp2(m_prev - m_new)
   p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [1]))
   sums = sums * lax.broadcast_in_dim(alpha, s.shape, [1]) + p
-  return p, m_new, sums, alpha
+  return p, (acc * lax.broadcast_in_dim(alpha, acc.shape, [1]), m_new, sums)
 
 
 def _k_chunk(bufs: Bufs, ring, rows):
