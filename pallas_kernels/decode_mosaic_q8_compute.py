@@ -25,10 +25,6 @@ V goes through the V converters' bf16 stages either way (wgmma's A must be in
 the WGMMA layout, and a transposed 8-bit load has no relayout to it; an 8-bit
 A operand must be K-major, and Vᵀ is not).
 
-Software-pipelined by one step: step i issues step i + 1's Sᵀ wgmma, then
-does its own softmax, P store and P V while the tensor cores compute it; one
-wait at the step's end covers both (the next K stage is released after it).
-
 K's per-key scales multiply Sᵀ's rows, V's multiply Pᵀ's rows before P V.
 Each step takes one cross-warp max over the keys; the row sums stay
 elementwise over the steps ([block_kv, N], reduced once at the end). K's
@@ -119,19 +115,10 @@ def consumer(span, q_refs, out_refs, bufs: Bufs, bars, cfg, stages16: int):
   carry = (plgpu.layout_cast(jnp.zeros((head_dim, cols), jnp.float32), LAYOUT),
            plgpu.layout_cast(jnp.full((cols,), NEG_BIG, jnp.float32), COLS),
            plgpu.layout_cast(jnp.zeros((cfg.block_kv, cols), jnp.float32), LAYOUT))
-  step = lambda masked, ahead: lambda i, c: _step(
-      i, c, span, bufs, bars, cfg, stages16, q_scales, masked, ahead)
-  # NOTE: step i issues step i + 1's Sᵀ wgmma before its own softmax (the
-  # carry's 4th item is Sᵀ), so the tensor cores compute it meanwhile; the
-  # first Sᵀ comes before the loops and the last step issues none. Each loop
-  # may run no trip (no steps: a padding row, an empty split).
-  n, last = span.num_steps, jnp.maximum(span.num_steps - 1, 0)
-  mid = jnp.minimum(span.num_full, last)
-  s = lax.fori_loop(0, jnp.minimum(n, 1), lambda i, s: _first_qk(
-      bufs, bars, cfg, q_scales), carry[2])
-  carry = lax.fori_loop(0, mid, step(False, True), carry + (s,))
-  carry = lax.fori_loop(mid, last, step(True, True), carry)
-  acc, m, sums, _ = lax.fori_loop(last, n, step(True, False), carry)
+  step = lambda masked: lambda i, c: _step(i, c, span, bufs, bars, cfg,
+                                           stages16, q_scales, masked)
+  carry = lax.fori_loop(0, span.num_full, step(False), carry)
+  acc, m, sums = lax.fori_loop(span.num_full, span.num_steps, step(True), carry)
   _finish(span, out_refs, bufs, acc, m, sums)
 
 
@@ -153,27 +140,19 @@ def _finish(span, out_refs, bufs: Bufs, acc, m, sums):
   plgpu.wait_smem_to_gmem(0)
 
 
-def _first_qk(bufs: Bufs, bars, cfg, q_scales):
-  """Step 0's Sᵀ [block_kv, N] f32 (unscaled), K's stage then released."""
-  plgpu.barrier_wait(bars["k8_ready"].at[0])
-
-  def qk(*refs):
-    _issue_qk(refs, bufs, 0, cfg)
-    return [r[...] for r in refs]
-
-  accs = pl.run_scoped(qk, *_qk_accs(bufs, cfg))
-  plgpu.barrier_arrive(bars["k8_free"].at[0])
-  return _s_of(accs, q_scales)
-
-
 def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, q_scales,
-          masked, ahead):
-  """One step: scales and mask of Sᵀ (the carry's), online softmax over the
-  keys, Oᵀ += Vᵀ Pᵀ; with `ahead` the next step's Sᵀ (its wgmma issued first).
+          masked):
+  """One step: Sᵀ, scales and mask, online softmax over the keys, Oᵀ += Vᵀ Pᵀ.
   q_scales: the scales of q's two 8-bit terms ([N] f32 each) or None."""
-  acc, m_prev, sums, s = carry  # [d, N], [N], [block_kv, N], [block_kv, N] f32
+  acc, m_prev, sums = carry  # [d, N] f32, [N] f32, [block_kv, N] f32
   slot, ring = lax.rem(step, stages16), lax.rem(step, cfg.stages)
-  nxt = lax.rem(step + 1, cfg.stages)
+  with jax.named_scope("wait_k"):
+    plgpu.barrier_wait(bars["k8_ready"].at[ring])
+
+  with jax.named_scope("qk"):
+    s = (_qk_8bit(bufs, ring, cfg, q_scales) if cfg.qk_8bit
+         else _qk_bf16(bufs, ring, cfg))
+    plgpu.barrier_arrive(bars["k8_free"].at[ring])
   with jax.named_scope("softmax"):
     k_scale = plgpu.load(bufs.k_scales.at[ring], layout=KEYS)
     s = s * lax.broadcast_in_dim(k_scale * (cfg.scale * LOG2E), s.shape, [0])
@@ -181,68 +160,52 @@ def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, q_scales,
       key = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=LAYOUT)
       s = jnp.where(key + (span.first_kv + step * cfg.block_kv) < span.end, s,
                     NEG_BIG)
-  if ahead:
-    with jax.named_scope("wait_k"):
-      plgpu.barrier_wait(bars["k8_ready"].at[nxt])
+    p, (acc, m_new, sums) = _online_softmax(s, (acc, m_prev, sums))
+  with jax.named_scope("wait_v"):
+    plgpu.barrier_wait(bars["v_ready"].at[slot])
+  with jax.named_scope("p_store"):
+    v_scale = plgpu.load(bufs.v_scales.at[ring], layout=KEYS)
+    p_t = bufs.p.transpose((1, 0))  # [block_kv, N], stored transposed
+    p_t[...] = (p * lax.broadcast_in_dim(v_scale, p.shape, [0])).astype(
+        bufs.p.dtype)
+    plgpu.commit_smem()
 
-  def body(*refs):  # the next Sᵀ's accumulators (with `ahead`), then Oᵀ's
-    if ahead:
-      with jax.named_scope("qk"):
-        _issue_qk(refs[:-1], bufs, nxt, cfg)
-    with jax.named_scope("softmax"):
-      p, soft = _online_softmax(s, (acc, m_prev, sums))
-    with jax.named_scope("wait_v"):
-      plgpu.barrier_wait(bars["v_ready"].at[slot])
-    with jax.named_scope("p_store"):
-      v_scale = plgpu.load(bufs.v_scales.at[ring], layout=KEYS)
-      p_t = bufs.p.transpose((1, 0))  # [block_kv, N], stored transposed
-      p_t[...] = (p * lax.broadcast_in_dim(v_scale, p.shape, [0])).astype(
-          bufs.p.dtype)
-      plgpu.commit_smem()
-    with jax.named_scope("pv"):
-      plgpu.wgmma(refs[-1], bufs.v.at[slot].transpose((1, 0)), p_t)
-      return [r[...] for r in refs], soft
+  def pv(acc_ref):  # acc_ref [d, N] f32, starts at zero
+    plgpu.wgmma(acc_ref, bufs.v.at[slot].transpose((1, 0)), p_t)
+    return acc_ref[...]
 
-  # NOTE: a fresh Oᵀ accumulator added to acc, not one initialised from it:
+  # NOTE: a fresh accumulator added to acc, not one initialised from it:
   # interpret mode cannot run the latter (and this one is 16 adds a thread).
-  accs, (acc, m_new, sums) = pl.run_scoped(
-      body, *(_qk_accs(bufs, cfg) if ahead else []),
-      plgpu.ACC(acc.shape, jnp.float32))
-  if ahead:
-    plgpu.barrier_arrive(bars["k8_free"].at[nxt])
-    s = _s_of(accs[:-1], q_scales)
-  plgpu.barrier_arrive(bars["v_free"].at[slot])
-  plgpu.barrier_arrive(bars["s_free"].at[ring])
-  return acc + accs[-1], m_new, sums, s
+  with jax.named_scope("pv"):
+    acc = acc + pl.run_scoped(pv, plgpu.ACC(acc.shape, jnp.float32))
+    plgpu.barrier_arrive(bars["v_free"].at[slot])
+    plgpu.barrier_arrive(bars["s_free"].at[ring])
+  return acc, m_new, sums
 
 
-def _qk_accs(bufs: Bufs, cfg) -> list:
-  """Sᵀ's accumulators: one float32, or with qk_8bit one int32 per q term."""
-  shape = (cfg.block_kv, bufs.p.shape[0])
-  return ([plgpu.ACC(shape, jnp.int32)] * 2 if cfg.qk_8bit
-          else [plgpu.ACC(shape, jnp.float32)])
+def _qk_bf16(bufs: Bufs, ring, cfg):
+  """Sᵀ [block_kv, N] f32 = K Qᵀ, K's chunks converted to bf16 in registers."""
+  def qk(acc_ref):  # acc_ref [block_kv, N] f32
+    chunks = [pl.ds(r0, CHUNK_ROWS) for r0 in range(0, cfg.block_kv, CHUNK_ROWS)]
+    ks = [_k_chunk(bufs, ring, rows) for rows in chunks]  # all before any wgmma
+    for rows, k in zip(chunks, ks):
+      plgpu.wgmma(acc_ref.at[rows], k, bufs.q.transpose((1, 0)))
+    return acc_ref[...]
+  return pl.run_scoped(qk, plgpu.ACC((cfg.block_kv, bufs.p.shape[0]), jnp.float32))
 
 
-def _issue_qk(acc_refs, bufs: Bufs, ring, cfg):
-  """Issues Sᵀ = K Qᵀ of 8-bit ring stage `ring` into acc_refs (_qk_accs):
-  8-bit wgmma per q term, or K's chunks converted to bf16 in registers."""
+def _qk_8bit(bufs: Bufs, ring, cfg, q_scales):
+  """Sᵀ [block_kv, N] f32 = Σ_t (K Q_tᵀ) q_scale_t: one 8-bit wgmma per term
+  of q (split_q) straight over the K stage, no conversion."""
   cols = bufs.p.shape[0]
-  if cfg.qk_8bit:
+
+  def qk(*acc_refs):  # acc_refs: [block_kv, N] int32
     for t, acc_ref in enumerate(acc_refs):
       plgpu.wgmma(acc_ref, bufs.k.at[ring],
                   bufs.q.at[pl.ds(t * cols, cols)].transpose((1, 0)))
-    return
-  chunks = [pl.ds(r0, CHUNK_ROWS) for r0 in range(0, cfg.block_kv, CHUNK_ROWS)]
-  ks = [_k_chunk(bufs, ring, rows) for rows in chunks]  # all before any wgmma
-  for rows, k in zip(chunks, ks):
-    plgpu.wgmma(acc_refs[0].at[rows], k, bufs.q.transpose((1, 0)))
+    return [acc_ref[...] for acc_ref in acc_refs]
 
-
-def _s_of(accs, q_scales):
-  """Sᵀ f32 from its accumulators' values: Σ_t (K Q_tᵀ) q_scale_t with
-  qk_8bit (q_scales), else the one float32 value."""
-  if q_scales is None:
-    return accs[0]
+  accs = pl.run_scoped(qk, *[plgpu.ACC((cfg.block_kv, cols), jnp.int32)] * 2)
   terms = [a.astype(jnp.float32) * lax.broadcast_in_dim(qs, a.shape, [1])
            for a, qs in zip(accs, q_scales)]
   return terms[0] + terms[1]
