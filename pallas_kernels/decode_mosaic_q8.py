@@ -37,7 +37,9 @@ slower and wrong on the GPU (decode_mosaic.supports refuses it); two V
 converters 1-6 % slower everywhere. On the H200 (2026-12-06): int8's
 qk_8bit 5-13 % faster at full length, two V converters 3-9 % slower. Per-block
 bulk copies of the scales (no gather) were 1.24-1.37x slower on the H100, and
-a V converter in WGMMA_UPCAST_4X no clear gain on the H200 (docs/benchmarks.md).
+a V converter in WGMMA_UPCAST_4X no clear gain on the H200; the compute
+warpgroup pipelined by a step (the next Sᵀ and the previous P V wgmma issued
+before its softmax) no faster on the H100 (2026-12-07, docs/benchmarks.md).
 
 Barriers per stage s of the 8-bit ring: k8_ready/v8_ready (TMA landed: a
 values copy per block and the scales copy), k8_free (the compute warpgroup
