@@ -7,9 +7,12 @@ Usage: PYTHONPATH=. python3 -m benchmarks.decode_mosaic_inside --out DIR
 One tiling of decode_mosaic over one cache dtype (the problem of
 decode_mosaic_probe: bf16 q, 32 q / 8 kv heads x 128, every row full length):
   --asm      compiles it with Mosaic GPU's dumps on (MOSAIC_GPU_DUMP_PTXAS,
-             _SASS, _PTX into DIR/dump) and summarises each kernel's ptxas
-             report (registers, spill bytes) and SASS (instructions by opcode,
-             spill loads and stores: LDL/STL);
+             _SASS, _PTX, into a temporary directory) and summarises each
+             kernel's ptxas report (registers, spill bytes, its numbered
+             notes; the report is also copied to DIR), PTX (wgmma, waits,
+             local memory: PTX_OPS) and SASS (instructions by opcode, spill
+             loads and stores: LDL/STL; needs nvdisasm, which the GPU image
+             lacks);
   --profile  runs it under Mosaic GPU's intra-kernel profiler (the kernels'
              named scopes, one trace per warpgroup) and prints the mean time
              of each warpgroup's phases per occurrence and per CTA. The
@@ -29,10 +32,15 @@ import glob
 import json
 import os
 import re
+import shutil
+import tempfile
 
 SASS_LINE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)")
 PTXAS_REGS = re.compile(r"Used (\d+) registers")
 PTXAS_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+PTX_OPS = ("wgmma.mma_async", "wgmma.wait_group", "wgmma.fence", "ld.local",
+           "st.local", "bar.sync", "mbarrier.try_wait", "cp.async.bulk",
+           "setmaxnreg")
 KEY_OPS = ("LDL", "STL", "LDS", "STS", "LDSM", "PRMT", "HADD2", "HFMA2", "HMUL2",
            "F2F", "F2FP", "I2F", "MUFU", "FMUL", "FADD", "FFMA", "FMNMX", "SHFL",
            "BAR", "SYNCS", "HGMMA", "IGMMA", "QGMMA", "WARPGROUP", "IMAD", "IADD3",
@@ -50,11 +58,21 @@ def sass_summary(text: str) -> dict:
 
 
 def ptxas_summary(text: str) -> dict:
-  """Registers and spill bytes of each function a ptxas -v report lists."""
+  """Registers and spill bytes of each function a ptxas -v report lists,
+  and its numbered notes (e.g. "(C7519) warpgroup.arrive is injected ...")
+  with how often each came."""
   regs = [int(x) for x in PTXAS_REGS.findall(text)]
   spills = [(int(a), int(b)) for a, b in PTXAS_SPILL.findall(text)]
+  notes = collections.Counter(
+      re.sub(r"line \d+", "line N", l.split(":", 1)[-1].strip())
+      for l in text.splitlines() if re.search(r"\(C\d+\)", l))
   return dict(registers=regs, spill_store_bytes=[a for a, _ in spills],
-              spill_load_bytes=[b for _, b in spills])
+              spill_load_bytes=[b for _, b in spills], notes=dict(notes))
+
+
+def ptx_summary(text: str) -> dict:
+  """How often each of PTX_OPS occurs in a PTX listing."""
+  return {op: text.count(op) for op in PTX_OPS}
 
 
 def phase_means(trace: dict, warpgroups: int) -> dict:
@@ -129,6 +147,8 @@ def asm_report(dump_dir: str) -> dict:
       out[name] = ptxas_summary(text)
     elif SASS_LINE.search(text):
       out[name] = sass_summary(text)
+    elif name.endswith(".ptx"):
+      out[name] = ptx_summary(text)
   return out
 
 
@@ -152,9 +172,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
   args = parser().parse_args(argv)
   os.makedirs(args.out, exist_ok=True)
-  dump_dir = os.path.join(args.out, "dump")
+  # NOTE: Mosaic GPU dumps every pass of the module; only the summary and
+  # the ptxas report are kept under --out (a device call returns few files).
+  dump_dir = tempfile.mkdtemp(prefix="mosaic_dump_")
   if args.asm:
-    os.makedirs(dump_dir, exist_ok=True)
     for flag in ("PTXAS", "SASS", "PTX"):
       os.environ[f"MOSAIC_GPU_DUMP_{flag}"] = "1"
     os.environ["MOSAIC_GPU_DUMP_TO"] = dump_dir
@@ -167,6 +188,9 @@ def main(argv=None) -> dict:
                 err=run_once(args, trace_dir))
   if args.asm:
     report["asm"] = asm_report(dump_dir)
+    for path in glob.glob(os.path.join(dump_dir, "*.ptxas")):
+      shutil.copy(path, args.out)
+  shutil.rmtree(dump_dir, ignore_errors=True)
   if trace_dir:
     traces = sorted(glob.glob(os.path.join(trace_dir, "*-trace.json")))
     warpgroups = 2 if args.kv_dtype == "bfloat16" else 2 + args.v_converters

@@ -169,13 +169,14 @@ for t in r["top"][:6]:
     inside() {  # inside NAME ARGS...: one decode_mosaic_inside run into OUT/NAME
       run "in_$1" 120 python3 -m benchmarks.decode_mosaic_inside --out "$out/in_$1" "${@:2}"
     }
-    inside bf16 --asm --kv-dtype bfloat16 --stages 2 --qk-8bit 0
     inside int8_qk8 --asm --kv-dtype int8 --qk-8bit 1
-    inside int8_bf16k --asm --kv-dtype int8 --qk-8bit 0
     inside e4m3 --asm --kv-dtype float8_e4m3 --qk-8bit 0
     inside prof_int8_qk8 --profile --kv-dtype int8 --qk-8bit 1
-    inside prof_e4m3 --profile --kv-dtype float8_e4m3 --qk-8bit 0
-    inside prof_bf16 --profile --kv-dtype bfloat16 --stages 2 --qk-8bit 0
+    [ -n "${FULL:-}" ] && for a in "bf16 --asm --kv-dtype bfloat16 --stages 2 --qk-8bit 0" \
+        "prof_e4m3 --profile --kv-dtype float8_e4m3 --qk-8bit 0" \
+        "prof_bf16 --profile --kv-dtype bfloat16 --stages 2 --qk-8bit 0"; do
+      inside $a  # FULL=1: the bf16 kernel's dumps and profile, e4m3's profile too
+    done
     bf16_kernel
     for dir in . ${VARIANTS:-}; do
       v=$([ "$dir" = . ] && echo now || echo "${dir#.}")

@@ -22,6 +22,14 @@ PTXAS = """ptxas info    : Compiling entry function 'mosaic_gpu_kernel' for 'sm_
 ptxas info    : Function properties for mosaic_gpu_kernel
     24 bytes stack frame, 16 bytes spill stores, 8 bytes spill loads
 ptxas info    : Used 168 registers, used 1 barriers
+ptxas info    : (C7519) warpgroup.arrive is injected in around line 751 by compiler
+ptxas info    : (C7519) warpgroup.arrive is injected in around line 2010 by compiler
+"""
+
+PTX = """  wgmma.fence.sync.aligned;
+  wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%f1}, %rd1, %rd2;
+  wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%f1}, %rd3, %rd4;
+  wgmma.wait_group.sync.aligned 0;
 """
 
 
@@ -35,17 +43,26 @@ def test_sass_is_counted_by_opcode_with_predicates_and_suffixes_dropped():
 
 def test_ptxas_report_gives_registers_and_spills():
   assert inside.ptxas_summary(PTXAS) == dict(
-      registers=[168], spill_store_bytes=[16], spill_load_bytes=[8])
+      registers=[168], spill_store_bytes=[16], spill_load_bytes=[8],
+      notes={"(C7519) warpgroup.arrive is injected in around line N by compiler": 2})
   assert inside.ptxas_summary("nothing") == dict(
-      registers=[], spill_store_bytes=[], spill_load_bytes=[])
+      registers=[], spill_store_bytes=[], spill_load_bytes=[], notes={})
+
+
+def test_ptx_counts_the_wgmma_and_their_waits():
+  got = inside.ptx_summary(PTX)
+  assert got["wgmma.mma_async"] == 2 and got["wgmma.wait_group"] == 1
+  assert got["wgmma.fence"] == 1 and got["ld.local"] == 0
 
 
 def test_asm_report_tells_the_files_apart(tmp_path):
   (tmp_path / "k.sass").write_text(SASS)
   (tmp_path / "k.ptxas").write_text(PTXAS)
-  (tmp_path / "k.ptx").write_text(".version 8.7\n.target sm_90a\n")
+  (tmp_path / "k.ptx").write_text(PTX)
+  (tmp_path / "k.mlir-passes.log").write_text("// some pass\n")
   report = inside.asm_report(str(tmp_path))
-  assert set(report) == {"k.sass", "k.ptxas"}
+  assert set(report) == {"k.sass", "k.ptxas", "k.ptx"}
+  assert report["k.ptx"]["wgmma.mma_async"] == 2
   assert report["k.ptxas"]["registers"] == [168]
   assert report["k.sass"]["total"] == 8
 
