@@ -4,8 +4,8 @@ Usage: PYTHONPATH=. python3 -m benchmarks.decode_mosaic_inside --out DIR
            [--shape 64x4096/16] [--kv-dtype int8] [--block-kv 128] [--stages 4]
            [--qk-8bit 1] [--v-converters 1] [--asm] [--profile]
 
-One tiling of decode_mosaic over one cache dtype (the problem of
-decode_mosaic_probe: bf16 q, 32 q / 8 kv heads x 128, every row full length):
+One tiling of decode_mosaic over one cache dtype (decode_mosaic_probe's
+problem_at: bf16 q, 32 q / 8 kv heads x 128, every row full length):
   --asm      compiles it with Mosaic GPU's dumps on (MOSAIC_GPU_DUMP_PTXAS,
              _SASS, _PTX, into a temporary directory) and summarises each
              kernel's ptxas report (registers, spill bytes, its numbered
@@ -104,17 +104,6 @@ def config_of(args):
                             v_converters=args.v_converters)
 
 
-def problem_of(shape: str, kv_dtype: str):
-  """decode_mosaic_probe's problem at `shape` over a `kv_dtype` cache."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from benchmarks.decode_mosaic_probe import HEADS, parse_shape  # pylint: disable=g-import-not-at-top
-  from benchmarks.kv_quant import cache_of  # pylint: disable=g-import-not-at-top
-  from benchmarks.tune_kernels import make_problem  # pylint: disable=g-import-not-at-top
-  batch, ctx, bs = parse_shape(shape)
-  q, kv, tables, lengths = make_problem(jax.random.key(0), batch, ctx, *HEADS, bs)
-  return q, cache_of(kv, kv_dtype), tables, lengths
-
-
 def run_once(args, profile_dir: str | None) -> float:
   """Compiles and runs the tiling once (with the profiler if profile_dir);
   returns its relative error against the float32 reference."""
@@ -122,13 +111,14 @@ def run_once(args, profile_dir: str | None) -> float:
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental.pallas import mosaic_gpu as plgpu  # pylint: disable=g-import-not-at-top
   import pallas_kernels as pk  # pylint: disable=g-import-not-at-top
+  from benchmarks.decode_mosaic_probe import problem_at  # pylint: disable=g-import-not-at-top
   from benchmarks.measure import rel_err  # pylint: disable=g-import-not-at-top
   from pallas_kernels.decode_mosaic import decode_mosaic  # pylint: disable=g-import-not-at-top
   if profile_dir:
     plgpu.CompilerParams = functools.partial(
         plgpu.CompilerParams, profile_space=args.profile_space,
         profile_dir=profile_dir, profile_bounds_check=True)
-  problem = problem_of(args.shape, args.kv_dtype)
+  problem = problem_at(args.shape, args.kv_dtype)
   scale = problem[0].shape[-1] ** -0.5
   f = jax.jit(functools.partial(decode_mosaic, scale=scale,
                                 config=config_of(args), interpret=args.interpret))

@@ -82,24 +82,32 @@ def grid(batch: int, ctx: int, hkv: int, block_kv, stages, splits,
   return out
 
 
+def problem_at(shape: str, kv_dtype: str):
+  """(q, cache, block tables, lengths) at `shape` (HEADS, rows full length,
+  shuffled tables) over a `kv_dtype` cache (bf16, or it quantized)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from benchmarks.kv_quant import cache_of  # pylint: disable=g-import-not-at-top
+  from benchmarks.tune_kernels import make_problem  # pylint: disable=g-import-not-at-top
+  batch, ctx, bs = parse_shape(shape)
+  q, kv, tables, lengths = make_problem(jax.random.key(0), batch, ctx, *HEADS, bs)
+  return q, cache_of(kv, kv_dtype), tables, lengths
+
+
 def child(args) -> None:
   """Measures one shape; prints RESULT lines (JSON)."""
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import pallas_kernels as pk  # pylint: disable=g-import-not-at-top
   from benchmarks.measure import guarded, rel_err, timed  # pylint: disable=g-import-not-at-top
-  from benchmarks.kv_quant import cache_of  # pylint: disable=g-import-not-at-top
-  from benchmarks.tune_kernels import make_problem, read_us, timed_compiled, with_length  # pylint: disable=g-import-not-at-top
+  from benchmarks.tune_kernels import read_us, timed_compiled, with_length  # pylint: disable=g-import-not-at-top
   from pallas_kernels.decode_mosaic import decode_mosaic, supports  # pylint: disable=g-import-not-at-top
 
   interpret = args.interpret
   timer = timed_compiled if not interpret else _wall_us
   batch, ctx, bs = parse_shape(args.child)
-  hq, hkv, d = HEADS
-  q, kv, tables, lengths = make_problem(jax.random.key(0), batch, ctx, hq, hkv,
-                                        d, bs)
+  _, hkv, d = HEADS
   kv_dtype = args.kv_dtype[0]  # a child measures one
-  problem = (q, cache_of(kv, kv_dtype), tables, lengths)
+  problem = problem_at(args.child, kv_dtype)
   scale = d ** -0.5
   ref = pk.paged_decode_attention_reference(*problem, scale=scale)
   emit = lambda **r: print(RESULT + json.dumps(
