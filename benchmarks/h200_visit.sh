@@ -18,6 +18,8 @@
 #   bash benchmarks/h200_visit.sh decode-q8-inside OUT  # issue 15: the decode's registers,
 #                                                # spills, SASS and profiled phases per
 #                                                # cache dtype; 8-bit times now vs $VARIANTS
+#   bash benchmarks/h200_visit.sh decode-q8-occupancy OUT  # issue 15: the 8-bit decode
+#                                                # without setmaxnreg: registers, times
 #   bash benchmarks/h200_visit.sh kv-dtype-8b OUT  # the 8B at batch 256, 1,024-token prompts,
 #                                                # per KV-cache dtype (issue 15)
 #   bash benchmarks/h200_visit.sh tune-blocks OUT  # re-measure the decode tiling of 64/128-token
@@ -187,6 +189,27 @@ for t in r["top"][:6]:
         --job_timeout_s 70 --shapes 64x4096/16,256x1024/16)
     done
     grep -A4 "^| shape" "$out/q8bf16.log"; grep -A6 "^| shape" "$out"/q8_*.log
+    ;;
+  decode-q8-occupancy)  # issue 15: the 8-bit decode without setmaxnreg (a copy of this tree,
+    # .noreg): its registers a thread (<= 85 lets two CTAs of 384 threads share an SM), then
+    # both trees' times at block_kv 64 and 128
+    rm -rf .noreg && mkdir .noreg
+    tar -c engine models pallas_kernels serving benchmarks configs | tar -x -C .noreg
+    sed -i '/plgpu.set_max_registers/d' .noreg/pallas_kernels/decode_mosaic_q8.py \
+      .noreg/pallas_kernels/decode_mosaic_q8_compute.py
+    for bkv in 64 128; do
+      (cd .noreg && run "regs_$bkv" 90 python3 -m benchmarks.decode_mosaic_inside --asm \
+        --out "$out/regs_$bkv" --kv-dtype int8 --qk-8bit 1 --block-kv $bkv --stages 3)
+      grep -h "Used\|spill" "$out/regs_$bkv"/*.ptxas
+    done
+    for dir in . .noreg; do
+      mkdir -p "$out/occ${dir#.}"
+      (cd "$dir" && run "occ${dir#.}" 150 python3 -m benchmarks.decode_mosaic_probe \
+        --out "$out/occ${dir#.}" --kv-dtype int8,float8_e4m3 --block-kv 64,128 --stages 3 \
+        --splits 1 --qk-8bit 0,1 --v-converters 1 --job_timeout_s 70 \
+        --shapes 64x4096/16,256x1024/16)
+    done
+    grep -A6 "^| shape" "$out"/occ*.log
     ;;
   kv-dtype-8b)  # issue 15: the 8B engine's decode step and tokens/s at batch 256 per KV dtype
     mkdir -p "$out/kv"
