@@ -2,7 +2,7 @@
 
 Usage: PYTHONPATH=. python3 -m benchmarks.decode_mosaic_inside --out DIR
            [--shape 64x4096/16] [--kv-dtype int8] [--block-kv 128] [--stages 4]
-           [--qk-8bit 1] [--v-converters 1] [--asm] [--profile]
+           [--qk-8bit 1] [--v-converters 1] [--streams 1] [--asm] [--profile]
 
 One tiling of decode_mosaic over one cache dtype (decode_mosaic_probe's
 problem_at: bf16 q, 32 q / 8 kv heads x 128, every row full length):
@@ -101,7 +101,7 @@ def config_of(args):
   from pallas_kernels.decode_mosaic import DecodeMosaicConfig  # pylint: disable=g-import-not-at-top
   return DecodeMosaicConfig(block_kv=args.block_kv, stages=args.stages,
                             qk_8bit=bool(args.qk_8bit),
-                            v_converters=args.v_converters)
+                            v_converters=args.v_converters, streams=args.streams)
 
 
 def run_once(args, profile_dir: str | None) -> float:
@@ -151,6 +151,7 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--stages", type=int, default=4, help="default: %(default)s")
   p.add_argument("--qk-8bit", type=int, default=1, help="default: %(default)s")
   p.add_argument("--v-converters", type=int, default=1, help="default: %(default)s")
+  p.add_argument("--streams", type=int, default=1, help="default: %(default)s")
   p.add_argument("--profile-space", type=int, default=320,
                  help="profiler ranges per warpgroup (default: %(default)s)")
   p.add_argument("--asm", action="store_true", help="dump and summarise ptxas and SASS")
@@ -174,7 +175,8 @@ def main(argv=None) -> dict:
     os.makedirs(trace_dir, exist_ok=True)
   report = dict(shape=args.shape, kv_dtype=args.kv_dtype,
                 config=dict(block_kv=args.block_kv, stages=args.stages,
-                            qk_8bit=args.qk_8bit, v_converters=args.v_converters),
+                            qk_8bit=args.qk_8bit, v_converters=args.v_converters,
+                            streams=args.streams),
                 err=run_once(args, trace_dir))
   if args.asm:
     report["asm"] = asm_report(dump_dir)
@@ -183,7 +185,8 @@ def main(argv=None) -> dict:
   shutil.rmtree(dump_dir, ignore_errors=True)
   if trace_dir:
     traces = sorted(glob.glob(os.path.join(trace_dir, "*-trace.json")))
-    warpgroups = 2 if args.kv_dtype == "bfloat16" else 2 + args.v_converters
+    warpgroups = (2 if args.kv_dtype == "bfloat16"
+                  else args.streams * (1 + args.v_converters) + 1)
     with open(traces[-1]) as f:
       report["phases"] = phase_means(json.load(f), warpgroups)
   with open(os.path.join(args.out, "inside.json"), "w") as f:

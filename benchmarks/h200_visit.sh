@@ -18,6 +18,8 @@
 #   bash benchmarks/h200_visit.sh decode-q8-inside OUT  # issue 15: the decode's registers,
 #                                                # spills, SASS and profiled phases per
 #                                                # cache dtype; 8-bit times now vs $VARIANTS
+#   bash benchmarks/h200_visit.sh decode-q8-streams OUT  # issue 15: the 8-bit decode with
+#                                                # one or two KV heads a CTA, vs bf16
 #   bash benchmarks/h200_visit.sh decode-q8-occupancy OUT  # issue 15: the 8-bit decode
 #                                                # without setmaxnreg: registers, times
 #   bash benchmarks/h200_visit.sh kv-dtype-8b OUT  # the 8B at batch 256, 1,024-token prompts,
@@ -189,6 +191,15 @@ for t in r["top"][:6]:
         --job_timeout_s 70 --shapes 64x4096/16,256x1024/16)
     done
     grep -A4 "^| shape" "$out/q8bf16.log"; grep -A6 "^| shape" "$out"/q8_*.log
+    ;;
+  decode-q8-streams)  # issue 15: one KV head a CTA vs two (streams: two compute warpgroups
+    # and V converters per SM), block_kv 64 / 128, against bf16's kernel in the same call
+    bf16_kernel
+    mkdir -p "$out/streams"
+    run q8_streams 420 python3 -m benchmarks.decode_mosaic_probe --out "$out/streams" \
+      --kv-dtype int8,float8_e4m3 --block-kv 64,128 --stages 3,4 --splits 1 --qk-8bit 0,1 \
+      --v-converters 1 --streams 1,2 --job_timeout_s 200 --shapes 64x4096/16,256x1024/16
+    grep -A4 "^| shape" "$out/q8bf16.log"; grep -A6 "^| shape" "$out/q8_streams.log"
     ;;
   decode-q8-occupancy)  # issue 15: the 8-bit decode without setmaxnreg (a copy of this tree,
     # .noreg): its registers a thread (<= 85 lets two CTAs of 384 threads share an SM), then

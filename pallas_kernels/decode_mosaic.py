@@ -50,6 +50,9 @@ class DecodeMosaicConfig:
   # int8 caches only), and the V converter warpgroups (2 needs block_kv >= 128).
   qk_8bit: bool = False
   v_converters: int = 1
+  # 8-bit caches only: KV heads per CTA (2: two compute warpgroups, two V
+  # converters and two sets of stages on one SM, one memory warpgroup).
+  streams: int = 1
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):
@@ -61,6 +64,9 @@ class DecodeMosaicConfig:
     if self.v_converters not in (1, 2) or self.v_converters * 64 > self.block_kv:
       raise ValueError(f"v_converters must be 1 or 2 (and 64 rows each of "
                        f"block_kv {self.block_kv}), got {self.v_converters}")
+    if self.streams not in (1, 2) or (self.streams == 2 and self.v_converters != 1):
+      raise ValueError(f"streams must be 1 or 2 (2 with one V converter each), "
+                       f"got {self.streams}")
 
   def smem_bytes(self, head_dim: int, itemsize: int, q8_cols: int = 0) -> int:
     """Shared memory of the Q/O tile, the K/V stages, the split partials and
@@ -68,7 +74,7 @@ class DecodeMosaicConfig:
     not counted); with q8_cols, of the 8-bit kernel with that many query
     columns (decode_mosaic_q8.smem_bytes)."""
     if q8_cols:
-      return q8.smem_bytes(self, head_dim, q8_cols) + ALIGN_SLACK
+      return self.streams * q8.smem_bytes(self, head_dim, q8_cols) + ALIGN_SLACK
     part = (ROWS_PER_WG * head_dim + ROWS_PER_WG) * 4 if self.num_splits > 1 else 0
     return ((ROWS_PER_WG + 2 * self.stages * self.block_kv) * head_dim * itemsize
             + part + ALIGN_SLACK)
@@ -76,9 +82,9 @@ class DecodeMosaicConfig:
 
 def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
   """Whether the Mosaic kernel runs these operands with `config`: a 16-bit q
-  over a cache of its dtype or a bf16 q over an 8-bit one (v_converters for
-  8-bit caches only, qk_8bit for int8 ones only), head_dim % 64 == 0, group
-  <= 64, shared memory fits.
+  over a cache of its dtype or a bf16 q over an 8-bit one (v_converters and
+  streams for 8-bit caches only, qk_8bit for int8 ones only, streams dividing
+  the KV heads), head_dim % 64 == 0, group <= 64, shared memory fits.
 
   NOTE: no qk_8bit over e4m3: on the H100 (2026-12-05) its e4m3 wgmma gave a
   relative error of 2.5e-2 (the bf16 way 2.4e-3; 2.5e-3 in interpret mode)
@@ -88,8 +94,9 @@ def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
   hkv, head_dim = values.shape[1], values.shape[4]
   itemsize, group = q.dtype.itemsize, q.shape[1] // hkv
   cols = q_cols(group) if quantized else 0
-  eight_bit_only = config.qk_8bit or config.v_converters != 1
-  qk_ok = not config.qk_8bit or values.dtype == jnp.int8
+  eight_bit_only = config.qk_8bit or config.v_converters != 1 or config.streams != 1
+  qk_ok = ((not config.qk_8bit or values.dtype == jnp.int8)
+           and hkv % config.streams == 0)
   return (itemsize == 2 and (quantized or not eight_bit_only) and qk_ok
           and (q.dtype == jnp.bfloat16 if quantized else q.dtype == values.dtype)
           and head_dim % 64 == 0 and group <= ROWS_PER_WG
@@ -125,6 +132,7 @@ def decode_mosaic(q, kv_cache, block_tables, lengths, *, scale,
       num_splits=config.num_splits,
       q_rows=q_cols(group) if quantized else -(-group // ALIGN) * ALIGN,
       qk_8bit=config.qk_8bit, v_converters=config.v_converters,
+      streams=config.streams,
       p_in_regs=not interpret, max_blocks=block_tables.shape[1],
       scale=scale)
   qp = q.reshape(batch, hkv, group, head_dim)

@@ -48,6 +48,7 @@ class Static:
   scale: float  # softmax scale
   qk_8bit: bool = False  # DecodeMosaicConfig's (8-bit caches only)
   v_converters: int = 1
+  streams: int = 1
 
 
 def _cdiv(a, b: int):
@@ -60,9 +61,10 @@ class Span:
   Has the attributes prefill_mosaic_memory.producer reads from a tile.
   """
 
-  def __init__(self, len_ref, cfg: Static, block_size: int):
+  def __init__(self, len_ref, cfg: Static, block_size: int, stream: int = 0):
     self.row = lax.axis_index("row")
-    self.head = lax.axis_index("head")
+    # NOTE: with cfg.streams KV heads per CTA, stream s is head streams * h + s.
+    self.head = lax.axis_index("head") * cfg.streams + stream
     split = lax.axis_index("split")
     length = len_ref[self.row]  # len_ref int32 [batch] (GMEM)
     # NOTE: whole steps per split, so only the last non-empty split can end

@@ -17,6 +17,14 @@ compute warpgroup's registers, or is read by an 8-bit wgmma as it lies
                      wgmma's M, the GQA group as N); K's per-key scales
                      multiply Sᵀ's rows, V's Pᵀ's rows before P V (float32).
 
+With DecodeMosaicConfig.streams = 2 a CTA takes two KV heads of a row (grid
+(batch, hkv / 2, splits)): two compute warpgroups and two V converters, each
+pair with its own stages and barriers, and one memory warpgroup copying both
+(the heads share the row's blocks). NOTE: the profile says one compute
+warpgroup's dependent chain bounds the kernel (docs/benchmarks.md, 2026-12-07),
+and 384 threads at 168 registers allow one CTA an SM: two streams put two
+such chains on an SM (at block_kv 64: two of everything in shared memory).
+
 int8 -> bf16 is Mosaic GPU's prmt/sub.bf16x2 sequence (no integer-to-float
 instruction); e4m3 goes through f16 and f32. NOTE (H200, 2026-12-03,
 docs/benchmarks.md): with a K converter warpgroup and 16-bit K stages this
@@ -82,10 +90,11 @@ from pallas_kernels.prefill_mosaic_memory import issue_copies
 # storing WGMMA_8BIT-laid bf16 into the swizzled 16-bit stage faulted with a
 # misaligned address on the H200 (jax 0.11.2).
 LAYOUT = compute.LAYOUT
-# NOTE: per thread, beside the compute warpgroup's 256 and the memory
-# warpgroup's 40: 256 + 40 + 104 <= 3 * 168 (64K over 384 threads), and
-# with two V converters 256 + 40 + 2 * 104 <= 4 * 128.
-CONVERT_REGISTERS = 104
+# NOTE: per thread, beside the compute warpgroup's and the memory
+# warpgroup's 40 (compute.COMPUTE_REGISTERS): 256 + 40 + 104 <= 3 * 168 (64K
+# over 384 threads), with two V converters 256 + 40 + 2 * 104 <= 4 * 128, and
+# with two streams 2 * 144 + 40 + 2 * 72 <= 5 * 96.
+CONVERT_REGISTERS = {1: 104, 2: 72}  # by streams
 # NOTE: the 16-bit V stages the compute warpgroup reads are two whatever the
 # config's `stages` (the 8-bit ring's depth), so shared memory holds a
 # deeper 8-bit ring.
@@ -116,11 +125,12 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
     out_type = (jax.ShapeDtypeStruct(part + (head_dim, cols), jnp.float32),
                 jax.ShapeDtypeStruct(part + (cols,), jnp.float32))
   q_args = split_q(qp, kv_cache.values.dtype) if cfg.qk_8bit else (qp,)
-  warpgroups = 2 + cfg.v_converters
+  warpgroups = cfg.streams * (1 + cfg.v_converters) + 1
   out = plgpu.kernel(
       functools.partial(_entry, cfg=cfg, interpret=bool(interpret)),
       out_type=out_type,
-      grid=(batch, hkv, cfg.num_splits), grid_names=("row", "head", "split"),
+      grid=(batch, hkv // cfg.streams, cfg.num_splits),
+      grid_names=("row", "head", "split"),
       num_threads=warpgroups, thread_name="wg",
       compiler_params=plgpu.CompilerParams(approx_math=True),
       interpret=interpret_params(interpret, warpgroups),
@@ -156,28 +166,41 @@ def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, interpret):
   """
   q_refs, out_refs = refs[:q_inputs(cfg)], refs[q_inputs(cfg):]
   head_dim, cols = q_refs[0].shape[-1], out_refs[0].shape[-1]
-  smem16 = (STAGES16, cfg.block_kv, head_dim)
-  k_tile = (cfg.block_kv, head_dim)
+  block_size = values_ref.shape[3]
 
   def body(*smem, **bars):
-    tiles, v16, ring, k_tile = smem[:5], smem[5], smem[6:10], smem[10]
-    span = kernel.Span(len_ref, cfg, values_ref.shape[3])
-    bufs = compute.Bufs(*tiles, ring[0], v16, ring[2], ring[3], k_tile)
+    per = len(smem) // cfg.streams
+    streams = [_stream(smem[i * per:(i + 1) * per], bars, i, len_ref, cfg,
+                       block_size) for i in range(cfg.streams)]
     wg = lax.axis_index("wg")
-    pl.when(wg == 0)(lambda: compute.consumer(span, q_refs, out_refs, bufs,
-                                              bars, cfg, STAGES16))
-    pl.when(wg == 1)(lambda: producer(span, bt_ref, values_ref, scales_ref,
-                                      ring, bars, cfg))
-    for c in range(cfg.v_converters):
-      pl.when(wg == 2 + c)(functools.partial(
-          converter, span, ring[1], v16, bars, cfg, c))
+    for i, (span, bufs, ring, v16, sbars) in enumerate(streams):
+      pl.when(wg == i)(functools.partial(
+          compute.consumer, span, q_refs, out_refs, bufs, sbars, cfg, STAGES16))
+      for c in range(cfg.v_converters):
+        pl.when(wg == cfg.streams + 1 + i * cfg.v_converters + c)(
+            functools.partial(converter, span, ring[1], v16, sbars, cfg, c))
+    pl.when(wg == cfg.streams)(lambda: producer(
+        [st[0] for st in streams], bt_ref, values_ref, scales_ref,
+        [st[2] for st in streams], [st[4] for st in streams], cfg))
 
-  pl.run_scoped(
-      body, *compute.buffers(cfg, head_dim, cols, values_ref.dtype, smem_buffer),
-      smem_buffer(smem16, jnp.bfloat16),
-      *buffers(cfg, head_dim, values_ref.dtype, smem_buffer),
-      smem_buffer(k_tile, jnp.bfloat16) if interpret and not cfg.qk_8bit else None,
-      **barriers(cfg, values_ref.shape[3]), collective_axes="wg")
+  one = [*compute.buffers(cfg, head_dim, cols, values_ref.dtype, smem_buffer),
+         smem_buffer((STAGES16, cfg.block_kv, head_dim), jnp.bfloat16),
+         *buffers(cfg, head_dim, values_ref.dtype, smem_buffer),
+         smem_buffer((cfg.block_kv, head_dim), jnp.bfloat16)
+         if interpret and not cfg.qk_8bit else None]
+  bars = {f"{k}_{i}": b for i in range(cfg.streams)
+          for k, b in barriers(cfg, block_size).items()}
+  pl.run_scoped(body, *one * cfg.streams, **bars, collective_axes="wg")
+
+
+def _stream(smem, bars, i: int, len_ref, cfg, block_size: int):
+  """Stream i's (span, compute.Bufs, 8-bit ring, 16-bit V stages, barriers by
+  name) from its share of _entry's buffers (compute tiles, V16, ring, k_tile)."""
+  tiles, v16, ring, k_tile = smem[:5], smem[5], smem[6:10], smem[10]
+  span = kernel.Span(len_ref, cfg, block_size, stream=i)
+  bufs = compute.Bufs(*tiles, ring[0], v16, ring[2], ring[3], k_tile)
+  sbars = {k[:-len(f"_{i}")]: b for k, b in bars.items() if k.endswith(f"_{i}")}
+  return span, bufs, ring, v16, sbars
 
 
 def buffers(cfg, head_dim: int, storage, smem) -> list:
@@ -215,42 +238,51 @@ def barriers(cfg, block_size: int) -> dict:
               v_ready=stage16(n_conv), v_free=stage16(1))
 
 
-def producer(span, bt_ref, values_ref, scales_ref, bufs, bars, cfg):
-  """Memory warpgroup: TMA of the span's 8-bit K/V and scales, `stages` ahead.
-
-  values_ref [blocks, hkv, 2, bs, d], scales_ref [batch, hkv, 2, tokens]
-  (gather_scales; GMEM).
+def producer(spans, bt_ref, values_ref, scales_ref, rings, bars, cfg):
+  """Memory warpgroup: TMA of each stream's 8-bit K/V and scales, `stages`
+  ahead (the streams' spans differ in their KV head only: one row, the same
+  blocks). values_ref [blocks, hkv, 2, bs, d], scales_ref [batch, hkv, 2,
+  tokens] (gather_scales; GMEM); rings, bars: per stream.
   """
   plgpu.set_max_registers(MEMORY_REGISTERS, action="decrease")
-  stages = (bufs[0], bufs[2], "k"), (bufs[1], bufs[3], "v")
 
-  @pl.loop(0, span.num_steps)
+  @pl.loop(0, spans[0].num_steps)
   def _produce(step):
     slot = lax.rem(step, cfg.stages)
-    ids = block_ids(span, bt_ref, values_ref.shape[3], cfg, step)
-    # NOTE: a slot's scales are the compute warpgroup's until s_free.
-    with jax.named_scope("wait_s"):
-      pl.when(step >= cfg.stages)(
-          lambda: plgpu.barrier_wait(bars["s_free"].at[slot]))
-    for which, (values, scales, name) in enumerate(stages):
-      ready = bars[f"{name}8_ready"].at[slot]
-      with jax.named_scope(f"wait_{name}8_free"):
-        pl.when(step >= cfg.stages)(
-            lambda n=name: plgpu.barrier_wait(bars[f"{n}8_free"].at[slot]))
-      issue_copies(span, values_ref, ids, which, values.at[slot], ready)
-      first = span.first_kv + step * cfg.block_kv
-      plgpu.copy_gmem_to_smem(
-          scales_ref.at[span.row, span.head, which, pl.ds(first, cfg.block_kv)],
-          scales.at[slot], ready)
+    ids = block_ids(spans[0], bt_ref, values_ref.shape[3], cfg, step)
+    for span, bufs, sbars in zip(spans, rings, bars):
+      _stage_copies(span, values_ref, scales_ref, ids, bufs, sbars, cfg, step, slot)
 
-  _drain(span, (bars["k8_free"], bars["v8_free"], bars["s_free"]), cfg.stages)
+  for sbars in bars:
+    _drain(spans[0], (sbars["k8_free"], sbars["v8_free"], sbars["s_free"]),
+           cfg.stages)
+
+
+def _stage_copies(span, values_ref, scales_ref, ids, bufs, bars, cfg, step, slot):
+  """One stream's copies of a step into ring slot `slot`: K, V and their
+  scales, each once the compute warpgroup or the converters freed it."""
+  # NOTE: a slot's scales are the compute warpgroup's until s_free.
+  with jax.named_scope("wait_s"):
+    pl.when(step >= cfg.stages)(
+        lambda: plgpu.barrier_wait(bars["s_free"].at[slot]))
+  stages = (bufs[0], bufs[2], "k"), (bufs[1], bufs[3], "v")
+  for which, (values, scales, name) in enumerate(stages):
+    ready = bars[f"{name}8_ready"].at[slot]
+    with jax.named_scope(f"wait_{name}8_free"):
+      pl.when(step >= cfg.stages)(
+          lambda n=name: plgpu.barrier_wait(bars[f"{n}8_free"].at[slot]))
+    issue_copies(span, values_ref, ids, which, values.at[slot], ready)
+    first = span.first_kv + step * cfg.block_kv
+    plgpu.copy_gmem_to_smem(
+        scales_ref.at[span.row, span.head, which, pl.ds(first, cfg.block_kv)],
+        scales.at[slot], ready)
 
 
 def converter(span, src, dst, bars, cfg, index: int):
   """V converter `index` of cfg.v_converters: its 64-row chunks (every
   v_converters-th) of each 8-bit stage of src [stages, block_kv, d] as bf16
   into the 16-bit stage dst [STAGES16, block_kv, d] (both SMEM, swizzled)."""
-  plgpu.set_max_registers(CONVERT_REGISTERS, action="decrease")
+  plgpu.set_max_registers(CONVERT_REGISTERS[cfg.streams], action="decrease")
   starts = range(index * compute.CHUNK_ROWS, cfg.block_kv,
                  cfg.v_converters * compute.CHUNK_ROWS)
 

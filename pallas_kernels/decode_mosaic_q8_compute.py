@@ -55,7 +55,7 @@ LAYOUT = plgpu.Layout.WGMMA
 CHUNK_ROWS = 64  # K rows per register chunk (a WGMMA layout tile's M)
 COLS = LAYOUT.reduce(0)  # a value per query column
 KEYS = LAYOUT.reduce(1)  # a value per key row
-COMPUTE_REGISTERS = 256
+COMPUTE_REGISTERS = {1: 256, 2: 144}  # by streams (decode_mosaic_q8's NOTE)
 
 
 def q_cols(group: int) -> int:
@@ -104,7 +104,7 @@ def consumer(span, q_refs, out_refs, bufs: Bufs, bars, cfg, stages16: int):
   N, d] bf16,) or with qk_8bit (q's terms [batch, hkv, 2N, d] 8-bit, their
   scales [batch, hkv, 2, N] f32) (GMEM); out_refs: (oᵀ [batch, hkv, d, N],)
   or (partials [.., splits, d, N] f32, lse [.., splits, N] f32)."""
-  plgpu.set_max_registers(COMPUTE_REGISTERS, action="increase")
+  plgpu.set_max_registers(COMPUTE_REGISTERS[cfg.streams], action="increase")
   for ref, buf in zip(q_refs, (bufs.q, bufs.q_scales)):
     plgpu.copy_gmem_to_smem(ref.at[span.row, span.head], buf, bars["q"])
   plgpu.barrier_wait(bars["q"])

@@ -91,4 +91,5 @@ def test_one_interpreted_run_is_checked_and_reported(tmp_path):
   assert report["err"] < 1e-2
   assert "asm" not in report and "phases" not in report
   saved = json.loads((tmp_path / "inside.json").read_text())
-  assert saved["config"] == dict(block_kv=64, stages=2, qk_8bit=1, v_converters=1)
+  assert saved["config"] == dict(block_kv=64, stages=2, qk_8bit=1, v_converters=1,
+                                 streams=1)

@@ -80,6 +80,10 @@ def test_an_8_bit_cache_is_probed_against_bf16(tmp_path):
       (64, False, 1), (64, True, 1), (128, False, 1), (128, False, 2), (128, True, 1),
       (128, True, 2)]
   assert len(probe.grid(8, 4096, 8, (64, 128), (2,), (1,), **both)) == 2
+  # Two streams double the shared memory: 64-key steps only; bf16 has none.
+  two = probe.grid(8, 4096, 8, (64, 128), (2,), (1,), quantized=True, streams=(1, 2))
+  assert sorted((c.block_kv, c.streams) for c in two) == [(64, 1), (64, 2), (128, 1)]
+  assert {c.streams for c in probe.grid(8, 4096, 8, (64,), (2,), (1,), streams=(1, 2))} == {1}
 
 
 def test_a_table_merge_keeps_the_other_kv_dtypes_of_a_shape(tmp_path):

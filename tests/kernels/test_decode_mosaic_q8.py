@@ -39,6 +39,10 @@ CASES = [  # block_size, hq, hkv, d, lengths, config
     (16, 4, 1, 128, [700, 513], C(block_kv=128, num_splits=3, stages=3, qk_8bit=True,
                                   v_converters=2)),
     (8, 4, 4, 64, [1, 8, 17, 64], C(block_kv=128, v_converters=2)),  # K still in bf16
+    # two KV heads a CTA (streams), each its compute warpgroup and V converter
+    (16, 8, 2, 64, [37, 0, 130], C(block_kv=64, streams=2)),
+    (16, 12, 4, 64, [16, 47, 1, 95], C(block_kv=64, num_splits=3, stages=4, streams=2,
+                                       qk_8bit=True)),
 ]
 
 
@@ -100,7 +104,8 @@ def test_gather_scales_puts_each_row_in_token_order_zero_past_its_length():
                     reason="the race detector is part of the CPU interpreter")
 @pytest.mark.parametrize("config,name", with_names([
     C(block_kv=64, stages=3, num_splits=2),
-    C(block_kv=128, stages=3, num_splits=2, qk_8bit=True, v_converters=2)]), ids=str)
+    C(block_kv=128, stages=3, num_splits=2, qk_8bit=True, v_converters=2),
+    C(block_kv=64, stages=2, num_splits=2, streams=2)]), ids=str)
 def test_pipeline_has_no_data_races(name, config):
   from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call  # pylint: disable=g-import-not-at-top
   case = (16, 8, 2, 64, [37, 200], None)
@@ -120,6 +125,8 @@ def test_pipeline_has_no_data_races(name, config):
     ((16, 32, 8, 128), C(block_kv=128, stages=2, num_splits=4, qk_8bit=True)),
     ((128, 9, 3, 64), C(block_kv=64, qk_8bit=True)),
     ((16, 32, 8, 128), C(block_kv=128, stages=4, v_converters=2)),
+    ((16, 32, 8, 128), C(block_kv=64, stages=4, streams=2, qk_8bit=True)),
+    ((16, 32, 8, 128), C(block_kv=64, stages=3, streams=2)),
 ], key=lambda item: item[1])], ids=str)
 def test_lowers_for_hopper(shape, config, name):
   """Pallas -> Mosaic GPU lowering for sm_90: the four warpgroups' layouts,
@@ -154,6 +161,16 @@ def test_the_8_bit_options_are_refused_where_they_do_not_apply():
   for bad in (dict(block_kv=64, v_converters=2), dict(v_converters=3)):
     with pytest.raises(ValueError, match="v_converters"):
       C(**bad)
+  # two streams: 8-bit caches only, one V converter each, the KV heads in pairs
+  assert decode_mosaic.supports(q, int8, C(block_kv=64, streams=2))
+  assert not decode_mosaic.supports(q, bf16, C(block_kv=64, streams=2))
+  odd = quantization.QuantizedKV(spec((64, 1, 2, 16, 128), jnp.int8),
+                                 spec((64, 1, 2, 16), jnp.float32))
+  assert not decode_mosaic.supports(spec((8, 4, 128), jnp.bfloat16), odd,
+                                    C(block_kv=64, streams=2))
+  for bad in (dict(block_kv=128, streams=2, v_converters=2), dict(streams=3)):
+    with pytest.raises(ValueError, match="streams"):
+      C(**bad)
 
 
 def test_shared_memory_counts_the_8_bit_stages():
@@ -167,6 +184,9 @@ def test_shared_memory_counts_the_8_bit_stages():
   assert decode_mosaic.supports(q, cache, fits)
   assert not decode_mosaic.supports(q, cache, over)
   assert decode_mosaic.supports(q, cache, C(block_kv=64, stages=8))
+  # two streams hold two of everything: 128-key steps no longer fit
+  assert decode_mosaic.supports(q, cache, C(block_kv=64, stages=4, streams=2))
+  assert not decode_mosaic.supports(q, cache, C(block_kv=128, stages=2, streams=2))
   lower = lambda cfg: jax.export.export(jax.jit(
       lambda *a: decode_mosaic.decode_mosaic(*a, scale=0.1, config=cfg)),
       platforms=["cuda"])(q, cache, spec((8, 8), jnp.int32), spec((8,), jnp.int32))
