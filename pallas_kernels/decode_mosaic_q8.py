@@ -137,7 +137,9 @@ def split_q(qp, storage):
 
 
 def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, interpret):
-  """Allocates shared memory and barriers, then splits by warpgroup.
+  """Allocates shared memory and barriers (each stream its own), then splits
+  by warpgroup: 0 .. streams - 1 the streams' compute warpgroups, `streams`
+  the memory warpgroup, then each stream's V converters.
 
   len_ref int32 [batch]; bt_ref int32 [batch * max_blocks]; values_ref
   [num_blocks, hkv, 2, block_size, d] int8 or uint8 (float8_e4m3fn with
