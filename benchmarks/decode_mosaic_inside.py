@@ -185,8 +185,9 @@ def main(argv=None) -> dict:
   shutil.rmtree(dump_dir, ignore_errors=True)
   if trace_dir:
     traces = sorted(glob.glob(os.path.join(trace_dir, "*-trace.json")))
+    from pallas_kernels.decode_mosaic_q8 import num_warpgroups  # pylint: disable=g-import-not-at-top
     warpgroups = (2 if args.kv_dtype == "bfloat16"
-                  else args.streams * (1 + args.v_converters) + 1)
+                  else num_warpgroups(config_of(args)))
     with open(traces[-1]) as f:
       report["phases"] = phase_means(json.load(f), warpgroups)
   with open(os.path.join(args.out, "inside.json"), "w") as f:

@@ -65,6 +65,19 @@ run() {  # run NAME SECONDS CMD...: output to OUT/NAME.log, its last lines print
   grep -v -i -E "deprecat|warn\(|^\s*$" "$out/$name.log" | tail -n 14
 }
 
+q8_trees() {  # q8_trees CONVERTERS SECONDS JOB_SECONDS DIR...: the 8-bit decode per tree
+  local conv=$1 secs=$2 job=$3 dir v; shift 3  # (. is "now")
+  for dir in "$@"; do
+    v=$([ "$dir" = . ] && echo now || echo "${dir#.}")
+    mkdir -p "$out/$v"
+    (cd "$dir" && run "q8_$v" "$secs" \
+      python3 -m benchmarks.decode_mosaic_probe --out "$out/$v" --kv-dtype float8_e4m3,int8 \
+      --block-kv 128 --stages 4 --splits 1 --qk-8bit 0,1 --v-converters "$conv" \
+      --job_timeout_s "$job" --shapes 64x4096/16,256x1024/16)
+  done
+  grep -A4 "^| shape" "$out/q8bf16.log"; grep -A6 "^| shape" "$out"/q8_*.log
+}
+
 bf16_kernel() {  # the bf16 Mosaic decode at the issue-15 shapes: the 8-bit runs' reference
   run q8bf16 100 python3 -m benchmarks.decode_mosaic_probe --out "$out/bf16" \
     --kv-dtype bfloat16 --block-kv 128 --stages 2 --splits 1 --job_timeout_s 60 \
@@ -158,15 +171,7 @@ for t in r["top"][:6]:
     ;;
   decode-q8-scales)  # issue 15: the 8-bit decode now vs BASELINE (.baseline/) and $VARIANTS
     bf16_kernel
-    for dir in . .baseline ${VARIANTS:-}; do  # VARIANTS: more trees like .baseline
-      v=$([ "$dir" = . ] && echo now || echo "${dir#.}")
-      mkdir -p "$out/$v"
-      (cd "$dir" && run "q8_$v" 200 \
-        python3 -m benchmarks.decode_mosaic_probe --out "$out/$v" --kv-dtype float8_e4m3,int8 \
-        --block-kv 128 --stages 4 --splits 1 --qk-8bit 0,1 --v-converters 1,2 \
-        --job_timeout_s 90 --shapes 64x4096/16,256x1024/16)
-    done
-    grep -A4 "^| shape" "$out/q8bf16.log"; grep -A6 "^| shape" "$out"/q8_*.log
+    q8_trees 1,2 200 90 . .baseline ${VARIANTS:-}  # VARIANTS: more trees like .baseline
     ;;
   decode-q8-inside)  # issue 15: registers, spills and SASS of the decode per cache dtype,
     # the 8-bit phases under the intra-kernel profiler, then the 8-bit times now vs $VARIANTS
@@ -182,15 +187,7 @@ for t in r["top"][:6]:
       inside $a  # FULL=1: the bf16 kernel's dumps and profile, e4m3's profile too
     done
     bf16_kernel
-    for dir in . ${VARIANTS:-}; do
-      v=$([ "$dir" = . ] && echo now || echo "${dir#.}")
-      mkdir -p "$out/$v"
-      (cd "$dir" && run "q8_$v" 150 \
-        python3 -m benchmarks.decode_mosaic_probe --out "$out/$v" --kv-dtype float8_e4m3,int8 \
-        --block-kv 128 --stages 4 --splits 1 --qk-8bit 0,1 --v-converters 1 \
-        --job_timeout_s 70 --shapes 64x4096/16,256x1024/16)
-    done
-    grep -A4 "^| shape" "$out/q8bf16.log"; grep -A6 "^| shape" "$out"/q8_*.log
+    q8_trees 1 150 70 . ${VARIANTS:-}
     ;;
   decode-q8-streams)  # issue 15: one KV head a CTA vs two (streams: two compute warpgroups
     # and V converters per SM), block_kv 64 / 128, against bf16's kernel in the same call

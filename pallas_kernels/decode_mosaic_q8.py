@@ -106,7 +106,7 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
     out_type = (jax.ShapeDtypeStruct(part + (head_dim, cols), jnp.float32),
                 jax.ShapeDtypeStruct(part + (cols,), jnp.float32))
   q_args = split_q(qp, kv_cache.values.dtype) if cfg.qk_8bit else (qp,)
-  warpgroups = cfg.streams * (1 + cfg.v_converters) + 1
+  warpgroups = num_warpgroups(cfg)
   out = plgpu.kernel(
       functools.partial(_entry, cfg=cfg, interpret=bool(interpret)),
       out_type=out_type,
@@ -120,6 +120,12 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
   if cfg.num_splits == 1:
     return out.swapaxes(-1, -2)
   return out[0].swapaxes(-1, -2), out[1]
+
+
+def num_warpgroups(cfg) -> int:
+  """The kernel's warpgroups (_entry's order): each stream's compute
+  warpgroup and V converters, and one memory warpgroup."""
+  return cfg.streams * (1 + cfg.v_converters) + 1
 
 
 def q_inputs(cfg) -> int:
