@@ -11,8 +11,11 @@ problem_at: bf16 q, 32 q / 8 kv heads x 128, every row full length):
              kernel's ptxas report (registers, spill bytes, its numbered
              notes; the report is also copied to DIR), PTX (wgmma, waits,
              local memory: PTX_OPS) and SASS (instructions by opcode, spill
-             loads and stores: LDL/STL; needs nvdisasm, which the GPU image
-             lacks);
+             loads and stores: LDL/STL). Mosaic GPU's own SASS dump needs
+             nvdisasm beside its ptxas, which the GPU image's JAX lacks;
+             then each dumped PTX is assembled with the CUDA toolkit's
+             ptxas and listed with its cuobjdump (sass_from_ptx), and the
+             listing is copied to DIR gzipped;
   --profile  runs it under Mosaic GPU's intra-kernel profiler (the kernels'
              named scopes, one trace per warpgroup) and prints the mean time
              of each warpgroup's phases per occurrence and per CTA. The
@@ -29,10 +32,12 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
+import gzip
 import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 
 SASS_LINE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)")
@@ -126,6 +131,40 @@ def run_once(args, profile_dir: str | None) -> float:
   return rel_err(out, pk.paged_decode_attention_reference(*problem, scale=scale))
 
 
+def cuda_tool(name: str) -> str | None:
+  """A CUDA toolkit binary: on PATH, else under CUDA_HOME or /usr/local/cuda."""
+  for root in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+    if root and os.access(os.path.join(root, "bin", name), os.X_OK):
+      return os.path.join(root, "bin", name)
+  return shutil.which(name)
+
+
+def sass_from_ptx(dump_dir: str) -> list[str]:
+  """Writes NAME.sass beside each dumped NAME.ptx (ptxas for the PTX's own
+  .target, then cuobjdump -sass) where no SASS listing was dumped; returns
+  the listings written ([] without the tools)."""
+  ptxas, cuobjdump = cuda_tool("ptxas"), cuda_tool("cuobjdump")
+  if not (ptxas and cuobjdump) or glob.glob(os.path.join(dump_dir, "*.sass")):
+    return []
+  written = []
+  for ptx in sorted(glob.glob(os.path.join(dump_dir, "*.ptx"))):
+    with open(ptx) as f:
+      target = re.search(r"^\s*\.target\s+(\w+)", f.read(), re.M)
+    base = ptx[:-len(".ptx")]
+    run = lambda *cmd: subprocess.run(cmd, capture_output=True, text=True, check=True)
+    try:
+      run(ptxas, f"-arch={target.group(1) if target else 'sm_90a'}", "-o",
+          base + ".cubin", ptx)
+      listing = run(cuobjdump, "-sass", base + ".cubin").stdout
+    except subprocess.CalledProcessError as e:
+      print(f"sass_from_ptx: {os.path.basename(ptx)}: {e.stderr.strip()[-400:]}")
+      continue
+    with open(base + ".sass", "w") as f:
+      f.write(listing)
+    written.append(base + ".sass")
+  return written
+
+
 def asm_report(dump_dir: str) -> dict:
   """{file name: summary} of the dumps: ptxas reports and SASS listings."""
   out = {}
@@ -133,6 +172,8 @@ def asm_report(dump_dir: str) -> dict:
     with open(path, errors="replace") as f:
       text = f.read()
     name = os.path.basename(path)
+    if name.endswith(".cubin"):
+      continue
     if PTXAS_REGS.search(text):
       out[name] = ptxas_summary(text)
     elif SASS_LINE.search(text):
@@ -179,6 +220,10 @@ def main(argv=None) -> dict:
                             streams=args.streams),
                 err=run_once(args, trace_dir))
   if args.asm:
+    for path in sass_from_ptx(dump_dir):
+      with open(path, "rb") as f, gzip.open(
+          os.path.join(args.out, os.path.basename(path) + ".gz"), "wb") as g:
+        g.write(f.read())
     report["asm"] = asm_report(dump_dir)
     for path in glob.glob(os.path.join(dump_dir, "*.ptxas")):
       shutil.copy(path, args.out)

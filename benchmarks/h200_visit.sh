@@ -20,6 +20,9 @@
 #                                                # cache dtype; 8-bit times now vs $VARIANTS
 #   bash benchmarks/h200_visit.sh decode-q8-streams OUT  # issue 15: the 8-bit decode with
 #                                                # one or two KV heads a CTA, vs bf16
+#   bash benchmarks/h200_visit.sh decode-q8-ncu OUT  # issue 15: Nsight Compute on the decode
+#                                                # per cache dtype: stall reasons by SASS
+#                                                # instruction, pipes, bank conflicts
 #   bash benchmarks/h200_visit.sh decode-q8-occupancy OUT  # issue 15: the 8-bit decode
 #                                                # without setmaxnreg: registers, times
 #   bash benchmarks/h200_visit.sh kv-dtype-8b OUT  # the 8B at batch 256, 1,024-token prompts,
@@ -197,6 +200,23 @@ for t in r["top"][:6]:
       --kv-dtype int8,float8_e4m3 --block-kv 64,128 --stages 3,4 --splits 1 --qk-8bit 0,1 \
       --v-converters 1 --streams 1,2 --job_timeout_s 200 --shapes 64x4096/16,256x1024/16
     grep -A4 "^| shape" "$out/q8bf16.log"; grep -A6 "^| shape" "$out/q8_streams.log"
+    ;;
+  decode-q8-ncu)  # issue 15: ncu (full set, PC sampling) on one launch of the decode at
+    # 64 x 4096 per cache dtype (the best tilings), its pages exported as CSV (raw: every
+    # metric; source: the SASS with its stall samples); SASS and ptxas reports too (--asm)
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+    for a in "int8 --kv-dtype int8 --qk-8bit 1" "e4m3 --kv-dtype float8_e4m3 --qk-8bit 0" \
+        "bf16 --kv-dtype bfloat16 --stages 2 --qk-8bit 0"; do
+      set -- $a
+      run "ncu_$1" 150 "$NCU" --clock-control none -k regex:paged_decode --launch-count 1 \
+        --set full --import-source no -f -o "$out/ncu_$1" \
+        python3 -m benchmarks.decode_mosaic_inside --out "$out/in_$1" --asm "${@:2}"
+      "$NCU" -i "$out/ncu_$1.ncu-rep" --page raw --csv > "$out/ncu_$1_raw.csv" 2>&1
+      "$NCU" -i "$out/ncu_$1.ncu-rep" --page source --csv --print-source sass \
+        > "$out/ncu_$1_source.csv" 2>&1
+      gzip -f "$out/ncu_$1"_*.csv
+      rm -f "$out/ncu_$1.ncu-rep"
+    done
     ;;
   decode-q8-occupancy)  # issue 15: the 8-bit decode without setmaxnreg (a copy of this tree,
     # .noreg): its registers a thread (<= 85 lets two CTAs of 384 threads share an SM), then

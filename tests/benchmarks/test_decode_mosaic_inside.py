@@ -93,3 +93,25 @@ def test_one_interpreted_run_is_checked_and_reported(tmp_path):
   saved = json.loads((tmp_path / "inside.json").read_text())
   assert saved["config"] == dict(block_kv=64, stages=2, qk_8bit=1, v_converters=1,
                                  streams=1)
+
+
+def test_sass_from_ptx_assembles_for_the_ptx_target(tmp_path, monkeypatch):
+  # NOTE: stand-ins for the CUDA toolkit's ptxas and cuobjdump (not on this
+  # machine): they record the arguments and print a listing.
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "ptxas").write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/args"\n'
+                                 'touch "$3"\n')  # -arch=.. -o CUBIN PTX
+  (bin_dir / "cuobjdump").write_text(f"#!/bin/sh\ntest -f \"$2\" && cat <<'X'\n{SASS}\nX\n")
+  for tool in ("ptxas", "cuobjdump"):
+    (bin_dir / tool).chmod(0o755)
+  monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+  dump = tmp_path / "dump"
+  dump.mkdir()
+  (dump / "k.ptx").write_text(".version 8.7\n.target sm_90a\n" + PTX)
+  assert inside.sass_from_ptx(str(dump)) == [str(dump / "k.sass")]
+  assert (bin_dir / "args").read_text().split()[0] == "-arch=sm_90a"
+  report = inside.asm_report(str(dump))
+  assert set(report) == {"k.ptx", "k.sass"}  # the cubin is skipped
+  assert report["k.sass"]["key"]["HGMMA"] == 1
+  assert inside.sass_from_ptx(str(dump)) == []  # a listing exists already
