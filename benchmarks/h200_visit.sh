@@ -214,12 +214,12 @@ for t in r["top"][:6]:
     # 4 stages), then one KV head a CTA vs two (streams) at block_kv 64; bf16's kernel beside
     bf16_kernel
     mkdir -p "$out/fold" "$out/streams"
-    run q8_fold 200 python3 -m benchmarks.decode_mosaic_probe --out "$out/fold" \
+    run q8_fold 230 python3 -m benchmarks.decode_mosaic_probe --out "$out/fold" \
       --kv-dtype int8,float8_e4m3 --block-kv 128 --stages 4 --splits 1 --qk-8bit 0,1 \
-      --v-converters 1 --fold 1,2 --job_timeout_s 90 --shapes 64x4096/16,256x1024/16
-    run q8_streams 160 python3 -m benchmarks.decode_mosaic_probe --out "$out/streams" \
+      --v-converters 1 --fold 1,2 --job_timeout_s 100 --shapes 64x4096/16,256x1024/16
+    run q8_streams 230 python3 -m benchmarks.decode_mosaic_probe --out "$out/streams" \
       --kv-dtype int8,float8_e4m3 --block-kv 64 --stages 3 --splits 1 --qk-8bit 0,1 \
-      --v-converters 1 --streams 1,2 --job_timeout_s 75 --shapes 64x4096/16,256x1024/16
+      --v-converters 1 --streams 1,2 --job_timeout_s 100 --shapes 64x4096/16,256x1024/16
     grep -A4 "^| shape" "$out/q8bf16.log"; grep -A8 "^| shape" "$out"/q8_fold.log \
       "$out"/q8_streams.log
     ;;
