@@ -74,7 +74,6 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels import decode_mosaic_kernel as kernel
 from pallas_kernels import decode_mosaic_q8_compute as compute
-from pallas_kernels import decode_mosaic_q8_folds as folds
 from pallas_kernels import decode_mosaic_q8_stages as stages
 from pallas_kernels import quantization
 from pallas_kernels.prefill_mosaic import interpret_params
@@ -109,7 +108,7 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
     out_type = (jax.ShapeDtypeStruct(part + (head_dim, cols), jnp.float32),
                 jax.ShapeDtypeStruct(part + (cols,), jnp.float32))
   q_args = split_q(qp, kv_cache.values.dtype) if cfg.qk_8bit else (qp,)
-  q_args = folds.fold_q(q_args, cfg.group, cfg.fold)
+  q_args = fold_q(q_args, cfg.group, cfg.fold)
   warpgroups = num_warpgroups(cfg)
   out = plgpu.kernel(
       functools.partial(_entry, cfg=cfg, interpret=bool(interpret)),
@@ -123,7 +122,39 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
   )(lengths, block_tables.reshape(-1), kv_cache.values, scales, *q_args)
   if not compute.partials(cfg):
     return out.swapaxes(-1, -2)
-  return folds.unfold(out[0].swapaxes(-1, -2), out[1], cfg.group, cfg.fold)
+  return unfold(out[0].swapaxes(-1, -2), out[1], cfg.group, cfg.fold)
+
+
+def fold_q(q_args, group: int, fold: int):
+  """q's operands (split_q's or (qp,)) with each term as `fold` slabs, slab f
+  the group's rows moved to [f group, (f + 1) group) (rows past the group
+  are zero, so a roll); the terms' scales [.., 2, N] per column of its fold."""
+  if fold == 1:
+    return q_args
+  roll = lambda x, f, axis: jnp.roll(x, f * group, axis=axis)
+  q, cols = q_args[0], q_args[0].shape[2] // len(q_args)
+  terms = q.reshape(q.shape[:2] + (len(q_args), cols, q.shape[-1]))
+  slabs = jnp.stack([roll(terms, f, 3) for f in range(fold)], axis=3)
+  q = slabs.reshape(q.shape[:2] + (-1, q.shape[-1]))
+  if len(q_args) == 1:
+    return (q,)
+  fold_of = jnp.arange(cols) // group
+  scales = sum(jnp.where(fold_of == f, roll(q_args[1], f, 3), 0.0)
+               for f in range(fold))
+  return q, scales
+
+
+def unfold(part, lse, group: int, fold: int):
+  """The kernel's partials part [.., splits, N, d] and lse [.., splits, N]
+  -> [.., splits * fold, N, d] and [.., splits * fold, N], fold f's columns
+  moved back to the group's rows."""
+  if fold == 1:
+    return part, lse
+  back = lambda x, axis: jnp.stack(
+      [jnp.roll(x, -f * group, axis=axis) for f in range(fold)], axis=3)
+  part, lse = back(part, 3), back(lse, 3)
+  return (part.reshape(part.shape[:2] + (-1,) + part.shape[4:]),
+          lse.reshape(lse.shape[:2] + (-1, lse.shape[-1])))
 
 
 def num_warpgroups(cfg) -> int:

@@ -27,11 +27,19 @@ A operand must be K-major, and Vᵀ is not).
 
 K's per-key scales multiply Sᵀ's rows, V's multiply Pᵀ's rows before P V.
 
-With DecodeMosaicConfig.fold > 1 a step's key runs are folded into the
-query columns: decode_mosaic_q8_folds.py.
-
+With DecodeMosaicConfig.fold = F > 1 a step's keys are F runs of R =
+block_kv / F (>= 64) folded into the columns: q is F slabs [N, d], slab f
+holding the group in columns [f G, (f + 1) G) (G the group, zeros elsewhere;
+decode_mosaic_q8.fold_q), so Sᵀ [R, N] = Σ_f K[f R : (f + 1) R] Q_fᵀ holds
+key f R + i of query j at (i, f G + j). Each column is its own softmax (max,
+sums); Pᵀ goes to the P stage as F row slabs, slab f masked to fold f's
+columns, so the one P V wgmma over the step's keys gives column f G + j fold
+f's share of query j's output. The shares leave as split partials (an lse a
+column), merged outside (decode_mosaic_q8.unfold). The softmax's
+elementwise work a step is 1/F of the unfolded tile's; the wgmma count is
+unchanged.
 Each step takes one cross-warp max over the keys; the row sums stay
-elementwise over the steps ([R, N], reduced once at the end). K's
+elementwise over the steps ([block_kv, N], reduced once at the end). K's
 rows past a row's end are not zeroed: the masked step replaces their Sᵀ
 rows (NaN from poisoned slots included) before anything reads them.
 """
@@ -50,16 +58,15 @@ from pallas_kernels.prefill_mosaic_kernel import LOG2E
 from pallas_kernels.prefill_mosaic_kernel import NEG_BIG
 
 from pallas_kernels import quantization
-from pallas_kernels.decode_mosaic_q8_folds import Folds
-from pallas_kernels.decode_mosaic_q8_folds import KEYS
-from pallas_kernels.decode_mosaic_q8_folds import LAYOUT
 
+LAYOUT = plgpu.Layout.WGMMA
 # NOTE: 8-bit chunks (K here, V in the converter) are loaded in LAYOUT, 2
 # bytes a thread-vector: WGMMA_UPCAST_2X's 4-byte loads and a shuffle to
 # LAYOUT after the conversion were slower on the H200 (e4m3 at 64 x 4096: 243
 # vs 216 µs; docs/benchmarks.md, 2026-12-03).
 CHUNK_ROWS = 64  # K rows per register chunk (a WGMMA layout tile's M)
 COLS = LAYOUT.reduce(0)  # a value per query column
+KEYS = LAYOUT.reduce(1)  # a value per key row
 COMPUTE_REGISTERS = {1: 256, 2: 144}  # by streams (decode_mosaic_q8's NOTE)
 
 
@@ -162,7 +169,9 @@ def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, q_scales,
     plgpu.barrier_wait(bars["k8_ready"].at[ring])
 
   with jax.named_scope("qk"):
-    # NOTE: under folds e4m3's rows past the end are zeroed (decode_mosaic_q8_folds).
+    # NOTE: with folds a key's row meets every fold's q slab (zeros outside
+    # its own columns), so e4m3's NaN bits past the row's end must not reach
+    # the wgmma: 0 * NaN would spoil the other folds' columns; int8 has no NaN.
     left = (span.end - (span.first_kv + step * cfg.block_kv)
             if masked and cfg.fold > 1 and bufs.k.dtype == jnp.uint8 else None)
     s = (_qk_8bit(bufs, ring, cfg, q_scales) if cfg.qk_8bit
@@ -233,6 +242,45 @@ def _qk_8bit(bufs: Bufs, ring, cfg, q_scales):
   terms = [a.astype(jnp.float32) * lax.broadcast_in_dim(qs, a.shape, [1])
            for a, qs in zip(accs, q_scales)]
   return terms[0] + terms[1]
+
+
+class Folds:
+  """A step's keys as Sᵀ's [R, N] tile holds them: fold f (keys f R + i) in
+  columns [f G, (f + 1) G), the padding columns with the last fold."""
+
+  def __init__(self, cfg, shape):
+    self.rows, self.shape = shape[0], shape
+    self.starts = [f * cfg.group for f in range(cfg.fold)]  # folds' first columns
+    self.col = (plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=LAYOUT)
+                if cfg.fold > 1 else None)
+
+  def per_key(self, scales_ref, factor=1.0):
+    """[R, N] f32: each element's key's scale (scales_ref [block_kv] f32, the
+    ring's) times factor."""
+    out = None
+    for f, start in enumerate(self.starts):
+      v = plgpu.load(scales_ref.at[pl.ds(f * self.rows, self.rows)], layout=KEYS)
+      v = lax.broadcast_in_dim(v * factor, self.shape, [0])
+      out = v if out is None else jnp.where(self.col >= start, v, out)
+    return out
+
+  def offset(self):
+    """[R, N] int32 (0 unfolded): each element's key less its row."""
+    return sum((jnp.where(self.col >= start, self.rows, 0)
+                for start in self.starts[1:]), 0)
+
+  def store(self, p_t, p):
+    """p [R, N] f32 into p_t [block_kv, N] bf16: fold f's columns as rows
+    [f R, (f + 1) R), zero in the other folds' columns."""
+    if self.col is None:
+      p_t[...] = p.astype(p_t.dtype)
+      return
+    for f, start in enumerate(self.starts):
+      mine = self.col >= start
+      if f + 1 < len(self.starts):
+        mine = mine & (self.col < self.starts[f + 1])
+      p_t.at[pl.ds(f * self.rows, self.rows)][...] = jnp.where(
+          mine, p, 0.0).astype(p_t.dtype)
 
 
 def _online_softmax(s, carry):
