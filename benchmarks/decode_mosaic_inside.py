@@ -2,8 +2,7 @@
 
 Usage: PYTHONPATH=. python3 -m benchmarks.decode_mosaic_inside --out DIR
            [--shape 64x4096/16] [--kv-dtype int8] [--block-kv 128] [--stages 4]
-           [--qk-8bit 1] [--v-converters 1] [--streams 1] [--fold 1] [--asm]
-           [--profile]
+           [--qk-8bit 1] [--v-converters 1] [--streams 1] [--asm] [--profile]
 
 One tiling of decode_mosaic over one cache dtype (decode_mosaic_probe's
 problem_at: bf16 q, 32 q / 8 kv heads x 128, every row full length):
@@ -107,8 +106,7 @@ def config_of(args):
   from pallas_kernels.decode_mosaic import DecodeMosaicConfig  # pylint: disable=g-import-not-at-top
   return DecodeMosaicConfig(block_kv=args.block_kv, stages=args.stages,
                             qk_8bit=bool(args.qk_8bit),
-                            v_converters=args.v_converters, streams=args.streams,
-                            fold=args.fold)
+                            v_converters=args.v_converters, streams=args.streams)
 
 
 def run_once(args, profile_dir: str | None) -> float:
@@ -195,7 +193,6 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--qk-8bit", type=int, default=1, help="default: %(default)s")
   p.add_argument("--v-converters", type=int, default=1, help="default: %(default)s")
   p.add_argument("--streams", type=int, default=1, help="default: %(default)s")
-  p.add_argument("--fold", type=int, default=1, help="default: %(default)s")
   p.add_argument("--profile-space", type=int, default=320,
                  help="profiler ranges per warpgroup (default: %(default)s)")
   p.add_argument("--asm", action="store_true", help="dump and summarise ptxas and SASS")
@@ -220,7 +217,7 @@ def main(argv=None) -> dict:
   report = dict(shape=args.shape, kv_dtype=args.kv_dtype,
                 config=dict(block_kv=args.block_kv, stages=args.stages,
                             qk_8bit=args.qk_8bit, v_converters=args.v_converters,
-                            streams=args.streams, fold=args.fold),
+                            streams=args.streams),
                 err=run_once(args, trace_dir))
   if args.asm:
     for path in sass_from_ptx(dump_dir):

@@ -4,7 +4,7 @@ Usage: PYTHONPATH=. python3 -m benchmarks.decode_mosaic_probe [--out DIR]
            [--shapes 64x2048/16,8x8192/128] [--block-kv 64,128]
            [--stages 2,3,4] [--splits 1,2,4,8] [--max-ctas 2112]
            [--kv-dtype bfloat16,int8,float8_e4m3] [--qk-8bit 0,1]
-           [--v-converters 1,2] [--streams 1] [--fold 1] [--job_timeout_s 240]
+           [--v-converters 1,2] [--streams 1] [--job_timeout_s 240]
            [--write-table [--table-dir DIR]] [--interpret]
        PYTHONPATH=. python3 -m benchmarks.decode_mosaic_probe --from-run JSON
            --device-kind KIND [--table-dir DIR]
@@ -44,9 +44,6 @@ import sys
 import time
 
 # NOTE: no JAX device work at import: the parent only watches children.
-
-# DecodeMosaicConfig's fields for 8-bit caches only, as the options' names here.
-EIGHT_BIT_OPTIONS = ("qk_8bit", "v_converters", "streams", "fold")
 SHAPES = ("64x2048/16", "8x8192/16", "32x4096/16", "256x1024/16",
           "64x2048/64", "64x2048/128")
 HEADS = (32, 8, 128)  # q heads, kv heads, head_dim (Llama-3-8B)
@@ -62,29 +59,27 @@ def parse_shape(name: str) -> tuple[int, int, int]:
 
 def grid(batch: int, ctx: int, hkv: int, block_kv, stages, splits,
          max_ctas: int = 16 * 132, quantized: bool = False, qk_8bit=(False,),
-         v_converters=(1,), streams=(1,), fold=(1,)):
+         v_converters=(1,), streams=(1,)):
   """(block_kv, stages, splits) points with >= one step per split and at
   most `max_ctas` CTAs (at least the one-split points); for an 8-bit cache
-  also each of the qk_8bit, v_converters, streams and fold values that
-  tiling can take."""
+  also each of the qk_8bit, v_converters and streams values that tiling can
+  take."""
   from pallas_kernels.decode_mosaic import DecodeMosaicConfig  # pylint: disable=g-import-not-at-top
   from pallas_kernels.prefill_mosaic import SMEM_BYTES  # pylint: disable=g-import-not-at-top
   from pallas_kernels.decode_mosaic_q8_compute import q_cols  # pylint: disable=g-import-not-at-top
-  group = HEADS[0] // HEADS[1]
+  cols = q_cols(HEADS[0] // HEADS[1]) if quantized else 0
   out = []
-  eight_bit = ((qk_8bit, v_converters, streams, fold) if quantized
-               else ((False,), (1,), (1,), (1,)))
-  for bkv, st, ns, qk8, conv, sm, fd in itertools.product(
-      block_kv, stages, splits, *eight_bit):
+  eight_bit = ((qk_8bit, v_converters, streams) if quantized
+               else ((False,), (1,), (1,)))
+  for bkv, st, ns, qk8, conv, sm in itertools.product(block_kv, stages, splits,
+                                                      *eight_bit):
     try:
       cfg = DecodeMosaicConfig(block_kv=bkv, stages=st, num_splits=ns,
-                               qk_8bit=bool(qk8), v_converters=conv, streams=sm,
-                               fold=fd)
+                               qk_8bit=bool(qk8), v_converters=conv, streams=sm)
     except ValueError:  # e.g. two V converters need block_kv >= 128
       continue
-    cols = q_cols(min(group * fd, 64)) if quantized else 0
-    if (group * fd <= 64 and cfg.smem_bytes(HEADS[2], 2, cols) <= SMEM_BYTES
-        and ns * bkv <= ctx and (ns == 1 or batch * hkv // sm * ns <= max_ctas)):
+    if (cfg.smem_bytes(HEADS[2], 2, cols) <= SMEM_BYTES and ns * bkv <= ctx
+        and (ns == 1 or batch * hkv // sm * ns <= max_ctas)):
       out.append(cfg)
   return out
 
@@ -128,7 +123,7 @@ def child(args) -> None:
        err=rel_err(jax.jit(triton)(*problem), ref))
   for cfg in grid(batch, ctx, hkv, args.block_kv, args.stages, args.splits,
                   args.max_ctas, kv_dtype != "bfloat16", args.qk_8bit,
-                  args.v_converters, args.streams, args.fold):
+                  args.v_converters, args.streams):
     if not supports(*problem[:2], cfg):  # e.g. qk_8bit over e4m3
       continue
     f = jax.jit(functools.partial(decode_mosaic, scale=scale, config=cfg,
@@ -138,7 +133,8 @@ def child(args) -> None:
     config = dict(block_kv=cfg.block_kv, stages=cfg.stages,
                   num_splits=cfg.num_splits)
     if kv_dtype != "bfloat16":
-      config.update({k: getattr(cfg, k) for k in EIGHT_BIT_OPTIONS})
+      config.update(qk_8bit=cfg.qk_8bit, v_converters=cfg.v_converters,
+                    streams=cfg.streams)
     row = dict(kind="mosaic", config=config, compile_s=time.time() - t0)
     if isinstance(exe, str):
       emit(**row, error=exe)
@@ -162,7 +158,8 @@ def run_shape(shape: str, kv_dtype: str, args) -> list[dict]:
          shape, f"--max-ctas={args.max_ctas}", f"--kv-dtype={kv_dtype}"] + (
              ["--interpret"] if args.interpret else []) + [
              f"--{k.replace('_', '-')}={','.join(map(str, getattr(args, k)))}"
-             for k in ("block_kv", "stages", "splits") + EIGHT_BIT_OPTIONS]
+             for k in ("block_kv", "stages", "splits", "qk_8bit", "v_converters",
+                       "streams")]
   try:
     done = subprocess.run(cmd, capture_output=True, text=True,
                           timeout=args.job_timeout_s, check=False)
@@ -287,12 +284,11 @@ def summary_table(summaries: list[dict]) -> list[str]:
 
 def _tiling(c: dict) -> str:
   """block_kv/stages/splits, and for an 8-bit cache /bf16|8bit/converters
-  (and /s2 with two streams, /f2 with two folds)."""
+  (and /s2 with two streams)."""
   out = f"{c['block_kv']}/{c['stages']}/{c['num_splits']}"
   if "qk_8bit" in c:
     out += f"/{'8bit' if c['qk_8bit'] else 'bf16'}/{c['v_converters']}"
     out += f"/s{c['streams']}" if c.get("streams", 1) > 1 else ""
-    out += f"/f{c['fold']}" if c.get("fold", 1) > 1 else ""
   return out
 
 
@@ -322,9 +318,6 @@ def parser() -> argparse.ArgumentParser:
                  help="8-bit caches: V converter warpgroups (default: 1,2)")
   p.add_argument("--streams", type=ints, default=(1,),
                  help="8-bit caches: KV heads a CTA, 1 or 2 (default: 1)")
-  p.add_argument("--fold", type=ints, default=(1,),
-                 help="8-bit caches: key runs a step folded into the query columns, "
-                      "1, 2 or 4 (default: 1)")
   p.add_argument("--max-ctas", type=int, default=16 * 132,
                  help="skip split counts giving more CTAs (default: %(default)s)")
   p.add_argument("--write-table", action="store_true",

@@ -53,9 +53,6 @@ class DecodeMosaicConfig:
   # 8-bit caches only: KV heads per CTA (2: two compute warpgroups, two V
   # converters and two sets of stages on one SM, one memory warpgroup).
   streams: int = 1
-  # 8-bit caches only: runs of block_kv / fold keys a step folded into the
-  # query columns (decode_mosaic_q8_compute.py), the GQA group times fold <= 64.
-  fold: int = 1
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):
@@ -70,9 +67,6 @@ class DecodeMosaicConfig:
     if self.streams not in (1, 2) or (self.streams == 2 and self.v_converters != 1):
       raise ValueError(f"streams must be 1 or 2 (2 with one V converter each), "
                        f"got {self.streams}")
-    if self.fold not in (1, 2, 4) or self.block_kv // self.fold < 64:
-      raise ValueError(f"fold must be 1, 2 or 4 (and 64 keys a fold of block_kv "
-                       f"{self.block_kv}), got {self.fold}")
 
   def smem_bytes(self, head_dim: int, itemsize: int, q8_cols: int = 0) -> int:
     """Shared memory of the Q/O tile, the K/V stages, the split partials and
@@ -89,9 +83,8 @@ class DecodeMosaicConfig:
 def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
   """Whether the Mosaic kernel runs these operands with `config`: a 16-bit q
   over a cache of its dtype or a bf16 q over an 8-bit one (v_converters and
-  streams and fold for 8-bit caches only, qk_8bit for int8 ones only, streams
-  dividing the KV heads), head_dim % 64 == 0, group (times fold) <= 64,
-  shared memory fits.
+  streams for 8-bit caches only, qk_8bit for int8 ones only, streams dividing
+  the KV heads), head_dim % 64 == 0, group <= 64, shared memory fits.
 
   NOTE: no qk_8bit over e4m3: on the H100 (2026-12-05) its e4m3 wgmma gave a
   relative error of 2.5e-2 (the bf16 way 2.4e-3; 2.5e-3 in interpret mode)
@@ -100,14 +93,13 @@ def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
   values = quantization.values_of(kv_cache)
   hkv, head_dim = values.shape[1], values.shape[4]
   itemsize, group = q.dtype.itemsize, q.shape[1] // hkv
-  cols = q_cols(min(group * config.fold, ROWS_PER_WG)) if quantized else 0
-  eight_bit_only = (config.qk_8bit or config.v_converters != 1 or config.streams != 1
-                    or config.fold != 1)
+  cols = q_cols(group) if quantized else 0
+  eight_bit_only = config.qk_8bit or config.v_converters != 1 or config.streams != 1
   qk_ok = ((not config.qk_8bit or values.dtype == jnp.int8)
            and hkv % config.streams == 0)
   return (itemsize == 2 and (quantized or not eight_bit_only) and qk_ok
           and (q.dtype == jnp.bfloat16 if quantized else q.dtype == values.dtype)
-          and head_dim % 64 == 0 and group * config.fold <= ROWS_PER_WG
+          and head_dim % 64 == 0 and group <= ROWS_PER_WG
           and config.smem_bytes(head_dim, itemsize, cols) <= SMEM_BYTES)
 
 
@@ -138,10 +130,9 @@ def decode_mosaic(q, kv_cache, block_tables, lengths, *, scale,
   cfg = kernel.Static(
       block_kv=config.block_kv, stages=config.stages,
       num_splits=config.num_splits,
-      q_rows=(q_cols(group * config.fold) if quantized
-              else -(-group // ALIGN) * ALIGN),
+      q_rows=q_cols(group) if quantized else -(-group // ALIGN) * ALIGN,
       qk_8bit=config.qk_8bit, v_converters=config.v_converters,
-      streams=config.streams, fold=config.fold, group=group,
+      streams=config.streams,
       p_in_regs=not interpret, max_blocks=block_tables.shape[1],
       scale=scale)
   qp = q.reshape(batch, hkv, group, head_dim)
@@ -149,7 +140,7 @@ def decode_mosaic(q, kv_cache, block_tables, lengths, *, scale,
     qp = jnp.pad(qp, ((0, 0), (0, 0), (0, cfg.q_rows - group), (0, 0)))
   run = q8.run_kernel if quantized else run_kernel
   out = run(qp, kv_cache, block_tables, lengths, cfg, interpret)
-  if cfg.num_splits > 1 or cfg.fold > 1:
+  if cfg.num_splits > 1:
     out = combine_splits(out[0], out[1][..., :cfg.q_rows]).astype(q.dtype)
   return out[:, :, :group].reshape(batch, hq, head_dim)
 

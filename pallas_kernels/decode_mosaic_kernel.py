@@ -49,8 +49,6 @@ class Static:
   qk_8bit: bool = False  # DecodeMosaicConfig's (8-bit caches only)
   v_converters: int = 1
   streams: int = 1
-  fold: int = 1  # 8-bit caches: key runs folded into the query columns
-  group: int = 1  # the GQA group (query heads a KV head)
 
 
 def _cdiv(a, b: int):

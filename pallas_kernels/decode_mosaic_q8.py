@@ -85,9 +85,8 @@ STAGES16 = stages.STAGES16
 def smem_bytes(config, head_dim: int, cols: int) -> int:
   """Shared memory of the buffers (before Mosaic's alignment) for a
   DecodeMosaicConfig and `cols` query columns."""
-  out = 4 if config.num_splits > 1 or config.fold > 1 else 2
-  slabs = config.fold * cols
-  q = 2 * slabs * head_dim + 8 * cols if config.qk_8bit else slabs * head_dim * 2
+  out = 4 if config.num_splits > 1 else 2
+  q = 2 * cols * (head_dim + 4) if config.qk_8bit else cols * head_dim * 2
   tiles = q + config.block_kv * cols * 2 + head_dim * cols * out
   stages16 = STAGES16 * config.block_kv * head_dim * 2  # V only
   stages8 = 2 * config.stages * config.block_kv * (head_dim + 4)
@@ -96,19 +95,17 @@ def smem_bytes(config, head_dim: int, cols: int) -> int:
 
 def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
   """The kernel over an 8-bit cache: qp [batch, hkv, q_rows, d] bf16 (q_rows
-  = q_cols(group * fold), the group's rows first) -> as
-  decode_mosaic.run_kernel's outputs (the kernel's transposed ones swapped
-  back, lse [.., splits, q_rows]; with folds, splits * fold partials)."""
+  = q_cols(group)) -> as decode_mosaic.run_kernel's outputs (the kernel's
+  transposed ones swapped back, lse [.., splits, q_rows])."""
   batch, hkv, cols, head_dim = qp.shape
   scales = gather_scales(kv_cache.scales, block_tables, lengths, cfg.block_kv)
   part = (batch, hkv, cfg.num_splits)
-  if not compute.partials(cfg):
+  if cfg.num_splits == 1:
     out_type = jax.ShapeDtypeStruct((batch, hkv, head_dim, cols), qp.dtype)
   else:
     out_type = (jax.ShapeDtypeStruct(part + (head_dim, cols), jnp.float32),
                 jax.ShapeDtypeStruct(part + (cols,), jnp.float32))
   q_args = split_q(qp, kv_cache.values.dtype) if cfg.qk_8bit else (qp,)
-  q_args = fold_q(q_args, cfg.group, cfg.fold)
   warpgroups = num_warpgroups(cfg)
   out = plgpu.kernel(
       functools.partial(_entry, cfg=cfg, interpret=bool(interpret)),
@@ -120,41 +117,9 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
       interpret=interpret_params(interpret, warpgroups),
       kernel_name="paged_decode_mosaic_q8",
   )(lengths, block_tables.reshape(-1), kv_cache.values, scales, *q_args)
-  if not compute.partials(cfg):
+  if cfg.num_splits == 1:
     return out.swapaxes(-1, -2)
-  return unfold(out[0].swapaxes(-1, -2), out[1], cfg.group, cfg.fold)
-
-
-def fold_q(q_args, group: int, fold: int):
-  """q's operands (split_q's or (qp,)) with each term as `fold` slabs, slab f
-  the group's rows moved to [f group, (f + 1) group) (rows past the group
-  are zero, so a roll); the terms' scales [.., 2, N] per column of its fold."""
-  if fold == 1:
-    return q_args
-  roll = lambda x, f, axis: jnp.roll(x, f * group, axis=axis)
-  q, cols = q_args[0], q_args[0].shape[2] // len(q_args)
-  terms = q.reshape(q.shape[:2] + (len(q_args), cols, q.shape[-1]))
-  slabs = jnp.stack([roll(terms, f, 3) for f in range(fold)], axis=3)
-  q = slabs.reshape(q.shape[:2] + (-1, q.shape[-1]))
-  if len(q_args) == 1:
-    return (q,)
-  fold_of = jnp.arange(cols) // group
-  scales = sum(jnp.where(fold_of == f, roll(q_args[1], f, 3), 0.0)
-               for f in range(fold))
-  return q, scales
-
-
-def unfold(part, lse, group: int, fold: int):
-  """The kernel's partials part [.., splits, N, d] and lse [.., splits, N]
-  -> [.., splits * fold, N, d] and [.., splits * fold, N], fold f's columns
-  moved back to the group's rows."""
-  if fold == 1:
-    return part, lse
-  back = lambda x, axis: jnp.stack(
-      [jnp.roll(x, -f * group, axis=axis) for f in range(fold)], axis=3)
-  part, lse = back(part, 3), back(lse, 3)
-  return (part.reshape(part.shape[:2] + (-1,) + part.shape[4:]),
-          lse.reshape(lse.shape[:2] + (-1, lse.shape[-1])))
+  return out[0].swapaxes(-1, -2), out[1]
 
 
 def num_warpgroups(cfg) -> int:

@@ -26,18 +26,6 @@ the WGMMA layout, and a transposed 8-bit load has no relayout to it; an 8-bit
 A operand must be K-major, and Vᵀ is not).
 
 K's per-key scales multiply Sᵀ's rows, V's multiply Pᵀ's rows before P V.
-
-With DecodeMosaicConfig.fold = F > 1 a step's keys are F runs of R =
-block_kv / F (>= 64) folded into the columns: q is F slabs [N, d], slab f
-holding the group in columns [f G, (f + 1) G) (G the group, zeros elsewhere;
-decode_mosaic_q8.fold_q), so Sᵀ [R, N] = Σ_f K[f R : (f + 1) R] Q_fᵀ holds
-key f R + i of query j at (i, f G + j). Each column is its own softmax (max,
-sums); Pᵀ goes to the P stage as F row slabs, slab f masked to fold f's
-columns, so the one P V wgmma over the step's keys gives column f G + j fold
-f's share of query j's output. The shares leave as split partials (an lse a
-column), merged outside (decode_mosaic_q8.unfold). The softmax's
-elementwise work a step is 1/F of the unfolded tile's; the wgmma count is
-unchanged.
 Each step takes one cross-warp max over the keys; the row sums stay
 elementwise over the steps ([block_kv, N], reduced once at the end). K's
 rows past a row's end are not zeroed: the masked step replaces their Sᵀ
@@ -86,7 +74,7 @@ class Bufs:
   block_kv, d] bf16; k_scales, v_scales [stages, block_kv] f32 (the
   ring's); k_tile [block_kv, d] bf16 in interpret mode without qk_8bit,
   else None (see _k_chunk)."""
-  q: object  # with fold F: F slabs of N rows (a term's slabs together)
+  q: object
   q_scales: object
   p: object
   out: object
@@ -98,20 +86,14 @@ class Bufs:
   k_tile: object = None
 
 
-def partials(cfg) -> bool:
-  """Whether the kernel leaves split partials and their lse (splits or folds)."""
-  return cfg.num_splits > 1 or cfg.fold > 1
-
-
 def buffers(cfg, head_dim: int, cols: int, number, smem) -> list:
   """q, q_scales, p, out, lse of Bufs (k, v and the scales are allocated
   beside); number: the 8-bit type of the K stages."""
-  split = partials(cfg)
-  slabs = cfg.fold * cols
+  split = cfg.num_splits > 1
   if cfg.qk_8bit:
-    q = [smem((2 * slabs, head_dim), number), plgpu.SMEM((2, cols), jnp.float32)]
+    q = [smem((2 * cols, head_dim), number), plgpu.SMEM((2, cols), jnp.float32)]
   else:
-    q = [smem((slabs, head_dim), jnp.bfloat16), None]
+    q = [smem((cols, head_dim), jnp.bfloat16), None]
   return q + [smem((cols, cfg.block_kv), jnp.bfloat16),
               smem((head_dim, cols), jnp.float32 if split else jnp.bfloat16),
               plgpu.SMEM((cols,), jnp.float32) if split else None]
@@ -127,13 +109,12 @@ def consumer(span, q_refs, out_refs, bufs: Bufs, bars, cfg, stages16: int):
     plgpu.copy_gmem_to_smem(ref.at[span.row, span.head], buf, bars["q"])
   plgpu.barrier_wait(bars["q"])
   cols, head_dim = bufs.p.shape[0], bufs.q.shape[1]
-  rows = cfg.block_kv // cfg.fold  # Sᵀ's rows: a fold's keys
   q_scales = None
   if cfg.qk_8bit:  # [N] f32 each, loop-invariant
     q_scales = [plgpu.load(bufs.q_scales.at[t], layout=COLS) for t in range(2)]
   carry = (plgpu.layout_cast(jnp.zeros((head_dim, cols), jnp.float32), LAYOUT),
            plgpu.layout_cast(jnp.full((cols,), NEG_BIG, jnp.float32), COLS),
-           plgpu.layout_cast(jnp.zeros((rows, cols), jnp.float32), LAYOUT))
+           plgpu.layout_cast(jnp.zeros((cfg.block_kv, cols), jnp.float32), LAYOUT))
   step = lambda masked: lambda i, c: _step(i, c, span, bufs, bars, cfg,
                                            stages16, q_scales, masked)
   carry = lax.fori_loop(0, span.num_full, step(False), carry)
@@ -163,33 +144,30 @@ def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, q_scales,
           masked):
   """One step: Sᵀ, scales and mask, online softmax over the keys, Oᵀ += Vᵀ Pᵀ.
   q_scales: the scales of q's two 8-bit terms ([N] f32 each) or None."""
-  acc, m_prev, sums = carry  # [d, N] f32, [N] f32, [R, N] f32 (R: a fold's keys)
+  acc, m_prev, sums = carry  # [d, N] f32, [N] f32, [block_kv, N] f32
   slot, ring = lax.rem(step, stages16), lax.rem(step, cfg.stages)
   with jax.named_scope("wait_k"):
     plgpu.barrier_wait(bars["k8_ready"].at[ring])
 
   with jax.named_scope("qk"):
-    # NOTE: with folds a key's row meets every fold's q slab (zeros outside
-    # its own columns), so e4m3's NaN bits past the row's end must not reach
-    # the wgmma: 0 * NaN would spoil the other folds' columns; int8 has no NaN.
-    left = (span.end - (span.first_kv + step * cfg.block_kv)
-            if masked and cfg.fold > 1 and bufs.k.dtype == jnp.uint8 else None)
     s = (_qk_8bit(bufs, ring, cfg, q_scales) if cfg.qk_8bit
-         else _qk_bf16(bufs, ring, cfg, left))
+         else _qk_bf16(bufs, ring, cfg))
     plgpu.barrier_arrive(bars["k8_free"].at[ring])
-  folds = Folds(cfg, s.shape)
   with jax.named_scope("softmax"):
-    s = s * folds.per_key(bufs.k_scales.at[ring], cfg.scale * LOG2E)
+    k_scale = plgpu.load(bufs.k_scales.at[ring], layout=KEYS)
+    s = s * lax.broadcast_in_dim(k_scale * (cfg.scale * LOG2E), s.shape, [0])
     if masked:
       key = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=LAYOUT)
-      s = jnp.where(key + folds.offset() + (span.first_kv + step * cfg.block_kv)
-                    < span.end, s, NEG_BIG)
+      s = jnp.where(key + (span.first_kv + step * cfg.block_kv) < span.end, s,
+                    NEG_BIG)
     p, (acc, m_new, sums) = _online_softmax(s, (acc, m_prev, sums))
   with jax.named_scope("wait_v"):
     plgpu.barrier_wait(bars["v_ready"].at[slot])
   with jax.named_scope("p_store"):
+    v_scale = plgpu.load(bufs.v_scales.at[ring], layout=KEYS)
     p_t = bufs.p.transpose((1, 0))  # [block_kv, N], stored transposed
-    folds.store(p_t, p * folds.per_key(bufs.v_scales.at[ring]))
+    p_t[...] = (p * lax.broadcast_in_dim(v_scale, p.shape, [0])).astype(
+        bufs.p.dtype)
     plgpu.commit_smem()
 
   def pv(acc_ref):  # acc_ref [d, N] f32, starts at zero
@@ -205,87 +183,37 @@ def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, q_scales,
   return acc, m_new, sums
 
 
-def _q_slab(bufs: Bufs, cfg, fold: int, term: int = 0):
-  """Qᵀ [d, N] of fold `fold` (and of q's 8-bit term `term`) in the q tile."""
-  cols = bufs.p.shape[0]
-  return bufs.q.at[pl.ds((term * cfg.fold + fold) * cols, cols)].transpose((1, 0))
-
-
-def _qk_bf16(bufs: Bufs, ring, cfg, left=None):
-  """Sᵀ [R, N] f32 = Σ_f K_f Q_fᵀ, K's chunks converted to bf16 in registers
-  (the step's rows from `left` on zeroed, if given)."""
-  rows = cfg.block_kv // cfg.fold
-
-  def qk(acc_ref):  # acc_ref [R, N] f32
-    firsts = range(0, cfg.block_kv, CHUNK_ROWS)
-    ks = [_k_chunk(bufs, ring, pl.ds(r0, CHUNK_ROWS), left, r0) for r0 in firsts]
-    for r0, k in zip(firsts, ks):
-      plgpu.wgmma(acc_ref.at[pl.ds(r0 % rows, CHUNK_ROWS)], k,
-                  _q_slab(bufs, cfg, r0 // rows))
+def _qk_bf16(bufs: Bufs, ring, cfg):
+  """Sᵀ [block_kv, N] f32 = K Qᵀ, K's chunks converted to bf16 in registers."""
+  def qk(acc_ref):  # acc_ref [block_kv, N] f32
+    chunks = [pl.ds(r0, CHUNK_ROWS) for r0 in range(0, cfg.block_kv, CHUNK_ROWS)]
+    ks = [_k_chunk(bufs, ring, rows) for rows in chunks]  # all before any wgmma
+    for rows, k in zip(chunks, ks):
+      plgpu.wgmma(acc_ref.at[rows], k, bufs.q.transpose((1, 0)))
     return acc_ref[...]
-  return pl.run_scoped(qk, plgpu.ACC((rows, bufs.p.shape[0]), jnp.float32))
+  return pl.run_scoped(qk, plgpu.ACC((cfg.block_kv, bufs.p.shape[0]), jnp.float32))
 
 
 def _qk_8bit(bufs: Bufs, ring, cfg, q_scales):
-  """Sᵀ [R, N] f32 = Σ_t (Σ_f K_f Q_tfᵀ) q_scale_t: an 8-bit wgmma per term of
-  q (split_q) and fold straight over the K stage, no conversion."""
-  cols, rows = bufs.p.shape[0], cfg.block_kv // cfg.fold
+  """Sᵀ [block_kv, N] f32 = Σ_t (K Q_tᵀ) q_scale_t: one 8-bit wgmma per term
+  of q (split_q) straight over the K stage, no conversion."""
+  cols = bufs.p.shape[0]
 
-  def qk(*acc_refs):  # acc_refs: [R, N] int32
+  def qk(*acc_refs):  # acc_refs: [block_kv, N] int32
     for t, acc_ref in enumerate(acc_refs):
-      for f in range(cfg.fold):
-        plgpu.wgmma(acc_ref, bufs.k.at[ring].at[pl.ds(f * rows, rows)],
-                    _q_slab(bufs, cfg, f, t))
+      plgpu.wgmma(acc_ref, bufs.k.at[ring],
+                  bufs.q.at[pl.ds(t * cols, cols)].transpose((1, 0)))
     return [acc_ref[...] for acc_ref in acc_refs]
 
-  accs = pl.run_scoped(qk, *[plgpu.ACC((rows, cols), jnp.int32)] * 2)
+  accs = pl.run_scoped(qk, *[plgpu.ACC((cfg.block_kv, cols), jnp.int32)] * 2)
   terms = [a.astype(jnp.float32) * lax.broadcast_in_dim(qs, a.shape, [1])
            for a, qs in zip(accs, q_scales)]
   return terms[0] + terms[1]
 
 
-class Folds:
-  """A step's keys as Sᵀ's [R, N] tile holds them: fold f (keys f R + i) in
-  columns [f G, (f + 1) G), the padding columns with the last fold."""
-
-  def __init__(self, cfg, shape):
-    self.rows, self.shape = shape[0], shape
-    self.starts = [f * cfg.group for f in range(cfg.fold)]  # folds' first columns
-    self.col = (plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=LAYOUT)
-                if cfg.fold > 1 else None)
-
-  def per_key(self, scales_ref, factor=1.0):
-    """[R, N] f32: each element's key's scale (scales_ref [block_kv] f32, the
-    ring's) times factor."""
-    out = None
-    for f, start in enumerate(self.starts):
-      v = plgpu.load(scales_ref.at[pl.ds(f * self.rows, self.rows)], layout=KEYS)
-      v = lax.broadcast_in_dim(v * factor, self.shape, [0])
-      out = v if out is None else jnp.where(self.col >= start, v, out)
-    return out
-
-  def offset(self):
-    """[R, N] int32 (0 unfolded): each element's key less its row."""
-    return sum((jnp.where(self.col >= start, self.rows, 0)
-                for start in self.starts[1:]), 0)
-
-  def store(self, p_t, p):
-    """p [R, N] f32 into p_t [block_kv, N] bf16: fold f's columns as rows
-    [f R, (f + 1) R), zero in the other folds' columns."""
-    if self.col is None:
-      p_t[...] = p.astype(p_t.dtype)
-      return
-    for f, start in enumerate(self.starts):
-      mine = self.col >= start
-      if f + 1 < len(self.starts):
-        mine = mine & (self.col < self.starts[f + 1])
-      p_t.at[pl.ds(f * self.rows, self.rows)][...] = jnp.where(
-          mine, p, 0.0).astype(p_t.dtype)
-
-
 def _online_softmax(s, carry):
-  """Pᵀ = exp2(Sᵀ - max) [R, N] f32 and the carry (acc [d, N], m [N], sums
-  [R, N]) rescaled to the new max over the step's keys."""
+  """Pᵀ = exp2(Sᵀ - max) [block_kv, N] f32 and the carry (acc [d, N], m [N],
+  sums [block_kv, N]) rescaled to the new max over the step's keys."""
   acc, m_prev, sums = carry
   m_new = jnp.maximum(m_prev, s.max(axis=0))
   alpha = jnp.exp2(m_prev - m_new)
@@ -294,19 +222,15 @@ def _online_softmax(s, carry):
   return p, (acc * lax.broadcast_in_dim(alpha, acc.shape, [1]), m_new, sums)
 
 
-def _k_chunk(bufs: Bufs, ring, rows, left=None, first: int = 0):
-  """K's `rows` (from `first`) of 8-bit ring stage `ring` as bf16 in
-  registers (wgmma's LAYOUT), rows from `left` on zeroed if given, or, in
-  interpret mode, through bufs.k_tile.
+def _k_chunk(bufs: Bufs, ring, rows):
+  """K's `rows` of 8-bit ring stage `ring` as bf16 in registers (wgmma's
+  LAYOUT), or, in interpret mode, through bufs.k_tile.
 
   NOTE: Mosaic GPU's interpreter takes wgmma operands from shared memory
   only; there the converted chunk is stored to k_tile first (the same
   numbers: the conversion is exact either way).
   """
   k = to_bf16(plgpu.load(bufs.k.at[ring].at[rows], layout=LAYOUT))
-  if left is not None:
-    row = plgpu.broadcasted_iota(jnp.int32, k.shape, 0, layout=LAYOUT)
-    k = jnp.where(row + first < left, k, jnp.zeros_like(k))
   if bufs.k_tile is None:
     return k
   bufs.k_tile.at[rows][...] = k

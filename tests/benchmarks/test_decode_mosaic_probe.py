@@ -84,10 +84,6 @@ def test_an_8_bit_cache_is_probed_against_bf16(tmp_path):
   two = probe.grid(8, 4096, 8, (64, 128), (2,), (1,), quantized=True, streams=(1, 2))
   assert sorted((c.block_kv, c.streams) for c in two) == [(64, 1), (64, 2), (128, 1)]
   assert {c.streams for c in probe.grid(8, 4096, 8, (64,), (2,), (1,), streams=(1, 2))} == {1}
-  # Folds need 64 keys a fold (and fit at 128 with 4 stages); bf16 has none.
-  folds = probe.grid(8, 4096, 8, (64, 128), (4,), (1,), quantized=True, fold=(1, 2))
-  assert sorted((c.block_kv, c.fold) for c in folds) == [(64, 1), (128, 1), (128, 2)]
-  assert {c.fold for c in probe.grid(8, 4096, 8, (128,), (2,), (1,), fold=(1, 2))} == {1}
 
 
 def test_a_table_merge_keeps_the_other_kv_dtypes_of_a_shape(tmp_path):

@@ -43,13 +43,6 @@ CASES = [  # block_size, hq, hkv, d, lengths, config
     (16, 8, 2, 64, [37, 0, 130], C(block_kv=64, streams=2)),
     (16, 12, 4, 64, [16, 47, 1, 95], C(block_kv=64, num_splits=3, stages=4, streams=2,
                                        qk_8bit=True)),
-    # a step's key runs folded into the query columns (fold): a row shorter
-    # than a run, GQA 3 and 8, with splits
-    (16, 8, 2, 64, [37, 0, 130], C(block_kv=128, fold=2)),
-    (256, 9, 3, 64, [300, 1], C(block_kv=128, fold=2, qk_8bit=True)),
-    (64, 8, 1, 64, [200, 64, 1, 520], C(block_kv=256, stages=2, fold=4)),
-    (16, 4, 1, 128, [700, 513], C(block_kv=128, num_splits=3, stages=3, fold=2,
-                                  qk_8bit=True, v_converters=2)),
 ]
 
 
@@ -112,8 +105,7 @@ def test_gather_scales_puts_each_row_in_token_order_zero_past_its_length():
 @pytest.mark.parametrize("config,name", with_names([
     C(block_kv=64, stages=3, num_splits=2),
     C(block_kv=128, stages=3, num_splits=2, qk_8bit=True, v_converters=2),
-    C(block_kv=64, stages=2, num_splits=2, streams=2),
-    C(block_kv=128, stages=3, fold=2, qk_8bit=True)]), ids=str)
+    C(block_kv=64, stages=2, num_splits=2, streams=2)]), ids=str)
 def test_pipeline_has_no_data_races(name, config):
   from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call  # pylint: disable=g-import-not-at-top
   case = (16, 8, 2, 64, [37, 200], None)
@@ -135,9 +127,6 @@ def test_pipeline_has_no_data_races(name, config):
     ((16, 32, 8, 128), C(block_kv=128, stages=4, v_converters=2)),
     ((16, 32, 8, 128), C(block_kv=64, stages=4, streams=2, qk_8bit=True)),
     ((16, 32, 8, 128), C(block_kv=64, stages=3, streams=2)),
-    ((16, 32, 8, 128), C(block_kv=128, stages=4, fold=2, qk_8bit=True)),
-    ((16, 32, 8, 128), C(block_kv=128, stages=3, fold=2)),
-    ((128, 9, 3, 64), C(block_kv=256, stages=2, fold=4, num_splits=2)),
 ], key=lambda item: item[1])], ids=str)
 def test_lowers_for_hopper(shape, config, name):
   """Pallas -> Mosaic GPU lowering for sm_90: the four warpgroups' layouts,
@@ -181,17 +170,6 @@ def test_the_8_bit_options_are_refused_where_they_do_not_apply():
                                     C(block_kv=64, streams=2))
   for bad in (dict(block_kv=128, streams=2, v_converters=2), dict(streams=3)):
     with pytest.raises(ValueError, match="streams"):
-      C(**bad)
-  # folds: 8-bit caches only, 64 keys a fold, the group times fold <= 64
-  assert decode_mosaic.supports(q, e4m3, C(block_kv=128, fold=2))
-  assert not decode_mosaic.supports(q, bf16, C(block_kv=128, fold=2))
-  wide = spec((8, 8 * 32, 128), jnp.bfloat16)  # GQA 32: 64 columns at fold 2
-  assert decode_mosaic.supports(wide, int8, C(block_kv=128, fold=2))
-  many = spec((8, 8 * 64, 128), jnp.bfloat16)  # GQA 64: no fold
-  assert decode_mosaic.supports(many, int8, C(block_kv=128))
-  assert not decode_mosaic.supports(many, int8, C(block_kv=128, fold=2))
-  for bad in (dict(block_kv=64, fold=2), dict(block_kv=128, fold=4), dict(fold=3)):
-    with pytest.raises(ValueError, match="fold"):
       C(**bad)
 
 

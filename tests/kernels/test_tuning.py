@@ -123,14 +123,13 @@ def test_mosaic_decode_entries_are_valid_tilings_that_fit(path):
                              num_splits=e["num_splits"],
                              qk_8bit=e.get("qk_8bit", False),
                              v_converters=e.get("v_converters", 1),
-                             streams=e.get("streams", 1), fold=e.get("fold", 1))
+                             streams=e.get("streams", 1))
     if e["itemsize"] == 2:  # the 8-bit kernel's options are its entries' only
-      assert (not cfg.qk_8bit and cfg.v_converters == 1 and cfg.streams == 1
-              and cfg.fold == 1), e
+      assert not cfg.qk_8bit and cfg.v_converters == 1 and cfg.streams == 1, e
     assert e["kv_heads"] % cfg.streams == 0, e
     assert not cfg.qk_8bit or e["kv_cache_dtype"] == "int8", e  # supports()
     # An 8-bit entry's q is bf16, its query tile the group's q_cols columns.
-    cols = 0 if e["itemsize"] == 2 else q_cols(e["q_heads"] // e["kv_heads"] * cfg.fold)
+    cols = 0 if e["itemsize"] == 2 else q_cols(e["q_heads"] // e["kv_heads"])
     assert cfg.smem_bytes(e["head_dim"], 2, cols) <= SMEM_BYTES, e
     assert e.get("kv_cache_dtype", "bfloat16") in (
         ("bfloat16",) if e["itemsize"] == 2 else ("int8", "float8_e4m3")), e
@@ -171,6 +170,4 @@ def test_mosaic_decode_nearest_entry_else_heuristics(monkeypatch):
   int8.update(block_kv=64, v_converters=1, streams=2)
   assert tuning.decode_mosaic_config("x", 8, 8, 512, 16, 128, 1, "int8").streams == 2
   assert tuning.decode_mosaic_config("x", 8, 3, 512, 16, 128, 1, "int8").streams == 1
-  int8.update(block_kv=128, streams=1, fold=2)
-  assert tuning.decode_mosaic_config("x", 8, 8, 512, 16, 128, 1, "int8").fold == 2
   assert tuning.decode_mosaic_entry("x", 64, 8, 128, 16, 128)["itemsize"] == 2
