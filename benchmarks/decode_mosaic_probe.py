@@ -124,7 +124,7 @@ def child(args) -> None:
   for cfg in grid(batch, ctx, hkv, args.block_kv, args.stages, args.splits,
                   args.max_ctas, kv_dtype != "bfloat16", args.qk_8bit,
                   args.v_converters, args.streams):
-    if not supports(*problem[:2], cfg):  # e.g. qk_8bit over e4m3
+    if not supports(*problem[:2], cfg, interpret):  # e.g. qk_8bit over e4m3
       continue
     f = jax.jit(functools.partial(decode_mosaic, scale=scale, config=cfg,
                                   interpret=interpret))

@@ -80,15 +80,23 @@ class DecodeMosaicConfig:
             + part + ALIGN_SLACK)
 
 
-def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
+def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig,
+             interpret: bool = False) -> bool:
   """Whether the Mosaic kernel runs these operands with `config`: a 16-bit q
   over a cache of its dtype or a bf16 q over an 8-bit one (v_converters and
   streams for 8-bit caches only, qk_8bit for int8 ones only, streams dividing
-  the KV heads), head_dim % 64 == 0, group <= 64, shared memory fits.
+  the KV heads, and in interpret mode only), head_dim % 64 == 0, group <= 64,
+  shared memory fits.
 
   NOTE: no qk_8bit over e4m3: on the H100 (2026-12-05) its e4m3 wgmma gave a
   relative error of 2.5e-2 (the bf16 way 2.4e-3; 2.5e-3 in interpret mode)
-  and took 1.13-1.39x the time, where int8's (exact, into int32) was right."""
+  and took 1.13-1.39x the time, where int8's (exact, into int32) was right.
+  NOTE: no streams=2 on a GPU: on the H100 (2026-12-07, docs/benchmarks.md)
+  it was 15-23 % faster than one stream at its tiling but wrong (relative
+  error 0.3-2.3; interpret mode and its race detector find nothing), and no
+  faster than one stream's best tiling (block_kv 128, 4 stages) by more than
+  4 %. Suspected, not shown: Mosaic GPU's one cross-warp reduction scratch
+  shared by the two compute warpgroups."""
   quantized = quantization.is_quantized(kv_cache)
   values = quantization.values_of(kv_cache)
   hkv, head_dim = values.shape[1], values.shape[4]
@@ -96,7 +104,7 @@ def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
   cols = q_cols(group) if quantized else 0
   eight_bit_only = config.qk_8bit or config.v_converters != 1 or config.streams != 1
   qk_ok = ((not config.qk_8bit or values.dtype == jnp.int8)
-           and hkv % config.streams == 0)
+           and hkv % config.streams == 0 and (config.streams == 1 or interpret))
   return (itemsize == 2 and (quantized or not eight_bit_only) and qk_ok
           and (q.dtype == jnp.bfloat16 if quantized else q.dtype == values.dtype)
           and head_dim % 64 == 0 and group <= ROWS_PER_WG

@@ -24,6 +24,7 @@ pair with its own stages and barriers, and one memory warpgroup copying both
 warpgroup's dependent chain bounds the kernel (docs/benchmarks.md, 2026-12-07),
 and 384 threads at 168 registers allow one CTA an SM: two streams put two
 such chains on an SM (at block_kv 64: two of everything in shared memory).
+NOTE: wrong on the H100 (2026-12-07) and refused there (decode_mosaic.supports).
 
 int8 -> bf16 is Mosaic GPU's prmt/sub.bf16x2 sequence (no integer-to-float
 instruction); e4m3 goes through f16 and f32. NOTE (H200, 2026-12-03,
