@@ -18,8 +18,6 @@
 #   bash benchmarks/h200_visit.sh decode-q8-inside OUT  # issue 15: the decode's registers,
 #                                                # spills, SASS and profiled phases per
 #                                                # cache dtype; 8-bit times now vs $VARIANTS
-#   bash benchmarks/h200_visit.sh decode-q8-streams OUT  # issue 15: the 8-bit decode with
-#                                                # one or two KV heads a CTA, vs bf16
 #   bash benchmarks/h200_visit.sh decode-q8-ncu OUT  # issue 15: Nsight Compute on the decode
 #                                                # per cache dtype: stall reasons by SASS
 #                                                # instruction, pipes, bank conflicts
@@ -191,20 +189,6 @@ for t in r["top"][:6]:
     done
     bf16_kernel
     q8_trees 1 150 70 . ${VARIANTS:-}
-    ;;
-  decode-q8-streams)  # issue 15: one KV head a CTA vs two (streams: two compute warpgroups
-    # and V converters per SM) at block_kv 64 (two streams fit no larger), beside the table's
-    # tiling (block_kv 128, 4 stages) and bf16's kernel in the same call
-    bf16_kernel
-    mkdir -p "$out/streams" "$out/ref128"
-    run q8_streams 300 python3 -m benchmarks.decode_mosaic_probe --out "$out/streams" \
-      --kv-dtype int8,float8_e4m3 --block-kv 64 --stages 3 --splits 1 --qk-8bit 0,1 \
-      --v-converters 1 --streams 1,2 --job_timeout_s 140 --shapes 64x4096/16,256x1024/16
-    run q8_ref128 150 python3 -m benchmarks.decode_mosaic_probe --out "$out/ref128" \
-      --kv-dtype int8,float8_e4m3 --block-kv 128 --stages 4 --splits 1 --qk-8bit 0,1 \
-      --v-converters 1 --job_timeout_s 70 --shapes 64x4096/16,256x1024/16
-    grep -A4 "^| shape" "$out/q8bf16.log"; grep -A8 "^| shape" "$out"/q8_streams.log \
-      "$out"/q8_ref128.log
     ;;
   decode-q8-ncu)  # issue 15: ncu (full set, PC sampling) on one launch of the decode at
     # 64 x 4096 per cache dtype (the best tilings), its pages exported as CSV (raw: every
