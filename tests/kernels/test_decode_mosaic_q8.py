@@ -171,7 +171,7 @@ def test_the_8_bit_options_are_refused_where_they_do_not_apply():
   odd = quantization.QuantizedKV(spec((64, 1, 2, 16, 128), jnp.int8),
                                  spec((64, 1, 2, 16), jnp.float32))
   assert not decode_mosaic.supports(spec((8, 4, 128), jnp.bfloat16), odd,
-                                    C(block_kv=64, streams=2))
+                                    C(block_kv=64, streams=2), interpret=True)
   for bad in (dict(block_kv=128, streams=2, v_converters=2), dict(streams=3)):
     with pytest.raises(ValueError, match="streams"):
       C(**bad)
