@@ -18,6 +18,8 @@
 #   bash benchmarks/h200_visit.sh decode-q8-inside OUT  # issue 15: the decode's registers,
 #                                                # spills, SASS and profiled phases per
 #                                                # cache dtype; 8-bit times now vs $VARIANTS
+#   bash benchmarks/h200_visit.sh decode-q8-streams OUT  # issue 15: the 8-bit decode with
+#                                                # one or two KV heads a CTA, vs bf16
 #   bash benchmarks/h200_visit.sh decode-q8-ncu OUT  # issue 15: Nsight Compute on the decode
 #                                                # per cache dtype: stall reasons by SASS
 #                                                # instruction, pipes, bank conflicts
@@ -189,6 +191,23 @@ for t in r["top"][:6]:
     done
     bf16_kernel
     q8_trees 1 150 70 . ${VARIANTS:-}
+    ;;
+  decode-q8-streams)  # issue 15: two KV heads a CTA (streams: two compute warpgroups and
+    # V converters per SM) at block_kv 64 (3 stages) and 128 (2 stages, one 16-bit V stage:
+    # two streams fit no more), beside one stream's best tiling (block_kv 128, 4 stages)
+    # and bf16's kernel in the same call
+    bf16_kernel
+    q8_probe() {  # q8_probe NAME SECONDS BLOCK_KV STAGES STREAMS V_STAGES
+      mkdir -p "$out/$1"
+      run "q8_$1" "$2" python3 -m benchmarks.decode_mosaic_probe --out "$out/$1" \
+        --kv-dtype int8,float8_e4m3 --block-kv "$3" --stages "$4" --splits 1 --qk-8bit 0,1 \
+        --v-converters 1 --streams "$5" --v-stages "$6" --job_timeout_s $(($2 / 2 - 5)) \
+        --shapes 64x4096/16,256x1024/16
+    }
+    q8_probe s2_128 150 128 2 2 1
+    q8_probe s2_64 150 64 3 2 2
+    q8_probe s1_128 150 128 4 1 2,1
+    grep -A4 "^| shape" "$out/q8bf16.log"; grep -A6 "^| shape" "$out"/q8_s*.log
     ;;
   decode-q8-ncu)  # issue 15: ncu (full set, PC sampling) on one launch of the decode at
     # 64 x 4096 per cache dtype (the best tilings), its pages exported as CSV (raw: every

@@ -11,7 +11,7 @@ compute warpgroup's registers, or is read by an 8-bit wgmma as it lies
                      gathered in token order by `gather_scales`);
   V converters       `v_converters` warpgroups (1 or 2), each its 64-row
                      chunks of a step: 8-bit stage -> registers -> bf16 into
-                     the compute warpgroup's STAGES16 stages; a pure bit
+                     the compute warpgroup's `v_stages` stages; a pure bit
                      conversion, no scale; rows past the row's end zeroed;
   compute warpgroup  decode_mosaic_q8_compute.consumer, transposed (keys as
                      wgmma's M, the GQA group as N); K's per-key scales
@@ -23,8 +23,9 @@ pair with its own stages and barriers, and one memory warpgroup copying both
 (the heads share the row's blocks). NOTE: the profile says one compute
 warpgroup's dependent chain bounds the kernel (docs/benchmarks.md, 2026-12-07),
 and 384 threads at 168 registers allow one CTA an SM: two streams put two
-such chains on an SM (at block_kv 64: two of everything in shared memory).
-NOTE: wrong on the H100 (2026-12-07) and refused there (decode_mosaic.supports).
+such chains on an SM (two of everything in shared memory: 128-key steps
+fit with one 16-bit V stage, DecodeMosaicConfig.v_stages). Each compute
+warpgroup has its own reduction scratch (_behind_pads).
 
 int8 -> bf16 is Mosaic GPU's prmt/sub.bf16x2 sequence (no integer-to-float
 instruction); e4m3 goes through f16 and f32. NOTE (H200, 2026-12-03,
@@ -80,18 +81,20 @@ from pallas_kernels import quantization
 from pallas_kernels.prefill_mosaic import interpret_params
 from pallas_kernels.prefill_mosaic import smem_buffer
 
-STAGES16 = stages.STAGES16
+# Mosaic GPU's cross-warp reduction scratch (its CompilerParams default).
+REDUCTION_SCRATCH = plgpu.CompilerParams().reduction_scratch_bytes
 
 
 def smem_bytes(config, head_dim: int, cols: int) -> int:
-  """Shared memory of the buffers (before Mosaic's alignment) for a
-  DecodeMosaicConfig and `cols` query columns."""
+  """Shared memory of a stream's buffers (before Mosaic's alignment) and its
+  reduction scratch (_behind_pads) for a DecodeMosaicConfig and `cols` query
+  columns."""
   out = 4 if config.num_splits > 1 else 2
   q = 2 * cols * (head_dim + 4) if config.qk_8bit else cols * head_dim * 2
   tiles = q + config.block_kv * cols * 2 + head_dim * cols * out
-  stages16 = STAGES16 * config.block_kv * head_dim * 2  # V only
+  stages16 = config.v_stages * config.block_kv * head_dim * 2  # V only
   stages8 = 2 * config.stages * config.block_kv * (head_dim + 4)
-  return tiles + cols * 4 + stages16 + stages8
+  return tiles + cols * 4 + stages16 + stages8 + REDUCTION_SCRATCH
 
 
 def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
@@ -163,24 +166,51 @@ def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, interpret):
     streams = [_stream(smem[i * per:(i + 1) * per], bars, i, len_ref, cfg,
                        block_size) for i in range(cfg.streams)]
     wg = lax.axis_index("wg")
-    for i, (span, bufs, ring, v16, sbars) in enumerate(streams):
-      pl.when(wg == i)(functools.partial(
-          compute.consumer, span, q_refs, out_refs, bufs, sbars, cfg, STAGES16))
-      for c in range(cfg.v_converters):
-        pl.when(wg == cfg.streams + 1 + i * cfg.v_converters + c)(
-            functools.partial(stages.converter, span, ring[1], v16, sbars, cfg, c))
-    pl.when(wg == cfg.streams)(lambda: stages.producer(
-        [st[0] for st in streams], bt_ref, values_ref, scales_ref,
-        [st[2] for st in streams], [st[4] for st in streams], cfg))
+    consumers = [functools.partial(
+        pl.when(wg == i), functools.partial(compute.consumer, span, q_refs,
+                                             out_refs, bufs, sbars, cfg))
+        for i, (span, bufs, _, _, sbars) in enumerate(streams)]
+
+    def others():  # the converters and the memory warpgroup (no reductions)
+      for i, (span, _, ring, v16, sbars) in enumerate(streams):
+        for c in range(cfg.v_converters):
+          pl.when(wg == cfg.streams + 1 + i * cfg.v_converters + c)(
+              functools.partial(stages.converter, span, ring[1], v16, sbars, cfg, c))
+      pl.when(wg == cfg.streams)(lambda: stages.producer(
+          [st[0] for st in streams], bt_ref, values_ref, scales_ref,
+          [st[2] for st in streams], [st[4] for st in streams], cfg))
+
+    _behind_pads(consumers, others)
 
   one = [*compute.buffers(cfg, head_dim, cols, values_ref.dtype, smem_buffer),
-         smem_buffer((STAGES16, cfg.block_kv, head_dim), jnp.bfloat16),
+         smem_buffer((cfg.v_stages, cfg.block_kv, head_dim), jnp.bfloat16),
          *stages.buffers(cfg, head_dim, values_ref.dtype, smem_buffer),
          smem_buffer((cfg.block_kv, head_dim), jnp.bfloat16)
          if interpret and not cfg.qk_8bit else None]
   bars = {f"{k}_{i}": b for i in range(cfg.streams)
           for k, b in stages.barriers(cfg, block_size, q_inputs(cfg)).items()}
   pl.run_scoped(body, *one * cfg.streams, **bars, collective_axes="wg")
+
+
+def _behind_pads(consumers, others):
+  """Lowers consumers[i] (stream i's compute warpgroup) behind i pads of
+  REDUCTION_SCRATCH bytes, then others().
+
+  NOTE: Mosaic GPU puts a cross-warp reduction's scratch at the shared memory
+  in use where it is lowered, one offset for every warpgroup: two compute
+  warpgroups lowered side by side raced on it (two streams were wrong on the
+  H100, 2026-12-07). A pad moves the next stream's scratch past the last
+  one's. Every thread enters every pad's scope (a CTA barrier) before any
+  role's work, and none after: a stream's loop waits on the others.
+  """
+  if len(consumers) == 1:
+    others()
+    consumers[0]()
+    return
+  pad = plgpu.SMEM((REDUCTION_SCRATCH // 4,), jnp.float32)
+  pl.run_scoped(lambda _: _behind_pads(consumers[1:], others), pad,
+                collective_axes="wg")
+  consumers[0]()
 
 
 def _stream(smem, bars, i: int, len_ref, cfg, block_size: int):

@@ -43,6 +43,10 @@ CASES = [  # block_size, hq, hkv, d, lengths, config
     (16, 8, 2, 64, [37, 0, 130], C(block_kv=64, streams=2)),
     (16, 12, 4, 64, [16, 47, 1, 95], C(block_kv=64, num_splits=3, stages=4, streams=2,
                                        qk_8bit=True)),
+    # one 16-bit V stage: the converter waits for each step's P V
+    (16, 8, 2, 64, [37, 0, 300], C(block_kv=128, stages=2, streams=2, v_stages=1)),
+    (16, 4, 1, 128, [700, 513], C(block_kv=64, num_splits=2, stages=3, v_stages=1,
+                                  qk_8bit=True)),
 ]
 
 
@@ -77,7 +81,7 @@ def _run(args, config, interpret=helpers.INTERPRET):
 def test_matches_oracle(case, name):
   lengths, config = case[4], case[5]
   q, paged, args = _problem(case, name, seed=case[0] + case[1])
-  assert decode_mosaic.supports(args[0], args[1], config, interpret=helpers.INTERPRET)
+  assert decode_mosaic.supports(args[0], args[1], config)
   out = _run(args, config)
   scale = case[3] ** -0.5
   assert np.isfinite(out).all(), "a poisoned slot reached the output"
@@ -105,7 +109,8 @@ def test_gather_scales_puts_each_row_in_token_order_zero_past_its_length():
 @pytest.mark.parametrize("config,name", with_names([
     C(block_kv=64, stages=3, num_splits=2),
     C(block_kv=128, stages=3, num_splits=2, qk_8bit=True, v_converters=2),
-    C(block_kv=64, stages=2, num_splits=2, streams=2)]), ids=str)
+    C(block_kv=64, stages=2, num_splits=2, streams=2),
+    C(block_kv=128, stages=2, streams=2, v_stages=1)]), ids=str)
 def test_pipeline_has_no_data_races(name, config):
   from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call  # pylint: disable=g-import-not-at-top
   case = (16, 8, 2, 64, [37, 200], None)
@@ -127,6 +132,7 @@ def test_pipeline_has_no_data_races(name, config):
     ((16, 32, 8, 128), C(block_kv=128, stages=4, v_converters=2)),
     ((16, 32, 8, 128), C(block_kv=64, stages=4, streams=2, qk_8bit=True)),
     ((16, 32, 8, 128), C(block_kv=64, stages=3, streams=2)),
+    ((16, 32, 8, 128), C(block_kv=128, stages=2, streams=2, v_stages=1, qk_8bit=True)),
 ], key=lambda item: item[1])], ids=str)
 def test_lowers_for_hopper(shape, config, name):
   """Pallas -> Mosaic GPU lowering for sm_90: the four warpgroups' layouts,
@@ -136,14 +142,43 @@ def test_lowers_for_hopper(shape, config, name):
   storage = quantization.storage_dtype(name)
   cache = quantization.QuantizedKV(spec((512, hkv, 2, block_size, d), storage),
                                    spec((512, hkv, 2, block_size), jnp.float32))
-  # NOTE: two streams lower but are refused on the GPU (supports' NOTE).
-  assert decode_mosaic.supports(spec((64, hq, d), jnp.bfloat16), cache, config,
-                                interpret=config.streams > 1)
+  assert decode_mosaic.supports(spec((64, hq, d), jnp.bfloat16), cache, config)
   f = jax.jit(lambda *a: decode_mosaic.decode_mosaic(*a, scale=d ** -0.5, config=config))
   exported = jax.export.export(f, platforms=["cuda"])(
       spec((64, hq, d), jnp.bfloat16), cache, spec((64, 32), jnp.int32),
       spec((64,), jnp.int32))
   assert "paged_decode_mosaic_q8" in exported.mlir_module()
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_each_stream_reduces_in_its_own_scratch(streams, monkeypatch):
+  """The sm_90 lowering gives each compute warpgroup's cross-warp reductions
+  (the softmax's max, the final row sums) their own shared-memory scratch:
+  one offset per stream, REDUCTION_SCRATCH apart (decode_mosaic_q8's
+  _behind_pads; side by side, two streams raced on one and were wrong on the
+  H100). Read from the memref.view each reduction is lowered with."""
+  from jax.experimental.mosaic.gpu import fragmented_array  # pylint: disable=g-import-not-at-top
+  offsets = []
+  reduce = fragmented_array.FragmentedArray.reduce
+
+  def spy(self, op, axis, scratch=None, **kwargs):
+    if scratch is not None:  # memref.view(base, offset): offset an arith.constant
+      offsets.append(scratch.owner.operands[1].owner.attributes["value"].value)
+    return reduce(self, op, axis, scratch, **kwargs)
+
+  monkeypatch.setattr(fragmented_array.FragmentedArray, "reduce", spy)
+  spec = jax.ShapeDtypeStruct
+  cache = quantization.QuantizedKV(spec((512, 8, 2, 16, 128), jnp.int8),
+                                   spec((512, 8, 2, 16), jnp.float32))
+  config = C(block_kv=64, stages=3, streams=streams)
+  f = jax.jit(lambda *a: decode_mosaic.decode_mosaic(*a, scale=0.125, config=config))
+  jax.export.export(f, platforms=["cuda"])(
+      spec((64, 32, 128), jnp.bfloat16), cache, spec((64, 32), jnp.int32),
+      spec((64,), jnp.int32))
+  assert len(offsets) == 3 * streams  # per stream: two loops' max, the sums
+  starts = sorted(set(offsets))
+  assert len(starts) == streams
+  assert all(b - a >= q8.REDUCTION_SCRATCH for a, b in zip(starts, starts[1:]))
 
 
 def test_the_8_bit_options_are_refused_where_they_do_not_apply():
@@ -163,22 +198,25 @@ def test_the_8_bit_options_are_refused_where_they_do_not_apply():
   for bad in (dict(block_kv=64, v_converters=2), dict(v_converters=3)):
     with pytest.raises(ValueError, match="v_converters"):
       C(**bad)
-  # two streams: 8-bit caches only, one V converter each, the KV heads in pairs,
-  # and in interpret mode only (wrong on the H100)
-  assert decode_mosaic.supports(q, int8, C(block_kv=64, streams=2), interpret=True)
-  assert not decode_mosaic.supports(q, int8, C(block_kv=64, streams=2))
-  assert not decode_mosaic.supports(q, bf16, C(block_kv=64, streams=2), interpret=True)
+  # two streams and one V stage: 8-bit caches only; streams one V converter
+  # each, the KV heads in pairs
+  for cfg in (C(block_kv=64, streams=2), C(v_stages=1)):
+    assert decode_mosaic.supports(q, int8, cfg)
+    assert not decode_mosaic.supports(q, bf16, cfg)
   odd = quantization.QuantizedKV(spec((64, 1, 2, 16, 128), jnp.int8),
                                  spec((64, 1, 2, 16), jnp.float32))
   assert not decode_mosaic.supports(spec((8, 4, 128), jnp.bfloat16), odd,
-                                    C(block_kv=64, streams=2), interpret=True)
+                                    C(block_kv=64, streams=2))
   for bad in (dict(block_kv=128, streams=2, v_converters=2), dict(streams=3)):
     with pytest.raises(ValueError, match="streams"):
       C(**bad)
+  for bad in (0, 3):
+    with pytest.raises(ValueError, match="v_stages"):
+      C(v_stages=bad)
 
 
 def test_shared_memory_counts_the_8_bit_stages():
-  """The 16-bit stages are q8.STAGES16 whatever `stages`; the 8-bit ring is
+  """The 16-bit stages are `v_stages` whatever `stages`; the 8-bit ring is
   `stages` deep: the first tiling supports() refuses does not lower."""
   spec = jax.ShapeDtypeStruct
   q = spec((8, 32, 128), jnp.bfloat16)
@@ -188,14 +226,17 @@ def test_shared_memory_counts_the_8_bit_stages():
   assert decode_mosaic.supports(q, cache, fits)
   assert not decode_mosaic.supports(q, cache, over)
   assert decode_mosaic.supports(q, cache, C(block_kv=64, stages=8))
-  # two streams hold two of everything: 128-key steps no longer fit
-  assert decode_mosaic.supports(q, cache, C(block_kv=64, stages=4, streams=2),
-                                interpret=True)
-  assert not decode_mosaic.supports(q, cache, C(block_kv=128, stages=2, streams=2),
-                                    interpret=True)
+  # two streams hold two of everything: 128-key steps fit with one V stage only
+  assert decode_mosaic.supports(q, cache, C(block_kv=64, stages=4, streams=2))
+  assert not decode_mosaic.supports(q, cache, C(block_kv=128, stages=2, streams=2))
+  two = C(block_kv=128, stages=2, streams=2, v_stages=1)
+  assert decode_mosaic.supports(q, cache, two)
+  assert not decode_mosaic.supports(q, cache, C(block_kv=128, stages=3, streams=2,
+                                                v_stages=1))
   lower = lambda cfg: jax.export.export(jax.jit(
       lambda *a: decode_mosaic.decode_mosaic(*a, scale=0.1, config=cfg)),
       platforms=["cuda"])(q, cache, spec((8, 8), jnp.int32), spec((8,), jnp.int32))
   lower(fits)
+  lower(two)
   with pytest.raises(ValueError, match="shared memory"):
     lower(over)
