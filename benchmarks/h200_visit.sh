@@ -19,7 +19,8 @@
 #                                                # spills, SASS and profiled phases per
 #                                                # cache dtype; 8-bit times now vs $VARIANTS
 #   bash benchmarks/h200_visit.sh decode-q8-streams OUT  # issue 15: the 8-bit decode with
-#                                                # one or two KV heads a CTA, vs bf16
+#                                                # one or two KV heads a CTA, vs bf16; the
+#                                                # best 8-bit tilings into the table
 #   bash benchmarks/h200_visit.sh decode-q8-ncu OUT  # issue 15: Nsight Compute on the decode
 #                                                # per cache dtype: stall reasons by SASS
 #                                                # instruction, pipes, bank conflicts
@@ -192,39 +193,39 @@ for t in r["top"][:6]:
     bf16_kernel
     q8_trees 1 150 70 . ${VARIANTS:-}
     ;;
-  decode-q8-streams)  # issue 15: two KV heads a CTA (streams: two compute warpgroups and
-    # V converters per SM) at block_kv 64 (3 stages) and 128 (2 stages, one 16-bit V stage:
-    # two streams fit no more), beside one stream's best tiling (block_kv 128, 4 stages)
-    # and bf16's kernel in the same call
+  decode-q8-streams)  # issue 15: one or two KV heads a CTA (streams: two compute
+    # warpgroups and V converters per SM) at block_kv 64 and 128 (two streams fit only 64),
+    # 3 or 4 stages, both Sᵀ ways; the best into the table (copied to OUT), bf16's kernel
+    # in the same call
     bf16_kernel
-    q8_probe() {  # q8_probe NAME SECONDS BLOCK_KV STAGES STREAMS V_STAGES
-      mkdir -p "$out/$1"
-      run "q8_$1" "$2" python3 -m benchmarks.decode_mosaic_probe --out "$out/$1" \
-        --kv-dtype int8,float8_e4m3 --block-kv "$3" --stages "$4" --splits 1 --qk-8bit 0,1 \
-        --v-converters 1 --streams "$5" --v-stages "$6" --job_timeout_s $(($2 / 2 - 5)) \
-        --shapes 64x4096/16,256x1024/16
-    }
-    q8_probe s2_128 150 128 2 2 1
-    q8_probe s2_64 150 64 3 2 2
-    q8_probe s1_128 150 128 4 1 2,1
-    grep -A4 "^| shape" "$out/q8bf16.log"; grep -A6 "^| shape" "$out"/q8_s*.log
+    run q8_streams 400 python3 -m benchmarks.decode_mosaic_probe --out "$out" --write-table \
+      --kv-dtype int8,float8_e4m3 --block-kv 64,128 --stages 3,4 --splits 1 --qk-8bit 0,1 \
+      --v-converters 1 --streams 1,2 --job_timeout_s 150 --shapes 64x4096/16,256x1024/16
+    grep -A4 "^| shape" "$out/q8bf16.log"; grep -A6 "^| shape" "$out/q8_streams.log"
     ;;
   decode-q8-ncu)  # issue 15: ncu (full set, PC sampling) on one launch of the decode at
-    # 64 x 4096 per cache dtype (the best tilings), its pages exported as CSV (raw: every
-    # metric; source: the SASS with its stall samples); SASS and ptxas reports too (--asm)
+    # 64 x 4096 per cache dtype (the H100's best tilings, 2026-12-07), its pages exported as
+    # CSV (details: the sections, warp states included; source: the SASS with its stall
+    # samples), all in OUT/ncu.tgz (a device call brings back few files). NOTE: without
+    # XLA_PYTHON_CLIENT_PREALLOCATE=false JAX's allocation fails under ncu, and the process
+    # segfaults on exit after the report is written (H100, 2026-12-07).
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
-    for a in "int8 --kv-dtype int8 --qk-8bit 1" "e4m3 --kv-dtype float8_e4m3 --qk-8bit 0" \
+    export XLA_PYTHON_CLIENT_PREALLOCATE=false
+    mkdir -p "$out/ncu"
+    for a in "int8 --kv-dtype int8 --qk-8bit 1 --block-kv 64 --stages 4 --streams 2" \
+        "e4m3 --kv-dtype float8_e4m3 --qk-8bit 0 --block-kv 64 --stages 3 --streams 2" \
         "bf16 --kv-dtype bfloat16 --stages 2 --qk-8bit 0"; do
       set -- $a
-      run "ncu_$1" 150 "$NCU" --clock-control none -k regex:paged_decode --launch-count 1 \
-        --set full --import-source no -f -o "$out/ncu_$1" \
-        python3 -m benchmarks.decode_mosaic_inside --out "$out/in_$1" --asm "${@:2}"
-      "$NCU" -i "$out/ncu_$1.ncu-rep" --page raw --csv > "$out/ncu_$1_raw.csv" 2>&1
-      "$NCU" -i "$out/ncu_$1.ncu-rep" --page source --csv --print-source sass \
-        > "$out/ncu_$1_source.csv" 2>&1
-      gzip -f "$out/ncu_$1"_*.csv
-      rm -f "$out/ncu_$1.ncu-rep"
+      run "ncu/$1" 150 "$NCU" --clock-control none -k regex:paged_decode --launch-count 1 \
+        --set full --import-source no -f -o "$out/ncu/$1" \
+        python3 -m benchmarks.decode_mosaic_inside --out "$out/ncu/in_$1" "${@:2}"
+      for page in details source; do
+        "$NCU" -i "$out/ncu/$1.ncu-rep" --page $page --csv --print-source sass \
+          > "$out/ncu/$1_$page.csv" 2>&1
+      done
+      rm -f "$out/ncu/$1.ncu-rep"
     done
+    tar -czf "$out/ncu.tgz" -C "$out" ncu && rm -rf "$out/ncu"
     ;;
   decode-q8-occupancy)  # issue 15: the 8-bit decode without setmaxnreg (a copy of this tree,
     # .noreg): its registers a thread (<= 85 lets two CTAs of 384 threads share an SM), then

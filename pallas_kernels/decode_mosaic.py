@@ -37,10 +37,6 @@ from pallas_kernels.prefill_mosaic_memory import producer
 # NOTE: Mosaic aligns each SMEM buffer; lowering measured 2,928 bytes over the
 # buffers' sizes with split partials (jax 0.11.2).
 ALIGN_SLACK = 4096
-# NOTE: the 8-bit kernel's buffers lowered to at most decode_mosaic_q8.smem_bytes
-# (its q counted with 4 bytes a row to spare) in every tiling measured (jax
-# 0.11.2): a smaller slack lets two streams take 128-key steps.
-Q8_ALIGN_SLACK = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +53,6 @@ class DecodeMosaicConfig:
   # 8-bit caches only: KV heads per CTA (2: two compute warpgroups, two V
   # converters and two sets of stages on one SM, one memory warpgroup).
   streams: int = 1
-  # 8-bit caches only: the 16-bit V stages the converters fill (1 lets two
-  # streams take 128-key steps; the converter then waits for the last P V).
-  v_stages: int = 2
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):
@@ -74,8 +67,6 @@ class DecodeMosaicConfig:
     if self.streams not in (1, 2) or (self.streams == 2 and self.v_converters != 1):
       raise ValueError(f"streams must be 1 or 2 (2 with one V converter each), "
                        f"got {self.streams}")
-    if self.v_stages not in (1, 2):
-      raise ValueError(f"v_stages must be 1 or 2, got {self.v_stages}")
 
   def smem_bytes(self, head_dim: int, itemsize: int, q8_cols: int = 0) -> int:
     """Shared memory of the Q/O tile, the K/V stages, the split partials and
@@ -83,7 +74,7 @@ class DecodeMosaicConfig:
     not counted); with q8_cols, of the 8-bit kernel with that many query
     columns (decode_mosaic_q8.smem_bytes)."""
     if q8_cols:
-      return self.streams * q8.smem_bytes(self, head_dim, q8_cols) + Q8_ALIGN_SLACK
+      return self.streams * q8.smem_bytes(self, head_dim, q8_cols) + ALIGN_SLACK
     part = (ROWS_PER_WG * head_dim + ROWS_PER_WG) * 4 if self.num_splits > 1 else 0
     return ((ROWS_PER_WG + 2 * self.stages * self.block_kv) * head_dim * itemsize
             + part + ALIGN_SLACK)
@@ -91,10 +82,9 @@ class DecodeMosaicConfig:
 
 def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
   """Whether the Mosaic kernel runs these operands with `config`: a 16-bit q
-  over a cache of its dtype or a bf16 q over an 8-bit one (v_converters,
-  streams and v_stages for 8-bit caches only, qk_8bit for int8 ones only,
-  streams dividing the KV heads), head_dim % 64 == 0, group <= 64, shared
-  memory fits.
+  over a cache of its dtype or a bf16 q over an 8-bit one (v_converters and
+  streams for 8-bit caches only, qk_8bit for int8 ones only, streams dividing
+  the KV heads), head_dim % 64 == 0, group <= 64, shared memory fits.
 
   NOTE: no qk_8bit over e4m3: on the H100 (2026-12-05) its e4m3 wgmma gave a
   relative error of 2.5e-2 (the bf16 way 2.4e-3; 2.5e-3 in interpret mode)
@@ -108,8 +98,7 @@ def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
   hkv, head_dim = values.shape[1], values.shape[4]
   itemsize, group = q.dtype.itemsize, q.shape[1] // hkv
   cols = q_cols(group) if quantized else 0
-  eight_bit_only = (config.qk_8bit or config.v_converters != 1
-                    or config.streams != 1 or config.v_stages != 2)
+  eight_bit_only = config.qk_8bit or config.v_converters != 1 or config.streams != 1
   qk_ok = ((not config.qk_8bit or values.dtype == jnp.int8)
            and hkv % config.streams == 0)
   return (itemsize == 2 and (quantized or not eight_bit_only) and qk_ok
@@ -147,7 +136,7 @@ def decode_mosaic(q, kv_cache, block_tables, lengths, *, scale,
       num_splits=config.num_splits,
       q_rows=q_cols(group) if quantized else -(-group // ALIGN) * ALIGN,
       qk_8bit=config.qk_8bit, v_converters=config.v_converters,
-      streams=config.streams, v_stages=config.v_stages,
+      streams=config.streams,
       p_in_regs=not interpret, max_blocks=block_tables.shape[1],
       scale=scale)
   qp = q.reshape(batch, hkv, group, head_dim)

@@ -49,7 +49,6 @@ class Static:
   qk_8bit: bool = False  # DecodeMosaicConfig's (8-bit caches only)
   v_converters: int = 1
   streams: int = 1
-  v_stages: int = 2
 
 
 def _cdiv(a, b: int):

@@ -11,7 +11,7 @@ compute warpgroup's registers, or is read by an 8-bit wgmma as it lies
                      gathered in token order by `gather_scales`);
   V converters       `v_converters` warpgroups (1 or 2), each its 64-row
                      chunks of a step: 8-bit stage -> registers -> bf16 into
-                     the compute warpgroup's `v_stages` stages; a pure bit
+                     the compute warpgroup's STAGES16 stages; a pure bit
                      conversion, no scale; rows past the row's end zeroed;
   compute warpgroup  decode_mosaic_q8_compute.consumer, transposed (keys as
                      wgmma's M, the GQA group as N); K's per-key scales
@@ -23,8 +23,9 @@ pair with its own stages and barriers, and one memory warpgroup copying both
 (the heads share the row's blocks). NOTE: the profile says one compute
 warpgroup's dependent chain bounds the kernel (docs/benchmarks.md, 2026-12-07),
 and 384 threads at 168 registers allow one CTA an SM: two streams put two
-such chains on an SM (two of everything in shared memory: 128-key steps
-fit with one 16-bit V stage, DecodeMosaicConfig.v_stages). Each compute
+such chains on an SM (at block_kv 64: two of everything in shared memory;
+at 128 with one 16-bit V stage and two 8-bit ones they fit, and were
+1.19-1.37x slower than at 64 on the H100, 2026-12-07). Each compute
 warpgroup has its own reduction scratch (_behind_pads).
 
 int8 -> bf16 is Mosaic GPU's prmt/sub.bf16x2 sequence (no integer-to-float
@@ -83,6 +84,7 @@ from pallas_kernels.prefill_mosaic import smem_buffer
 
 # Mosaic GPU's cross-warp reduction scratch (its CompilerParams default).
 REDUCTION_SCRATCH = plgpu.CompilerParams().reduction_scratch_bytes
+STAGES16 = stages.STAGES16
 
 
 def smem_bytes(config, head_dim: int, cols: int) -> int:
@@ -92,7 +94,7 @@ def smem_bytes(config, head_dim: int, cols: int) -> int:
   out = 4 if config.num_splits > 1 else 2
   q = 2 * cols * (head_dim + 4) if config.qk_8bit else cols * head_dim * 2
   tiles = q + config.block_kv * cols * 2 + head_dim * cols * out
-  stages16 = config.v_stages * config.block_kv * head_dim * 2  # V only
+  stages16 = STAGES16 * config.block_kv * head_dim * 2  # V only
   stages8 = 2 * config.stages * config.block_kv * (head_dim + 4)
   return tiles + cols * 4 + stages16 + stages8 + REDUCTION_SCRATCH
 
@@ -168,7 +170,7 @@ def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, interpret):
     wg = lax.axis_index("wg")
     consumers = [functools.partial(
         pl.when(wg == i), functools.partial(compute.consumer, span, q_refs,
-                                             out_refs, bufs, sbars, cfg))
+                                             out_refs, bufs, sbars, cfg, STAGES16))
         for i, (span, bufs, _, _, sbars) in enumerate(streams)]
 
     def others():  # the converters and the memory warpgroup (no reductions)
@@ -183,7 +185,7 @@ def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, interpret):
     _behind_pads(consumers, others)
 
   one = [*compute.buffers(cfg, head_dim, cols, values_ref.dtype, smem_buffer),
-         smem_buffer((cfg.v_stages, cfg.block_kv, head_dim), jnp.bfloat16),
+         smem_buffer((STAGES16, cfg.block_kv, head_dim), jnp.bfloat16),
          *stages.buffers(cfg, head_dim, values_ref.dtype, smem_buffer),
          smem_buffer((cfg.block_kv, head_dim), jnp.bfloat16)
          if interpret and not cfg.qk_8bit else None]
@@ -193,8 +195,8 @@ def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, interpret):
 
 
 def _behind_pads(consumers, others):
-  """Lowers consumers[i] (stream i's compute warpgroup) behind i pads of
-  REDUCTION_SCRATCH bytes, then others().
+  """Lowers consumers[i] (stream i's compute warpgroup) inside i nested pads
+  of REDUCTION_SCRATCH bytes, and others() in the innermost scope.
 
   NOTE: Mosaic GPU puts a cross-warp reduction's scratch at the shared memory
   in use where it is lowered, one offset for every warpgroup: two compute

@@ -70,7 +70,7 @@ class Bufs:
   q_scales [2, N] f32 (qk_8bit) or None; p [N, block_kv] bf16 (P, written
   as Pᵀ through a transposed view: wgmma takes one swizzle for both
   operands); out [d, N] (Oᵀ: q's dtype with one split, else float32); lse
-  [N] f32 or None; k [stages, block_kv, d] 8-bit (the ring's); v [v_stages,
+  [N] f32 or None; k [stages, block_kv, d] 8-bit (the ring's); v [STAGES16,
   block_kv, d] bf16; k_scales, v_scales [stages, block_kv] f32 (the
   ring's); k_tile [block_kv, d] bf16 in interpret mode without qk_8bit,
   else None (see _k_chunk)."""
@@ -99,7 +99,7 @@ def buffers(cfg, head_dim: int, cols: int, number, smem) -> list:
               plgpu.SMEM((cols,), jnp.float32) if split else None]
 
 
-def consumer(span, q_refs, out_refs, bufs: Bufs, bars, cfg):
+def consumer(span, q_refs, out_refs, bufs: Bufs, bars, cfg, stages16: int):
   """Attention of the group over the span's steps. q_refs: (q [batch, hkv,
   N, d] bf16,) or with qk_8bit (q's terms [batch, hkv, 2N, d] 8-bit, their
   scales [batch, hkv, 2, N] f32) (GMEM); out_refs: (oᵀ [batch, hkv, d, N],)
@@ -116,7 +116,7 @@ def consumer(span, q_refs, out_refs, bufs: Bufs, bars, cfg):
            plgpu.layout_cast(jnp.full((cols,), NEG_BIG, jnp.float32), COLS),
            plgpu.layout_cast(jnp.zeros((cfg.block_kv, cols), jnp.float32), LAYOUT))
   step = lambda masked: lambda i, c: _step(i, c, span, bufs, bars, cfg,
-                                           q_scales, masked)
+                                           stages16, q_scales, masked)
   carry = lax.fori_loop(0, span.num_full, step(False), carry)
   acc, m, sums = lax.fori_loop(span.num_full, span.num_steps, step(True), carry)
   _finish(span, out_refs, bufs, acc, m, sums)
@@ -140,11 +140,12 @@ def _finish(span, out_refs, bufs: Bufs, acc, m, sums):
   plgpu.wait_smem_to_gmem(0)
 
 
-def _step(step, carry, span, bufs: Bufs, bars, cfg, q_scales, masked):
+def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, q_scales,
+          masked):
   """One step: Sᵀ, scales and mask, online softmax over the keys, Oᵀ += Vᵀ Pᵀ.
   q_scales: the scales of q's two 8-bit terms ([N] f32 each) or None."""
   acc, m_prev, sums = carry  # [d, N] f32, [N] f32, [block_kv, N] f32
-  slot, ring = lax.rem(step, cfg.v_stages), lax.rem(step, cfg.stages)
+  slot, ring = lax.rem(step, stages16), lax.rem(step, cfg.stages)
   with jax.named_scope("wait_k"):
     plgpu.barrier_wait(bars["k8_ready"].at[ring])
 

@@ -32,9 +32,10 @@ LAYOUT = compute.LAYOUT
 # over 384 threads), with two V converters 256 + 40 + 2 * 104 <= 4 * 128, and
 # with two streams 2 * 144 + 40 + 2 * 72 <= 5 * 96.
 CONVERT_REGISTERS = {1: 104, 2: 72}  # by streams
-# NOTE: the 16-bit V stages the compute warpgroup reads are the config's
-# `v_stages` (2 by default) whatever its `stages` (the 8-bit ring's depth), so
-# shared memory holds a deeper 8-bit ring.
+# NOTE: the 16-bit V stages the compute warpgroup reads are two whatever the
+# config's `stages` (the 8-bit ring's depth), so shared memory holds a
+# deeper 8-bit ring (one was 2-3 % slower on the H100, 2026-12-07).
+STAGES16 = 2
 
 
 def buffers(cfg, head_dim: int, storage, smem) -> list:
@@ -52,7 +53,7 @@ def barriers(cfg, block_size: int, q_copies: int) -> dict:
   copies = copies_per_stage(block_size, cfg) + 1  # the values, the scales
   n_conv = cfg.v_converters  # each arrives on v8_free and v_ready
   stage = lambda n: plgpu.Barrier(num_arrivals=n, num_barriers=cfg.stages)
-  stage16 = lambda n: plgpu.Barrier(num_arrivals=n, num_barriers=cfg.v_stages)
+  stage16 = lambda n: plgpu.Barrier(num_arrivals=n, num_barriers=STAGES16)
   return dict(q=plgpu.Barrier(num_arrivals=q_copies),
               k8_ready=stage(copies), v8_ready=stage(copies),
               k8_free=stage(1), v8_free=stage(n_conv), s_free=stage(1),
@@ -102,17 +103,17 @@ def _stage_copies(span, values_ref, scales_ref, ids, bufs, bars, cfg, step, slot
 def converter(span, src, dst, bars, cfg, index: int):
   """V converter `index` of cfg.v_converters: its 64-row chunks (every
   v_converters-th) of each 8-bit stage of src [stages, block_kv, d] as bf16
-  into the 16-bit stage dst [v_stages, block_kv, d] (both SMEM, swizzled)."""
+  into the 16-bit stage dst [STAGES16, block_kv, d] (both SMEM, swizzled)."""
   plgpu.set_max_registers(CONVERT_REGISTERS[cfg.streams], action="decrease")
   starts = range(index * compute.CHUNK_ROWS, cfg.block_kv,
                  cfg.v_converters * compute.CHUNK_ROWS)
 
   @pl.loop(0, span.num_steps)
   def _convert(step):
-    slot, slot16 = lax.rem(step, cfg.stages), lax.rem(step, cfg.v_stages)
+    slot, slot16 = lax.rem(step, cfg.stages), lax.rem(step, STAGES16)
     with jax.named_scope("wait_v8"):
       plgpu.barrier_wait(bars["v8_ready"].at[slot])
-      pl.when(step >= cfg.v_stages)(
+      pl.when(step >= STAGES16)(
           lambda: plgpu.barrier_wait(bars["v_free"].at[slot16]))
     valid = span.end - span.first_kv - step * cfg.block_kv  # rows to keep
     stage = (src.at[slot], dst.at[slot16], starts)
@@ -123,7 +124,7 @@ def converter(span, src, dst, bars, cfg, index: int):
     plgpu.barrier_arrive(bars["v_ready"].at[slot16])
     plgpu.barrier_arrive(bars["v8_free"].at[slot])
 
-  _drain(span, (bars["v_free"],), cfg.v_stages)
+  _drain(span, (bars["v_free"],), STAGES16)
 
 
 def _convert_stage(src, dst, starts, valid):

@@ -92,7 +92,6 @@ def decode_mosaic_config(device_kind: str, batch: int, num_kv_heads: int,
   return DecodeMosaicConfig(block_kv=e["block_kv"], stages=e["stages"],
                             num_splits=splits, qk_8bit=e.get("qk_8bit", False),
                             v_converters=e.get("v_converters", 1),
-                            v_stages=e.get("v_stages", 2),
                             streams=streams if num_kv_heads % streams == 0 else 1)
 
 

@@ -43,10 +43,6 @@ CASES = [  # block_size, hq, hkv, d, lengths, config
     (16, 8, 2, 64, [37, 0, 130], C(block_kv=64, streams=2)),
     (16, 12, 4, 64, [16, 47, 1, 95], C(block_kv=64, num_splits=3, stages=4, streams=2,
                                        qk_8bit=True)),
-    # one 16-bit V stage: the converter waits for each step's P V
-    (16, 8, 2, 64, [37, 0, 300], C(block_kv=128, stages=2, streams=2, v_stages=1)),
-    (16, 4, 1, 128, [700, 513], C(block_kv=64, num_splits=2, stages=3, v_stages=1,
-                                  qk_8bit=True)),
 ]
 
 
@@ -109,8 +105,7 @@ def test_gather_scales_puts_each_row_in_token_order_zero_past_its_length():
 @pytest.mark.parametrize("config,name", with_names([
     C(block_kv=64, stages=3, num_splits=2),
     C(block_kv=128, stages=3, num_splits=2, qk_8bit=True, v_converters=2),
-    C(block_kv=64, stages=2, num_splits=2, streams=2),
-    C(block_kv=128, stages=2, streams=2, v_stages=1)]), ids=str)
+    C(block_kv=64, stages=2, num_splits=2, streams=2)]), ids=str)
 def test_pipeline_has_no_data_races(name, config):
   from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call  # pylint: disable=g-import-not-at-top
   case = (16, 8, 2, 64, [37, 200], None)
@@ -132,7 +127,7 @@ def test_pipeline_has_no_data_races(name, config):
     ((16, 32, 8, 128), C(block_kv=128, stages=4, v_converters=2)),
     ((16, 32, 8, 128), C(block_kv=64, stages=4, streams=2, qk_8bit=True)),
     ((16, 32, 8, 128), C(block_kv=64, stages=3, streams=2)),
-    ((16, 32, 8, 128), C(block_kv=128, stages=2, streams=2, v_stages=1, qk_8bit=True)),
+    ((16, 32, 8, 128), C(block_kv=64, stages=3, streams=2, num_splits=2)),
 ], key=lambda item: item[1])], ids=str)
 def test_lowers_for_hopper(shape, config, name):
   """Pallas -> Mosaic GPU lowering for sm_90: the four warpgroups' layouts,
@@ -198,11 +193,9 @@ def test_the_8_bit_options_are_refused_where_they_do_not_apply():
   for bad in (dict(block_kv=64, v_converters=2), dict(v_converters=3)):
     with pytest.raises(ValueError, match="v_converters"):
       C(**bad)
-  # two streams and one V stage: 8-bit caches only; streams one V converter
-  # each, the KV heads in pairs
-  for cfg in (C(block_kv=64, streams=2), C(v_stages=1)):
-    assert decode_mosaic.supports(q, int8, cfg)
-    assert not decode_mosaic.supports(q, bf16, cfg)
+  # two streams: 8-bit caches only, one V converter each, the KV heads in pairs
+  assert decode_mosaic.supports(q, int8, C(block_kv=64, streams=2))
+  assert not decode_mosaic.supports(q, bf16, C(block_kv=64, streams=2))
   odd = quantization.QuantizedKV(spec((64, 1, 2, 16, 128), jnp.int8),
                                  spec((64, 1, 2, 16), jnp.float32))
   assert not decode_mosaic.supports(spec((8, 4, 128), jnp.bfloat16), odd,
@@ -210,13 +203,10 @@ def test_the_8_bit_options_are_refused_where_they_do_not_apply():
   for bad in (dict(block_kv=128, streams=2, v_converters=2), dict(streams=3)):
     with pytest.raises(ValueError, match="streams"):
       C(**bad)
-  for bad in (0, 3):
-    with pytest.raises(ValueError, match="v_stages"):
-      C(v_stages=bad)
 
 
 def test_shared_memory_counts_the_8_bit_stages():
-  """The 16-bit stages are `v_stages` whatever `stages`; the 8-bit ring is
+  """The 16-bit stages are q8.STAGES16 whatever `stages`; the 8-bit ring is
   `stages` deep: the first tiling supports() refuses does not lower."""
   spec = jax.ShapeDtypeStruct
   q = spec((8, 32, 128), jnp.bfloat16)
@@ -226,17 +216,12 @@ def test_shared_memory_counts_the_8_bit_stages():
   assert decode_mosaic.supports(q, cache, fits)
   assert not decode_mosaic.supports(q, cache, over)
   assert decode_mosaic.supports(q, cache, C(block_kv=64, stages=8))
-  # two streams hold two of everything: 128-key steps fit with one V stage only
+  # two streams hold two of everything: 128-key steps no longer fit
   assert decode_mosaic.supports(q, cache, C(block_kv=64, stages=4, streams=2))
   assert not decode_mosaic.supports(q, cache, C(block_kv=128, stages=2, streams=2))
-  two = C(block_kv=128, stages=2, streams=2, v_stages=1)
-  assert decode_mosaic.supports(q, cache, two)
-  assert not decode_mosaic.supports(q, cache, C(block_kv=128, stages=3, streams=2,
-                                                v_stages=1))
   lower = lambda cfg: jax.export.export(jax.jit(
       lambda *a: decode_mosaic.decode_mosaic(*a, scale=0.1, config=cfg)),
       platforms=["cuda"])(q, cache, spec((8, 8), jnp.int32), spec((8,), jnp.int32))
   lower(fits)
-  lower(two)
   with pytest.raises(ValueError, match="shared memory"):
     lower(over)
