@@ -82,8 +82,9 @@ from pallas_kernels import quantization
 from pallas_kernels.prefill_mosaic import interpret_params
 from pallas_kernels.prefill_mosaic import smem_buffer
 
-# Mosaic GPU's cross-warp reduction scratch (its CompilerParams default).
-REDUCTION_SCRATCH = plgpu.CompilerParams().reduction_scratch_bytes
+COMPILER_PARAMS = plgpu.CompilerParams(approx_math=True)
+# The shared memory of one cross-warp reduction's scratch (_behind_pads).
+REDUCTION_SCRATCH = COMPILER_PARAMS.reduction_scratch_bytes
 STAGES16 = stages.STAGES16
 
 
@@ -119,7 +120,7 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
       grid=(batch, hkv // cfg.streams, cfg.num_splits),
       grid_names=("row", "head", "split"),
       num_threads=warpgroups, thread_name="wg",
-      compiler_params=plgpu.CompilerParams(approx_math=True),
+      compiler_params=COMPILER_PARAMS,
       interpret=interpret_params(interpret, warpgroups),
       kernel_name="paged_decode_mosaic_q8",
   )(lengths, block_tables.reshape(-1), kv_cache.values, scales, *q_args)
