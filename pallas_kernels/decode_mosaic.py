@@ -53,6 +53,10 @@ class DecodeMosaicConfig:
   # 8-bit caches only: KV heads per CTA (2: two compute warpgroups, two V
   # converters and two sets of stages on one SM, one memory warpgroup).
   streams: int = 1
+  # 8-bit caches only: 0, one CTA per (row, KV-head group, split); n > 0, at
+  # most n CTAs, each taking items in turn (kernel.Items), so that one item's
+  # pipeline fills while the last one's compute finishes (the SM count).
+  ctas: int = 0
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):
@@ -67,6 +71,8 @@ class DecodeMosaicConfig:
     if self.streams not in (1, 2) or (self.streams == 2 and self.v_converters != 1):
       raise ValueError(f"streams must be 1 or 2 (2 with one V converter each), "
                        f"got {self.streams}")
+    if self.ctas < 0:
+      raise ValueError(f"ctas must be >= 0, got {self.ctas}")
 
   def smem_bytes(self, head_dim: int, itemsize: int, q8_cols: int = 0) -> int:
     """Shared memory of the Q/O tile, the K/V stages, the split partials and
@@ -82,8 +88,8 @@ class DecodeMosaicConfig:
 
 def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
   """Whether the Mosaic kernel runs these operands with `config`: a 16-bit q
-  over a cache of its dtype or a bf16 q over an 8-bit one (v_converters and
-  streams for 8-bit caches only, qk_8bit for int8 ones only, streams dividing
+  over a cache of its dtype or a bf16 q over an 8-bit one (v_converters,
+  streams and ctas for 8-bit caches only, qk_8bit for int8 ones only, streams dividing
   the KV heads), head_dim % 64 == 0, group <= 64, shared memory fits.
 
   NOTE: no qk_8bit over e4m3: on the H100 (2026-12-05) its e4m3 wgmma gave a
@@ -98,7 +104,8 @@ def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
   hkv, head_dim = values.shape[1], values.shape[4]
   itemsize, group = q.dtype.itemsize, q.shape[1] // hkv
   cols = q_cols(group) if quantized else 0
-  eight_bit_only = config.qk_8bit or config.v_converters != 1 or config.streams != 1
+  eight_bit_only = (config.qk_8bit or config.v_converters != 1
+                    or config.streams != 1 or config.ctas != 0)
   qk_ok = ((not config.qk_8bit or values.dtype == jnp.int8)
            and hkv % config.streams == 0)
   return (itemsize == 2 and (quantized or not eight_bit_only) and qk_ok
@@ -136,7 +143,7 @@ def decode_mosaic(q, kv_cache, block_tables, lengths, *, scale,
       num_splits=config.num_splits,
       q_rows=q_cols(group) if quantized else -(-group // ALIGN) * ALIGN,
       qk_8bit=config.qk_8bit, v_converters=config.v_converters,
-      streams=config.streams,
+      streams=config.streams, ctas=config.ctas,
       p_in_regs=not interpret, max_blocks=block_tables.shape[1],
       scale=scale)
   qp = q.reshape(batch, hkv, group, head_dim)

@@ -49,6 +49,7 @@ class Static:
   qk_8bit: bool = False  # DecodeMosaicConfig's (8-bit caches only)
   v_converters: int = 1
   streams: int = 1
+  ctas: int = 0
 
 
 def _cdiv(a, b: int):
@@ -61,11 +62,13 @@ class Span:
   Has the attributes prefill_mosaic_memory.producer reads from a tile.
   """
 
-  def __init__(self, len_ref, cfg: Static, block_size: int, stream: int = 0):
-    self.row = lax.axis_index("row")
+  def __init__(self, len_ref, cfg: Static, block_size: int, stream: int = 0,
+               item=None):
+    # item: (row, KV-head group, split), else the CTA's grid position
+    row, group, split = item or [lax.axis_index(a) for a in ("row", "head", "split")]
+    self.row, self.split = row, split
     # NOTE: with cfg.streams KV heads per CTA, stream s is head streams * h + s.
-    self.head = lax.axis_index("head") * cfg.streams + stream
-    split = lax.axis_index("split")
+    self.head = group * cfg.streams + stream
     length = len_ref[self.row]  # len_ref int32 [batch] (GMEM)
     # NOTE: whole steps per split, so only the last non-empty split can end
     # inside a step; splits past the row's end have no steps.
@@ -81,6 +84,35 @@ class Span:
     self.dirty_tail = ((self.first_kv + self.num_steps * cfg.block_kv > length)
                        & (lax.rem(length, block_size) != 0))
     self.table_base = self.row * cfg.max_blocks
+
+
+class Items:
+  """The work items (row, KV-head group, split) of a grid of `ctas` CTAs
+  (8-bit kernel): CTA c takes items c, c + ctas, ... in turn, so that while
+  one item's compute warpgroup finishes, its memory warpgroup and converters
+  already start the next (one CTA an item when ctas == items). Every
+  warpgroup of a CTA walks the same items in the same order.
+  """
+
+  def __init__(self, batch: int, groups: int, cfg: Static):
+    self.groups, self.splits = groups, cfg.num_splits
+    self.count = batch * groups * cfg.num_splits
+    self.ctas = min(cfg.ctas, self.count) if cfg.ctas else self.count
+
+  def mine(self):
+    """How many items this CTA takes (int32)."""
+    return _cdiv(self.count - lax.axis_index("cta"), self.ctas)
+
+  def item(self, k):
+    """This CTA's k-th item: (row, group, split) int32 scalars (row-major)."""
+    w = lax.axis_index("cta") + k * self.ctas
+    per_row = self.groups * self.splits
+    return (lax.div(w, per_row), lax.div(lax.rem(w, per_row), self.splits),
+            lax.rem(w, self.splits))
+
+  def fold(self, body, carry):
+    """carry = body(k, carry) for k over this CTA's items (item(k))."""
+    return lax.fori_loop(0, self.mine(), body, carry)
 
 
 def _length_mask(s, step, *, span: Span, cfg: Static):

@@ -117,8 +117,8 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
   out = plgpu.kernel(
       functools.partial(_entry, cfg=cfg, interpret=bool(interpret)),
       out_type=out_type,
-      grid=(batch, hkv // cfg.streams, cfg.num_splits),
-      grid_names=("row", "head", "split"),
+      grid=(kernel.Items(batch, hkv // cfg.streams, cfg).ctas,),
+      grid_names=("cta",),
       num_threads=warpgroups, thread_name="wg",
       compiler_params=COMPILER_PARAMS,
       interpret=interpret_params(interpret, warpgroups),
@@ -166,22 +166,26 @@ def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, interpret):
 
   def body(*smem, **bars):
     per = len(smem) // cfg.streams
-    streams = [_stream(smem[i * per:(i + 1) * per], bars, i, len_ref, cfg,
-                       block_size) for i in range(cfg.streams)]
+    streams = [_stream(smem[i * per:(i + 1) * per], bars, i)
+               for i in range(cfg.streams)]
+    items = kernel.Items(len_ref.shape[0], values_ref.shape[1] // cfg.streams, cfg)
+    spans = [functools.partial(kernel.Span, len_ref, cfg, block_size, i)
+             for i in range(cfg.streams)]  # spans[i](item): stream i's
     wg = lax.axis_index("wg")
     consumers = [functools.partial(
-        pl.when(wg == i), functools.partial(compute.consumer, span, q_refs,
-                                             out_refs, bufs, sbars, cfg, STAGES16))
-        for i, (span, bufs, _, _, sbars) in enumerate(streams)]
+        pl.when(wg == i), functools.partial(
+            compute.consumer, items, spans[i], q_refs, out_refs, bufs, sbars,
+            cfg, STAGES16)) for i, (bufs, _, _, sbars) in enumerate(streams)]
 
     def others():  # the converters and the memory warpgroup (no reductions)
-      for i, (span, _, ring, v16, sbars) in enumerate(streams):
+      for i, (_, ring, v16, sbars) in enumerate(streams):
         for c in range(cfg.v_converters):
           pl.when(wg == cfg.streams + 1 + i * cfg.v_converters + c)(
-              functools.partial(stages.converter, span, ring[1], v16, sbars, cfg, c))
+              functools.partial(stages.converter, items, spans[i], ring[1], v16,
+                                sbars, cfg, c))
       pl.when(wg == cfg.streams)(lambda: stages.producer(
-          [st[0] for st in streams], bt_ref, values_ref, scales_ref,
-          [st[2] for st in streams], [st[4] for st in streams], cfg))
+          items, spans, bt_ref, values_ref, scales_ref,
+          [st[1] for st in streams], [st[3] for st in streams], cfg))
 
     _behind_pads(consumers, others)
 
@@ -216,14 +220,13 @@ def _behind_pads(consumers, others):
   consumers[0]()
 
 
-def _stream(smem, bars, i: int, len_ref, cfg, block_size: int):
-  """Stream i's (span, compute.Bufs, 8-bit ring, 16-bit V stages, barriers by
-  name) from its share of _entry's buffers (compute tiles, V16, ring, k_tile)."""
+def _stream(smem, bars, i: int):
+  """Stream i's (compute.Bufs, 8-bit ring, 16-bit V stages, barriers by name)
+  from its share of _entry's buffers (compute tiles, V16, ring, k_tile)."""
   tiles, v16, ring, k_tile = smem[:5], smem[5], smem[6:10], smem[10]
-  span = kernel.Span(len_ref, cfg, block_size, stream=i)
   bufs = compute.Bufs(*tiles, ring[0], v16, ring[2], ring[3], k_tile)
   sbars = {k[:-len(f"_{i}")]: b for k, b in bars.items() if k.endswith(f"_{i}")}
-  return span, bufs, ring, v16, sbars
+  return bufs, ring, v16, sbars
 
 
 def gather_scales(scales, block_tables, lengths, block_kv: int):

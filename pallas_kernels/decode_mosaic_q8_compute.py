@@ -99,15 +99,42 @@ def buffers(cfg, head_dim: int, cols: int, number, smem) -> list:
               plgpu.SMEM((cols,), jnp.float32) if split else None]
 
 
-def consumer(span, q_refs, out_refs, bufs: Bufs, bars, cfg, stages16: int):
-  """Attention of the group over the span's steps. q_refs: (q [batch, hkv,
-  N, d] bf16,) or with qk_8bit (q's terms [batch, hkv, 2N, d] 8-bit, their
-  scales [batch, hkv, 2, N] f32) (GMEM); out_refs: (oᵀ [batch, hkv, d, N],)
-  or (partials [.., splits, d, N] f32, lse [.., splits, N] f32)."""
+def consumer(items, span_of, q_refs, out_refs, bufs: Bufs, bars, cfg,
+             stages16: int):
+  """Attention of the group over each of the CTA's items (kernel.Items;
+  span_of(item): its Span). q_refs: (q [batch, hkv, N, d] bf16,) or with
+  qk_8bit (q's terms [batch, hkv, 2N, d] 8-bit, their scales [batch, hkv, 2,
+  N] f32) (GMEM); out_refs: (oᵀ [batch, hkv, d, N],) or (partials [..,
+  splits, d, N] f32, lse [.., splits, N] f32).
+
+  NOTE: the ring's slots and phases run on over the items (`base`: the
+  steps of the CTA's earlier items), as the producer's and converters' do.
+  """
   plgpu.set_max_registers(COMPUTE_REGISTERS[cfg.streams], action="increase")
+
+  def item(k, base):
+    span = span_of(items.item(k))
+    pl.when(k == 0)(lambda: _copy_q(span, q_refs, bufs, bars))
+    plgpu.barrier_wait(bars["q"])
+    acc, m, sums = _attend(span, bufs, bars, cfg, stages16, base)
+    # q's next item lands while this one finishes (every wgmma over q is done)
+    pl.when(k + 1 < items.mine())(
+        lambda: _copy_q(span_of(items.item(k + 1)), q_refs, bufs, bars))
+    _finish(span, out_refs, bufs, acc, m, sums)
+    return base + span.num_steps
+
+  items.fold(item, jnp.int32(0))
+  plgpu.wait_smem_to_gmem(0)
+
+
+def _copy_q(span, q_refs, bufs: Bufs, bars):
   for ref, buf in zip(q_refs, (bufs.q, bufs.q_scales)):
     plgpu.copy_gmem_to_smem(ref.at[span.row, span.head], buf, bars["q"])
-  plgpu.barrier_wait(bars["q"])
+
+
+def _attend(span, bufs: Bufs, bars, cfg, stages16: int, base):
+  """(acc [d, N], m [N], sums [block_kv, N]) f32 over the span's steps, q in
+  bufs.q; the steps take ring slots from `base` on."""
   cols, head_dim = bufs.p.shape[0], bufs.q.shape[1]
   q_scales = None
   if cfg.qk_8bit:  # [N] f32 each, loop-invariant
@@ -115,37 +142,38 @@ def consumer(span, q_refs, out_refs, bufs: Bufs, bars, cfg, stages16: int):
   carry = (plgpu.layout_cast(jnp.zeros((head_dim, cols), jnp.float32), LAYOUT),
            plgpu.layout_cast(jnp.full((cols,), NEG_BIG, jnp.float32), COLS),
            plgpu.layout_cast(jnp.zeros((cfg.block_kv, cols), jnp.float32), LAYOUT))
-  step = lambda masked: lambda i, c: _step(i, c, span, bufs, bars, cfg,
+  step = lambda masked: lambda i, c: _step(i, base + i, c, span, bufs, bars, cfg,
                                            stages16, q_scales, masked)
   carry = lax.fori_loop(0, span.num_full, step(False), carry)
-  acc, m, sums = lax.fori_loop(span.num_full, span.num_steps, step(True), carry)
-  _finish(span, out_refs, bufs, acc, m, sums)
+  return lax.fori_loop(span.num_full, span.num_steps, step(True), carry)
 
 
 def _finish(span, out_refs, bufs: Bufs, acc, m, sums):
-  """Oᵀ = acc / l (and with splits lse = m + log2 l) stored to GMEM."""
+  """Oᵀ = acc / l (and with splits lse = m + log2 l) stored to GMEM (once
+  the last item's store has read the buffers)."""
   l = sums.sum(axis=0)
   inv = jnp.where(l > 0, 1.0 / jnp.where(l > 0, l, 1.0), 0.0)  # empty: zeros
+  plgpu.wait_smem_to_gmem(0, wait_read_only=True)
   bufs.out[...] = (acc * lax.broadcast_in_dim(inv, acc.shape, [1])).astype(
       bufs.out.dtype)
   dst = (span.row, span.head)
   if bufs.lse is not None:
-    dst += (lax.axis_index("split"),)
+    dst += (span.split,)
     bufs.lse[...] = jnp.where(l > 0, m + jnp.log2(jnp.where(l > 0, l, 1.0)),
                               NEG_BIG)
   plgpu.commit_smem()
   plgpu.copy_smem_to_gmem(bufs.out, out_refs[0].at[dst])
   if bufs.lse is not None:
     plgpu.copy_smem_to_gmem(bufs.lse, out_refs[1].at[dst])
-  plgpu.wait_smem_to_gmem(0)
 
 
-def _step(step, carry, span, bufs: Bufs, bars, cfg, stages16: int, q_scales,
+def _step(step, at, carry, span, bufs: Bufs, bars, cfg, stages16: int, q_scales,
           masked):
-  """One step: Sᵀ, scales and mask, online softmax over the keys, Oᵀ += Vᵀ Pᵀ.
-  q_scales: the scales of q's two 8-bit terms ([N] f32 each) or None."""
+  """One step (the span's `step`, the CTA's `at`-th): Sᵀ, scales and mask,
+  online softmax over the keys, Oᵀ += Vᵀ Pᵀ. q_scales: the scales of q's two
+  8-bit terms ([N] f32 each) or None."""
   acc, m_prev, sums = carry  # [d, N] f32, [N] f32, [block_kv, N] f32
-  slot, ring = lax.rem(step, stages16), lax.rem(step, cfg.stages)
+  slot, ring = lax.rem(at, stages16), lax.rem(at, cfg.stages)
   with jax.named_scope("wait_k"):
     plgpu.barrier_wait(bars["k8_ready"].at[ring])
 

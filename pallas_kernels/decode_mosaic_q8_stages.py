@@ -60,38 +60,48 @@ def barriers(cfg, block_size: int, q_copies: int) -> dict:
               v_ready=stage16(n_conv), v_free=stage16(1))
 
 
-def producer(spans, bt_ref, values_ref, scales_ref, rings, bars, cfg):
+def producer(items, spans, bt_ref, values_ref, scales_ref, rings, bars, cfg):
   """Memory warpgroup: TMA of each stream's 8-bit K/V and scales, `stages`
-  ahead (the streams' spans differ in their KV head only: one row, the same
+  ahead, over the CTA's items (kernel.Items; spans[i](item): stream i's Span;
+  the streams' spans differ in their KV head only: one row, the same
   blocks). values_ref [blocks, hkv, 2, bs, d], scales_ref [batch, hkv, 2,
   tokens] (gather_scales; GMEM); rings, bars: per stream.
   """
   plgpu.set_max_registers(MEMORY_REGISTERS, action="decrease")
 
-  @pl.loop(0, spans[0].num_steps)
-  def _produce(step):
-    slot = lax.rem(step, cfg.stages)
-    ids = block_ids(spans[0], bt_ref, values_ref.shape[3], cfg, step)
-    for span, bufs, sbars in zip(spans, rings, bars):
-      _stage_copies(span, values_ref, scales_ref, ids, bufs, sbars, cfg, step, slot)
+  def item(k, base):  # base: the steps of the CTA's earlier items
+    its = [span(items.item(k)) for span in spans]
 
+    @pl.loop(0, its[0].num_steps)
+    def _produce(step):
+      at = base + step
+      slot = lax.rem(at, cfg.stages)
+      ids = block_ids(its[0], bt_ref, values_ref.shape[3], cfg, step)
+      for span, bufs, sbars in zip(its, rings, bars):
+        _stage_copies(span, values_ref, scales_ref, ids, bufs, sbars, cfg, step,
+                      at, slot)
+    return base + its[0].num_steps
+
+  total = items.fold(item, jnp.int32(0))
   for sbars in bars:
-    _drain(spans[0], (sbars["k8_free"], sbars["v8_free"], sbars["s_free"]),
+    _drain(total, (sbars["k8_free"], sbars["v8_free"], sbars["s_free"]),
            cfg.stages)
 
 
-def _stage_copies(span, values_ref, scales_ref, ids, bufs, bars, cfg, step, slot):
-  """One stream's copies of a step into ring slot `slot`: K, V and their
-  scales, each once the compute warpgroup or the converters freed it."""
+def _stage_copies(span, values_ref, scales_ref, ids, bufs, bars, cfg, step, at,
+                  slot):
+  """One stream's copies of the span's `step` (the CTA's `at`-th) into ring
+  slot `slot`: K, V and their scales, each once the compute warpgroup or the
+  converters freed it."""
   # NOTE: a slot's scales are the compute warpgroup's until s_free.
   with jax.named_scope("wait_s"):
-    pl.when(step >= cfg.stages)(
+    pl.when(at >= cfg.stages)(
         lambda: plgpu.barrier_wait(bars["s_free"].at[slot]))
   stages = (bufs[0], bufs[2], "k"), (bufs[1], bufs[3], "v")
   for which, (values, scales, name) in enumerate(stages):
     ready = bars[f"{name}8_ready"].at[slot]
     with jax.named_scope(f"wait_{name}8_free"):
-      pl.when(step >= cfg.stages)(
+      pl.when(at >= cfg.stages)(
           lambda n=name: plgpu.barrier_wait(bars[f"{n}8_free"].at[slot]))
     issue_copies(span, values_ref, ids, which, values.at[slot], ready)
     first = span.first_kv + step * cfg.block_kv
@@ -100,31 +110,37 @@ def _stage_copies(span, values_ref, scales_ref, ids, bufs, bars, cfg, step, slot
         scales.at[slot], ready)
 
 
-def converter(span, src, dst, bars, cfg, index: int):
+def converter(items, span_of, src, dst, bars, cfg, index: int):
   """V converter `index` of cfg.v_converters: its 64-row chunks (every
   v_converters-th) of each 8-bit stage of src [stages, block_kv, d] as bf16
-  into the 16-bit stage dst [STAGES16, block_kv, d] (both SMEM, swizzled)."""
+  into the 16-bit stage dst [STAGES16, block_kv, d] (both SMEM, swizzled),
+  over the CTA's items (kernel.Items; span_of(item): its Span)."""
   plgpu.set_max_registers(CONVERT_REGISTERS[cfg.streams], action="decrease")
   starts = range(index * compute.CHUNK_ROWS, cfg.block_kv,
                  cfg.v_converters * compute.CHUNK_ROWS)
 
-  @pl.loop(0, span.num_steps)
-  def _convert(step):
-    slot, slot16 = lax.rem(step, cfg.stages), lax.rem(step, STAGES16)
-    with jax.named_scope("wait_v8"):
-      plgpu.barrier_wait(bars["v8_ready"].at[slot])
-      pl.when(step >= STAGES16)(
-          lambda: plgpu.barrier_wait(bars["v_free"].at[slot16]))
-    valid = span.end - span.first_kv - step * cfg.block_kv  # rows to keep
-    stage = (src.at[slot], dst.at[slot16], starts)
-    with jax.named_scope("convert"):
-      pl.when(valid >= cfg.block_kv)(lambda: _convert_stage(*stage, None))
-      pl.when(valid < cfg.block_kv)(lambda: _convert_stage(*stage, valid))
-      plgpu.commit_smem()  # generic-proxy writes before wgmma reads them
-    plgpu.barrier_arrive(bars["v_ready"].at[slot16])
-    plgpu.barrier_arrive(bars["v8_free"].at[slot])
+  def item(k, base):  # base: the steps of the CTA's earlier items
+    span = span_of(items.item(k))
 
-  _drain(span, (bars["v_free"],), STAGES16)
+    @pl.loop(0, span.num_steps)
+    def _convert(step):
+      at = base + step
+      slot, slot16 = lax.rem(at, cfg.stages), lax.rem(at, STAGES16)
+      with jax.named_scope("wait_v8"):
+        plgpu.barrier_wait(bars["v8_ready"].at[slot])
+        pl.when(at >= STAGES16)(
+            lambda: plgpu.barrier_wait(bars["v_free"].at[slot16]))
+      valid = span.end - span.first_kv - step * cfg.block_kv  # rows to keep
+      stage = (src.at[slot], dst.at[slot16], starts)
+      with jax.named_scope("convert"):
+        pl.when(valid >= cfg.block_kv)(lambda: _convert_stage(*stage, None))
+        pl.when(valid < cfg.block_kv)(lambda: _convert_stage(*stage, valid))
+        plgpu.commit_smem()  # generic-proxy writes before wgmma reads them
+      plgpu.barrier_arrive(bars["v_ready"].at[slot16])
+      plgpu.barrier_arrive(bars["v8_free"].at[slot])
+    return base + span.num_steps
+
+  _drain(items.fold(item, jnp.int32(0)), (bars["v_free"],), STAGES16)
 
 
 def _convert_stage(src, dst, starts, valid):
@@ -145,10 +161,11 @@ def _convert_stage(src, dst, starts, valid):
     dst.at[rows][...] = y
 
 
-def _drain(span, free_bars, stages: int):
-  """Observes the releases of the last `stages` steps (every phase of a
-  barrier a warpgroup waits on must be observed; the interpreter checks it)."""
-  @pl.loop(jnp.maximum(span.num_steps - stages, 0), span.num_steps)
-  def _wait(step):
+def _drain(total, free_bars, stages: int):
+  """Observes the releases of the CTA's last `stages` of `total` steps (every
+  phase of a barrier a warpgroup waits on must be observed; the interpreter
+  checks it)."""
+  @pl.loop(jnp.maximum(total - stages, 0), total)
+  def _wait(at):
     for bar in free_bars:
-      plgpu.barrier_wait(bar.at[lax.rem(step, stages)])
+      plgpu.barrier_wait(bar.at[lax.rem(at, stages)])

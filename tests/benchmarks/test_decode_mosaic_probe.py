@@ -84,6 +84,11 @@ def test_an_8_bit_cache_is_probed_against_bf16(tmp_path):
   two = probe.grid(8, 4096, 8, (64, 128), (2,), (1,), quantized=True, streams=(1, 2))
   assert sorted((c.block_kv, c.streams) for c in two) == [(64, 1), (64, 2), (128, 1)]
   assert {c.streams for c in probe.grid(8, 4096, 8, (64,), (2,), (1,), streams=(1, 2))} == {1}
+  # CTAs taking items in turn: 8-bit only; "sm" is the device's SM count (CPU: 2)
+  ctas = probe.grid(8, 4096, 8, (64,), (2,), (1,), quantized=True, ctas=(0, 132))
+  assert sorted(c.ctas for c in ctas) == [0, 132]
+  assert {c.ctas for c in probe.grid(8, 4096, 8, (64,), (2,), (1,), ctas=(0, 132))} == {0}
+  assert probe.resolve_ctas(("0", "sm", "7")) == (0, 2, 7)
 
 
 def test_a_table_merge_keeps_the_other_kv_dtypes_of_a_shape(tmp_path):

@@ -43,6 +43,13 @@ CASES = [  # block_size, hq, hkv, d, lengths, config
     (16, 8, 2, 64, [37, 0, 130], C(block_kv=64, streams=2)),
     (16, 12, 4, 64, [16, 47, 1, 95], C(block_kv=64, num_splits=3, stages=4, streams=2,
                                        qk_8bit=True)),
+    # fewer CTAs than items, each taking items in turn: the ring's slots and
+    # phases run on over items of different lengths (empty ones included)
+    (16, 8, 2, 64, [37, 0, 130], C(block_kv=64, ctas=2)),
+    (16, 4, 1, 128, [700, 513], C(block_kv=64, stages=3, ctas=1)),
+    (16, 12, 4, 64, [16, 47, 1, 95], C(block_kv=64, num_splits=3, stages=4, streams=2,
+                                       qk_8bit=True, ctas=5)),
+    (8, 4, 4, 64, [1, 8, 17, 64], C(block_kv=64, num_splits=2, ctas=64)),  # > items
 ]
 
 
@@ -105,7 +112,8 @@ def test_gather_scales_puts_each_row_in_token_order_zero_past_its_length():
 @pytest.mark.parametrize("config,name", with_names([
     C(block_kv=64, stages=3, num_splits=2),
     C(block_kv=128, stages=3, num_splits=2, qk_8bit=True, v_converters=2),
-    C(block_kv=64, stages=2, num_splits=2, streams=2)]), ids=str)
+    C(block_kv=64, stages=2, num_splits=2, streams=2),
+    C(block_kv=64, stages=2, streams=2, ctas=1)]), ids=str)
 def test_pipeline_has_no_data_races(name, config):
   from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call  # pylint: disable=g-import-not-at-top
   case = (16, 8, 2, 64, [37, 200], None)
@@ -128,6 +136,8 @@ def test_pipeline_has_no_data_races(name, config):
     ((16, 32, 8, 128), C(block_kv=64, stages=4, streams=2, qk_8bit=True)),
     ((16, 32, 8, 128), C(block_kv=64, stages=3, streams=2)),
     ((16, 32, 8, 128), C(block_kv=64, stages=3, streams=2, num_splits=2)),
+    ((16, 32, 8, 128), C(block_kv=64, stages=4, streams=2, qk_8bit=True, ctas=132)),
+    ((16, 32, 8, 128), C(block_kv=64, stages=3, streams=2, num_splits=2, ctas=132)),
 ], key=lambda item: item[1])], ids=str)
 def test_lowers_for_hopper(shape, config, name):
   """Pallas -> Mosaic GPU lowering for sm_90: the four warpgroups' layouts,
@@ -203,6 +213,11 @@ def test_the_8_bit_options_are_refused_where_they_do_not_apply():
   for bad in (dict(block_kv=128, streams=2, v_converters=2), dict(streams=3)):
     with pytest.raises(ValueError, match="streams"):
       C(**bad)
+  # CTAs taking items in turn: the 8-bit kernel's only
+  assert decode_mosaic.supports(q, int8, C(ctas=132))
+  assert not decode_mosaic.supports(q, bf16, C(ctas=132))
+  with pytest.raises(ValueError, match="ctas"):
+    C(ctas=-1)
 
 
 def test_shared_memory_counts_the_8_bit_stages():
