@@ -23,7 +23,8 @@
 #                                                # best 8-bit tilings into the table
 #   bash benchmarks/h200_visit.sh decode-q8-ctas OUT  # issue 15: the 8-bit decode with one
 #                                                # CTA an item or the SM count's taking
-#                                                # items in turn; 16- and 64-token blocks
+#                                                # items in turn, one or two warps issuing
+#                                                # the copies; 16- and 64-token blocks
 #   bash benchmarks/h200_visit.sh decode-q8-ncu OUT  # issue 15: Nsight Compute on the decode
 #                                                # per cache dtype: stall reasons by SASS
 #                                                # instruction, pipes, bank conflicts
@@ -207,21 +208,22 @@ for t in r["top"][:6]:
     grep -A4 "^| shape" "$out/q8bf16.log"; grep -A6 "^| shape" "$out/q8_streams.log"
     ;;
   decode-q8-ctas)  # issue 15: the 8-bit decode with one CTA an item vs the SM count's CTAs
-    # taking items in turn (ctas), two streams at block_kv 64, one or two splits; the best
-    # into the table (copied to OUT); bf16's kernel in the same call; then both again over
-    # 64-token cache blocks (one TMA copy per K or V of a head a step, not four)
+    # taking items in turn (ctas), one or two warps issuing the copies (issuers), two
+    # streams at block_kv 64, one or two splits; the best into the table (copied to OUT);
+    # bf16's kernel in the same call; then both again over 64-token cache blocks (one TMA
+    # copy per K or V of a head a step, not four)
     bf16_kernel
-    run q8_ctas 300 python3 -m benchmarks.decode_mosaic_probe --out "$out" --write-table \
-      --kv-dtype int8,float8_e4m3 --block-kv 64 --stages 3,4 --splits 1,2 --qk-8bit 0,1 \
-      --v-converters 1 --streams 2 --ctas 0,sm --job_timeout_s 150 \
+    run q8_ctas 330 python3 -m benchmarks.decode_mosaic_probe --out "$out" --write-table \
+      --kv-dtype int8,float8_e4m3 --block-kv 64 --stages 4 --splits 1,2 --qk-8bit 0,1 \
+      --v-converters 1 --streams 2 --ctas 0,sm --issuers 1,2 --job_timeout_s 160 \
       --shapes 64x4096/16,256x1024/16
     run q8bf16_bs64 100 python3 -m benchmarks.decode_mosaic_probe --out "$out/bf16_bs64" \
       --kv-dtype bfloat16 --block-kv 128 --stages 2 --splits 1 --job_timeout_s 60 \
       --shapes 64x4096/64,256x1024/64
     run q8_bs64 200 python3 -m benchmarks.decode_mosaic_probe --out "$out/bs64" \
-      --write-table --kv-dtype int8,float8_e4m3 --block-kv 64 --stages 3 --splits 1 \
-      --qk-8bit 0,1 --v-converters 1 --streams 2 --ctas 0,sm --job_timeout_s 100 \
-      --shapes 64x4096/64,256x1024/64
+      --write-table --kv-dtype int8,float8_e4m3 --block-kv 64 --stages 4 --splits 1 \
+      --qk-8bit 0,1 --v-converters 1 --streams 2 --ctas 0,sm --issuers 1,2 \
+      --job_timeout_s 100 --shapes 64x4096/64,256x1024/64
     for f in q8bf16 q8_ctas q8bf16_bs64 q8_bs64; do grep -A6 "^| shape" "$out/$f.log"; done
     ;;
   decode-q8-ncu)  # issue 15: ncu (full set, PC sampling) on one launch of the decode at

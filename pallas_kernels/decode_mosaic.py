@@ -57,6 +57,9 @@ class DecodeMosaicConfig:
   # most n CTAs, each taking items in turn (kernel.Items), so that one item's
   # pipeline fills while the last one's compute finishes (the SM count).
   ctas: int = 0
+  # 8-bit caches only: warps of the memory warpgroup issuing the copies (1, 2
+  # or 4, at most 2 x streams), each a share of the (stream, K or V) copies.
+  issuers: int = 1
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):
@@ -73,6 +76,9 @@ class DecodeMosaicConfig:
                        f"got {self.streams}")
     if self.ctas < 0:
       raise ValueError(f"ctas must be >= 0, got {self.ctas}")
+    if self.issuers not in (1, 2, 4) or self.issuers > 2 * self.streams:
+      raise ValueError(f"issuers must be 1, 2 or 4 (at most 2 x streams "
+                       f"{self.streams}), got {self.issuers}")
 
   def smem_bytes(self, head_dim: int, itemsize: int, q8_cols: int = 0) -> int:
     """Shared memory of the Q/O tile, the K/V stages, the split partials and
@@ -89,7 +95,7 @@ class DecodeMosaicConfig:
 def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
   """Whether the Mosaic kernel runs these operands with `config`: a 16-bit q
   over a cache of its dtype or a bf16 q over an 8-bit one (v_converters,
-  streams and ctas for 8-bit caches only, qk_8bit for int8 ones only, streams dividing
+  streams, ctas and issuers for 8-bit caches only, qk_8bit for int8 ones only, streams dividing
   the KV heads), head_dim % 64 == 0, group <= 64, shared memory fits.
 
   NOTE: no qk_8bit over e4m3: on the H100 (2026-12-05) its e4m3 wgmma gave a
@@ -105,7 +111,8 @@ def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
   itemsize, group = q.dtype.itemsize, q.shape[1] // hkv
   cols = q_cols(group) if quantized else 0
   eight_bit_only = (config.qk_8bit or config.v_converters != 1
-                    or config.streams != 1 or config.ctas != 0)
+                    or config.streams != 1 or config.ctas != 0
+                    or config.issuers != 1)
   qk_ok = ((not config.qk_8bit or values.dtype == jnp.int8)
            and hkv % config.streams == 0)
   return (itemsize == 2 and (quantized or not eight_bit_only) and qk_ok
@@ -143,7 +150,7 @@ def decode_mosaic(q, kv_cache, block_tables, lengths, *, scale,
       num_splits=config.num_splits,
       q_rows=q_cols(group) if quantized else -(-group // ALIGN) * ALIGN,
       qk_8bit=config.qk_8bit, v_converters=config.v_converters,
-      streams=config.streams, ctas=config.ctas,
+      streams=config.streams, ctas=config.ctas, issuers=config.issuers,
       p_in_regs=not interpret, max_blocks=block_tables.shape[1],
       scale=scale)
   qp = q.reshape(batch, hkv, group, head_dim)

@@ -50,6 +50,7 @@ class Static:
   v_converters: int = 1
   streams: int = 1
   ctas: int = 0
+  issuers: int = 1
 
 
 def _cdiv(a, b: int):

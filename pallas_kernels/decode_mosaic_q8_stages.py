@@ -65,40 +65,65 @@ def producer(items, spans, bt_ref, values_ref, scales_ref, rings, bars, cfg):
   ahead, over the CTA's items (kernel.Items; spans[i](item): stream i's Span;
   the streams' spans differ in their KV head only: one row, the same
   blocks). values_ref [blocks, hkv, 2, bs, d], scales_ref [batch, hkv, 2,
-  tokens] (gather_scales; GMEM); rings, bars: per stream.
+  tokens] (gather_scales; GMEM); rings, bars: per stream. With
+  cfg.issuers > 1, warp w of the warpgroup issues the w-th share of the
+  (stream, K or V) copies, in stream order.
   """
   plgpu.set_max_registers(MEMORY_REGISTERS, action="decrease")
+  tasks = [(i, which) for i in range(cfg.streams) for which in (0, 1)]
+  per = len(tasks) // cfg.issuers
+  issue = lambda mine: _issue(mine, items, spans, bt_ref, values_ref, scales_ref,
+                              rings, bars, cfg)
+  if cfg.issuers == 1:
+    issue(tasks)
+    return
+
+  def warps():
+    warp = lax.axis_index("warp")
+    for w in range(cfg.issuers):
+      pl.when(warp == w)(lambda w=w: issue(tasks[w * per:(w + 1) * per]))
+
+  pl.kernel(warps, mesh=plgpu.WarpMesh(axis_name="warp"))()
+
+
+def _issue(tasks, items, spans, bt_ref, values_ref, scales_ref, rings, bars, cfg):
+  """The copies of `tasks` ((stream, 0: K or 1: V) pairs) of every step of
+  the CTA's items, and the drain of the barriers they wait on."""
+  streams = sorted({i for i, _ in tasks})
+  kinds = {i: [which for s, which in tasks if s == i] for i in streams}
 
   def item(k, base):  # base: the steps of the CTA's earlier items
-    its = [span(items.item(k)) for span in spans]
+    its = {i: spans[i](items.item(k)) for i in streams}
+    first = its[streams[0]]
 
-    @pl.loop(0, its[0].num_steps)
+    @pl.loop(0, first.num_steps)
     def _produce(step):
       at = base + step
       slot = lax.rem(at, cfg.stages)
-      ids = block_ids(its[0], bt_ref, values_ref.shape[3], cfg, step)
-      for span, bufs, sbars in zip(its, rings, bars):
-        _stage_copies(span, values_ref, scales_ref, ids, bufs, sbars, cfg, step,
-                      at, slot)
-    return base + its[0].num_steps
+      ids = block_ids(first, bt_ref, values_ref.shape[3], cfg, step)
+      for i in streams:
+        _stage_copies(its[i], values_ref, scales_ref, ids, rings[i], bars[i],
+                      kinds[i], cfg, step, at, slot)
+    return base + first.num_steps
 
   total = items.fold(item, jnp.int32(0))
-  for sbars in bars:
-    _drain(total, (sbars["k8_free"], sbars["v8_free"], sbars["s_free"]),
-           cfg.stages)
+  for i in streams:
+    names = ["s_free"] + [("k8_free", "v8_free")[w] for w in kinds[i]]
+    _drain(total, [bars[i][n] for n in names], cfg.stages)
 
 
-def _stage_copies(span, values_ref, scales_ref, ids, bufs, bars, cfg, step, at,
-                  slot):
+def _stage_copies(span, values_ref, scales_ref, ids, bufs, bars, kinds, cfg, step,
+                  at, slot):
   """One stream's copies of the span's `step` (the CTA's `at`-th) into ring
-  slot `slot`: K, V and their scales, each once the compute warpgroup or the
-  converters freed it."""
+  slot `slot`: of K (kinds 0) and V (1) and their scales, each once the
+  compute warpgroup or the converters freed it."""
   # NOTE: a slot's scales are the compute warpgroup's until s_free.
   with jax.named_scope("wait_s"):
     pl.when(at >= cfg.stages)(
         lambda: plgpu.barrier_wait(bars["s_free"].at[slot]))
   stages = (bufs[0], bufs[2], "k"), (bufs[1], bufs[3], "v")
-  for which, (values, scales, name) in enumerate(stages):
+  for which in kinds:
+    values, scales, name = stages[which]
     ready = bars[f"{name}8_ready"].at[slot]
     with jax.named_scope(f"wait_{name}8_free"):
       pl.when(at >= cfg.stages)(

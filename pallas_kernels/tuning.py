@@ -93,7 +93,7 @@ def decode_mosaic_config(device_kind: str, batch: int, num_kv_heads: int,
                             num_splits=splits, qk_8bit=e.get("qk_8bit", False),
                             v_converters=e.get("v_converters", 1),
                             streams=streams if num_kv_heads % streams == 0 else 1,
-                            ctas=e.get("ctas", 0))
+                            ctas=e.get("ctas", 0), issuers=e.get("issuers", 1))
 
 
 def decode_mosaic_entry(device_kind: str, batch: int, num_kv_heads: int,

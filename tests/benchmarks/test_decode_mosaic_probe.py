@@ -89,6 +89,11 @@ def test_an_8_bit_cache_is_probed_against_bf16(tmp_path):
   assert sorted(c.ctas for c in ctas) == [0, 132]
   assert {c.ctas for c in probe.grid(8, 4096, 8, (64,), (2,), (1,), ctas=(0, 132))} == {0}
   assert probe.resolve_ctas(("0", "sm", "7")) == (0, 2, 7)
+  # warps issuing the copies: at most two a stream, 8-bit only
+  iss = probe.grid(8, 4096, 8, (64,), (2,), (1,), quantized=True, streams=(1, 2),
+                   issuers=(1, 2, 4))
+  assert sorted((c.streams, c.issuers) for c in iss) == [(1, 1), (1, 2), (2, 1), (2, 2),
+                                                         (2, 4)]
 
 
 def test_a_table_merge_keeps_the_other_kv_dtypes_of_a_shape(tmp_path):

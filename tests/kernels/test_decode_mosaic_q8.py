@@ -50,6 +50,11 @@ CASES = [  # block_size, hq, hkv, d, lengths, config
     (16, 12, 4, 64, [16, 47, 1, 95], C(block_kv=64, num_splits=3, stages=4, streams=2,
                                        qk_8bit=True, ctas=5)),
     (8, 4, 4, 64, [1, 8, 17, 64], C(block_kv=64, num_splits=2, ctas=64)),  # > items
+    # the memory warpgroup's warps issuing shares of the copies
+    (8, 4, 4, 64, [1, 8, 17, 64], C(block_kv=64, num_splits=2, issuers=2)),  # K | V
+    (16, 8, 2, 64, [37, 0, 130], C(block_kv=64, streams=2, issuers=2)),  # by stream
+    (16, 12, 4, 64, [16, 47, 1, 95], C(block_kv=64, num_splits=3, stages=4, streams=2,
+                                       qk_8bit=True, ctas=5, issuers=4)),
 ]
 
 
@@ -113,7 +118,7 @@ def test_gather_scales_puts_each_row_in_token_order_zero_past_its_length():
     C(block_kv=64, stages=3, num_splits=2),
     C(block_kv=128, stages=3, num_splits=2, qk_8bit=True, v_converters=2),
     C(block_kv=64, stages=2, num_splits=2, streams=2),
-    C(block_kv=64, stages=2, streams=2, ctas=1)]), ids=str)
+    C(block_kv=64, stages=2, streams=2, ctas=1, issuers=2)]), ids=str)
 def test_pipeline_has_no_data_races(name, config):
   from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call  # pylint: disable=g-import-not-at-top
   case = (16, 8, 2, 64, [37, 200], None)
@@ -138,6 +143,10 @@ def test_pipeline_has_no_data_races(name, config):
     ((16, 32, 8, 128), C(block_kv=64, stages=3, streams=2, num_splits=2)),
     ((16, 32, 8, 128), C(block_kv=64, stages=4, streams=2, qk_8bit=True, ctas=132)),
     ((16, 32, 8, 128), C(block_kv=64, stages=3, streams=2, num_splits=2, ctas=132)),
+    ((16, 32, 8, 128), C(block_kv=64, stages=4, streams=2, qk_8bit=True, ctas=132,
+                         issuers=2)),
+    ((16, 32, 8, 128), C(block_kv=64, stages=3, streams=2, ctas=132, issuers=4)),
+    ((16, 32, 8, 128), C(block_kv=128, stages=4, issuers=2)),
 ], key=lambda item: item[1])], ids=str)
 def test_lowers_for_hopper(shape, config, name):
   """Pallas -> Mosaic GPU lowering for sm_90: the four warpgroups' layouts,
@@ -218,6 +227,12 @@ def test_the_8_bit_options_are_refused_where_they_do_not_apply():
   assert not decode_mosaic.supports(q, bf16, C(ctas=132))
   with pytest.raises(ValueError, match="ctas"):
     C(ctas=-1)
+  # warps issuing the copies: at most one a (stream, K or V)
+  assert decode_mosaic.supports(q, int8, C(block_kv=64, streams=2, issuers=4))
+  assert not decode_mosaic.supports(q, bf16, C(issuers=2))
+  for bad in (dict(issuers=4), dict(issuers=3, streams=2, block_kv=64)):
+    with pytest.raises(ValueError, match="issuers"):
+      C(**bad)
 
 
 def test_shared_memory_counts_the_8_bit_stages():

@@ -123,10 +123,11 @@ def test_mosaic_decode_entries_are_valid_tilings_that_fit(path):
                              num_splits=e["num_splits"],
                              qk_8bit=e.get("qk_8bit", False),
                              v_converters=e.get("v_converters", 1),
-                             streams=e.get("streams", 1), ctas=e.get("ctas", 0))
+                             streams=e.get("streams", 1), ctas=e.get("ctas", 0),
+                             issuers=e.get("issuers", 1))
     if e["itemsize"] == 2:  # the 8-bit kernel's options are its entries' only
       assert not cfg.qk_8bit and cfg.v_converters == 1 and cfg.streams == 1, e
-      assert cfg.ctas == 0, e
+      assert cfg.ctas == 0 and cfg.issuers == 1, e
     assert e["kv_heads"] % cfg.streams == 0, e
     assert not cfg.qk_8bit or e["kv_cache_dtype"] == "int8", e  # supports()
     # An 8-bit entry's q is bf16, its query tile the group's q_cols columns.
@@ -172,6 +173,7 @@ def test_mosaic_decode_nearest_entry_else_heuristics(monkeypatch):
   assert tuning.decode_mosaic_config("x", 8, 8, 512, 16, 128, 1, "int8").streams == 2
   assert tuning.decode_mosaic_config("x", 8, 3, 512, 16, 128, 1, "int8").streams == 1
   # CTAs taking items in turn: the entry's count, whatever the batch
-  int8.update(ctas=132)
-  assert tuning.decode_mosaic_config("x", 8, 8, 512, 16, 128, 1, "int8").ctas == 132
+  int8.update(ctas=132, issuers=2)
+  got = tuning.decode_mosaic_config("x", 8, 8, 512, 16, 128, 1, "int8")
+  assert (got.ctas, got.issuers) == (132, 2)
   assert tuning.decode_mosaic_entry("x", 64, 8, 128, 16, 128)["itemsize"] == 2
