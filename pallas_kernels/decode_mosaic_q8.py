@@ -28,6 +28,12 @@ at 128 with one 16-bit V stage and two 8-bit ones they fit, and were
 1.19-1.37x slower than at 64 on the H100, 2026-12-07). Each compute
 warpgroup has its own reduction scratch (_behind_pads).
 
+The grid is one CTA per (row, KV-head group, split) item, or with
+DecodeMosaicConfig.ctas at most that many CTAs each taking items in turn
+(kernel.Items: one item's first stages land while the last one's compute
+finishes); with `issuers` > 1 the memory warpgroup's warps issue shares of
+its copies (decode_mosaic_q8_stages.producer).
+
 int8 -> bf16 is Mosaic GPU's prmt/sub.bf16x2 sequence (no integer-to-float
 instruction); e4m3 goes through f16 and f32. NOTE (H200, 2026-12-03,
 docs/benchmarks.md): with a K converter warpgroup and 16-bit K stages this
