@@ -44,18 +44,20 @@ import subprocess
 import sys
 import time
 
+from benchmarks.decode_mosaic_report import HEADS
+from benchmarks.decode_mosaic_report import SHAPES
+from benchmarks.decode_mosaic_report import TOLERANCE  # pylint: disable=unused-import
+from benchmarks.decode_mosaic_report import parse_shape
+from benchmarks.decode_mosaic_report import pick  # pylint: disable=unused-import
+from benchmarks.decode_mosaic_report import save
+from benchmarks.decode_mosaic_report import summarize
+from benchmarks.decode_mosaic_report import summary_table
+from benchmarks.decode_mosaic_report import table_entries
+from benchmarks.decode_mosaic_report import table_from_run
+from benchmarks.decode_mosaic_report import write_table
+
 # NOTE: no JAX device work at import: the parent only watches children.
-SHAPES = ("64x2048/16", "8x8192/16", "32x4096/16", "256x1024/16",
-          "64x2048/64", "64x2048/128")
-HEADS = (32, 8, 128)  # q heads, kv heads, head_dim (Llama-3-8B)
-TOLERANCE = 1e-2
 RESULT = "RESULT "
-
-
-def parse_shape(name: str) -> tuple[int, int, int]:
-  dims, block = name.split("/")
-  batch, ctx = dims.split("x")
-  return int(batch), int(ctx), int(block)
 
 
 def grid(batch: int, ctx: int, hkv: int, block_kv, stages, splits,
@@ -187,134 +189,6 @@ def run_shape(shape: str, kv_dtype: str, args) -> list[dict]:
   return rows
 
 
-def summarize(shape: str, kv_dtype: str, rows: list[dict]) -> tuple[list[str], dict]:
-  """Markdown lines of one shape and KV dtype, and its summary row."""
-  read = next((r for r in rows if r["kind"] == "read"), None)
-  tri = next((r for r in rows if r["kind"] == "triton"), None)
-  ok = [r for r in rows if r["kind"] == "mosaic" and "us" in r
-        and r["err"] < TOLERANCE]
-  pct = lambda us: 100 * read["us"] / us if read else float("nan")
-  lines = [f"### {shape} {kv_dtype}", "", "| block_kv/stages/splits[/qk/conv] | µs | "
-           "% of read-only | rows at ctx/4 µs | rel err | compile s |",
-           "|---|---|---|---|---|---|"]
-  for r in rows:
-    if r["kind"] != "mosaic":
-      continue
-    if "error" in r:
-      lines.append(f"| {_tiling(r['config'])} | "
-                   f"error: {r['error'].splitlines()[0][:120]} ||||")
-      continue
-    lines.append(f"| {_tiling(r['config'])} | "
-                 f"{r['us']:.1f} | {pct(r['us']):.0f} % | {r['us_quarter']:.1f} | "
-                 f"{r['err']:.1e} | {r['compile_s']:.1f} |")
-  best = pick(ok)
-  summary = dict(shape=shape, kv_dtype=kv_dtype, read_us=read and read["us"],
-                 triton_us=tri and tri["us"], triton_err=tri and tri["err"],
-                 best=best, wrong=[r["config"] for r in rows if r["kind"] == "mosaic"
-                                   and "err" in r and r["err"] >= TOLERANCE])
-  return lines, summary
-
-
-def pick(ok: list[dict]) -> dict | None:
-  """The correct tiling with the lowest geometric mean of its times over the
-  best at full and at a quarter length."""
-  if not ok:
-    return None
-  full = min(r["us"] for r in ok)
-  quarter = min(r["us_quarter"] for r in ok)
-  return min(ok, key=lambda r: (r["us"] / full) * (r["us_quarter"] / quarter))
-
-
-def table_entries(summaries: list[dict]) -> list[dict]:
-  """tuning.py "decode_mosaic" entries of the shapes with a correct tiling."""
-  hq, hkv, d = HEADS
-  out = []
-  for s in summaries:
-    if not s["best"]:
-      continue
-    batch, ctx, bs = parse_shape(s["shape"])
-    b = s["best"]
-    itemsize = 2 if s["kv_dtype"] == "bfloat16" else 1
-    out.append(dict(batch=batch, context=ctx, kv_heads=hkv, q_heads=hq,
-                    head_dim=d, block_size=bs, itemsize=itemsize,
-                    kv_cache_dtype=s["kv_dtype"], **b["config"],
-                    us=round(b["us"], 1), us_quarter=round(b["us_quarter"], 1),
-                    pct_of_read=round(100 * s["read_us"] / b["us"], 1),
-                    triton_us=round(s["triton_us"], 1)))
-  return out
-
-
-def write_table(entries: list[dict], table_dir: str | None = None,
-                device_kind: str | None = None, source: str = "") -> str:
-  """Merges `entries` into the table of `device_kind` (default: this
-  process's device; "decode" entries kept); source: the recorded run they
-  came from, if not this one."""
-  import pathlib  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  from pallas_kernels import tuning  # pylint: disable=g-import-not-at-top
-  kind = device_kind or jax.devices()[0].device_kind
-  path = (pathlib.Path(table_dir) if table_dir else tuning.TABLE_DIR) / (
-      f"{tuning.device_slug(kind)}.json")
-  old = json.loads(path.read_text()) if path.exists() else {"device_kind": kind}
-  key = lambda e: (e["batch"], e["context"], e["kv_heads"], e["head_dim"],
-                   e["block_size"], e.get("kv_cache_dtype", "bfloat16"))
-  new = {key(e) for e in entries}
-  kept = [e for e in old.get("decode_mosaic", []) if key(e) not in new]
-  old["decode_mosaic"] = kept + entries
-  how = f"--from-run {source} --device-kind '{kind}'" if source else "--write-table"
-  old["decode_mosaic_command"] = (f"python3 -m benchmarks.decode_mosaic_probe {how} "
-                                  f"({time.strftime('%Y-%m-%d')}, jax {jax.__version__})")
-  path.write_text(json.dumps(old, indent=1) + "\n")
-  return str(path)
-
-
-def summary_table(summaries: list[dict]) -> list[str]:
-  """One row per shape and KV dtype; "vs bf16" is the best Mosaic time over
-  the bf16 cache's best at the same shape."""
-  lines = ["| shape | KV dtype | read-only µs | Triton µs (% of read) | Mosaic best µs "
-           "(% of read) | vs Triton | vs bf16 | best: block_kv/stages/splits[/qk/conv] "
-           "| rel err "
-           "| wrong tilings |", "|---|---|---|---|---|---|---|---|---|---|"]
-  bf16 = {s["shape"]: s["best"]["us"] for s in summaries
-          if s["kv_dtype"] == "bfloat16" and s["best"]}
-  for s in summaries:
-    read, tri, best = s["read_us"], s["triton_us"], s["best"]
-    if not (read and tri and best):
-      lines.append(f"| {s['shape']} | {s['kv_dtype']} | {read} | {tri} | no correct "
-                   f"Mosaic tiling ||||| {len(s['wrong'])} |")
-      continue
-    c = best["config"]
-    vs = f"{best['us'] / bf16[s['shape']]:.2f}" if s["shape"] in bf16 else "-"
-    lines.append(
-        f"| {s['shape']} | {s['kv_dtype']} | {read:.1f} | {tri:.1f} ({100 * read / tri:.0f} %) | "
-        f"{best['us']:.1f} ({100 * read / best['us']:.0f} %) | {tri / best['us']:.2f}x | {vs} | "
-        f"{_tiling(c)} | {best['err']:.1e} | "
-        f"{len(s['wrong'])} |")
-  return lines
-
-
-def _tiling(c: dict) -> str:
-  """block_kv/stages/splits, and for an 8-bit cache /bf16|8bit/converters
-  (and /s2 with two streams, /cN with N CTAs taking items in turn, /iN with
-  N warps issuing the copies)."""
-  out = f"{c['block_kv']}/{c['stages']}/{c['num_splits']}"
-  if "qk_8bit" in c:
-    out += f"/{'8bit' if c['qk_8bit'] else 'bf16'}/{c['v_converters']}"
-    out += f"/s{c['streams']}" if c.get("streams", 1) > 1 else ""
-    out += f"/c{c['ctas']}" if c.get("ctas", 0) else ""
-    out += f"/i{c['issuers']}" if c.get("issuers", 1) > 1 else ""
-  return out
-
-
-def table_from_run(path: str, device_kind: str, table_dir: str | None) -> str:
-  """Merges the best tilings of a recorded run (its decode_mosaic_probe.json)
-  into `device_kind`'s table."""
-  with open(path) as f:
-    summaries = json.load(f)["summary"]
-  return write_table(table_entries(summaries), table_dir, device_kind,
-                     os.path.basename(path))
-
-
 def parser() -> argparse.ArgumentParser:
   """The command line (help texts with the true defaults)."""
   ints = lambda s: tuple(int(x) for x in s.split(","))
@@ -397,14 +271,6 @@ def measure(args) -> None:
   print("\n".join(summary_table(summaries)))
   if args.write_table:
     print("wrote", path)
-
-
-def save(out: str, rows: list[dict], summaries: list[dict], md: list[str]):
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "decode_mosaic_probe.json"), "w") as f:
-    json.dump(dict(rows=rows, summary=summaries), f, indent=1)
-  with open(os.path.join(out, "decode_mosaic_probe.md"), "w") as f:
-    f.write("\n".join(summary_table(summaries) + [""] + md) + "\n")
 
 
 if __name__ == "__main__":
