@@ -120,10 +120,11 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
                 jax.ShapeDtypeStruct(part + (cols,), jnp.float32))
   q_args = split_q(qp, kv_cache.values.dtype) if cfg.qk_8bit else (qp,)
   warpgroups = num_warpgroups(cfg)
+  items = kernel.Items(batch, hkv // cfg.streams, cfg)  # the grid's work
   out = plgpu.kernel(
-      functools.partial(_entry, cfg=cfg, interpret=bool(interpret)),
+      functools.partial(_entry, cfg=cfg, items=items, interpret=bool(interpret)),
       out_type=out_type,
-      grid=(kernel.Items(batch, hkv // cfg.streams, cfg).ctas,),
+      grid=(items.ctas,),
       grid_names=("cta",),
       num_threads=warpgroups, thread_name="wg",
       compiler_params=COMPILER_PARAMS,
@@ -155,7 +156,7 @@ def split_q(qp, storage):
   return jnp.concatenate([terms[0], terms[1]], axis=2), scales.transpose(1, 2, 0, 3)
 
 
-def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, interpret):
+def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, items, interpret):
   """Allocates shared memory and barriers (each stream its own), then splits
   by warpgroup: 0 .. streams - 1 the streams' compute warpgroups, `streams`
   the memory warpgroup, then each stream's V converters.
@@ -164,7 +165,8 @@ def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, interpret):
   [num_blocks, hkv, 2, block_size, d] int8 or uint8 (float8_e4m3fn with
   qk_8bit); scales_ref [batch, hkv, 2, tokens] f32 (gather_scales); refs:
   the consumer's q_refs (1 or 2), then the outputs (all GMEM).
-  interpret: adds the compute warpgroup's k_tile (decode_mosaic_q8_compute).
+  items: the grid's kernel.Items; interpret: adds the compute warpgroup's
+  k_tile (decode_mosaic_q8_compute).
   """
   q_refs, out_refs = refs[:q_inputs(cfg)], refs[q_inputs(cfg):]
   head_dim, cols = q_refs[0].shape[-1], out_refs[0].shape[-1]
@@ -174,7 +176,6 @@ def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, interpret):
     per = len(smem) // cfg.streams
     streams = [_stream(smem[i * per:(i + 1) * per], bars, i)
                for i in range(cfg.streams)]
-    items = kernel.Items(len_ref.shape[0], values_ref.shape[1] // cfg.streams, cfg)
     spans = [functools.partial(kernel.Span, len_ref, cfg, block_size, i)
              for i in range(cfg.streams)]  # spans[i](item): stream i's
     wg = lax.axis_index("wg")

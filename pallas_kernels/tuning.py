@@ -89,11 +89,13 @@ def decode_mosaic_config(device_kind: str, batch: int, num_kv_heads: int,
   splits = min(_pow2_at_most(measured / (batch * num_kv_heads)),
                heuristics.MAX_SPLITS, _pow2_at_most(steps))
   streams = e.get("streams", 1)
+  streams = streams if num_kv_heads % streams == 0 else 1
+  # NOTE: at most two issuers a stream (DecodeMosaicConfig), so they follow streams.
+  issuers = min(e.get("issuers", 1), 2 * streams)
   return DecodeMosaicConfig(block_kv=e["block_kv"], stages=e["stages"],
                             num_splits=splits, qk_8bit=e.get("qk_8bit", False),
-                            v_converters=e.get("v_converters", 1),
-                            streams=streams if num_kv_heads % streams == 0 else 1,
-                            ctas=e.get("ctas", 0), issuers=e.get("issuers", 1))
+                            v_converters=e.get("v_converters", 1), streams=streams,
+                            ctas=e.get("ctas", 0), issuers=issuers)
 
 
 def decode_mosaic_entry(device_kind: str, batch: int, num_kv_heads: int,
