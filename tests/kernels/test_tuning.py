@@ -176,4 +176,8 @@ def test_mosaic_decode_nearest_entry_else_heuristics(monkeypatch):
   int8.update(ctas=132, issuers=2)
   got = tuning.decode_mosaic_config("x", 8, 8, 512, 16, 128, 1, "int8")
   assert (got.ctas, got.issuers) == (132, 2)
+  # four issuers need two streams: an odd KV-head count runs one stream, two issuers
+  int8.update(issuers=4)
+  got = tuning.decode_mosaic_config("x", 8, 3, 512, 16, 128, 1, "int8")
+  assert (got.streams, got.issuers) == (1, 2)
   assert tuning.decode_mosaic_entry("x", 64, 8, 128, 16, 128)["itemsize"] == 2
