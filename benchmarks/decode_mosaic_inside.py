@@ -2,7 +2,8 @@
 
 Usage: PYTHONPATH=. python3 -m benchmarks.decode_mosaic_inside --out DIR
            [--shape 64x4096/16] [--kv-dtype int8] [--block-kv 128] [--stages 4]
-           [--qk-8bit 1] [--v-converters 1] [--streams 1] [--asm] [--profile]
+           [--qk-8bit 1] [--v-converters 1] [--streams 1] [--ctas 0]
+           [--issuers 1] [--asm] [--profile]
 
 One tiling of decode_mosaic over one cache dtype (decode_mosaic_probe's
 problem_at: bf16 q, 32 q / 8 kv heads x 128, every row full length):
@@ -18,7 +19,9 @@ problem_at: bf16 q, 32 q / 8 kv heads x 128, every row full length):
              listing is copied to DIR gzipped;
   --profile  runs it under Mosaic GPU's intra-kernel profiler (the kernels'
              named scopes, one trace per warpgroup) and prints the mean time
-             of each warpgroup's phases per occurrence and per CTA. The
+             of each warpgroup's phases per occurrence and per CTA, and when
+             each warpgroup's CTAs started and ended (cta_spans: a last
+             round of items on fewer CTAs shows as a spread of ends). The
              events themselves slow the kernel: the shares count, not sums.
 Writes DIR/inside.json (and the profiler's trace under DIR/trace).
 
@@ -102,11 +105,38 @@ def phase_means(trace: dict, warpgroups: int) -> dict:
   return dict(out)
 
 
+def cta_spans(trace: dict, warpgroups: int) -> dict:
+  """{warpgroup: {"start": [min, max], "end": [min, median, max], "busy":
+  mean}} µs from the trace's first event: when each CTA's warpgroup began
+  its first range and ended its last (one trace per warpgroup of each CTA,
+  as phase_means), and the mean of end - start."""
+  first, last = {}, {}
+  for e in trace["traceEvents"]:
+    tid = e["tid"]
+    first[tid] = min(first.get(tid, e["ts"]), e["ts"])
+    last[tid] = max(last.get(tid, e["ts"]), e["ts"])
+  if not first:
+    return {}
+  t0 = min(first.values())
+  out = {}
+  for wg in sorted({(tid - 1) % warpgroups for tid in first}):
+    tids = [t for t in first if (t - 1) % warpgroups == wg]
+    starts = sorted(first[t] - t0 for t in tids)
+    ends = sorted(last[t] - t0 for t in tids)
+    busy = sum(last[t] - first[t] for t in tids) / len(tids)
+    out[str(wg)] = dict(start=[round(starts[0], 3), round(starts[-1], 3)],
+                        end=[round(ends[0], 3), round(ends[len(ends) // 2], 3),
+                             round(ends[-1], 3)],
+                        busy=round(busy, 3))
+  return out
+
+
 def config_of(args):
   from pallas_kernels.decode_mosaic import DecodeMosaicConfig  # pylint: disable=g-import-not-at-top
   return DecodeMosaicConfig(block_kv=args.block_kv, stages=args.stages,
                             qk_8bit=bool(args.qk_8bit),
-                            v_converters=args.v_converters, streams=args.streams)
+                            v_converters=args.v_converters, streams=args.streams,
+                            ctas=args.ctas, issuers=args.issuers)
 
 
 def run_once(args, profile_dir: str | None) -> float:
@@ -193,6 +223,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--qk-8bit", type=int, default=1, help="default: %(default)s")
   p.add_argument("--v-converters", type=int, default=1, help="default: %(default)s")
   p.add_argument("--streams", type=int, default=1, help="default: %(default)s")
+  p.add_argument("--ctas", type=int, default=0,
+                 help="8-bit: the grid's CTA cap, 0 one an item (default: %(default)s)")
+  p.add_argument("--issuers", type=int, default=1, help="default: %(default)s")
   p.add_argument("--profile-space", type=int, default=320,
                  help="profiler ranges per warpgroup (default: %(default)s)")
   p.add_argument("--asm", action="store_true", help="dump and summarise ptxas and SASS")
@@ -217,7 +250,8 @@ def main(argv=None) -> dict:
   report = dict(shape=args.shape, kv_dtype=args.kv_dtype,
                 config=dict(block_kv=args.block_kv, stages=args.stages,
                             qk_8bit=args.qk_8bit, v_converters=args.v_converters,
-                            streams=args.streams),
+                            streams=args.streams, ctas=args.ctas,
+                            issuers=args.issuers),
                 err=run_once(args, trace_dir))
   if args.asm:
     for path in sass_from_ptx(dump_dir):
@@ -234,7 +268,9 @@ def main(argv=None) -> dict:
     warpgroups = (2 if args.kv_dtype == "bfloat16"
                   else num_warpgroups(config_of(args)))
     with open(traces[-1]) as f:
-      report["phases"] = phase_means(json.load(f), warpgroups)
+      trace = json.load(f)
+    report["phases"] = phase_means(trace, warpgroups)
+    report["cta_spans"] = cta_spans(trace, warpgroups)
   with open(os.path.join(args.out, "inside.json"), "w") as f:
     json.dump(report, f, indent=1)
   print(json.dumps(report, indent=1))

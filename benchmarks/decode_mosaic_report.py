@@ -27,8 +27,13 @@ def summarize(shape: str, kv_dtype: str, rows: list[dict]) -> tuple[list[str], d
   tri = next((r for r in rows if r["kind"] == "triton"), None)
   ok = [r for r in rows if r["kind"] == "mosaic" and "us" in r
         and r["err"] < TOLERANCE]
+  gather = next((r for r in rows if r["kind"] == "gather"), None)
   pct = lambda us: 100 * read["us"] / us if read else float("nan")
-  lines = [f"### {shape} {kv_dtype}", "", "| block_kv/stages/splits[/qk/conv] | µs | "
+  lines = [f"### {shape} {kv_dtype}", ""]
+  if gather:
+    lines += [f"The scales' XLA gather, in every time below: {gather['us']:.1f} µs "
+              f"({gather['us_quarter']:.1f} at ctx/4).", ""]
+  lines += ["| block_kv/stages/splits[/qk/conv] | µs | "
            "% of read-only | rows at ctx/4 µs | rel err | compile s |",
            "|---|---|---|---|---|---|"]
   for r in rows:
@@ -44,6 +49,7 @@ def summarize(shape: str, kv_dtype: str, rows: list[dict]) -> tuple[list[str], d
   best = pick(ok)
   summary = dict(shape=shape, kv_dtype=kv_dtype, read_us=read and read["us"],
                  triton_us=tri and tri["us"], triton_err=tri and tri["err"],
+                 gather_us=gather and gather["us"],
                  best=best, wrong=[r["config"] for r in rows if r["kind"] == "mosaic"
                                    and "err" in r and r["err"] >= TOLERANCE])
   return lines, summary

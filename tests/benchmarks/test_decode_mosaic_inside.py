@@ -82,6 +82,10 @@ def test_phase_means_per_warpgroup_over_traces():
   assert out["0"]["qk"] == [2.0, 1.5]    # (1 + 3 + 2) / 3, 3 ranges / 2 traces
   assert out["1"]["wait"] == [2.25, 1.0]
   assert set(out) == {"0", "1"}
+  spans = inside.cta_spans(trace, warpgroups=2)
+  assert spans["0"] == dict(start=[0.0, 0.0], end=[5.0, 9.0, 9.0], busy=7.0)
+  assert spans["1"] == dict(start=[0.0, 1.0], end=[1.5, 4.0, 4.0], busy=2.25)
+  assert inside.cta_spans({"traceEvents": []}, warpgroups=2) == {}
 
 
 def test_one_interpreted_run_is_checked_and_reported(tmp_path):
@@ -92,7 +96,7 @@ def test_one_interpreted_run_is_checked_and_reported(tmp_path):
   assert "asm" not in report and "phases" not in report
   saved = json.loads((tmp_path / "inside.json").read_text())
   assert saved["config"] == dict(block_kv=64, stages=2, qk_8bit=1, v_converters=1,
-                                 streams=1)
+                                 streams=1, ctas=0, issuers=1)
 
 
 def test_sass_from_ptx_assembles_for_the_ptx_target(tmp_path, monkeypatch):

@@ -69,6 +69,11 @@ def test_an_8_bit_cache_is_probed_against_bf16(tmp_path):
   assert {r["kv_dtype"] for r in rows} == {"bfloat16", "int8"}
   md = (tmp_path / "decode_mosaic_probe.md").read_text()
   assert "| 2x128/16 | int8 |" in md and "| 2x128/16 | bfloat16 |" in md
+  # the scales' gather, timed alone, for the 8-bit cache only
+  gathers = [r for r in rows if r["kind"] == "gather"]
+  assert [r["kv_dtype"] for r in gathers] == ["int8"]
+  assert gathers[0]["us"] > 0 and gathers[0]["us_quarter"] > 0
+  assert "The scales' XLA gather, in every time below" in md
   # 8-bit stages take shared memory too: at block_kv 128 the ring stops at 4.
   assert len(probe.grid(8, 4096, 8, (128,), (4, 5), (1,), quantized=True)) == 1
   assert len(probe.grid(8, 4096, 8, (128,), (2, 3), (1,))) == 2

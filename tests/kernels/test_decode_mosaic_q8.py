@@ -255,3 +255,17 @@ def test_shared_memory_counts_the_8_bit_stages():
   lower(fits)
   with pytest.raises(ValueError, match="shared memory"):
     lower(over)
+
+
+@pytest.mark.parametrize("count,cap,ctas", [
+    (1024, 132, 128),  # 8 rounds: 128 CTAs of 8 items, not 100 of 8 and 32 of 7
+    (256, 132, 128), (133, 132, 67), (24, 5, 5), (6, 0, 6), (32, 64, 32), (2, 1, 1)])
+def test_items_take_the_fewest_ctas_for_the_caps_rounds(count, cap, ctas):
+  from pallas_kernels import decode_mosaic_kernel as kernel  # pylint: disable=g-import-not-at-top
+  cfg = kernel.Static(block_kv=64, stages=2, num_splits=1, q_rows=8, p_in_regs=False,
+                      max_blocks=4, scale=1.0, ctas=cap)
+  items = kernel.Items(count, 1, cfg)
+  assert items.ctas == ctas
+  rounds = -(-count // items.ctas)
+  assert rounds == (-(-count // cap) if cap else 1)
+  assert items.ctas <= count  # every CTA has an item
