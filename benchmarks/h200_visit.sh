@@ -26,9 +26,9 @@
 #                                                # items in turn, one or two warps issuing
 #                                                # the copies; 16- and 64-token blocks
 #   bash benchmarks/h200_visit.sh decode-q8-items OUT  # issue 15: on an H200 decode-q8-ctas;
-#                                                # else the 8-bit decode's CTAs under the
-#                                                # profiler at 256 x 1024, now vs BASELINE
-#                                                # at 128 / 132 CTAs, and 4 issuers
+#                                                # else the 8-bit decode now vs BASELINE,
+#                                                # 3/4 stages, 2/4 issuers; the cost of
+#                                                # an item (4, 8, 16 a CTA)
 #   bash benchmarks/h200_visit.sh decode-q8-issuers OUT  # issue 15: 2 or 4 warps issuing the
 #                                                # 8-bit decode's copies, 3 or 4 stages
 #   bash benchmarks/h200_visit.sh decode-q8-ncu OUT  # issue 15: Nsight Compute on the decode
@@ -233,41 +233,33 @@ for t in r["top"][:6]:
     for f in q8bf16 q8_ctas q8bf16_bs64 q8_bs64; do grep -A6 "^| shape" "$out/$f.log"; done
     ;;
   decode-q8-items)  # issue 15: an H200 runs decode-q8-ctas (its table has none of it); else
-    # where 256 x 1024's CTAs spend their time (the profiler: phases, when each CTA ends),
-    # the items' grid now (the fewest CTAs for the cap's rounds, the next item's length
-    # loaded ahead) vs BASELINE (.baseline/: 132 CTAs as capped, lengths loaded at each
-    # item's start) at caps 128 and 132, then four issuers and 3 stages; the best of now
-    # into the table (copied to OUT)
+    # the 8-bit decode now (items on the fewest CTAs for the cap's rounds, the next q copied
+    # after the last step's Sᵀ) vs BASELINE (.baseline/: a tree before a change under test)
+    # with the table's tilings, e4m3 also at 3 stages and four issuers; the best of now into
+    # the table (copied to OUT); e4m3 at 128 x 2048 and 512 x 512 (4 and 16 items a CTA)
+    # for the cost of an item. NOTE: under Mosaic GPU's profiler (decode_mosaic_inside
+    # --profile, 64 x 256, 80 ranges a warpgroup) this kernel wrote no trace (H100,
+    # 2026-12-07): the item costs come from times at equal bytes instead.
     case $(nvidia-smi --query-gpu=name --format=csv,noheader) in
       *H200*) exec bash "$0" decode-q8-ctas "$out" ;;
     esac
     bf16_kernel
-    # NOTE: the profiler's ranges live in shared memory beside the kernel's (about 84
-    # a warpgroup fit): 64 x 256 gives each of 128 CTAs two items of four steps
-    run in_e4m3 100 python3 -m benchmarks.decode_mosaic_inside --out "$out/in_e4m3" \
-      --profile --profile-space 80 --shape 64x256/16 --kv-dtype float8_e4m3 \
-      --qk-8bit 0 --block-kv 64 --stages 4 --streams 2 --ctas 132 --issuers 2
-    python3 -c 'import json,sys; r = json.load(open(sys.argv[1]))
-print(json.dumps(r["cta_spans"])); [print(k, json.dumps(v)) for k, v in r["phases"].items()]' \
-      "$out/in_e4m3/inside.json"
-    items_probe() {  # items_probe NAME CTAS SECONDS [ARGS...]: the table's 8-bit tilings
-      local name=$1 ctas=$2 secs=$3; shift 3
+    items_probe() {  # items_probe NAME DTYPE SECONDS [ARGS...]: 8-bit tilings of the table
+      local name=$1 dtype=$2 secs=$3; shift 3
       run "$name" "$secs" python3 -m benchmarks.decode_mosaic_probe --out "$out/$name" \
-        --kv-dtype int8,float8_e4m3 --block-kv 64 --stages 4 --splits 1 --qk-8bit 0,1 \
-        --v-converters 1 --streams 2 --ctas "$ctas" --issuers 2 --job_timeout_s 75 \
-        --shapes 64x4096/16,256x1024/16 "$@"
+        --kv-dtype "$dtype" --block-kv 64 --splits 1 --v-converters 1 --streams 2 \
+        --ctas sm --job_timeout_s 70 "$@"
     }
-    items_probe q8_now 132 160 --write-table
-    (cd .baseline && items_probe q8_base 128,132 170)
-    run q8_fit 100 python3 -m benchmarks.decode_mosaic_probe --out "$out/q8_fit" \
-      --kv-dtype float8_e4m3 --block-kv 64 --stages 4 --splits 1 --qk-8bit 0 \
-      --v-converters 1 --streams 2 --ctas sm --issuers 2 --job_timeout_s 45 \
-      --shapes 128x2048/16,512x512/16
-    run q8_issuers 150 python3 -m benchmarks.decode_mosaic_probe --out "$out/q8_issuers" \
-      --kv-dtype float8_e4m3 --block-kv 64 --stages 3,4 --splits 1 --qk-8bit 0 \
-      --v-converters 1 --streams 2 --ctas sm --issuers 4 --job_timeout_s 70 \
-      --shapes 64x4096/16,256x1024/16
-    for f in q8bf16 q8_now q8_base q8_fit q8_issuers; do grep -A8 "^| shape" "$out/$f.log"; done
+    both=64x4096/16,256x1024/16
+    items_probe q8_now float8_e4m3 150 --shapes $both --stages 3,4 --issuers 2,4 \
+      --qk-8bit 0 --write-table
+    items_probe q8_now_int8 int8 100 --shapes $both --stages 4 --issuers 2 --qk-8bit 0,1 \
+      --write-table
+    (cd .baseline && items_probe q8_base float8_e4m3,int8 120 --shapes $both --stages 4 \
+      --issuers 2 --qk-8bit 0,1)
+    items_probe q8_fit float8_e4m3 80 --shapes 128x2048/16,512x512/16 --stages 4 \
+      --issuers 2 --qk-8bit 0
+    for f in q8bf16 q8_now q8_now_int8 q8_base q8_fit; do grep -A8 "^| shape" "$out/$f.log"; done
     ;;
   decode-q8-issuers)  # issue 15: two or four warps issuing the copies, 3 or 4 stages, the
     # SM count's CTAs taking items in turn, two streams at block_kv 64; the best into the
