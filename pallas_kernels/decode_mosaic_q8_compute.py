@@ -35,7 +35,6 @@ rows (NaN from poisoned slots included) before anything reads them.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -118,12 +117,10 @@ def consumer(items, span_of, q_refs, out_refs, bufs: Bufs, bars, cfg,
     pl.when(k == 0)(lambda: _copy_q(span, q_refs, bufs, bars))
     with jax.named_scope("wait_q"):
       plgpu.barrier_wait(bars["q"])
-    # NOTE: the next item's q is copied once the last Sᵀ wgmma has read this
-    # one's (its last step), so it lands while that step and _finish run.
-    next_q = functools.partial(pl.when(k + 1 < items.mine()), lambda: _copy_q(
-        span_of(following), q_refs, bufs, bars))
-    acc, m, sums = _attend(span, bufs, bars, cfg, stages16, base, next_q)
-    pl.when(span.num_steps == 0)(next_q)  # an empty item has no last step
+    acc, m, sums = _attend(span, bufs, bars, cfg, stages16, base)
+    # q's next item lands while this one finishes (every wgmma over q is done)
+    pl.when(k + 1 < items.mine())(
+        lambda: _copy_q(span_of(following), q_refs, bufs, bars))
     with jax.named_scope("finish"):
       _finish(span, out_refs, bufs, acc, m, sums)
     return base + span.num_steps
@@ -137,10 +134,9 @@ def _copy_q(span, q_refs, bufs: Bufs, bars):
     plgpu.copy_gmem_to_smem(ref.at[span.row, span.head], buf, bars["q"])
 
 
-def _attend(span, bufs: Bufs, bars, cfg, stages16: int, base, after_q):
+def _attend(span, bufs: Bufs, bars, cfg, stages16: int, base):
   """(acc [d, N], m [N], sums [block_kv, N]) f32 over the span's steps, q in
-  bufs.q; the steps take ring slots from `base` on; after_q() runs once the
-  last step's Sᵀ has read q."""
+  bufs.q; the steps take ring slots from `base` on."""
   cols, head_dim = bufs.p.shape[0], bufs.q.shape[1]
   q_scales = None
   if cfg.qk_8bit:  # [N] f32 each, loop-invariant
@@ -148,9 +144,8 @@ def _attend(span, bufs: Bufs, bars, cfg, stages16: int, base, after_q):
   carry = (plgpu.layout_cast(jnp.zeros((head_dim, cols), jnp.float32), LAYOUT),
            plgpu.layout_cast(jnp.full((cols,), NEG_BIG, jnp.float32), COLS),
            plgpu.layout_cast(jnp.zeros((cfg.block_kv, cols), jnp.float32), LAYOUT))
-  last_q = lambda i: pl.when(i == span.num_steps - 1)(after_q)
   step = lambda masked: lambda i, c: _step(i, base + i, c, span, bufs, bars, cfg,
-                                           stages16, q_scales, masked, last_q)
+                                           stages16, q_scales, masked)
   carry = lax.fori_loop(0, span.num_full, step(False), carry)
   return lax.fori_loop(span.num_full, span.num_steps, step(True), carry)
 
@@ -175,10 +170,10 @@ def _finish(span, out_refs, bufs: Bufs, acc, m, sums):
 
 
 def _step(step, at, carry, span, bufs: Bufs, bars, cfg, stages16: int, q_scales,
-          masked, q_read):
+          masked):
   """One step (the span's `step`, the CTA's `at`-th): Sᵀ, scales and mask,
   online softmax over the keys, Oᵀ += Vᵀ Pᵀ. q_scales: the scales of q's two
-  8-bit terms ([N] f32 each) or None; q_read(step) runs once Sᵀ has read q."""
+  8-bit terms ([N] f32 each) or None."""
   acc, m_prev, sums = carry  # [d, N] f32, [N] f32, [block_kv, N] f32
   slot, ring = lax.rem(at, stages16), lax.rem(at, cfg.stages)
   with jax.named_scope("wait_k"):
@@ -188,7 +183,6 @@ def _step(step, at, carry, span, bufs: Bufs, bars, cfg, stages16: int, q_scales,
     s = (_qk_8bit(bufs, ring, cfg, q_scales) if cfg.qk_8bit
          else _qk_bf16(bufs, ring, cfg))
     plgpu.barrier_arrive(bars["k8_free"].at[ring])
-    q_read(step)
   with jax.named_scope("softmax"):
     k_scale = plgpu.load(bufs.k_scales.at[ring], layout=KEYS)
     s = s * lax.broadcast_in_dim(k_scale * (cfg.scale * LOG2E), s.shape, [0])
