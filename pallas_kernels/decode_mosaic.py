@@ -149,7 +149,7 @@ def decode_mosaic(q, kv_cache, block_tables, lengths, *, scale,
   cfg = kernel.Static(
       block_kv=config.block_kv, stages=config.stages,
       num_splits=config.num_splits,
-      q_rows=q_cols(group) if quantized else -(-group // ALIGN) * ALIGN,
+      q_rows=-(-group // ALIGN) * ALIGN,
       qk_8bit=config.qk_8bit, v_converters=config.v_converters,
       streams=config.streams, ctas=config.ctas, issuers=config.issuers,
       p_in_regs=not interpret, max_blocks=block_tables.shape[1],

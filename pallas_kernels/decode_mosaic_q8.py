@@ -107,18 +107,19 @@ def smem_bytes(config, head_dim: int, cols: int) -> int:
 
 
 def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
-  """The kernel over an 8-bit cache: qp [batch, hkv, q_rows, d] bf16 (q_rows
-  = q_cols(group)) -> as decode_mosaic.run_kernel's outputs (the kernel's
-  transposed ones swapped back, lse [.., splits, q_rows])."""
-  batch, hkv, cols, head_dim = qp.shape
+  """The kernel over an 8-bit cache: qp [batch, hkv, q_rows, d] bf16 -> as
+  decode_mosaic.run_kernel's outputs (the split partials, stored transposed,
+  swapped back; lse [.., splits, q_cols(q_rows)])."""
+  batch, hkv, rows, head_dim = qp.shape
+  cols = compute.q_cols(rows)
   scales = gather_scales(kv_cache.scales, block_tables, lengths, cfg.block_kv)
   part = (batch, hkv, cfg.num_splits)
   if cfg.num_splits == 1:
-    out_type = jax.ShapeDtypeStruct((batch, hkv, head_dim, cols), qp.dtype)
+    out_type = jax.ShapeDtypeStruct(qp.shape, qp.dtype)
   else:
     out_type = (jax.ShapeDtypeStruct(part + (head_dim, cols), jnp.float32),
                 jax.ShapeDtypeStruct(part + (cols,), jnp.float32))
-  q_args = split_q(qp, kv_cache.values.dtype) if cfg.qk_8bit else (qp,)
+  q_args = (split_q(qp, kv_cache.values.dtype, cols) if cfg.qk_8bit else (qp,))
   warpgroups = num_warpgroups(cfg)
   items = kernel.Items(batch, hkv // cfg.streams, cfg)  # the grid's work
   out = plgpu.kernel(
@@ -132,8 +133,8 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
       kernel_name="paged_decode_mosaic_q8",
   )(lengths, block_tables.reshape(-1), kv_cache.values, scales, *q_args)
   if cfg.num_splits == 1:
-    return out.swapaxes(-1, -2)
-  return out[0].swapaxes(-1, -2), out[1]
+    return out
+  return out[0].swapaxes(-1, -2)[..., :rows, :], out[1]
 
 
 def num_warpgroups(cfg) -> int:
@@ -143,17 +144,21 @@ def num_warpgroups(cfg) -> int:
 
 
 def q_inputs(cfg) -> int:
-  """The kernel's q operands, one TMA copy each: q, or with qk_8bit its two 8-bit
-  terms and their scales (split_q)."""
-  return 2 if cfg.qk_8bit else 1
+  """The TMA copies of an item's q: one, or with qk_8bit one per 8-bit term
+  and one of their scales (split_q)."""
+  return 3 if cfg.qk_8bit else 1
 
 
-def split_q(qp, storage):
-  """qp [batch, hkv, N, d] bf16 -> q's two 8-bit terms [batch, hkv, 2N, d]
+def split_q(qp, storage, cols: int):
+  """qp [batch, hkv, R, d] bf16 -> q's two 8-bit terms [batch, hkv, 2R, d]
   of the cache's `storage` dtype (int8: quantization.quantize_two_terms, one
-  scale per query head and term) and their scales [batch, hkv, 2, N] f32."""
+  scale per query head and term) and their scales [batch, hkv, 2, cols] f32
+  (zero past R: the query tile's columns)."""
   terms, scales = quantization.quantize_two_terms(qp, storage)
-  return jnp.concatenate([terms[0], terms[1]], axis=2), scales.transpose(1, 2, 0, 3)
+  scales = scales.transpose(1, 2, 0, 3)
+  pad = cols - scales.shape[-1]
+  return (jnp.concatenate([terms[0], terms[1]], axis=2),
+          jnp.pad(scales, ((0, 0), (0, 0), (0, 0), (0, pad))))
 
 
 def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, items, interpret):
@@ -168,8 +173,9 @@ def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, items, interpret
   items: the grid's kernel.Items; interpret: adds the compute warpgroup's
   k_tile (decode_mosaic_q8_compute).
   """
-  q_refs, out_refs = refs[:q_inputs(cfg)], refs[q_inputs(cfg):]
-  head_dim, cols = q_refs[0].shape[-1], out_refs[0].shape[-1]
+  q_refs = refs[:2 if cfg.qk_8bit else 1]  # qp, or split_q's terms and scales
+  out_refs = refs[len(q_refs):]
+  head_dim, cols = q_refs[0].shape[-1], compute.q_cols(cfg.q_rows)
   block_size = values_ref.shape[3]
 
   items = items.with_lengths(len_ref)

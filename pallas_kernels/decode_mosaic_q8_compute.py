@@ -11,6 +11,13 @@ rows of which the group is a few; on the H200 that bound the 8-bit kernel
   Oᵀ [d, N]       += Vᵀ [d, block_kv] · Pᵀ        (A: V stage transposed,
                                                    B: Pᵀ through SMEM)
 
+In GMEM q and O have the group's rows rounded up to 8 (Static.q_rows, one
+TMA box each way), not N: the tile's other columns are never written (NaN
+in interpret mode) and no real query's column reads them (the columns are
+independent in every operation). NOTE: with N-row q and O (an XLA pad and
+transpose beside the kernel), rows cost 36 MiB of traffic at 256 x 1024,
+~2.7 µs a CTA's item (H100, 2026-12-07, docs/benchmarks.md).
+
 Sᵀ comes one of two ways (DecodeMosaicConfig.qk_8bit):
   bf16 (default)  K read from the 8-bit ring 64 rows at a time into
                   registers, converted to bf16 there and given to wgmma as a
@@ -66,14 +73,16 @@ def q_cols(group: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class Bufs:
   """The compute warpgroup's shared memory (the `smem` tiling throughout):
-  q [N, d] bf16, or with qk_8bit [2N, d] 8-bit (q's two terms, split_q);
-  q_scales [2, N] f32 (qk_8bit) or None; p [N, block_kv] bf16 (P, written
-  as Pᵀ through a transposed view: wgmma takes one swizzle for both
-  operands); out [d, N] (Oᵀ: q's dtype with one split, else float32); lse
-  [N] f32 or None; k [stages, block_kv, d] 8-bit (the ring's); v [STAGES16,
-  block_kv, d] bf16; k_scales, v_scales [stages, block_kv] f32 (the
-  ring's); k_tile [block_kv, d] bf16 in interpret mode without qk_8bit,
-  else None (see _k_chunk)."""
+  q [N, d] bf16, or with qk_8bit [2N, d] 8-bit (q's two terms, split_q),
+  each term's first q_rows rows copied (the others never written: columns
+  of Sᵀ, Pᵀ and Oᵀ no real query reads); q_scales [2, N] f32 (qk_8bit) or
+  None; p [N, block_kv] bf16 (P, written as Pᵀ through a transposed view:
+  wgmma takes one swizzle for both operands); out: O [N, d] bf16 (written as
+  Oᵀ through a transposed view, its first q_rows rows stored) with one
+  split, else Oᵀ [d, N] float32 (the split partial); lse [N] f32 or None; k
+  [stages, block_kv, d] 8-bit (the ring's); v [STAGES16, block_kv, d] bf16;
+  k_scales, v_scales [stages, block_kv] f32 (the ring's); k_tile [block_kv,
+  d] bf16 in interpret mode without qk_8bit, else None (see _k_chunk)."""
   q: object
   q_scales: object
   p: object
@@ -94,18 +103,20 @@ def buffers(cfg, head_dim: int, cols: int, number, smem) -> list:
     q = [smem((2 * cols, head_dim), number), plgpu.SMEM((2, cols), jnp.float32)]
   else:
     q = [smem((cols, head_dim), jnp.bfloat16), None]
-  return q + [smem((cols, cfg.block_kv), jnp.bfloat16),
-              smem((head_dim, cols), jnp.float32 if split else jnp.bfloat16),
+  out = (smem((head_dim, cols), jnp.float32) if split
+         else smem((cols, head_dim), jnp.bfloat16))
+  return q + [smem((cols, cfg.block_kv), jnp.bfloat16), out,
               plgpu.SMEM((cols,), jnp.float32) if split else None]
 
 
 def consumer(items, span_of, q_refs, out_refs, bufs: Bufs, bars, cfg,
              stages16: int):
   """Attention of the group over each of the CTA's items (kernel.Items
-  with their lengths; span_of(item): its Span). q_refs: (q [batch, hkv, N, d] bf16,) or with
-  qk_8bit (q's terms [batch, hkv, 2N, d] 8-bit, their scales [batch, hkv, 2,
-  N] f32) (GMEM); out_refs: (oᵀ [batch, hkv, d, N],) or (partials [..,
-  splits, d, N] f32, lse [.., splits, N] f32).
+  with their lengths; span_of(item): its Span). q_refs: (q [batch, hkv, R,
+  d] bf16,) or with qk_8bit (q's terms [batch, hkv, 2R, d] 8-bit, their
+  scales [batch, hkv, 2, N] f32) (GMEM; R = q_rows <= N, the tile's
+  columns); out_refs: (o [batch, hkv, R, d],) or (partials [.., splits, d,
+  N] f32, lse [.., splits, N] f32).
 
   NOTE: the ring's slots and phases run on over the items (`base`: the
   steps of the CTA's earlier items), as the producer's and converters' do.
@@ -130,8 +141,17 @@ def consumer(items, span_of, q_refs, out_refs, bufs: Bufs, bars, cfg,
 
 
 def _copy_q(span, q_refs, bufs: Bufs, bars):
-  for ref, buf in zip(q_refs, (bufs.q, bufs.q_scales)):
-    plgpu.copy_gmem_to_smem(ref.at[span.row, span.head], buf, bars["q"])
+  """The item's q rows (each term's, and their scales, with qk_8bit) into
+  the first rows of bufs.q: 1 or 3 copies (decode_mosaic_q8.q_inputs)."""
+  terms = 1 if bufs.q_scales is None else 2
+  src = q_refs[0].at[span.row, span.head]  # [terms * R, d]
+  rows, cols = src.shape[0] // terms, bufs.p.shape[0]
+  for t in range(terms):
+    plgpu.copy_gmem_to_smem(src.at[pl.ds(t * rows, rows)],
+                            bufs.q.at[pl.ds(t * cols, rows)], bars["q"])
+  if bufs.q_scales is not None:  # [2, N] f32
+    plgpu.copy_gmem_to_smem(q_refs[1].at[span.row, span.head], bufs.q_scales,
+                            bars["q"])
 
 
 def _attend(span, bufs: Bufs, bars, cfg, stages16: int, base):
@@ -151,22 +171,28 @@ def _attend(span, bufs: Bufs, bars, cfg, stages16: int, base):
 
 
 def _finish(span, out_refs, bufs: Bufs, acc, m, sums):
-  """Oᵀ = acc / l (and with splits lse = m + log2 l) stored to GMEM (once
-  the last item's store has read the buffers)."""
+  """O = acc / l (and with splits lse = m + log2 l) stored to GMEM (once the
+  last item's store has read the buffers): O's first R rows into
+  out_refs[0] [batch, hkv, R, d], or Oᵀ into the partials [.., splits, d, N]
+  and lse [.., splits, N]."""
   l = sums.sum(axis=0)
   inv = jnp.where(l > 0, 1.0 / jnp.where(l > 0, l, 1.0), 0.0)  # empty: zeros
+  out = acc * lax.broadcast_in_dim(inv, acc.shape, [1])  # Oᵀ [d, N]
   plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-  bufs.out[...] = (acc * lax.broadcast_in_dim(inv, acc.shape, [1])).astype(
-      bufs.out.dtype)
-  dst = (span.row, span.head)
-  if bufs.lse is not None:
-    dst += (span.split,)
-    bufs.lse[...] = jnp.where(l > 0, m + jnp.log2(jnp.where(l > 0, l, 1.0)),
-                              NEG_BIG)
+  if bufs.lse is None:
+    rows = out_refs[0].shape[2]
+    bufs.out.transpose((1, 0))[...] = out.astype(bufs.out.dtype)
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(bufs.out.at[pl.ds(0, rows)],
+                            out_refs[0].at[span.row, span.head])
+    return
+  dst = (span.row, span.head, span.split)
+  bufs.out[...] = out
+  bufs.lse[...] = jnp.where(l > 0, m + jnp.log2(jnp.where(l > 0, l, 1.0)),
+                            NEG_BIG)
   plgpu.commit_smem()
   plgpu.copy_smem_to_gmem(bufs.out, out_refs[0].at[dst])
-  if bufs.lse is not None:
-    plgpu.copy_smem_to_gmem(bufs.lse, out_refs[1].at[dst])
+  plgpu.copy_smem_to_gmem(bufs.lse, out_refs[1].at[dst])
 
 
 def _step(step, at, carry, span, bufs: Bufs, bars, cfg, stages16: int, q_scales,
