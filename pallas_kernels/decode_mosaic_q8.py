@@ -61,7 +61,7 @@ before its softmax) no faster on the H100 (2026-12-07, docs/benchmarks.md).
 Buffers, barriers and the memory and converter warpgroups:
 decode_mosaic_q8_stages.py.
 
-NOTE: the scales are gathered outside the kernel (an XLA gather of 1/32 of
+NOTE: the scales are gathered outside the kernel (an XLA gather of 1/64 of
 the values' bytes at head_dim 128) because a KV block's 16 scales are 64
 bytes, and a TMA copy per block into one [block_kv] buffer faulted on the
 H200 (misaligned address: a tensor copy's shared-memory end must be
@@ -102,7 +102,7 @@ def smem_bytes(config, head_dim: int, cols: int) -> int:
   q = 2 * cols * (head_dim + 4) if config.qk_8bit else cols * head_dim * 2
   tiles = q + config.block_kv * cols * 2 + head_dim * cols * out
   stages16 = STAGES16 * config.block_kv * head_dim * 2  # V only
-  stages8 = 2 * config.stages * config.block_kv * (head_dim + 4)
+  stages8 = 2 * config.stages * config.block_kv * (head_dim + 2)
   return tiles + cols * 4 + stages16 + stages8 + REDUCTION_SCRATCH
 
 
@@ -245,9 +245,17 @@ def _stream(smem, bars, i: int):
 
 
 def gather_scales(scales, block_tables, lengths, block_kv: int):
-  """scales [blocks, hkv, 2, bs] -> [batch, hkv, 2, tokens] in each row's
-  token order (tokens: the table's, rounded up to whole steps), zero at and
-  past the row's length."""
+  """scales [blocks, hkv, 2, bs] f32 -> [batch, hkv, 2, tokens] stages.SCALES
+  (f16) in each row's token order (tokens: the table's, rounded up to whole
+  steps), zero at and past the row's length.
+
+  NOTE: f16 halves the gather's writes and the kernel's reads of them (16
+  MiB each at 256 x 1024 with f32). A scale (a token's absolute maximum over
+  127 or 448) keeps 11 bits (relative error <= 2^-12) down to f16's smallest
+  normal, 6.1e-5; below it its error is at most 2^-25, so a dequantized
+  value (<= 448 scales) moves by at most 1.3e-5. Above f16's largest it
+  would be inf, so it is clamped there (an absolute maximum over 8e6).
+  """
   batch, max_blocks = block_tables.shape
   _, hkv, _, bs = scales.shape
   rows = scales[block_tables].transpose(0, 2, 3, 1, 4)  # [batch, hkv, 2, mb, bs]
@@ -255,6 +263,6 @@ def gather_scales(scales, block_tables, lengths, block_kv: int):
   pad = -(max_blocks * bs) % block_kv
   rows = jnp.pad(rows, ((0, 0), (0, 0), (0, 0), (0, pad))) if pad else rows
   token = jnp.arange(rows.shape[-1], dtype=jnp.int32)
-  return jnp.where(token < lengths[:, None, None, None], rows, 0.0)
-
-
+  rows = jnp.minimum(rows, float(jnp.finfo(stages.SCALES).max))
+  return jnp.where(token < lengths[:, None, None, None], rows, 0.0).astype(
+      stages.SCALES)

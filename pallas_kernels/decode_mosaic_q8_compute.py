@@ -81,7 +81,7 @@ class Bufs:
   Oᵀ through a transposed view, its first q_rows rows stored) with one
   split, else Oᵀ [d, N] float32 (the split partial); lse [N] f32 or None; k
   [stages, block_kv, d] 8-bit (the ring's); v [STAGES16, block_kv, d] bf16;
-  k_scales, v_scales [stages, block_kv] f32 (the ring's); k_tile [block_kv,
+  k_scales, v_scales [stages, block_kv] f16 (the ring's: gather_scales); k_tile [block_kv,
   d] bf16 in interpret mode without qk_8bit, else None (see _k_chunk)."""
   q: object
   q_scales: object
@@ -210,7 +210,7 @@ def _step(step, at, carry, span, bufs: Bufs, bars, cfg, stages16: int, q_scales,
          else _qk_bf16(bufs, ring, cfg))
     plgpu.barrier_arrive(bars["k8_free"].at[ring])
   with jax.named_scope("softmax"):
-    k_scale = plgpu.load(bufs.k_scales.at[ring], layout=KEYS)
+    k_scale = plgpu.load(bufs.k_scales.at[ring], layout=KEYS).astype(jnp.float32)
     s = s * lax.broadcast_in_dim(k_scale * (cfg.scale * LOG2E), s.shape, [0])
     if masked:
       key = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=LAYOUT)
@@ -220,7 +220,7 @@ def _step(step, at, carry, span, bufs: Bufs, bars, cfg, stages16: int, q_scales,
   with jax.named_scope("wait_v"):
     plgpu.barrier_wait(bars["v_ready"].at[slot])
   with jax.named_scope("p_store"):
-    v_scale = plgpu.load(bufs.v_scales.at[ring], layout=KEYS)
+    v_scale = plgpu.load(bufs.v_scales.at[ring], layout=KEYS).astype(jnp.float32)
     p_t = bufs.p.transpose((1, 0))  # [block_kv, N], stored transposed
     p_t[...] = (p * lax.broadcast_in_dim(v_scale, p.shape, [0])).astype(
         bufs.p.dtype)

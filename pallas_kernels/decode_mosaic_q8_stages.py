@@ -36,15 +36,17 @@ CONVERT_REGISTERS = {1: 104, 2: 72}  # by streams
 # config's `stages` (the 8-bit ring's depth), so shared memory holds a
 # deeper 8-bit ring (one was 2-3 % slower on the H100, 2026-12-07).
 STAGES16 = 2
+# The dtype of the scales the kernel reads (decode_mosaic_q8.gather_scales).
+SCALES = jnp.float16
 
 
 def buffers(cfg, head_dim: int, storage, smem) -> list:
   """8-bit K and V stages [stages, block_kv, d], then their scales
-  [stages, block_kv] float32."""
+  [stages, block_kv] SCALES (gather_scales')."""
   return [smem((cfg.stages, cfg.block_kv, head_dim), storage),
           smem((cfg.stages, cfg.block_kv, head_dim), storage),
-          plgpu.SMEM((cfg.stages, cfg.block_kv), jnp.float32),
-          plgpu.SMEM((cfg.stages, cfg.block_kv), jnp.float32)]
+          plgpu.SMEM((cfg.stages, cfg.block_kv), SCALES),
+          plgpu.SMEM((cfg.stages, cfg.block_kv), SCALES)]
 
 
 def barriers(cfg, block_size: int, q_copies: int) -> dict:
@@ -65,7 +67,7 @@ def producer(items, spans, bt_ref, values_ref, scales_ref, rings, bars, cfg):
   ahead, over the CTA's items (kernel.Items; spans[i](item): stream i's Span;
   the streams' spans differ in their KV head only: one row, the same
   blocks). values_ref [blocks, hkv, 2, bs, d], scales_ref [batch, hkv, 2,
-  tokens] (gather_scales; GMEM); rings, bars: per stream. With
+  tokens] f16 (gather_scales; GMEM); rings, bars: per stream. With
   cfg.issuers > 1, warp w of the warpgroup issues the w-th share of the
   (stream, K or V) copies, in stream order.
   """

@@ -105,11 +105,15 @@ def test_gather_scales_puts_each_row_in_token_order_zero_past_its_length():
   gather = lambda: np.asarray(q8.gather_scales(
       jnp.asarray(scales), jnp.asarray(tables), jnp.asarray(lengths), 64))
   got = gather()
-  assert got.shape == (2, 2, 2, 64)
+  assert got.shape == (2, 2, 2, 64) and got.dtype == np.float16
   for b, n in enumerate(lengths):
     for t in range(n):
-      np.testing.assert_array_equal(got[b, :, :, t], scales[tables[b, t // 4], :, :, t % 4])
+      np.testing.assert_array_equal(
+          got[b, :, :, t], scales[tables[b, t // 4], :, :, t % 4].astype(np.float16))
     assert not got[b, :, :, n:].any()
+  # f16's range: a scale past its largest is clamped, not inf
+  scales[3, 0, 0, 0] = 1e6
+  assert gather()[0, 0, 0, 0] == np.finfo(np.float16).max
 
 
 @pytest.mark.skipif(not helpers.INTERPRET,
