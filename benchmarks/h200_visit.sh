@@ -233,13 +233,13 @@ for t in r["top"][:6]:
     for f in q8bf16 q8_ctas q8bf16_bs64 q8_bs64; do grep -A6 "^| shape" "$out/$f.log"; done
     ;;
   decode-q8-items)  # issue 15: an H200 runs decode-q8-ctas (its table has none of it); else
-    # the 8-bit decode now (items on the fewest CTAs for the cap's rounds, the next q copied
-    # after the last step's Sᵀ) vs BASELINE (.baseline/: a tree before a change under test)
-    # with the table's tilings, e4m3 also at 3 stages and four issuers; the best of now into
-    # the table (copied to OUT); e4m3 at 128 x 2048 and 512 x 512 (4 and 16 items a CTA)
-    # for the cost of an item. NOTE: under Mosaic GPU's profiler (decode_mosaic_inside
-    # --profile, 64 x 256, 80 ranges a warpgroup) this kernel wrote no trace (H100,
-    # 2026-12-07): the item costs come from times at equal bytes instead.
+    # the 8-bit decode now vs BASELINE (.baseline/: a tree before a change under test) and
+    # $VARIANTS (more such trees) at the table's tilings (two streams at block_kv 64, the SM
+    # count's CTAs, two issuers), 3 or 4 stages; the best of now into the table (copied to
+    # OUT); e4m3 at 128 x 2048 and 512 x 512 (4 and 16 items a CTA) for the cost of an
+    # item. NOTE: under Mosaic GPU's profiler (decode_mosaic_inside --profile, 64 x 256, 80
+    # ranges a warpgroup) this kernel wrote no trace (H100, 2026-12-07): the item costs
+    # come from times at equal bytes instead.
     case $(nvidia-smi --query-gpu=name --format=csv,noheader) in
       *H200*) exec bash "$0" decode-q8-ctas "$out" ;;
     esac
@@ -248,18 +248,18 @@ for t in r["top"][:6]:
       local name=$1 dtype=$2 secs=$3; shift 3
       run "$name" "$secs" python3 -m benchmarks.decode_mosaic_probe --out "$out/$name" \
         --kv-dtype "$dtype" --block-kv 64 --splits 1 --v-converters 1 --streams 2 \
-        --ctas sm --job_timeout_s 70 "$@"
+        --ctas sm --issuers 2 --job_timeout_s 70 "$@"
     }
     both=64x4096/16,256x1024/16
-    items_probe q8_now float8_e4m3 150 --shapes $both --stages 3,4 --issuers 2,4 \
-      --qk-8bit 0 --write-table
-    items_probe q8_now_int8 int8 100 --shapes $both --stages 4 --issuers 2 --qk-8bit 0,1 \
+    items_probe q8_now float8_e4m3,int8 150 --shapes $both --stages 3,4 --qk-8bit 0,1 \
       --write-table
-    (cd .baseline && items_probe q8_base float8_e4m3,int8 120 --shapes $both --stages 4 \
-      --issuers 2 --qk-8bit 0,1)
+    for dir in .baseline ${VARIANTS:-}; do  # VARIANTS: more trees like .baseline
+      (cd "$dir" && items_probe "q8_${dir#.}" float8_e4m3,int8 100 --shapes $both \
+        --stages 4 --qk-8bit 0,1)
+    done
     items_probe q8_fit float8_e4m3 80 --shapes 128x2048/16,512x512/16 --stages 4 \
-      --issuers 2 --qk-8bit 0
-    for f in q8bf16 q8_now q8_now_int8 q8_base q8_fit; do grep -A8 "^| shape" "$out/$f.log"; done
+      --qk-8bit 0
+    grep -A8 "^| shape" "$out/q8bf16.log" "$out"/q8_*.log
     ;;
   decode-q8-issuers)  # issue 15: two or four warps issuing the copies, 3 or 4 stages, the
     # SM count's CTAs taking items in turn, two streams at block_kv 64; the best into the
