@@ -29,6 +29,8 @@
 #                                                # else the 8-bit decode now vs BASELINE,
 #                                                # 3/4 stages, 2/4 issuers; the cost of
 #                                                # an item (4, 8, 16 a CTA)
+#   bash benchmarks/h200_visit.sh decode-q8-bs64 OUT  # issue 15: the 8-bit decode over
+#                                                # 64-token blocks; the best into the table
 #   bash benchmarks/h200_visit.sh decode-q8-issuers OUT  # issue 15: 2 or 4 warps issuing the
 #                                                # 8-bit decode's copies, 3 or 4 stages
 #   bash benchmarks/h200_visit.sh decode-q8-ncu OUT  # issue 15: Nsight Compute on the decode
@@ -260,6 +262,17 @@ for t in r["top"][:6]:
     items_probe q8_fit float8_e4m3 80 --shapes 128x2048/16,512x512/16 --stages 4 \
       --qk-8bit 0
     grep -A8 "^| shape" "$out/q8bf16.log" "$out"/q8_*.log
+    ;;
+  decode-q8-bs64)  # issue 15: the 8-bit decode over 64-token cache blocks (3 or 4 stages,
+    # both Sᵀ ways, one or two issuers) vs bf16's kernel there; the best into the table
+    run q8bf16_bs64 100 python3 -m benchmarks.decode_mosaic_probe --out "$out/bf16_bs64" \
+      --kv-dtype bfloat16 --block-kv 128 --stages 2 --splits 1 --job_timeout_s 60 \
+      --shapes 64x4096/64,256x1024/64
+    run q8_bs64 200 python3 -m benchmarks.decode_mosaic_probe --out "$out/bs64" \
+      --write-table --kv-dtype int8,float8_e4m3 --block-kv 64 --stages 3,4 --splits 1 \
+      --qk-8bit 0,1 --v-converters 1 --streams 2 --ctas sm --issuers 1,2 \
+      --job_timeout_s 100 --shapes 64x4096/64,256x1024/64
+    grep -A6 "^| shape" "$out/q8bf16_bs64.log" "$out/q8_bs64.log"
     ;;
   decode-q8-issuers)  # issue 15: two or four warps issuing the copies, 3 or 4 stages, the
     # SM count's CTAs taking items in turn, two streams at block_kv 64; the best into the
