@@ -115,12 +115,12 @@ class Items:
   and 32 of 7), so that no CTA's last round runs beside idle ones.
   """
 
-  def __init__(self, batch: int, groups: int, cfg: Static, len_ref=None):
+  def __init__(self, batch: int, groups: int, cfg: Static):
     self.groups, self.splits = groups, cfg.num_splits
     self.count = batch * groups * cfg.num_splits
     rounds = -(-self.count // cfg.ctas) if cfg.ctas else 1
     self.ctas = -(-self.count // rounds)
-    self.len_ref = len_ref  # int32 [batch] (GMEM), inside the kernel
+    self.len_ref = None  # int32 [batch] (GMEM) once inside the kernel
 
   def with_lengths(self, len_ref) -> Items:
     """These items reading their rows' lengths from len_ref (the kernel's)."""

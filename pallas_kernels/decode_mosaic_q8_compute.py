@@ -14,9 +14,10 @@ rows of which the group is a few; on the H200 that bound the 8-bit kernel
 In GMEM q and O have the group's rows rounded up to 8 (Static.q_rows, one
 TMA box each way), not N: the tile's other columns are never written (NaN
 in interpret mode) and no real query's column reads them (the columns are
-independent in every operation). NOTE: with N-row q and O (an XLA pad and
-transpose beside the kernel), rows cost 36 MiB of traffic at 256 x 1024,
-~2.7 µs a CTA's item (H100, 2026-12-07, docs/benchmarks.md).
+independent in every operation). NOTE: N-row q and O (an XLA pad and a
+transpose beside the kernel) moved 36 MiB more at 256 x 1024; without them
+that shape took 224.5 µs, not 236.2 (e4m3, H100, 2026-12-07,
+docs/benchmarks.md).
 
 Sᵀ comes one of two ways (DecodeMosaicConfig.qk_8bit):
   bf16 (default)  K read from the 8-bit ring 64 rows at a time into
@@ -81,8 +82,9 @@ class Bufs:
   Oᵀ through a transposed view, its first q_rows rows stored) with one
   split, else Oᵀ [d, N] float32 (the split partial); lse [N] f32 or None; k
   [stages, block_kv, d] 8-bit (the ring's); v [STAGES16, block_kv, d] bf16;
-  k_scales, v_scales [stages, block_kv] f16 (the ring's: gather_scales); k_tile [block_kv,
-  d] bf16 in interpret mode without qk_8bit, else None (see _k_chunk)."""
+  k_scales, v_scales [stages, block_kv] f16 (the ring's: gather_scales);
+  k_tile [block_kv, d] bf16 in interpret mode without qk_8bit, else None
+  (see _k_chunk)."""
   q: object
   q_scales: object
   p: object
