@@ -25,10 +25,10 @@
 #                                                # CTA an item or the SM count's taking
 #                                                # items in turn, one or two warps issuing
 #                                                # the copies; 16- and 64-token blocks
-#   bash benchmarks/h200_visit.sh decode-q8-items OUT  # issue 15: on an H200 decode-q8-ctas;
-#                                                # else the 8-bit decode now vs BASELINE,
-#                                                # 3/4 stages, 2/4 issuers; the cost of
-#                                                # an item (4, 8, 16 a CTA)
+#   bash benchmarks/h200_visit.sh decode-q8-items OUT  # issue 15: the 8-bit decode now (into
+#                                                # the table) vs BASELINE and $VARIANTS;
+#                                                # the cost of an item (4, 8, 16 a CTA);
+#                                                # an H200 does 64-token blocks instead
 #   bash benchmarks/h200_visit.sh decode-q8-bs64 OUT  # issue 15: the 8-bit decode over
 #                                                # 64-token blocks; the best into the table
 #   bash benchmarks/h200_visit.sh decode-q8-issuers OUT  # issue 15: 2 or 4 warps issuing the
@@ -234,17 +234,15 @@ for t in r["top"][:6]:
       --job_timeout_s 100 --shapes 64x4096/64,256x1024/64
     for f in q8bf16 q8_ctas q8bf16_bs64 q8_bs64; do grep -A6 "^| shape" "$out/$f.log"; done
     ;;
-  decode-q8-items)  # issue 15: an H200 runs decode-q8-ctas (its table has none of it); else
-    # the 8-bit decode now vs BASELINE (.baseline/: a tree before a change under test) and
-    # $VARIANTS (more such trees) at the table's tilings (two streams at block_kv 64, the SM
+  decode-q8-items)  # issue 15: the 8-bit decode now vs BASELINE (.baseline/: a tree
+    # before a change under test) and $VARIANTS (more such trees) at the table's tilings (two streams at block_kv 64, the SM
     # count's CTAs, two issuers), 3 or 4 stages; the best of now into the table (copied to
     # OUT); e4m3 at 128 x 2048 and 512 x 512 (4 and 16 items a CTA) for the cost of an
     # item. NOTE: under Mosaic GPU's profiler (decode_mosaic_inside --profile, 64 x 256, 80
     # ranges a warpgroup) this kernel wrote no trace (H100, 2026-12-07): the item costs
-    # come from times at equal bytes instead.
-    case $(nvidia-smi --query-gpu=name --format=csv,noheader) in
-      *H200*) exec bash "$0" decode-q8-ctas "$out" ;;
-    esac
+    # come from times at equal bytes instead. An H200 (whose table has none of the H100's
+    # options yet) skips the trees and measures 64-token blocks instead (decode-q8-bs64).
+    h200=$(nvidia-smi --query-gpu=name --format=csv,noheader | grep -c H200)
     bf16_kernel
     items_probe() {  # items_probe NAME DTYPE SECONDS [ARGS...]: 8-bit tilings of the table
       local name=$1 dtype=$2 secs=$3; shift 3
@@ -255,6 +253,7 @@ for t in r["top"][:6]:
     both=64x4096/16,256x1024/16
     items_probe q8_now float8_e4m3,int8 150 --shapes $both --stages 3,4 --qk-8bit 0,1 \
       --write-table
+    [ "$h200" = 1 ] && exec bash "$0" decode-q8-bs64 "$out"
     for dir in .baseline ${VARIANTS:-}; do  # VARIANTS: more trees like .baseline
       (cd "$dir" && items_probe "q8_${dir#.}" float8_e4m3,int8 100 --shapes $both \
         --stages 4 --qk-8bit 0,1)
