@@ -42,7 +42,7 @@ SCALES = jnp.float16
 
 def buffers(cfg, head_dim: int, storage, smem) -> list:
   """8-bit K and V stages [stages, block_kv, d], then their scales
-  [stages, block_kv] SCALES (gather_scales')."""
+  [stages, block_kv] SCALES (f16, as gather_scales gives them)."""
   return [smem((cfg.stages, cfg.block_kv, head_dim), storage),
           smem((cfg.stages, cfg.block_kv, head_dim), storage),
           plgpu.SMEM((cfg.stages, cfg.block_kv), SCALES),
