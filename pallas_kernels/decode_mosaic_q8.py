@@ -88,9 +88,20 @@ from pallas_kernels import quantization
 from pallas_kernels.prefill_mosaic import interpret_params
 from pallas_kernels.prefill_mosaic import smem_buffer
 
-COMPILER_PARAMS = plgpu.CompilerParams(approx_math=True)
+
+def compiler_params():
+  """The kernel's CompilerParams, made when it is traced.
+
+  NOTE: not a module constant: benchmarks/decode_mosaic_inside.py turns
+  Mosaic GPU's profiler on by replacing plgpu.CompilerParams after import
+  (with a constant made at import the profiler stayed off and wrote no
+  trace, H100, 2026-12-07).
+  """
+  return plgpu.CompilerParams(approx_math=True)
+
+
 # The shared memory of one cross-warp reduction's scratch (_behind_pads).
-REDUCTION_SCRATCH = COMPILER_PARAMS.reduction_scratch_bytes
+REDUCTION_SCRATCH = compiler_params().reduction_scratch_bytes
 STAGES16 = stages.STAGES16
 
 
@@ -128,7 +139,7 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
       grid=(items.ctas,),
       grid_names=("cta",),
       num_threads=warpgroups, thread_name="wg",
-      compiler_params=COMPILER_PARAMS,
+      compiler_params=compiler_params(),
       interpret=interpret_params(interpret, warpgroups),
       kernel_name="paged_decode_mosaic_q8",
   )(lengths, block_tables.reshape(-1), kv_cache.values, scales, *q_args)

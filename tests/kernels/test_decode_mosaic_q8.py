@@ -273,3 +273,21 @@ def test_items_take_the_fewest_ctas_for_the_caps_rounds(count, cap, ctas):
   rounds = -(-count // items.ctas)
   assert rounds == (-(-count // cap) if cap else 1)
   assert items.ctas <= count  # every CTA has an item
+
+
+def test_compiler_params_are_made_when_the_kernel_is_traced(monkeypatch):
+  """benchmarks/decode_mosaic_inside.py turns the profiler on by replacing
+  plgpu.CompilerParams after import: the kernel must pick the replacement up."""
+  made = []
+  real = plgpu.CompilerParams
+  monkeypatch.setattr(plgpu, "CompilerParams",
+                      lambda **kw: made.append(kw) or real(**kw))
+  spec = jax.ShapeDtypeStruct
+  cache = quantization.QuantizedKV(spec((64, 2, 2, 16, 64), jnp.int8),
+                                   spec((64, 2, 2, 16), jnp.float32))
+  config = C(block_kv=64)
+  f = jax.jit(lambda *a: decode_mosaic.decode_mosaic(*a, scale=0.125, config=config))
+  jax.export.export(f, platforms=["cuda"])(
+      spec((4, 8, 64), jnp.bfloat16), cache, spec((4, 8), jnp.int32),
+      spec((4,), jnp.int32))
+  assert made and all(kw.get("approx_math") for kw in made)
