@@ -266,6 +266,9 @@ def main(argv=None) -> dict:
   shutil.rmtree(dump_dir, ignore_errors=True)
   if trace_dir:
     traces = sorted(glob.glob(os.path.join(trace_dir, "*-trace.json")))
+    if not traces:
+      raise RuntimeError(f"the profiler wrote no trace under {trace_dir}: was "
+                         "the kernel's CompilerParams made before the patch?")
     from pallas_kernels.decode_mosaic_q8 import num_warpgroups  # pylint: disable=g-import-not-at-top
     warpgroups = (2 if args.kv_dtype == "bfloat16"
                   else num_warpgroups(config_of(args)))
