@@ -29,6 +29,8 @@
 #                                                # the table) vs BASELINE and $VARIANTS;
 #                                                # the cost of an item (4, 8, 16 a CTA);
 #                                                # an H200 does 64-token blocks instead
+#   bash benchmarks/h200_visit.sh decode-q8-profile OUT  # issue 15: the 8-bit decode's
+#                                                # phases per warpgroup, e4m3 vs int8
 #   bash benchmarks/h200_visit.sh decode-q8-bs64 OUT  # issue 15: the 8-bit decode over
 #                                                # 64-token blocks; the best into the table
 #   bash benchmarks/h200_visit.sh decode-q8-issuers OUT  # issue 15: 2 or 4 warps issuing the
@@ -263,6 +265,21 @@ for t in r["top"][:6]:
     items_probe q8_fit float8_e4m3 80 --shapes 128x2048/16,512x512/16 --stages 4 \
       --qk-8bit 0
     grep -A8 "^| shape" "$out/q8bf16.log" "$out"/q8_*.log
+    ;;
+  decode-q8-profile)  # issue 15: the 8-bit decode's phases under Mosaic GPU's profiler per
+    # warpgroup (decode_mosaic_inside --profile) at the table's tilings (3 stages, which
+    # leaves room for 320 ranges a warpgroup), rows of 256 and 1,024 tokens on 64 rows (2
+    # items a CTA): where an int8 item costs twice an e4m3 one
+    for a in "e4m3 --kv-dtype float8_e4m3 --qk-8bit 0" "int8 --kv-dtype int8 --qk-8bit 0" \
+        "int8_qk8 --kv-dtype int8 --qk-8bit 1"; do
+      set -- $a
+      for shape in 64x256/16 64x1024/16; do
+        name="prof_$1_${shape%%/*}"
+        run "$name" 90 python3 -m benchmarks.decode_mosaic_inside --out "$out/$name" \
+          --profile --profile-space 320 --shape "$shape" "${@:2}" --block-kv 64 \
+          --stages 3 --streams 2 --ctas 132 --issuers 2
+      done
+    done
     ;;
   decode-q8-bs64)  # issue 15: the 8-bit decode over 64-token cache blocks (3 or 4 stages,
     # both Sᵀ ways, one or two issuers) vs bf16's kernel there; the best into the table
