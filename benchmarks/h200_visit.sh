@@ -33,8 +33,6 @@
 #                                                # phases per warpgroup, e4m3 vs int8
 #   bash benchmarks/h200_visit.sh decode-q8-bs64 OUT  # issue 15: the 8-bit decode over
 #                                                # 64-token blocks; the best into the table
-#   bash benchmarks/h200_visit.sh decode-q8-issuers OUT  # issue 15: 2 or 4 warps issuing the
-#                                                # 8-bit decode's copies, 3 or 4 stages
 #   bash benchmarks/h200_visit.sh decode-q8-ncu OUT  # issue 15: Nsight Compute on the decode
 #                                                # per cache dtype: stall reasons by SASS
 #                                                # instruction, pipes, bank conflicts
@@ -291,16 +289,6 @@ for t in r["top"][:6]:
       --qk-8bit 0,1 --v-converters 1 --streams 2 --ctas sm --issuers 1,2 \
       --job_timeout_s 100 --shapes 64x4096/64,256x1024/64
     grep -A6 "^| shape" "$out/q8bf16_bs64.log" "$out/q8_bs64.log"
-    ;;
-  decode-q8-issuers)  # issue 15: two or four warps issuing the copies, 3 or 4 stages, the
-    # SM count's CTAs taking items in turn, two streams at block_kv 64; the best into the
-    # table (copied to OUT); bf16's kernel in the same call
-    bf16_kernel
-    run q8_issuers 240 python3 -m benchmarks.decode_mosaic_probe --out "$out" --write-table \
-      --kv-dtype int8,float8_e4m3 --block-kv 64 --stages 3,4 --splits 1 --qk-8bit 0,1 \
-      --v-converters 1 --streams 2 --ctas sm --issuers 2,4 --job_timeout_s 110 \
-      --shapes 64x4096/16,256x1024/16
-    grep -A4 "^| shape" "$out/q8bf16.log"; grep -A6 "^| shape" "$out/q8_issuers.log"
     ;;
   decode-q8-ncu)  # issue 15: ncu (full set, PC sampling) on one launch of the decode at
     # 64 x 4096 per cache dtype (the H100's best tilings, 2026-12-07), its pages exported as

@@ -23,10 +23,8 @@ step masks the scores, and the producer zeroes those V rows (`dirty_tail`).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
-from typing import NamedTuple
 
 import jax.numpy as jnp
 from jax import lax
@@ -59,15 +57,6 @@ def _cdiv(a, b: int):
   return lax.div(a + (b - 1), b)  # NOTE: a >= 0
 
 
-class Item(NamedTuple):
-  """One (row, KV-head group, split) work item of kernel.Items, with its
-  row's length (int32 scalars)."""
-  row: object
-  group: object
-  split: object
-  length: object
-
-
 class Span:
   """The cache tokens one CTA attends to: [first_kv, end) of its row.
 
@@ -75,17 +64,13 @@ class Span:
   """
 
   def __init__(self, len_ref, cfg: Static, block_size: int, stream: int = 0,
-               item: Item | None = None):
-    # item: an Item (its length already loaded), else the CTA's grid
-    # position and len_ref int32 [batch] (GMEM)
-    if item is None:
-      row, group, split = [lax.axis_index(a) for a in ("row", "head", "split")]
-      length = len_ref[row]
-    else:
-      row, group, split, length = item
+               item=None):
+    # item: (row, KV-head group, split), else the CTA's grid position
+    row, group, split = item or [lax.axis_index(a) for a in ("row", "head", "split")]
     self.row, self.split = row, split
     # NOTE: with cfg.streams KV heads per CTA, stream s is head streams * h + s.
     self.head = group * cfg.streams + stream
+    length = len_ref[self.row]  # len_ref int32 [batch] (GMEM)
     # NOTE: whole steps per split, so only the last non-empty split can end
     # inside a step; splits past the row's end have no steps.
     per_split = _cdiv(_cdiv(length, cfg.num_splits), cfg.block_kv) * cfg.block_kv
@@ -120,41 +105,21 @@ class Items:
     self.count = batch * groups * cfg.num_splits
     rounds = -(-self.count // cfg.ctas) if cfg.ctas else 1
     self.ctas = -(-self.count // rounds)
-    self.len_ref = None  # int32 [batch] (GMEM) once inside the kernel
-
-  def with_lengths(self, len_ref) -> Items:
-    """These items reading their rows' lengths from len_ref (the kernel's)."""
-    bound = copy.copy(self)
-    bound.len_ref = len_ref
-    return bound
 
   def mine(self):
     """How many items this CTA takes (int32, >= 1: ctas <= count)."""
     return _cdiv(self.count - lax.axis_index("cta"), self.ctas)
 
-  def item(self, k) -> Item:
-    """This CTA's k-th item (row-major), its length loaded."""
+  def item(self, k):
+    """This CTA's k-th item: (row, group, split) int32 scalars (row-major)."""
     w = lax.axis_index("cta") + k * self.ctas
     per_row = self.groups * self.splits
-    row = lax.div(w, per_row)
-    return Item(row, lax.div(lax.rem(w, per_row), self.splits),
-                lax.rem(w, self.splits), self.len_ref[row])
+    return (lax.div(w, per_row), lax.div(lax.rem(w, per_row), self.splits),
+            lax.rem(w, self.splits))
 
   def fold(self, body, carry):
-    """carry = body(k, item, following, carry) for k over this CTA's items:
-    item(k) and item(k + 1) (item(k) again for the last).
-
-    NOTE: item k + 1's length is loaded before body runs item k, so no role
-    waits on a GMEM load between items.
-    """
-    last = self.mine() - 1
-
-    def step(k, state):
-      carry, current = state
-      following = self.item(jnp.minimum(k + 1, last))
-      return body(k, current, following, carry), following
-
-    return lax.fori_loop(0, last + 1, step, (carry, self.item(jnp.int32(0))))[0]
+    """carry = body(k, carry) for k over this CTA's items (item(k))."""
+    return lax.fori_loop(0, self.mine(), body, carry)
 
 
 def _length_mask(s, step, *, span: Span, cfg: Static):

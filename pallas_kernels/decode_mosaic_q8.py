@@ -189,8 +189,6 @@ def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, items, interpret
   head_dim, cols = q_refs[0].shape[-1], compute.q_cols(cfg.q_rows)
   block_size = values_ref.shape[3]
 
-  items = items.with_lengths(len_ref)
-
   def body(*smem, **bars):
     per = len(smem) // cfg.streams
     streams = [_stream(smem[i * per:(i + 1) * per], bars, i)

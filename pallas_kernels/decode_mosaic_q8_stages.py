@@ -94,8 +94,8 @@ def _issue(tasks, items, spans, bt_ref, values_ref, scales_ref, rings, bars, cfg
   streams = sorted({i for i, _ in tasks})
   kinds = {i: [which for s, which in tasks if s == i] for i in streams}
 
-  def item(k, it, _, base):  # base: the steps of the CTA's earlier items
-    its = {i: spans[i](it) for i in streams}
+  def item(k, base):  # base: the steps of the CTA's earlier items
+    its = {i: spans[i](items.item(k)) for i in streams}
     first = its[streams[0]]
 
     @pl.loop(0, first.num_steps)
@@ -146,8 +146,8 @@ def converter(items, span_of, src, dst, bars, cfg, index: int):
   starts = range(index * compute.CHUNK_ROWS, cfg.block_kv,
                  cfg.v_converters * compute.CHUNK_ROWS)
 
-  def item(k, it, _, base):  # base: the steps of the CTA's earlier items
-    span = span_of(it)
+  def item(k, base):  # base: the steps of the CTA's earlier items
+    span = span_of(items.item(k))
 
     @pl.loop(0, span.num_steps)
     def _convert(step):
