@@ -3,7 +3,7 @@
 Usage: PYTHONPATH=. python3 -m benchmarks.decode_mosaic_inside --out DIR
            [--shape 64x4096/16] [--kv-dtype int8] [--block-kv 128] [--stages 4]
            [--qk-8bit 1] [--v-converters 1] [--streams 1] [--ctas 0]
-           [--issuers 1] [--asm] [--profile]
+           [--issuers 1] [--dynamic 0] [--asm] [--profile]
 
 One tiling of decode_mosaic over one cache dtype (decode_mosaic_probe's
 problem_at: bf16 q, 32 q / 8 kv heads x 128, every row full length):
@@ -138,7 +138,8 @@ def config_of(args):
   return DecodeMosaicConfig(block_kv=args.block_kv, stages=args.stages,
                             qk_8bit=bool(args.qk_8bit),
                             v_converters=args.v_converters, streams=args.streams,
-                            ctas=args.ctas, issuers=args.issuers)
+                            ctas=args.ctas, issuers=args.issuers,
+                            dynamic=bool(args.dynamic))
 
 
 def run_once(args, profile_dir: str | None) -> float:
@@ -228,6 +229,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--ctas", type=int, default=0,
                  help="8-bit: the grid's CTA cap, 0 one an item (default: %(default)s)")
   p.add_argument("--issuers", type=int, default=1, help="default: %(default)s")
+  p.add_argument("--dynamic", type=int, default=0,
+                 help="8-bit with --ctas: items from a global counter (default: %(default)s)")
   p.add_argument("--profile-space", type=int, default=320,
                  help="profiler ranges per warpgroup (default: %(default)s)")
   p.add_argument("--asm", action="store_true", help="dump and summarise ptxas and SASS")
@@ -253,7 +256,7 @@ def main(argv=None) -> dict:
                 config=dict(block_kv=args.block_kv, stages=args.stages,
                             qk_8bit=args.qk_8bit, v_converters=args.v_converters,
                             streams=args.streams, ctas=args.ctas,
-                            issuers=args.issuers),
+                            issuers=args.issuers, dynamic=args.dynamic),
                 err=run_once(args, trace_dir))
   if args.asm:
     for path in sass_from_ptx(dump_dir):

@@ -5,7 +5,7 @@ Usage: PYTHONPATH=. python3 -m benchmarks.decode_mosaic_probe [--out DIR]
            [--stages 2,3,4] [--splits 1,2,4,8] [--max-ctas 2112]
            [--kv-dtype bfloat16,int8,float8_e4m3] [--qk-8bit 0,1]
            [--v-converters 1,2] [--streams 1] [--ctas 0,sm] [--issuers 1]
-           [--job_timeout_s 240]
+           [--dynamic 0,1] [--job_timeout_s 240]
            [--write-table [--table-dir DIR]] [--interpret]
        PYTHONPATH=. python3 -m benchmarks.decode_mosaic_probe --from-run JSON
            --device-kind KIND [--table-dir DIR]
@@ -62,24 +62,24 @@ RESULT = "RESULT "
 
 def grid(batch: int, ctx: int, hkv: int, block_kv, stages, splits,
          max_ctas: int = 16 * 132, quantized: bool = False, qk_8bit=(False,),
-         v_converters=(1,), streams=(1,), ctas=(0,), issuers=(1,)):
+         v_converters=(1,), streams=(1,), ctas=(0,), issuers=(1,), dynamic=(0,)):
   """(block_kv, stages, splits) points with >= one step per split and at
   most `max_ctas` CTAs (at least the one-split points); for an 8-bit cache
-  also each of the qk_8bit, v_converters, streams, ctas and issuers values
-  that tiling can take."""
+  also each of the qk_8bit, v_converters, streams, ctas, issuers and dynamic
+  values that tiling can take."""
   from pallas_kernels.decode_mosaic import DecodeMosaicConfig  # pylint: disable=g-import-not-at-top
   from pallas_kernels.prefill_mosaic import SMEM_BYTES  # pylint: disable=g-import-not-at-top
   from pallas_kernels.decode_mosaic_q8_compute import q_cols  # pylint: disable=g-import-not-at-top
   cols = q_cols(HEADS[0] // HEADS[1]) if quantized else 0
   out = []
-  eight_bit = ((qk_8bit, v_converters, streams, ctas, issuers) if quantized
-               else ((False,), (1,), (1,), (0,), (1,)))
-  for bkv, st, ns, qk8, conv, sm, n, iss in itertools.product(
+  eight_bit = ((qk_8bit, v_converters, streams, ctas, issuers, dynamic)
+               if quantized else ((False,), (1,), (1,), (0,), (1,), (0,)))
+  for bkv, st, ns, qk8, conv, sm, n, iss, dyn in itertools.product(
       block_kv, stages, splits, *eight_bit):
     try:
       cfg = DecodeMosaicConfig(block_kv=bkv, stages=st, num_splits=ns,
                                qk_8bit=bool(qk8), v_converters=conv, streams=sm,
-                               ctas=n, issuers=iss)
+                               ctas=n, issuers=iss, dynamic=bool(dyn))
     except ValueError:  # e.g. two V converters need block_kv >= 128
       continue
     if (cfg.smem_bytes(HEADS[2], 2, cols) <= SMEM_BYTES and ns * bkv <= ctx
@@ -134,7 +134,7 @@ def child(args) -> None:
   for cfg in grid(batch, ctx, hkv, args.block_kv, args.stages, args.splits,
                   args.max_ctas, kv_dtype != "bfloat16", args.qk_8bit,
                   args.v_converters, args.streams, resolve_ctas(args.ctas),
-                  args.issuers):
+                  args.issuers, args.dynamic):
     if not supports(*problem[:2], cfg):  # e.g. qk_8bit over e4m3
       continue
     f = jax.jit(functools.partial(decode_mosaic, scale=scale, config=cfg,
@@ -145,7 +145,8 @@ def child(args) -> None:
                   num_splits=cfg.num_splits)
     if kv_dtype != "bfloat16":
       config.update(qk_8bit=cfg.qk_8bit, v_converters=cfg.v_converters,
-                    streams=cfg.streams, ctas=cfg.ctas, issuers=cfg.issuers)
+                    streams=cfg.streams, ctas=cfg.ctas, issuers=cfg.issuers,
+                    dynamic=cfg.dynamic)
     row = dict(kind="mosaic", config=config, compile_s=time.time() - t0)
     if isinstance(exe, str):
       emit(**row, error=exe)
@@ -178,7 +179,7 @@ def run_shape(shape: str, kv_dtype: str, args) -> list[dict]:
              ["--interpret"] if args.interpret else []) + [
              f"--{k.replace('_', '-')}={','.join(map(str, getattr(args, k)))}"
              for k in ("block_kv", "stages", "splits", "qk_8bit", "v_converters",
-                       "streams", "ctas", "issuers")]
+                       "streams", "ctas", "issuers", "dynamic")]
   try:
     done = subprocess.run(cmd, capture_output=True, text=True,
                           timeout=args.job_timeout_s, check=False)
@@ -219,6 +220,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--issuers", type=ints, default=(1,),
                  help="8-bit caches: warps of the memory warpgroup issuing the copies, "
                       "1, 2 or 4 (default: 1)")
+  p.add_argument("--dynamic", type=ints, default=(0,),
+                 help="8-bit caches with --ctas > 0: each CTA's next item from a global "
+                      "counter (1) or in static turn (0), comma-separated (default: 0)")
   p.add_argument("--max-ctas", type=int, default=16 * 132,
                  help="skip split counts giving more CTAs (default: %(default)s)")
   p.add_argument("--write-table", action="store_true",

@@ -135,13 +135,14 @@ def summary_table(summaries: list[dict]) -> list[str]:
 
 def _tiling(c: dict) -> str:
   """block_kv/stages/splits, and for an 8-bit cache /bf16|8bit/converters
-  (and /s2 with two streams, /cN with N CTAs taking items in turn, /iN with
-  N warps issuing the copies)."""
+  (and /s2 with two streams, /cN with N CTAs taking items in turn, /dN with
+  N CTAs taking them from a counter, /iN with N warps issuing the copies)."""
   out = f"{c['block_kv']}/{c['stages']}/{c['num_splits']}"
   if "qk_8bit" in c:
     out += f"/{'8bit' if c['qk_8bit'] else 'bf16'}/{c['v_converters']}"
     out += f"/s{c['streams']}" if c.get("streams", 1) > 1 else ""
-    out += f"/c{c['ctas']}" if c.get("ctas", 0) else ""
+    if c.get("ctas", 0):
+      out += f"/{'d' if c.get('dynamic') else 'c'}{c['ctas']}"
     out += f"/i{c['issuers']}" if c.get("issuers", 1) > 1 else ""
   return out
 

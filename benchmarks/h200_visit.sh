@@ -29,6 +29,9 @@
 #                                                # the table) vs BASELINE and $VARIANTS;
 #                                                # the cost of an item (4, 8, 16 a CTA);
 #                                                # an H200 does 64-token blocks instead
+#   bash benchmarks/h200_visit.sh decode-q8-dynamic OUT  # issue 15: the 8-bit decode's items
+#                                                # in static turn vs from a global counter
+#                                                # (the best into the table); CTAs' ends
 #   bash benchmarks/h200_visit.sh decode-q8-profile OUT  # issue 15: the 8-bit decode's
 #                                                # phases per warpgroup, e4m3 vs int8
 #   bash benchmarks/h200_visit.sh decode-q8-bs64 OUT  # issue 15: the 8-bit decode over
@@ -263,6 +266,23 @@ for t in r["top"][:6]:
     items_probe q8_fit float8_e4m3 80 --shapes 128x2048/16,512x512/16 --stages 4 \
       --qk-8bit 0
     grep -A8 "^| shape" "$out/q8bf16.log" "$out"/q8_*.log
+    ;;
+  decode-q8-dynamic)  # issue 15: the 8-bit decode at the table's tilings (two streams at
+    # block_kv 64, the SM count's CTAs, two issuers, 3 stages) with items in static turn
+    # (dynamic 0) or from a global counter (1), vs the bf16 kernel; the best into the table
+    # (copied to OUT); then both under the profiler at 64 x 1024 for the CTAs' end times
+    # (static: they spread 10-15 % over equal work on the H100, 2026-12-07)
+    bf16_kernel
+    run q8_dyn 330 python3 -m benchmarks.decode_mosaic_probe --out "$out/dyn" \
+      --kv-dtype float8_e4m3,int8 --block-kv 64 --splits 1 --v-converters 1 --streams 2 \
+      --ctas sm --issuers 2 --stages 3 --qk-8bit 0,1 --dynamic 0,1 --job_timeout_s 150 \
+      --shapes 64x4096/16,256x1024/16 --write-table
+    for d in 0 1; do
+      run "prof_d$d" 60 python3 -m benchmarks.decode_mosaic_inside --out "$out/prof_d$d" \
+        --profile --profile-space 320 --shape 64x1024/16 --kv-dtype int8 --qk-8bit 1 \
+        --block-kv 64 --stages 3 --streams 2 --ctas 132 --issuers 2 --dynamic $d
+    done
+    grep -A8 "^| shape" "$out/q8bf16.log" "$out/q8_dyn.log"
     ;;
   decode-q8-profile)  # issue 15: the 8-bit decode's phases under Mosaic GPU's profiler per
     # warpgroup (decode_mosaic_inside --profile) at the table's tilings (3 stages, which

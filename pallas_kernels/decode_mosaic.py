@@ -60,6 +60,10 @@ class DecodeMosaicConfig:
   # 8-bit caches only: warps of the memory warpgroup issuing the copies (1, 2
   # or 4, at most 2 x streams), each a share of the (stream, K or V) copies.
   issuers: int = 1
+  # 8-bit caches with ctas > 0 only: each CTA's next item from a global
+  # counter as it starts one (decode_mosaic_items: dynamic tickets), not the
+  # static turn, so CTAs that stream faster take more.
+  dynamic: bool = False
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):
@@ -79,6 +83,8 @@ class DecodeMosaicConfig:
     if self.issuers not in (1, 2, 4) or self.issuers > 2 * self.streams:
       raise ValueError(f"issuers must be 1, 2 or 4 (at most 2 x streams "
                        f"{self.streams}), got {self.issuers}")
+    if self.dynamic and not self.ctas:
+      raise ValueError("dynamic tickets need ctas > 0")
 
   def smem_bytes(self, head_dim: int, itemsize: int, q8_cols: int = 0) -> int:
     """Shared memory of the Q/O tile, the K/V stages, the split partials and
@@ -95,7 +101,7 @@ class DecodeMosaicConfig:
 def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
   """Whether the Mosaic kernel runs these operands with `config`: a 16-bit q
   over a cache of its dtype or a bf16 q over an 8-bit one (v_converters,
-  streams, ctas and issuers for 8-bit caches only, qk_8bit for int8 ones
+  streams, ctas, issuers and dynamic for 8-bit caches only, qk_8bit for int8 ones
   only, streams dividing the KV heads), head_dim % 64 == 0, group <= 64,
   shared memory fits.
 
@@ -113,7 +119,7 @@ def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
   cols = q_cols(group) if quantized else 0
   eight_bit_only = (config.qk_8bit or config.v_converters != 1
                     or config.streams != 1 or config.ctas != 0
-                    or config.issuers != 1)
+                    or config.issuers != 1 or config.dynamic)
   qk_ok = ((not config.qk_8bit or values.dtype == jnp.int8)
            and hkv % config.streams == 0)
   return (itemsize == 2 and (quantized or not eight_bit_only) and qk_ok
@@ -152,6 +158,7 @@ def decode_mosaic(q, kv_cache, block_tables, lengths, *, scale,
       q_rows=-(-group // ALIGN) * ALIGN,
       qk_8bit=config.qk_8bit, v_converters=config.v_converters,
       streams=config.streams, ctas=config.ctas, issuers=config.issuers,
+      dynamic=config.dynamic,
       p_in_regs=not interpret, max_blocks=block_tables.shape[1],
       scale=scale)
   qp = q.reshape(batch, hkv, group, head_dim)

@@ -51,6 +51,7 @@ class Static:
   streams: int = 1
   ctas: int = 0
   issuers: int = 1
+  dynamic: bool = False
 
 
 def _cdiv(a, b: int):
@@ -85,41 +86,6 @@ class Span:
     self.dirty_tail = ((self.first_kv + self.num_steps * cfg.block_kv > length)
                        & (lax.rem(length, block_size) != 0))
     self.table_base = self.row * cfg.max_blocks
-
-
-class Items:
-  """The work items (row, KV-head group, split) of a grid of at most
-  `cfg.ctas` CTAs (8-bit kernel): CTA c takes items c, c + ctas, ... in
-  turn, so that while one item's compute warpgroup finishes, its memory
-  warpgroup and converters already start the next (one CTA an item when
-  cfg.ctas is 0). Every warpgroup of a CTA walks the same items in the same
-  order.
-
-  NOTE: the grid is the fewest CTAs that take as many rounds of items as
-  cfg.ctas would (1,024 items on a cap of 132: 128 CTAs of 8, not 100 of 8
-  and 32 of 7), so that no CTA's last round runs beside idle ones.
-  """
-
-  def __init__(self, batch: int, groups: int, cfg: Static):
-    self.groups, self.splits = groups, cfg.num_splits
-    self.count = batch * groups * cfg.num_splits
-    rounds = -(-self.count // cfg.ctas) if cfg.ctas else 1
-    self.ctas = -(-self.count // rounds)
-
-  def mine(self):
-    """How many items this CTA takes (int32, >= 1: ctas <= count)."""
-    return _cdiv(self.count - lax.axis_index("cta"), self.ctas)
-
-  def item(self, k):
-    """This CTA's k-th item: (row, group, split) int32 scalars (row-major)."""
-    w = lax.axis_index("cta") + k * self.ctas
-    per_row = self.groups * self.splits
-    return (lax.div(w, per_row), lax.div(lax.rem(w, per_row), self.splits),
-            lax.rem(w, self.splits))
-
-  def fold(self, body, carry):
-    """carry = body(k, carry) for k over this CTA's items (item(k))."""
-    return lax.fori_loop(0, self.mine(), body, carry)
 
 
 def _length_mask(s, step, *, span: Span, cfg: Static):

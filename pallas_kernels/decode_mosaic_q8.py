@@ -81,6 +81,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels import decode_mosaic_items
 from pallas_kernels import decode_mosaic_kernel as kernel
 from pallas_kernels import decode_mosaic_q8_compute as compute
 from pallas_kernels import decode_mosaic_q8_stages as stages
@@ -132,7 +133,7 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
                 jax.ShapeDtypeStruct(part + (cols,), jnp.float32))
   q_args = (split_q(qp, kv_cache.values.dtype, cols) if cfg.qk_8bit else (qp,))
   warpgroups = num_warpgroups(cfg)
-  items = kernel.Items(batch, hkv // cfg.streams, cfg)  # the grid's work
+  items = decode_mosaic_items.Items(batch, hkv // cfg.streams, cfg)  # the grid's work
   out = plgpu.kernel(
       functools.partial(_entry, cfg=cfg, items=items, interpret=bool(interpret)),
       out_type=out_type,
@@ -189,27 +190,32 @@ def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, items, interpret
   head_dim, cols = q_refs[0].shape[-1], compute.q_cols(cfg.q_rows)
   block_size = values_ref.shape[3]
 
-  def body(*smem, **bars):
+  def body(*smem, tickets=None, claim=None, **bars):
     per = len(smem) // cfg.streams
     streams = [_stream(smem[i * per:(i + 1) * per], bars, i)
                for i in range(cfg.streams)]
     spans = [functools.partial(kernel.Span, len_ref, cfg, block_size, i)
              for i in range(cfg.streams)]  # spans[i](item): stream i's
+    ring = None
+    if items.dynamic:
+      ring = decode_mosaic_items.Ring(
+          items, tickets, claim, bars["t_ready"], bars["t_free"],
+          None if interpret else pl.get_global(plgpu.SemaphoreType.REGULAR))
     wg = lax.axis_index("wg")
     consumers = [functools.partial(
         pl.when(wg == i), functools.partial(
             compute.consumer, items, spans[i], q_refs, out_refs, bufs, sbars,
-            cfg, STAGES16)) for i, (bufs, _, _, sbars) in enumerate(streams)]
+            cfg, STAGES16, ring)) for i, (bufs, _, _, sbars) in enumerate(streams)]
 
     def others():  # the converters and the memory warpgroup (no reductions)
-      for i, (_, ring, v16, sbars) in enumerate(streams):
+      for i, (_, stage8, v16, sbars) in enumerate(streams):
         for c in range(cfg.v_converters):
           pl.when(wg == cfg.streams + 1 + i * cfg.v_converters + c)(
-              functools.partial(stages.converter, items, spans[i], ring[1], v16,
-                                sbars, cfg, c))
+              functools.partial(stages.converter, items, spans[i], stage8[1], v16,
+                                sbars, cfg, c, ring))
       pl.when(wg == cfg.streams)(lambda: stages.producer(
           items, spans, bt_ref, values_ref, scales_ref,
-          [st[1] for st in streams], [st[3] for st in streams], cfg))
+          [st[1] for st in streams], [st[3] for st in streams], cfg, ring))
 
     _behind_pads(consumers, others)
 
@@ -220,6 +226,13 @@ def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, items, interpret
          if interpret and not cfg.qk_8bit else None]
   bars = {f"{k}_{i}": b for i in range(cfg.streams)
           for k, b in stages.barriers(cfg, block_size, q_inputs(cfg)).items()}
+  if items.dynamic:  # decode_mosaic_items.Ring's
+    slots = decode_mosaic_items.ring_slots(cfg)
+    bars.update(
+        tickets=plgpu.SMEM((slots,), jnp.int32), claim=plgpu.SMEM((1,), jnp.int32),
+        t_ready=plgpu.Barrier(num_arrivals=1, num_barriers=slots),
+        t_free=plgpu.Barrier(num_arrivals=decode_mosaic_items.parties(cfg),
+                             num_barriers=slots))
   pl.run_scoped(body, *one * cfg.streams, **bars, collective_axes="wg")
 
 

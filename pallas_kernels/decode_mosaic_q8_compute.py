@@ -112,33 +112,33 @@ def buffers(cfg, head_dim: int, cols: int, number, smem) -> list:
 
 
 def consumer(items, span_of, q_refs, out_refs, bufs: Bufs, bars, cfg,
-             stages16: int):
-  """Attention of the group over each of the CTA's items (kernel.Items;
-  span_of(item): its Span). q_refs: (q [batch, hkv, R,
-  d] bf16,) or with qk_8bit (q's terms [batch, hkv, 2R, d] 8-bit, their
-  scales [batch, hkv, 2, N] f32) (GMEM; R = q_rows <= N, the tile's
-  columns); out_refs: (o [batch, hkv, R, d],) or (partials [.., splits, d,
-  N] f32, lse [.., splits, N] f32).
+             stages16: int, tickets=None):
+  """Attention of the group over each of the CTA's items
+  (decode_mosaic_items.Items; span_of(item): its Span; tickets: the Ring of
+  dynamic tickets, else None). q_refs: (q [batch, hkv, R, d] bf16,) or with
+  qk_8bit (q's terms [batch, hkv, 2R, d] 8-bit, their scales [batch, hkv, 2,
+  N] f32) (GMEM; R = q_rows <= N, the tile's columns); out_refs: (o [batch,
+  hkv, R, d],) or (partials [.., splits, d, N] f32, lse [.., splits, N] f32).
 
   NOTE: the ring's slots and phases run on over the items (`base`: the
   steps of the CTA's earlier items), as the producer's and converters' do.
   """
   plgpu.set_max_registers(COMPUTE_REGISTERS[cfg.streams], action="increase")
 
-  def item(k, base):
-    span = span_of(items.item(k))
+  def item(k, t, t_next, base):
+    span = span_of(items.decode(t))
     pl.when(k == 0)(lambda: _copy_q(span, q_refs, bufs, bars))
     with jax.named_scope("wait_q"):
       plgpu.barrier_wait(bars["q"])
     acc, m, sums = _attend(span, bufs, bars, cfg, stages16, base)
     # q's next item lands while this one finishes (every wgmma over q is done)
-    pl.when(k + 1 < items.mine())(
-        lambda: _copy_q(span_of(items.item(k + 1)), q_refs, bufs, bars))
+    pl.when(t_next < items.count)(
+        lambda: _copy_q(span_of(items.decode(t_next)), q_refs, bufs, bars))
     with jax.named_scope("finish"):
       _finish(span, out_refs, bufs, acc, m, sums)
     return base + span.num_steps
 
-  items.fold(item, jnp.int32(0))
+  items.fold(item, jnp.int32(0), tickets)
   plgpu.wait_smem_to_gmem(0)
 
 

@@ -62,55 +62,68 @@ def barriers(cfg, block_size: int, q_copies: int) -> dict:
               v_ready=stage16(n_conv), v_free=stage16(1))
 
 
-def producer(items, spans, bt_ref, values_ref, scales_ref, rings, bars, cfg):
+def producer(items, spans, bt_ref, values_ref, scales_ref, rings, bars, cfg,
+             tickets=None):
   """Memory warpgroup: TMA of each stream's 8-bit K/V and scales, `stages`
-  ahead, over the CTA's items (kernel.Items; spans[i](item): stream i's Span;
-  the streams' spans differ in their KV head only: one row, the same
-  blocks). values_ref [blocks, hkv, 2, bs, d], scales_ref [batch, hkv, 2,
-  tokens] f16 (gather_scales; GMEM); rings, bars: per stream. With
-  cfg.issuers > 1, warp w of the warpgroup issues the w-th share of the
-  (stream, K or V) copies, in stream order.
+  ahead, over the CTA's items (decode_mosaic_items.Items; spans[i](item):
+  stream i's Span; the streams' spans differ in their KV head only: one row,
+  the same blocks). values_ref [blocks, hkv, 2, bs, d], scales_ref [batch,
+  hkv, 2, tokens] f16 (gather_scales; GMEM); rings, bars: per stream;
+  tickets: the CTA's decode_mosaic_items.Ring of dynamic tickets (this
+  warpgroup claims them), else None. With cfg.issuers > 1, warp w of the
+  warpgroup issues the w-th share of the (stream, K or V) copies, in stream
+  order.
   """
   plgpu.set_max_registers(MEMORY_REGISTERS, action="decrease")
   tasks = [(i, which) for i in range(cfg.streams) for which in (0, 1)]
   per = len(tasks) // cfg.issuers
-  issue = lambda mine: _issue(mine, items, spans, bt_ref, values_ref, scales_ref,
-                              rings, bars, cfg)
-  if cfg.issuers == 1:
-    issue(tasks)
-    return
+  shares = [tasks[w * per:(w + 1) * per] for w in range(cfg.issuers)]
 
-  def warps():
-    warp = lax.axis_index("warp")
-    for w in range(cfg.issuers):
-      pl.when(warp == w)(lambda w=w: issue(tasks[w * per:(w + 1) * per]))
+  def by_warp(f):  # f(share) on each issuing warp (one share: the warpgroup)
+    if cfg.issuers == 1:
+      f(tasks)
+      return
 
-  pl.kernel(warps, mesh=plgpu.WarpMesh(axis_name="warp"))()
+    def warps():
+      warp = lax.axis_index("warp")
+      for w, share in enumerate(shares):
+        pl.when(warp == w)(lambda share=share: f(share))
+
+    pl.kernel(warps, mesh=plgpu.WarpMesh(axis_name="warp"))()
+
+  def item(k, t, t_next, base):  # base: the steps of the CTA's earlier items
+    del k, t_next
+    its = [span_of(items.decode(t)) for span_of in spans]
+    by_warp(lambda share: _issue(share, its, bt_ref, values_ref, scales_ref,
+                                 rings, bars, cfg, base))
+    return base + its[0].num_steps
+
+  # NOTE: the item loop runs on the whole warpgroup (Mosaic GPU lowers no
+  # while loop in a warp's code), each item's copies on the warps.
+  total = items.fold(item, jnp.int32(0), tickets, writer=True)
+  by_warp(lambda share: _drain_share(share, bars, total, cfg))
 
 
-def _issue(tasks, items, spans, bt_ref, values_ref, scales_ref, rings, bars, cfg):
-  """The copies of `tasks` ((stream, 0: K or 1: V) pairs) of every step of
-  the CTA's items, and the drain of the barriers they wait on."""
-  streams = sorted({i for i, _ in tasks})
-  kinds = {i: [which for s, which in tasks if s == i] for i in streams}
+def _issue(share, its, bt_ref, values_ref, scales_ref, rings, bars, cfg, base):
+  """The copies of `share` ((stream, 0: K or 1: V) pairs) of every step of
+  an item (its: each stream's Span) whose first step is the CTA's `base`-th."""
+  streams = sorted({i for i, _ in share})
+  kinds = {i: [which for s, which in share if s == i] for i in streams}
 
-  def item(k, base):  # base: the steps of the CTA's earlier items
-    its = {i: spans[i](items.item(k)) for i in streams}
-    first = its[streams[0]]
+  @pl.loop(0, its[0].num_steps)
+  def _produce(step):
+    at = base + step
+    slot = lax.rem(at, cfg.stages)
+    ids = block_ids(its[0], bt_ref, values_ref.shape[3], cfg, step)
+    for i in streams:
+      _stage_copies(its[i], values_ref, scales_ref, ids, rings[i], bars[i],
+                    kinds[i], cfg, step, at, slot)
 
-    @pl.loop(0, first.num_steps)
-    def _produce(step):
-      at = base + step
-      slot = lax.rem(at, cfg.stages)
-      ids = block_ids(first, bt_ref, values_ref.shape[3], cfg, step)
-      for i in streams:
-        _stage_copies(its[i], values_ref, scales_ref, ids, rings[i], bars[i],
-                      kinds[i], cfg, step, at, slot)
-    return base + first.num_steps
 
-  total = items.fold(item, jnp.int32(0))
-  for i in streams:
-    names = ["s_free"] + [("k8_free", "v8_free")[w] for w in kinds[i]]
+def _drain_share(share, bars, total, cfg):
+  """The drain of the barriers `share`'s copies waited on (_stage_copies)."""
+  for i in sorted({i for i, _ in share}):
+    names = ["s_free"] + [("k8_free", "v8_free")[w] for s, w in share if s == i]
     _drain(total, [bars[i][n] for n in names], cfg.stages)
 
 
@@ -137,17 +150,19 @@ def _stage_copies(span, values_ref, scales_ref, ids, bufs, bars, kinds, cfg, ste
         scales.at[slot], ready)
 
 
-def converter(items, span_of, src, dst, bars, cfg, index: int):
+def converter(items, span_of, src, dst, bars, cfg, index: int, tickets=None):
   """V converter `index` of cfg.v_converters: its 64-row chunks (every
   v_converters-th) of each 8-bit stage of src [stages, block_kv, d] as bf16
   into the 16-bit stage dst [STAGES16, block_kv, d] (both SMEM, swizzled),
-  over the CTA's items (kernel.Items; span_of(item): its Span)."""
+  over the CTA's items (decode_mosaic_items.Items; span_of(item): its Span;
+  tickets: the Ring of dynamic tickets, else None)."""
   plgpu.set_max_registers(CONVERT_REGISTERS[cfg.streams], action="decrease")
   starts = range(index * compute.CHUNK_ROWS, cfg.block_kv,
                  cfg.v_converters * compute.CHUNK_ROWS)
 
-  def item(k, base):  # base: the steps of the CTA's earlier items
-    span = span_of(items.item(k))
+  def item(k, t, t_next, base):  # base: the steps of the CTA's earlier items
+    del k, t_next
+    span = span_of(items.decode(t))
 
     @pl.loop(0, span.num_steps)
     def _convert(step):
@@ -167,7 +182,7 @@ def converter(items, span_of, src, dst, bars, cfg, index: int):
       plgpu.barrier_arrive(bars["v8_free"].at[slot])
     return base + span.num_steps
 
-  _drain(items.fold(item, jnp.int32(0)), (bars["v_free"],), STAGES16)
+  _drain(items.fold(item, jnp.int32(0), tickets), (bars["v_free"],), STAGES16)
 
 
 def _convert_stage(src, dst, starts, valid):

@@ -95,7 +95,8 @@ def decode_mosaic_config(device_kind: str, batch: int, num_kv_heads: int,
   return DecodeMosaicConfig(block_kv=e["block_kv"], stages=e["stages"],
                             num_splits=splits, qk_8bit=e.get("qk_8bit", False),
                             v_converters=e.get("v_converters", 1), streams=streams,
-                            ctas=e.get("ctas", 0), issuers=issuers)
+                            ctas=e.get("ctas", 0), issuers=issuers,
+                            dynamic=e.get("dynamic", False))
 
 
 def decode_mosaic_entry(device_kind: str, batch: int, num_kv_heads: int,

@@ -96,7 +96,7 @@ def test_one_interpreted_run_is_checked_and_reported(tmp_path):
   assert "asm" not in report and "phases" not in report
   saved = json.loads((tmp_path / "inside.json").read_text())
   assert saved["config"] == dict(block_kv=64, stages=2, qk_8bit=1, v_converters=1,
-                                 streams=1, ctas=0, issuers=1)
+                                 streams=1, ctas=0, issuers=1, dynamic=0)
 
 
 def test_sass_from_ptx_assembles_for_the_ptx_target(tmp_path, monkeypatch):

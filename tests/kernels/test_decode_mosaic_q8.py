@@ -18,6 +18,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 import pallas_kernels as pk
 from pallas_kernels import decode_mosaic
+from pallas_kernels import decode_mosaic_items
 from pallas_kernels import decode_mosaic_q8 as q8
 from pallas_kernels import quantization
 from tests.kernels import helpers
@@ -55,6 +56,12 @@ CASES = [  # block_size, hq, hkv, d, lengths, config
     (16, 8, 2, 64, [37, 0, 130], C(block_kv=64, streams=2, issuers=2)),  # by stream
     (16, 12, 4, 64, [16, 47, 1, 95], C(block_kv=64, num_splits=3, stages=4, streams=2,
                                        qk_8bit=True, ctas=5, issuers=4)),
+    # dynamic tickets (in interpret mode the static ones, through the ring):
+    # one CTA wrapping the ring's slots 8 times over items with no steps
+    (8, 4, 4, 64, [1, 8, 17, 64], C(block_kv=64, num_splits=2, ctas=1, dynamic=True)),
+    (16, 8, 2, 64, [37, 0, 130], C(block_kv=64, ctas=2, dynamic=True)),
+    (16, 12, 4, 64, [16, 47, 1, 95], C(block_kv=64, num_splits=3, stages=4, streams=2,
+                                       qk_8bit=True, ctas=5, issuers=4, dynamic=True)),
 ]
 
 
@@ -122,7 +129,8 @@ def test_gather_scales_puts_each_row_in_token_order_zero_past_its_length():
     C(block_kv=64, stages=3, num_splits=2),
     C(block_kv=128, stages=3, num_splits=2, qk_8bit=True, v_converters=2),
     C(block_kv=64, stages=2, num_splits=2, streams=2),
-    C(block_kv=64, stages=2, streams=2, ctas=1, issuers=2)]), ids=str)
+    C(block_kv=64, stages=2, streams=2, ctas=1, issuers=2),
+    C(block_kv=64, stages=2, streams=2, ctas=1, issuers=2, dynamic=True)]), ids=str)
 def test_pipeline_has_no_data_races(name, config):
   from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call  # pylint: disable=g-import-not-at-top
   case = (16, 8, 2, 64, [37, 200], None)
@@ -265,14 +273,32 @@ def test_shared_memory_counts_the_8_bit_stages():
     (1024, 132, 128),  # 8 rounds: 128 CTAs of 8 items, not 100 of 8 and 32 of 7
     (256, 132, 128), (133, 132, 67), (24, 5, 5), (6, 0, 6), (32, 64, 32), (2, 1, 1)])
 def test_items_take_the_fewest_ctas_for_the_caps_rounds(count, cap, ctas):
-  from pallas_kernels import decode_mosaic_kernel as kernel  # pylint: disable=g-import-not-at-top
-  cfg = kernel.Static(block_kv=64, stages=2, num_splits=1, q_rows=8, p_in_regs=False,
-                      max_blocks=4, scale=1.0, ctas=cap)
-  items = kernel.Items(count, 1, cfg)
+  items = decode_mosaic_items.Items(count, 1, _static(cap))
   assert items.ctas == ctas
   rounds = -(-count // items.ctas)
   assert rounds == (-(-count // cap) if cap else 1)
   assert items.ctas <= count  # every CTA has an item
+
+
+@pytest.mark.parametrize("count,cap,ctas", [(1024, 132, 132), (133, 132, 132),
+                                            (24, 5, 5), (32, 64, 32)])
+def test_dynamic_items_take_every_cta_of_the_cap(count, cap, ctas):
+  items = decode_mosaic_items.Items(count, 1, _static(cap, dynamic=True))
+  assert items.dynamic and items.ctas == ctas
+
+
+def test_dynamic_tickets_need_a_cta_cap():
+  with pytest.raises(ValueError, match="ctas"):
+    C(block_kv=64, dynamic=True)
+  q = jax.ShapeDtypeStruct((4, 8, 64), jnp.bfloat16)
+  bf16 = jax.ShapeDtypeStruct((8, 2, 2, 16, 64), jnp.bfloat16)
+  assert not decode_mosaic.supports(q, bf16, C(block_kv=64, ctas=4, dynamic=True))
+
+
+def _static(cap, **kw):
+  from pallas_kernels import decode_mosaic_kernel as kernel  # pylint: disable=g-import-not-at-top
+  return kernel.Static(block_kv=64, stages=2, num_splits=1, q_rows=8, p_in_regs=False,
+                       max_blocks=4, scale=1.0, ctas=cap, **kw)
 
 
 def test_compiler_params_are_made_when_the_kernel_is_traced(monkeypatch):

@@ -1,0 +1,174 @@
+"""Which CTA of the 8-bit Mosaic decode takes which work item.
+
+An item is a (row, KV-head group, split) of the decode (row-major by its
+ticket, 0 .. count - 1). With DecodeMosaicConfig.ctas = 0 each CTA takes one;
+with ctas = n the grid is at most n CTAs that take items in turn, one after
+another on the same pipeline (Items):
+
+  static   CTA c takes tickets c, c + ctas, c + 2 ctas, ...;
+  dynamic  CTA c takes ticket c, then each next ticket from a global counter
+           (an atomic add) as its memory warpgroup starts an item, so CTAs
+           that stream faster take more items (DecodeMosaicConfig.dynamic).
+
+NOTE (H100, 2026-12-07, docs/benchmarks.md): with static tickets the CTAs'
+end times spread by 10-15 % over CTAs of equal work (the slow ones in groups
+of neighbouring SMs: their share of the memory bandwidth is smaller), and the
+kernel takes as long as the slowest.
+
+Every warpgroup of a CTA walks the same tickets. Dynamic tickets go through a
+ring of slots in shared memory (Ring): the memory warpgroup claims ticket
+k + 1 as it starts item k and publishes it; each warpgroup reads it at its
+own start of item k and frees the slot. The ticket at or past `count` ends
+every warpgroup's loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+
+def _cdiv(a, b: int):
+  return lax.div(a + (b - 1), b)  # NOTE: a >= 0
+
+
+class Items:
+  """The work items of a grid of at most `cfg.ctas` CTAs (kernel.Static;
+  one CTA an item when cfg.ctas is 0).
+
+  NOTE: with static tickets the grid is the fewest CTAs that take as many
+  rounds of items as cfg.ctas would (1,024 items on a cap of 132: 128 CTAs
+  of 8, not 100 of 8 and 32 of 7), so that no CTA's last round runs beside
+  idle ones; dynamic tickets take every CTA of the cap.
+  """
+
+  def __init__(self, batch: int, groups: int, cfg):
+    self.groups, self.splits = groups, cfg.num_splits
+    self.count = batch * groups * cfg.num_splits
+    self.dynamic = bool(cfg.dynamic) and cfg.ctas > 0
+    if self.dynamic:
+      self.ctas = min(cfg.ctas, self.count)
+    else:
+      rounds = -(-self.count // cfg.ctas) if cfg.ctas else 1
+      self.ctas = -(-self.count // rounds)
+
+  def decode(self, t):
+    """Ticket t's item: (row, group, split) int32 scalars (row-major)."""
+    per_row = self.groups * self.splits
+    return (lax.div(t, per_row), lax.div(lax.rem(t, per_row), self.splits),
+            lax.rem(t, self.splits))
+
+  def fold(self, body, carry, ring=None, writer: bool = False):
+    """carry = body(k, t, t_next, carry) over this CTA's items: k counts
+    them, t is the k-th one's ticket, t_next the next one's (>= count: none).
+
+    ring: the CTA's Ring of dynamic tickets (else None); writer: this
+    warpgroup claims and publishes them (the memory warpgroup).
+    """
+    def step(c):
+      k, t, carry = c
+      if ring is None:
+        t_next = t + self.ctas
+      else:
+        if writer:
+          ring.publish(k + 1)
+        t_next = ring.read(k + 1)
+      return k + 1, t_next, body(k, t, t_next, carry)
+
+    first = lax.axis_index("cta")
+    n, _, carry = lax.while_loop(lambda c: c[1] < self.count, step,
+                                 (jnp.int32(0), first, carry))
+    if ring is not None and writer:
+      ring.drain(n)
+    return carry
+
+
+@dataclasses.dataclass(frozen=True)
+class Ring:
+  """Dynamic tickets 1, 2, ... of a CTA (ticket 0 is its CTA index) in
+  `tickets` [slots] int32 (SMEM), ticket j in slot (j - 1) % slots.
+
+  ready[slot]: the writer published it (1 arrival); free[slot]: every
+  warpgroup read it (`parties` arrivals). claim: [1] int32 SMEM, where the
+  writer's atomic lands; counter: the global int32 (a semaphore, zero at launch:
+  Mosaic GPU zeroes a kernel's global semaphores), None in interpret mode,
+  where ticket j is the static one (CTA + j ctas), through the same ring.
+  """
+  items: Items
+  tickets: object
+  claim: object
+  ready: object
+  free: object
+  counter: object
+
+  @property
+  def slots(self) -> int:
+    return self.tickets.shape[0]
+
+  def publish(self, j):
+    """Claims ticket j (>= 1) into its slot, once every warpgroup read the
+    slot's last one."""
+    slot = lax.rem(j - 1, self.slots)
+    pl.when(j > self.slots)(lambda: plgpu.barrier_wait(self.free.at[slot]))
+    if self.counter is None:
+      t = lax.axis_index("cta") + j * self.items.ctas
+    else:
+      _claim(self.counter, self.claim, self.items.ctas)
+      t = self.claim[0]
+    self.tickets[slot] = t
+    plgpu.barrier_arrive(self.ready.at[slot])
+
+  def read(self, j):
+    """Ticket j (>= 1), once published; frees its slot."""
+    slot = lax.rem(j - 1, self.slots)
+    plgpu.barrier_wait(self.ready.at[slot])
+    t = self.tickets[slot]
+    plgpu.barrier_arrive(self.free.at[slot])
+    return t
+
+  def drain(self, n):
+    """Observes the frees of the last slots' tickets of n (the writer waits
+    for every phase of `free` it did not wait for before a reuse)."""
+    @pl.loop(jnp.maximum(n - self.slots, 0) + 1, n + 1)
+    def _wait(j):
+      plgpu.barrier_wait(self.free.at[lax.rem(j - 1, self.slots)])
+
+
+def ring_slots(cfg) -> int:
+  """Ticket slots: the memory warpgroup runs at most `stages` steps, so as
+  many items, ahead of the slowest warpgroup, and claims one item ahead."""
+  return cfg.stages + 2
+
+
+def parties(cfg) -> int:
+  """The warpgroups reading each ticket: every stream's compute warpgroup and
+  V converters, and the memory warpgroup."""
+  return cfg.streams * (1 + cfg.v_converters) + 1
+
+
+def _claim(counter, claim, ctas: int):
+  """claim[0] = ctas + the counter's value before one thread adds 1 to it
+  (atom.global.add), seen by every thread of the calling warpgroup."""
+  from jax.experimental.mosaic import gpu as mgpu  # pylint: disable=g-import-not-at-top
+  from jax._src.lib.mlir import ir  # pylint: disable=g-import-not-at-top
+  from jax._src.lib.mlir.dialects import arith, memref  # pylint: disable=g-import-not-at-top
+
+  utils = mgpu.utils
+
+  @plgpu.inline_mgpu(arg_types=(plgpu.RefType(), plgpu.RefType()))
+  def claim_next(_, counter_ref, claim_ref):
+    i32 = ir.IntegerType.get_signless(32)
+    utils.warpgroup_barrier()  # every thread has read the last claim
+    with utils.single_thread(utils.ThreadSubset.WARPGROUP):
+      old = utils.inline_ptx("atom.relaxed.gpu.global.add.u32 $0, [$1], 1;",
+                             utils.memref_ptr(counter_ref), result_types=i32,
+                             has_side_effects=True)
+      memref.store(arith.addi(old, utils.c(ctas, i32)), claim_ref,
+                   [utils.c(0, ir.IndexType.get())])
+    utils.warpgroup_barrier()  # the claim is every thread's
+
+  claim_next(counter, claim)
