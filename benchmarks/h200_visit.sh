@@ -271,18 +271,23 @@ for t in r["top"][:6]:
     # block_kv 64, the SM count's CTAs, two issuers, 3 stages) with items in static turn
     # (dynamic 0) or from a global counter (1), vs the bf16 kernel; the best into the table
     # (copied to OUT); then both under the profiler at 64 x 1024 for the CTAs' end times
-    # (static: they spread 10-15 % over equal work on the H100, 2026-12-07)
+    # (static: they spread 10-15 % over equal work on the H100, 2026-12-07); with a
+    # .baseline tree, its static kernel at 256 x 1024 (the item loop's rework)
     bf16_kernel
     run q8_dyn 330 python3 -m benchmarks.decode_mosaic_probe --out "$out/dyn" \
       --kv-dtype float8_e4m3,int8 --block-kv 64 --splits 1 --v-converters 1 --streams 2 \
       --ctas sm --issuers 2 --stages 3 --qk-8bit 0,1 --dynamic 0,1 --job_timeout_s 150 \
       --shapes 64x4096/16,256x1024/16 --write-table
+    [ -d .baseline ] && (cd .baseline && run q8_base 150 python3 -m \
+      benchmarks.decode_mosaic_probe --out "$out/base" --kv-dtype float8_e4m3,int8 \
+      --block-kv 64 --splits 1 --v-converters 1 --streams 2 --ctas sm --issuers 2 \
+      --stages 3 --qk-8bit 0,1 --job_timeout_s 100 --shapes 256x1024/16)
     for d in 0 1; do
       run "prof_d$d" 60 python3 -m benchmarks.decode_mosaic_inside --out "$out/prof_d$d" \
         --profile --profile-space 320 --shape 64x1024/16 --kv-dtype int8 --qk-8bit 1 \
         --block-kv 64 --stages 3 --streams 2 --ctas 132 --issuers 2 --dynamic $d
     done
-    grep -A8 "^| shape" "$out/q8bf16.log" "$out/q8_dyn.log"
+    grep -A8 "^| shape" "$out/q8bf16.log" "$out/q8_dyn.log" "$out/q8_base.log"
     ;;
   decode-q8-profile)  # issue 15: the 8-bit decode's phases under Mosaic GPU's profiler per
     # warpgroup (decode_mosaic_inside --profile) at the table's tilings (3 stages, which
