@@ -241,12 +241,8 @@ for t in r["top"][:6]:
     # before a change under test) and $VARIANTS (more such trees) at the table's tilings (two streams at block_kv 64, the SM
     # count's CTAs, two issuers), 3 or 4 stages; the best of now into the table (copied to
     # OUT); e4m3 at 128 x 2048 and 512 x 512 (4 and 16 items a CTA) for the cost of an
-    # item. NOTE: under Mosaic GPU's profiler (decode_mosaic_inside --profile, 64 x 256, 80
-    # ranges a warpgroup: about 84 fit beside the kernel's shared memory) this kernel wrote
-    # no trace (H100, 2026-12-07): its CompilerParams were made at import, before the tool
-    # turned the profiler on (made at trace time since, not re-run), so the item costs come
-    # from times at equal bytes instead. An H200 (whose table has none of the H100's
-    # options yet) skips the trees and measures 64-token blocks instead (decode-q8-bs64).
+    # item (times at equal bytes; decode-q8-profile has the phases). An H200 skips the
+    # trees and measures 64-token blocks instead (decode-q8-bs64).
     h200=$(nvidia-smi --query-gpu=name --format=csv,noheader | grep -c H200)
     bf16_kernel
     items_probe() {  # items_probe NAME DTYPE SECONDS [ARGS...]: 8-bit tilings of the table

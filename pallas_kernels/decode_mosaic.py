@@ -54,8 +54,9 @@ class DecodeMosaicConfig:
   # converters and two sets of stages on one SM, one memory warpgroup).
   streams: int = 1
   # 8-bit caches only: 0, one CTA per (row, KV-head group, split); n > 0, at
-  # most n CTAs, each taking items in turn (kernel.Items), so that one item's
-  # pipeline fills while the last one's compute finishes (the SM count).
+  # most n CTAs, each taking items in turn (decode_mosaic_items.Items), so
+  # that one item's pipeline fills while the last one's compute finishes (the
+  # SM count).
   ctas: int = 0
   # 8-bit caches only: warps of the memory warpgroup issuing the copies (1, 2
   # or 4, at most 2 x streams), each a share of the (stream, K or V) copies.

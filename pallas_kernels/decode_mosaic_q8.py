@@ -29,10 +29,11 @@ at 128 with one 16-bit V stage and two 8-bit ones they fit, and were
 warpgroup has its own reduction scratch (_behind_pads).
 
 The grid is one CTA per (row, KV-head group, split) item, or with
-DecodeMosaicConfig.ctas at most that many CTAs each taking items in turn
-(kernel.Items: one item's first stages land while the last one's compute
-finishes); with `issuers` > 1 the memory warpgroup's warps issue shares of
-its copies (decode_mosaic_q8_stages.producer).
+DecodeMosaicConfig.ctas at most that many CTAs each taking items in turn, or
+with `dynamic` from a global counter (decode_mosaic_items.py: one item's
+first stages land while the last one's compute finishes); with `issuers` > 1
+the memory warpgroup's warps issue shares of its copies
+(decode_mosaic_q8_stages.producer).
 
 int8 -> bf16 is Mosaic GPU's prmt/sub.bf16x2 sequence (no integer-to-float
 instruction); e4m3 goes through f16 and f32. NOTE (H200, 2026-12-03,
@@ -182,8 +183,9 @@ def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, items, interpret
   [num_blocks, hkv, 2, block_size, d] int8 or uint8 (float8_e4m3fn with
   qk_8bit); scales_ref [batch, hkv, 2, tokens] f32 (gather_scales); refs:
   the consumer's q_refs (1 or 2), then the outputs (all GMEM).
-  items: the grid's kernel.Items; interpret: adds the compute warpgroup's
-  k_tile (decode_mosaic_q8_compute).
+  items: the grid's decode_mosaic_items.Items; interpret: adds the compute
+  warpgroup's k_tile (decode_mosaic_q8_compute) and keeps dynamic tickets
+  static (decode_mosaic_items.Ring).
   """
   q_refs = refs[:2 if cfg.qk_8bit else 1]  # qp, or split_q's terms and scales
   out_refs = refs[len(q_refs):]
