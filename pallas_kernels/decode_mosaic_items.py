@@ -30,12 +30,12 @@ import dataclasses
 
 import jax.numpy as jnp
 from jax import lax
+from jax._src.lib.mlir import ir
+from jax._src.lib.mlir.dialects import arith
+from jax._src.lib.mlir.dialects import memref
 from jax.experimental import pallas as pl
+from jax.experimental.mosaic.gpu import utils as mgpu_utils
 from jax.experimental.pallas import mosaic_gpu as plgpu
-
-
-def _cdiv(a, b: int):
-  return lax.div(a + (b - 1), b)  # NOTE: a >= 0
 
 
 class Items:
@@ -155,11 +155,7 @@ def parties(cfg) -> int:
 def _claim(counter, claim, ctas: int):
   """claim[0] = ctas + the counter's value before one thread adds 1 to it
   (atom.global.add), seen by every thread of the calling warpgroup."""
-  from jax.experimental.mosaic import gpu as mgpu  # pylint: disable=g-import-not-at-top
-  from jax._src.lib.mlir import ir  # pylint: disable=g-import-not-at-top
-  from jax._src.lib.mlir.dialects import arith, memref  # pylint: disable=g-import-not-at-top
-
-  utils = mgpu.utils
+  utils = mgpu_utils
 
   @plgpu.inline_mgpu(arg_types=(plgpu.RefType(), plgpu.RefType()))
   def claim_next(_, counter_ref, claim_ref):
