@@ -180,4 +180,8 @@ def test_mosaic_decode_nearest_entry_else_heuristics(monkeypatch):
   int8.update(issuers=4)
   got = tuning.decode_mosaic_config("x", 8, 3, 512, 16, 128, 1, "int8")
   assert (got.streams, got.issuers) == (1, 2)
+  # dynamic tickets come with the entry's CTA count
+  assert not got.dynamic
+  int8.update(dynamic=True)
+  assert tuning.decode_mosaic_config("x", 8, 8, 512, 16, 128, 1, "int8").dynamic
   assert tuning.decode_mosaic_entry("x", 64, 8, 128, 16, 128)["itemsize"] == 2
