@@ -64,35 +64,35 @@ class Items:
     return (lax.div(t, per_row), lax.div(lax.rem(t, per_row), self.splits),
             lax.rem(t, self.splits))
 
-  def fold(self, body, carry, ring=None, writer: bool = False):
+  def fold(self, body, carry, tickets=None, writer: bool = False):
     """carry = body(k, t, t_next, carry) over this CTA's items: k counts
     them, t is the k-th one's ticket, t_next the next one's (>= count: none).
 
-    ring: the CTA's Ring of dynamic tickets (else None); writer: this
+    tickets: the CTA's Ring of dynamic tickets (else None); writer: this
     warpgroup claims and publishes them (the memory warpgroup).
     """
     def step(c):
       k, t, carry = c
-      if ring is None:
+      if tickets is None:
         t_next = t + self.ctas
       else:
         if writer:
-          ring.publish(k + 1)
-        t_next = ring.read(k + 1)
+          tickets.publish(k + 1)
+        t_next = tickets.read(k + 1)
       return k + 1, t_next, body(k, t, t_next, carry)
 
     first = lax.axis_index("cta")
     n, _, carry = lax.while_loop(lambda c: c[1] < self.count, step,
                                  (jnp.int32(0), first, carry))
-    if ring is not None and writer:
-      ring.drain(n)
+    if tickets is not None and writer:
+      tickets.drain(n)
     return carry
 
 
 @dataclasses.dataclass(frozen=True)
 class Ring:
   """Dynamic tickets 1, 2, ... of a CTA (ticket 0 is its CTA index) in
-  `tickets` [slots] int32 (SMEM), ticket j in slot (j - 1) % slots.
+  `slots_ref` [slots] int32 (SMEM), ticket j in slot (j - 1) % slots.
 
   ready[slot]: the writer published it (1 arrival); free[slot]: every
   warpgroup read it (`parties` arrivals). claim: [1] int32 SMEM, where the
@@ -101,15 +101,23 @@ class Ring:
   where ticket j is the static one (CTA + j ctas), through the same ring.
   """
   items: Items
-  tickets: object
+  slots_ref: object
   claim: object
   ready: object
   free: object
   counter: object
 
+  @classmethod
+  def of(cls, items: Items, refs: dict, interpret: bool) -> "Ring":
+    """The Ring over scratch's refs (by name) and, on a GPU, the kernel's
+    global counter."""
+    counter = None if interpret else pl.get_global(plgpu.SemaphoreType.REGULAR)
+    return cls(items, refs["ticket_slots"], refs["ticket_claim"],
+               refs["t_ready"], refs["t_free"], counter)
+
   @property
   def slots(self) -> int:
-    return self.tickets.shape[0]
+    return self.slots_ref.shape[0]
 
   def publish(self, j):
     """Claims ticket j (>= 1) into its slot, once every warpgroup read the
@@ -121,14 +129,14 @@ class Ring:
     else:
       _claim(self.counter, self.claim, self.items.ctas)
       t = self.claim[0]
-    self.tickets[slot] = t
+    self.slots_ref[slot] = t
     plgpu.barrier_arrive(self.ready.at[slot])
 
   def read(self, j):
     """Ticket j (>= 1), once published; frees its slot."""
     slot = lax.rem(j - 1, self.slots)
     plgpu.barrier_wait(self.ready.at[slot])
-    t = self.tickets[slot]
+    t = self.slots_ref[slot]
     plgpu.barrier_arrive(self.free.at[slot])
     return t
 
@@ -138,6 +146,16 @@ class Ring:
     @pl.loop(jnp.maximum(n - self.slots, 0) + 1, n + 1)
     def _wait(j):
       plgpu.barrier_wait(self.free.at[lax.rem(j - 1, self.slots)])
+
+
+def scratch(cfg) -> dict:
+  """The Ring's shared memory and barriers by name (run_scoped's kwargs):
+  ticket_slots, ticket_claim, t_ready, t_free."""
+  slots = ring_slots(cfg)
+  return dict(ticket_slots=plgpu.SMEM((slots,), jnp.int32),
+              ticket_claim=plgpu.SMEM((1,), jnp.int32),
+              t_ready=plgpu.Barrier(num_arrivals=1, num_barriers=slots),
+              t_free=plgpu.Barrier(num_arrivals=parties(cfg), num_barriers=slots))
 
 
 def ring_slots(cfg) -> int:

@@ -192,17 +192,14 @@ def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, items, interpret
   head_dim, cols = q_refs[0].shape[-1], compute.q_cols(cfg.q_rows)
   block_size = values_ref.shape[3]
 
-  def body(*smem, tickets=None, claim=None, **bars):
+  def body(*smem, **bars):
     per = len(smem) // cfg.streams
     streams = [_stream(smem[i * per:(i + 1) * per], bars, i)
                for i in range(cfg.streams)]
     spans = [functools.partial(kernel.Span, len_ref, cfg, block_size, i)
              for i in range(cfg.streams)]  # spans[i](item): stream i's
-    ring = None
-    if items.dynamic:
-      ring = decode_mosaic_items.Ring(
-          items, tickets, claim, bars["t_ready"], bars["t_free"],
-          None if interpret else pl.get_global(plgpu.SemaphoreType.REGULAR))
+    ring = (decode_mosaic_items.Ring.of(items, bars, interpret)
+            if items.dynamic else None)
     wg = lax.axis_index("wg")
     consumers = [functools.partial(
         pl.when(wg == i), functools.partial(
@@ -228,13 +225,8 @@ def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, items, interpret
          if interpret and not cfg.qk_8bit else None]
   bars = {f"{k}_{i}": b for i in range(cfg.streams)
           for k, b in stages.barriers(cfg, block_size, q_inputs(cfg)).items()}
-  if items.dynamic:  # decode_mosaic_items.Ring's
-    slots = decode_mosaic_items.ring_slots(cfg)
-    bars.update(
-        tickets=plgpu.SMEM((slots,), jnp.int32), claim=plgpu.SMEM((1,), jnp.int32),
-        t_ready=plgpu.Barrier(num_arrivals=1, num_barriers=slots),
-        t_free=plgpu.Barrier(num_arrivals=decode_mosaic_items.parties(cfg),
-                             num_barriers=slots))
+  if items.dynamic:
+    bars.update(decode_mosaic_items.scratch(cfg))
   pl.run_scoped(body, *one * cfg.streams, **bars, collective_axes="wg")
 
 
