@@ -102,9 +102,9 @@ class DecodeMosaicConfig:
 def supports(q: jax.Array, kv_cache, config: DecodeMosaicConfig) -> bool:
   """Whether the Mosaic kernel runs these operands with `config`: a 16-bit q
   over a cache of its dtype or a bf16 q over an 8-bit one (v_converters,
-  streams, ctas, issuers and dynamic for 8-bit caches only, qk_8bit for int8 ones
-  only, streams dividing the KV heads), head_dim % 64 == 0, group <= 64,
-  shared memory fits.
+  streams, ctas, issuers and dynamic for 8-bit caches only, qk_8bit for
+  int8 ones only, streams dividing the KV heads), head_dim % 64 == 0, group
+  <= 64, shared memory fits.
 
   NOTE: no qk_8bit over e4m3: on the H100 (2026-12-05) its e4m3 wgmma gave a
   relative error of 2.5e-2 (the bf16 way 2.4e-3; 2.5e-3 in interpret mode)

@@ -94,13 +94,14 @@ class Ring:
   """Dynamic tickets 1, 2, ... of a CTA (ticket 0 is its CTA index) in
   `slots_ref` [slots] int32 (SMEM), ticket j in slot (j - 1) % slots.
 
-  ready[slot]: the writer published it (1 arrival); free[slot]: every
-  warpgroup read it (`parties` arrivals). claim: [1] int32 SMEM, where the
-  writer's atomic lands; counter: the global int32 (a semaphore, zero at launch:
-  Mosaic GPU zeroes a kernel's global semaphores), None in interpret mode,
-  where ticket j is the static one (CTA + j ctas), through the same ring.
+  ctas: the grid's (Items.ctas); ready[slot]: the writer published it (1
+  arrival); free[slot]: every warpgroup read it (`parties` arrivals);
+  claim: [1] int32 SMEM, where the writer's atomic lands; counter: the
+  global int32 (a semaphore: Mosaic GPU zeroes a kernel's global semaphores
+  at launch), None in interpret mode, where ticket j is the static one
+  (CTA + j ctas), through the same ring.
   """
-  items: Items
+  ctas: int
   slots_ref: object
   claim: object
   ready: object
@@ -112,7 +113,7 @@ class Ring:
     """The Ring over scratch's refs (by name) and, on a GPU, the kernel's
     global counter."""
     counter = None if interpret else pl.get_global(plgpu.SemaphoreType.REGULAR)
-    return cls(items, refs["ticket_slots"], refs["ticket_claim"],
+    return cls(items.ctas, refs["ticket_slots"], refs["ticket_claim"],
                refs["t_ready"], refs["t_free"], counter)
 
   @property
@@ -125,9 +126,9 @@ class Ring:
     slot = lax.rem(j - 1, self.slots)
     pl.when(j > self.slots)(lambda: plgpu.barrier_wait(self.free.at[slot]))
     if self.counter is None:
-      t = lax.axis_index("cta") + j * self.items.ctas
+      t = lax.axis_index("cta") + j * self.ctas
     else:
-      _claim(self.counter, self.claim, self.items.ctas)
+      _claim(self.counter, self.claim, self.ctas)
       t = self.claim[0]
     self.slots_ref[slot] = t
     plgpu.barrier_arrive(self.ready.at[slot])
