@@ -32,6 +32,8 @@
 #   bash benchmarks/h200_visit.sh decode-q8-dynamic OUT  # issue 15: the 8-bit decode's items
 #                                                # in static turn vs from a global counter
 #                                                # (the best into the table); CTAs' ends
+#   bash benchmarks/h200_visit.sh decode-q8-f16 OUT  # issue 15: e4m3 through f16 vs
+#                                                # BASELINE's bf16; both profiled
 #   bash benchmarks/h200_visit.sh decode-q8-profile OUT  # issue 15: the 8-bit decode's
 #                                                # phases per warpgroup, e4m3 vs int8
 #   bash benchmarks/h200_visit.sh decode-q8-bs64 OUT  # issue 15: the 8-bit decode over
@@ -284,6 +286,24 @@ for t in r["top"][:6]:
         --block-kv 64 --stages 3 --streams 2 --ctas 132 --issuers 2 --dynamic $d
     done
     grep -A8 "^| shape" "$out/q8bf16.log" "$out/q8_dyn.log" "$out/q8_base.log"
+    ;;
+  decode-q8-f16)  # issue 15: e4m3 with K, V, q and P in f16 (one cvt per two values) now
+    # vs BASELINE's bf16 (three more through f32), static and dynamic tickets, at the
+    # table's tilings; then both under the profiler at 64 x 1024
+    bf16_kernel
+    for dir in . .baseline; do
+      v=$([ "$dir" = . ] && echo now || echo base)
+      [ -d "$dir" ] || continue
+      (cd "$dir" && run "e4m3_$v" 170 python3 -m benchmarks.decode_mosaic_probe \
+        --out "$out/$v" --kv-dtype float8_e4m3 --block-kv 64 --splits 1 --v-converters 1 \
+        --streams 2 --ctas sm --issuers 2 --stages 3 --qk-8bit 0 --dynamic 0,1 \
+        --job_timeout_s 80 --shapes 64x4096/16,256x1024/16)
+      (cd "$dir" && run "prof_$v" 60 python3 -m benchmarks.decode_mosaic_inside \
+        --out "$out/prof_$v" --profile --profile-space 320 --shape 64x1024/16 \
+        --kv-dtype float8_e4m3 --qk-8bit 0 --block-kv 64 --stages 3 --streams 2 \
+        --ctas 132 --issuers 2)
+    done
+    grep -A6 "^| shape" "$out/q8bf16.log" "$out"/e4m3_*.log
     ;;
   decode-q8-profile)  # issue 15: the 8-bit decode's phases under Mosaic GPU's profiler per
     # warpgroup (decode_mosaic_inside --profile) at the table's tilings (3 stages, which

@@ -132,7 +132,8 @@ def run_kernel(qp, kv_cache, block_tables, lengths, cfg, interpret=False):
   else:
     out_type = (jax.ShapeDtypeStruct(part + (head_dim, cols), jnp.float32),
                 jax.ShapeDtypeStruct(part + (cols,), jnp.float32))
-  q_args = (split_q(qp, kv_cache.values.dtype, cols) if cfg.qk_8bit else (qp,))
+  q_args = (split_q(qp, kv_cache.values.dtype, cols) if cfg.qk_8bit
+            else (wide_q(qp, kv_cache.values.dtype),))
   warpgroups = num_warpgroups(cfg)
   items = decode_mosaic_items.Items(batch, hkv // cfg.streams, cfg)  # the grid's work
   out = plgpu.kernel(
@@ -160,6 +161,17 @@ def q_inputs(cfg) -> int:
   """The TMA copies of an item's q: one, or with qk_8bit one per 8-bit term
   and one of their scales (split_q)."""
   return 3 if cfg.qk_8bit else 1
+
+
+def wide_q(qp, storage):
+  """qp [batch, hkv, R, d] bf16 as the 16-bit type the kernel gives K
+  (compute.wide_dtype): itself, or for f16 clamped to f16's range (an XLA
+  elementwise op, fused with q's pad)."""
+  wide = compute.wide_dtype(storage)
+  if qp.dtype == wide:
+    return qp
+  big = float(jnp.finfo(wide).max)
+  return jnp.clip(qp, -big, big).astype(wide)
 
 
 def split_q(qp, storage, cols: int):
@@ -218,10 +230,11 @@ def _entry(len_ref, bt_ref, values_ref, scales_ref, *refs, cfg, items, interpret
 
     _behind_pads(consumers, others)
 
+  wide = compute.wide_dtype(values_ref.dtype)
   one = [*compute.buffers(cfg, head_dim, cols, values_ref.dtype, smem_buffer),
-         smem_buffer((STAGES16, cfg.block_kv, head_dim), jnp.bfloat16),
+         smem_buffer((STAGES16, cfg.block_kv, head_dim), wide),
          *stages.buffers(cfg, head_dim, values_ref.dtype, smem_buffer),
-         smem_buffer((cfg.block_kv, head_dim), jnp.bfloat16)
+         smem_buffer((cfg.block_kv, head_dim), wide)
          if interpret and not cfg.qk_8bit else None]
   bars = {f"{k}_{i}": b for i in range(cfg.streams)
           for k, b in stages.barriers(cfg, block_size, q_inputs(cfg)).items()}

@@ -97,17 +97,32 @@ class Bufs:
   k_tile: object = None
 
 
+def wide_dtype(storage):
+  """The 16-bit type an 8-bit cache's K and V become in the kernel, and q's
+  tile and P with them: bf16 for int8 (Mosaic GPU's prmt/sub.bf16x2, exact),
+  f16 for e4m3 (uint8 bits; one cvt.rn.f16x2.e4m3x2 per two values, exact:
+  e4m3 is an f16 subset, where bf16 needs that, two to f32 and one back).
+
+  NOTE: f16 carries q and P too (wgmma takes one type for both operands):
+  q is clamped to f16's range (run_kernel), P = exp2(..) x V's scale is at
+  most the scale (<= f16's largest, gather_scales), and f16's 11 bits keep
+  both closer than bf16's 8.
+  """
+  return jnp.bfloat16 if jnp.dtype(storage) == jnp.int8 else jnp.float16
+
+
 def buffers(cfg, head_dim: int, cols: int, number, smem) -> list:
   """q, q_scales, p, out, lse of Bufs (k, v and the scales are allocated
-  beside); number: the 8-bit type of the K stages."""
-  split = cfg.num_splits > 1
+  beside); number: the 8-bit type of the K stages (q and p take its
+  wide_dtype, out bf16)."""
+  split, wide = cfg.num_splits > 1, wide_dtype(number)
   if cfg.qk_8bit:
     q = [smem((2 * cols, head_dim), number), plgpu.SMEM((2, cols), jnp.float32)]
   else:
-    q = [smem((cols, head_dim), jnp.bfloat16), None]
+    q = [smem((cols, head_dim), wide), None]
   out = (smem((head_dim, cols), jnp.float32) if split
          else smem((cols, head_dim), jnp.bfloat16))
-  return q + [smem((cols, cfg.block_kv), jnp.bfloat16), out,
+  return q + [smem((cols, cfg.block_kv), wide), out,
               plgpu.SMEM((cols,), jnp.float32) if split else None]
 
 
@@ -288,7 +303,7 @@ def _k_chunk(bufs: Bufs, ring, rows):
   only; there the converted chunk is stored to k_tile first (the same
   numbers: the conversion is exact either way).
   """
-  k = to_bf16(plgpu.load(bufs.k.at[ring].at[rows], layout=LAYOUT))
+  k = widen(plgpu.load(bufs.k.at[ring].at[rows], layout=LAYOUT), bufs.p.dtype)
   if bufs.k_tile is None:
     return k
   bufs.k_tile.at[rows][...] = k
@@ -296,12 +311,14 @@ def _k_chunk(bufs: Bufs, ring, rows):
   return bufs.k_tile.at[rows]
 
 
-def to_bf16(x):
-  """8-bit values (int8, float8_e4m3fn, or e4m3 bits in uint8) as bf16,
-  exactly."""
+def widen(x, dtype):
+  """8-bit values (int8, float8_e4m3fn, or e4m3 bits in uint8) as `dtype`
+  (bf16 or f16), exactly."""
   if x.dtype == jnp.int8:
-    return x.astype(jnp.bfloat16)
+    return x.astype(dtype)
   if x.dtype == jnp.uint8:
     x = quantization.numbers(x)
-  # NOTE: no e4m3 -> bf16 instruction: via f16 (cvt e4m3x2) and f32.
+  if dtype == jnp.float16:
+    return x.astype(jnp.float16)  # one cvt per two values
+  # NOTE: no e4m3 -> bf16 instruction on Hopper: via f16 and f32.
   return x.astype(jnp.float32).astype(jnp.bfloat16)

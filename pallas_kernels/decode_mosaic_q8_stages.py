@@ -196,7 +196,7 @@ def _convert_stage(src, dst, starts, valid):
   # on the H200 than chunk by chunk (docs/benchmarks.md, 2026-12-03).
   xs = [plgpu.load(src.at[rows], layout=LAYOUT) for rows in chunks]
   for rows, x in zip(chunks, xs):
-    y = compute.to_bf16(x)
+    y = compute.widen(x, dst.dtype)
     if valid is not None:
       row = plgpu.broadcasted_iota(jnp.int32, x.shape, 0, layout=LAYOUT)
       y = jnp.where(row + rows.start < valid, y, jnp.zeros_like(y))
