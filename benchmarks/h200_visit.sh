@@ -32,6 +32,8 @@
 #   bash benchmarks/h200_visit.sh decode-q8-dynamic OUT  # issue 15: the 8-bit decode's items
 #                                                # in static turn vs from a global counter
 #                                                # (the best into the table); CTAs' ends
+#   bash benchmarks/h200_visit.sh prefill-q8 OUT  # issue 15: the Mosaic prefill over
+#                                                # 8-bit caches vs bf16's and Triton; the 8B
 #   bash benchmarks/h200_visit.sh decode-q8-f16 OUT  # issue 15: e4m3 through f16 vs
 #                                                # BASELINE's bf16; both profiled
 #   bash benchmarks/h200_visit.sh decode-q8-profile OUT  # issue 15: the 8-bit decode's
@@ -286,6 +288,19 @@ for t in r["top"][:6]:
         --block-kv 64 --stages 3 --streams 2 --ctas 132 --issuers 2 --dynamic $d
     done
     grep -A8 "^| shape" "$out/q8bf16.log" "$out/q8_dyn.log" "$out/q8_base.log"
+    ;;
+  prefill-q8)  # issue 15: the Mosaic prefill over 8-bit caches (its memory warpgroup
+    # converting) vs bf16's Mosaic prefill and the Triton kernel 8-bit caches ran before;
+    # then the 8B at batch 256 per KV dtype (kv-dtype-8b)
+    run prefill_q8 240 python3 -m benchmarks.mosaic_probe --out "$out" \
+      --variants default,bkv64-st3,triton --job_timeout_s 90 \
+      --shapes 4096,4096+2048,4096@int8,4096+2048@int8,4096@float8_e4m3,4096+2048@float8_e4m3,odd-bs16@int8,odd-bs256@float8_e4m3
+    grep -A30 "^| shape" "$out/prefill_q8.log"
+    mkdir -p "$out/kv"
+    run throughput_kv 300 python3 -m benchmarks.throughput --out "$out/kv" --skip-check \
+      --models llama3-8b --batches 256 --prompt-len 1024 --new-tokens 256 \
+      --kv-cache-dtype bfloat16,int8,float8_e4m3
+    grep -A5 "^| model" "$out/throughput_kv.log"
     ;;
   decode-q8-f16)  # issue 15: e4m3 with K, V, q and P in f16 (one cvt per two values) now
     # vs BASELINE's bf16 (three more through f32), static and dynamic tickets, at the

@@ -1,7 +1,7 @@
 """Compiles, checks and times the Mosaic GPU prefill kernel's tile variants (GPU).
 
 Usage: PYTHONPATH=. python3 -m benchmarks.mosaic_probe [--out DIR]
-           [--variants a,b] [--shapes x,y] [--job_timeout_s 150]
+           [--variants a,b] [--shapes x,y[@int8|@float8_e4m3]] [--job_timeout_s 150]
        PYTHONPATH=. python3 -m benchmarks.mosaic_probe --preflight
            (the default tiling on benchmarks/kernels.py's problems; exit
            status 1 if any fails, hangs or is wrong)
@@ -10,7 +10,10 @@ Each (variant, shape) job runs in a child process that this one watches: a
 lowering or compile error, a wrong result (vs the jnp reference, NaN-poisoned
 unused cache slots on the odd shapes) or a hang (the child is killed after
 --job_timeout_s) is reported for that job, and a new child takes the rest.
-Prints one table per shape (µs, TFLOP/s, % of cuDNN dense causal attention at
+A shape named NAME@int8 or NAME@float8_e4m3 stores its cache in that 8-bit
+dtype (quantized per token and head): the Mosaic variants then run
+prefill_mosaic_q8, and the variant "triton" runs the Triton kernel (what an
+8-bit cache ran before) on any shape. Prints one table per shape (µs, TFLOP/s, % of cuDNN dense causal attention at
 4096 tokens, relative error) and the fastest correct variant per shape;
 writes mosaic_probe.json / .md under --out.
 """
@@ -40,6 +43,7 @@ VARIANTS = {
     "no-pingpong": MosaicConfig(pingpong=False),
     "p-smem": MosaicConfig(p_in_regs=False),
     "p-smem-bkv64-st3": MosaicConfig(p_in_regs=False, block_kv=64, stages=3),
+    "triton": None,  # the Triton kernel with its heuristic tiling
 }
 # name -> (block_size, hq, hkv, head_dim, q_lens, kv_lens[, padding rows]);
 # bf16. Padding 3 unless given: q's rows are then no multiple of 8 and the
@@ -90,6 +94,8 @@ def _problem(shape_name):
   from benchmarks.prefill_baselines import causal_flops  # pylint: disable=g-import-not-at-top
   if shape_name.startswith("kernels-"):
     return _kernels_problems()[shape_name[len("kernels-"):]](), 0.0
+  from pallas_kernels import quantization  # pylint: disable=g-import-not-at-top
+  shape_name, _, kv_dtype = shape_name.partition("@")
   bs, hq, hkv, d, q_lens, kv_lens, pad = (SHAPES[shape_name] + (3,))[:7]
   need = [-(-n // bs) for n in kv_lens]
   width = max(need) + 1
@@ -108,6 +114,9 @@ def _problem(shape_name):
   for s, n in enumerate(kv_lens):
     owned = owned.at[tables[s]].max(pos < n)
   kv = jnp.where(owned[:, None, None, :, None], kv, jnp.nan).astype(jnp.bfloat16)
+  if kv_dtype:  # NaN slots quantize to NaN scales
+    kv = quantization.QuantizedKV(*quantization.quantize(
+        kv, quantization.storage_dtype(kv_dtype)))
   q = jax.random.normal(jax.random.fold_in(key, 1),
                         (sum(q_lens) + pad, hq, d), jnp.bfloat16)
   cu = jnp.concatenate([jnp.zeros(1, jnp.int32),
@@ -122,6 +131,7 @@ def _run_job(variant, shape_name, cache, interpret):
   import pallas_kernels as pk  # pylint: disable=g-import-not-at-top
   from benchmarks import measure, prefill_baselines  # pylint: disable=g-import-not-at-top
   from pallas_kernels import heuristics  # pylint: disable=g-import-not-at-top
+  from pallas_kernels import prefill_mosaic_q8, quantization  # pylint: disable=g-import-not-at-top
   from pallas_kernels.prefill_mosaic import SMEM_BYTES, prefill_mosaic  # pylint: disable=g-import-not-at-top
   if variant == "cudnn":
     row, = prefill_baselines.dense_rows(jax.random.key(0), 4096, measure.timed,
@@ -132,18 +142,30 @@ def _run_job(variant, shape_name, cache, interpret):
     cache[shape_name] = (args, flops, pk.paged_prefill_attention_reference(*args))
   args, flops, ref = cache[shape_name]
   d = args[0].shape[-1]
+  quantized = quantization.is_quantized(args[1])
   cfg = VARIANTS[variant] or heuristics.prefill_mosaic_config(d)
-  if cfg.smem_bytes(d, 2) > SMEM_BYTES:
+  if variant == "triton":
+    fn = jax.jit(lambda *a: pk.paged_prefill_attention(
+        *a, scale=d ** -0.5, backend="triton", interpret=interpret))
+  elif quantized:
+    if not prefill_mosaic_q8.supports(args[0], args[1], cfg):
+      return dict(status="skipped", detail="over the shared memory of a CTA")
+    fn = jax.jit(lambda *a: prefill_mosaic_q8.prefill_mosaic_q8(
+        *a, scale=d ** -0.5, config=cfg, interpret=interpret))
+  elif cfg.smem_bytes(d, 2) > SMEM_BYTES:
     return dict(status="skipped", detail="over the shared memory of a CTA")
-  fn = jax.jit(lambda *a: prefill_mosaic(*a, scale=d ** -0.5, config=cfg,
-                                         interpret=interpret))
+  else:
+    fn = jax.jit(lambda *a: prefill_mosaic(*a, scale=d ** -0.5, config=cfg,
+                                           interpret=interpret))
   err = measure.rel_err(fn(*args), ref)  # raises on NaN/inf
   iters = 1 if interpret else 10
   us = measure.timed(fn, *args, iters=iters)
-  kernel_us = measure.timed(*_kernel_alone(args, cfg, interpret), iters=iters)
+  kernel_us = (None if quantized or variant == "triton" else
+               measure.timed(*_kernel_alone(args, cfg, interpret), iters=iters))
   status = "ok" if err < TOLERANCE else "wrong"
   return dict(status=status, err=err, us=us, tflops=flops / us / 1e6,
-              kernel_us=kernel_us, kernel_tflops=flops / kernel_us / 1e6)
+              kernel_us=kernel_us,
+              kernel_tflops=flops / kernel_us / 1e6 if kernel_us else None)
 
 
 def _kernel_alone(args, config, interpret):

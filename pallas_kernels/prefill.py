@@ -8,6 +8,7 @@ from jax.experimental import pallas as pl
 from pallas_kernels import backend as backend_lib
 from pallas_kernels import heuristics
 from pallas_kernels import prefill_mosaic
+from pallas_kernels import prefill_mosaic_q8
 from pallas_kernels import quantization
 from pallas_kernels import validation
 from pallas_kernels.prefill_reference import paged_prefill_attention_reference
@@ -32,7 +33,7 @@ def paged_prefill_attention(
       then padding (which outputs zeros).
     kv_cache: [num_blocks, num_kv_heads, 2, block_size, head_dim], already
       holding this chunk's K/V; or a `QuantizedKV` (see paged_decode_attention),
-      dequantized on the fly (by the Triton kernel under "mosaic" too).
+      dequantized on the fly.
     block_tables: int32 [num_seqs, max_blocks_per_seq].
     cu_q_lens: int32 [num_seqs + 1], cu_q_lens[0] == 0; padded sequences
       have q_len 0.
@@ -54,15 +55,18 @@ def paged_prefill_attention(
     return paged_prefill_attention_reference(
         q, kv_cache, block_tables, cu_q_lens, kv_lens, scale=scale)
   # NOTE: "mosaic" runs the Mosaic GPU kernel where prefill_mosaic.supports()
-  # (16-bit caches, head_dim % 64 == 0, groups <= 16, shared memory fits);
-  # float32 and 8-bit caches and other shapes fall back to the Triton kernel.
-  # (Its memory warpgroup TMA-copies 16-bit K/V tiles straight into the wgmma
-  # operands; an 8-bit tile would need a conversion pass, not written.)
+  # (16-bit caches, head_dim % 64 == 0, groups <= 16, shared memory fits) or,
+  # for 8-bit caches and a bf16 q, prefill_mosaic_q8.supports() (its memory
+  # warpgroup converts the 8-bit tiles); float32 and other shapes fall back
+  # to the Triton kernel.
   config = heuristics.prefill_mosaic_config(q.shape[-1])
-  if backend == "mosaic" and prefill_mosaic.supports(q, kv_cache, config):
-    return prefill_mosaic.prefill_mosaic(
-        q, kv_cache, block_tables, cu_q_lens, kv_lens, scale=float(scale),
-        config=config, interpret=interpret)
+  kernel = (prefill_mosaic_q8.prefill_mosaic_q8
+            if prefill_mosaic_q8.supports(q, kv_cache, config) else
+            prefill_mosaic.prefill_mosaic
+            if prefill_mosaic.supports(q, kv_cache, config) else None)
+  if backend == "mosaic" and kernel is not None:
+    return kernel(q, kv_cache, block_tables, cu_q_lens, kv_lens,
+                  scale=float(scale), config=config, interpret=interpret)
   return _prefill_triton(q, kv_cache, block_tables, cu_q_lens, kv_lens,
                          float(scale), interpret)
 

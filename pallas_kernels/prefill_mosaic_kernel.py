@@ -61,6 +61,9 @@ class Static:
   group_pad: int  # GQA group padded to a power of two (rows per token)
   max_blocks: int  # block-table row length
   scale: float  # softmax scale
+  # the memory warpgroup's registers a thread (more where it converts an
+  # 8-bit cache: prefill_mosaic_q8.py); the compute warpgroups get the rest
+  memory_registers: int = MEMORY_REGISTERS
 
   @property
   def rows(self) -> int:
@@ -114,20 +117,22 @@ class Tile:
     # The tile reads blocks 0..last_page only, so it can meet unwritten slots
     # only if that block is the sequence's last and is partial.
     self.dirty_tail = (self.last_page + 1) * block_size > kv_len
-    self.table_base = seq_ref[self.index] * cfg.max_blocks
+    self.seq = seq_ref[self.index]
+    self.table_base = self.seq * cfg.max_blocks
     self.first_kv = 0  # the tile's cache walk starts at position 0
 
 
-def compute_registers(compute_wgs: int) -> int:
+def compute_registers(compute_wgs: int, memory: int = MEMORY_REGISTERS) -> int:
   """Registers per compute thread: the SM's 64K minus the memory warpgroup's
-  share, split over the compute warpgroups (<= 256, a multiple of 8)."""
-  return min(256, (512 - MEMORY_REGISTERS) // compute_wgs) // 8 * 8
+  share (`memory` a thread), split over the compute warpgroups (<= 256, a
+  multiple of 8)."""
+  return min(256, (512 - memory) // compute_wgs) // 8 * 8
 
 
 def consumer(tile: Tile, q_ref, o_ref, bufs, bars, cfg: Static):
   """Compute warpgroup `wg`: attention of its 64 rows over the tile's steps."""
-  plgpu.set_max_registers(compute_registers(cfg.compute_wgs),
-                          action="increase")
+  plgpu.set_max_registers(
+      compute_registers(cfg.compute_wgs, cfg.memory_registers), action="increase")
   qo_smem, p_all, k_smem, v_smem = bufs
   # qo_smem [wgs, 64, d]; p_all [wgs, 64, block_kv] or None; k/v_smem
   # [stages, block_kv, d] (all SMEM, swizzled)
