@@ -100,6 +100,9 @@ def prefill_mosaic_q8(q, kv_cache, block_tables, cu_q_lens, kv_lens, *, scale,
   scales = decode_mosaic_q8.gather_scales(kv_cache.scales, block_tables,
                                           kv_lens, cfg.block_kv)
   ring = ring_stages(config, head_dim)
+  short = ring * cfg.block_kv - scales.shape[-1]  # the first `ring` fetches
+  if short > 0:  # are indexed statically (taken only for steps that exist)
+    scales = jnp.pad(scales, ((0, 0),) * 3 + ((0, short),))
   wgs = cfg.compute_wgs
   out = plgpu.kernel(
       functools.partial(_entry, cfg=cfg, ring=ring),

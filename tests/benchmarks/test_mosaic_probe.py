@@ -64,3 +64,19 @@ def test_preflight_covers_the_kernels_benchmark_problems():
   assert {s for _, s in jobs} == {"kernels-small0", "kernels-small1",
                                   "kernels-small2", "kernels-4096+0",
                                   "kernels-4096+2048"}
+
+
+def test_8_bit_shapes_run_the_8_bit_kernel_and_triton(tmp_path):
+  """NAME@dtype quantizes the cache: the Mosaic variant runs prefill_mosaic_q8,
+  "triton" the Triton kernel, both checked against the reference."""
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.mosaic_probe", "--interpret",
+       "--shapes", "tiny@int8", "--variants", "default,triton", "--out",
+       str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+      check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:]
+  results = json.loads((tmp_path / "mosaic_probe.json").read_text())
+  assert [(r["variant"], r["shape"], r["status"]) for r in results] == [
+      ("default", "tiny@int8", "ok"), ("triton", "tiny@int8", "ok")]
+  assert all(r["err"] < mosaic_probe.TOLERANCE and r["kernel_us"] is None
+             for r in results)

@@ -29,31 +29,33 @@ C = prefill_mosaic.MosaicConfig
 Q_LENS, KV_LENS = [37, 0, 12], [330, 0, 12]
 
 
-def _problem(name, block_size=16, hq=8, hkv=2, d=64, seed=0, pad=5):
+def _problem(name, block_size=16, hq=8, hkv=2, d=64, seed=0, pad=5,
+             lens=(Q_LENS, KV_LENS)):
+  q_lens, kv_lens = lens
   rng = np.random.default_rng(seed)
-  paged = helpers.make_paged_quantized(rng, KV_LENS, hkv, d, block_size, name)
-  q = rng.standard_normal((sum(Q_LENS) + pad, hq, d)).astype(BF16)
-  cu = np.concatenate([[0], np.cumsum(Q_LENS)]).astype(np.int32)
+  paged = helpers.make_paged_quantized(rng, kv_lens, hkv, d, block_size, name)
+  q = rng.standard_normal((sum(q_lens) + pad, hq, d)).astype(BF16)
+  cu = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
   args = (jnp.asarray(q), helpers.device_cache(paged.kv_cache),
           jnp.asarray(paged.block_tables), jnp.asarray(cu),
-          jnp.asarray(KV_LENS, jnp.int32))
-  want = helpers.naive_prefill(q.astype(np.float64), paged, Q_LENS, KV_LENS,
+          jnp.asarray(kv_lens, jnp.int32))
+  want = helpers.naive_prefill(q.astype(np.float64), paged, q_lens, kv_lens,
                                d ** -0.5)
   return args, want
 
 
-def _check(out, want):
+def _check(out, want, q_lens=Q_LENS):
   out = np.asarray(out, np.float64)
-  assert out.dtype == np.float64 and np.isfinite(out).all(), "a poisoned slot leaked"
+  assert np.isfinite(out).all(), "a poisoned slot leaked"
   assert helpers.rel_err(out, want) < helpers.tolerance(BF16)
-  assert not out[sum(Q_LENS):].any(), "padded tokens must be zeros"
+  assert not out[sum(q_lens):].any(), "padded tokens must be zeros"
 
 
 CASES = [  # block_size, hq, hkv, d, config
     (16, 8, 2, 64, C()),  # two 8-bit stages
     (16, 8, 2, 64, C(compute_wgs=1)),
     (16, 8, 2, 64, C(block_kv=64, stages=3)),
-    (64, 4, 4, 128, C(p_in_regs=False, pingpong=False)),  # GQA 1
+    (64, 4, 4, 128, C(block_kv=64, p_in_regs=False, pingpong=False)),  # GQA 1
     (256, 9, 3, 64, C(block_kv=64)),  # GQA 3, a block sliced in steps
     (8, 8, 1, 128, C(block_kv=128, stages=2)),  # one 8-bit stage (ring_stages)
 ]
@@ -69,6 +71,16 @@ def test_matches_oracle(case, name):
                              interpret=helpers.INTERPRET)
   assert out.dtype == jnp.bfloat16
   _check(out, want)
+
+
+def test_a_table_shorter_than_the_ring():
+  """Block tables of 64 tokens under two 128-token 8-bit stages: the ring's
+  first fetches are indexed statically, the second never taken."""
+  lens = ([20, 0, 3], [20, 0, 40])
+  args, want = _problem("int8", lens=lens)
+  assert args[2].shape[1] * 16 < 2 * 128
+  _check(q8.prefill_mosaic_q8(*args, scale=64 ** -0.5, config=C(),
+                              interpret=helpers.INTERPRET), want, lens[0])
 
 
 def test_ring_has_two_stages_where_shared_memory_holds_them():
