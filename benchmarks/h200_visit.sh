@@ -293,7 +293,7 @@ for t in r["top"][:6]:
     # converting) vs bf16's Mosaic prefill and the Triton kernel 8-bit caches ran before;
     # then the 8B at batch 256 per KV dtype (kv-dtype-8b; SKIP_8B=1: not)
     run prefill_q8 240 python3 -m benchmarks.mosaic_probe --out "$out" \
-      --variants default,bkv64-st3,triton --job_timeout_s 90 \
+      --variants "${PREFILL_VARIANTS:-default,bkv64-st3,triton}" --job_timeout_s 90 \
       --shapes ${PREFILL_SHAPES:-4096,4096+2048,4096@int8,4096+2048@int8,4096@float8_e4m3,4096+2048@float8_e4m3,odd-bs16@int8,odd-bs256@float8_e4m3}
     grep -A30 "^| shape" "$out/prefill_q8.log"
     [ "${SKIP_8B:-0}" = 1 ] && exit 0
@@ -305,14 +305,15 @@ for t in r["top"][:6]:
     ;;
   decode-q8-f16)  # issue 15: e4m3 with K, V, q and P in f16 (one cvt per two values) now
     # vs BASELINE's bf16 (three more through f32), static and dynamic tickets, at the
-    # table's tilings; then both under the profiler at 64 x 1024 (PROFILE=0: not)
+    # table's tilings (DYNAMIC=0: static only); then both under the profiler at 64 x 1024
+    # (PROFILE=0: not)
     bf16_kernel
     for dir in . .baseline; do
       v=$([ "$dir" = . ] && echo now || echo base)
       [ -d "$dir" ] || continue
       (cd "$dir" && run "e4m3_$v" 170 python3 -m benchmarks.decode_mosaic_probe \
         --out "$out/$v" --kv-dtype float8_e4m3 --block-kv 64 --splits 1 --v-converters 1 \
-        --streams 2 --ctas sm --issuers 2 --stages 3 --qk-8bit 0 --dynamic 0,1 \
+        --streams 2 --ctas sm --issuers 2 --stages 3 --qk-8bit 0 --dynamic "${DYNAMIC:-0,1}" \
         --job_timeout_s 80 --shapes 64x4096/16,256x1024/16)
       [ "${PROFILE:-1}" = 0 ] || (cd "$dir" && run "prof_$v" 60 python3 -m benchmarks.decode_mosaic_inside \
         --out "$out/prof_$v" --profile --profile-space 320 --shape 64x1024/16 \
