@@ -195,19 +195,6 @@ def test_prefill_dequantizes_like_the_oracle(case, name):
                                                       **mutation)) > tol, mutation
 
 
-def test_mosaic_prefill_runs_an_8bit_cache_on_triton():
-  """The Mosaic kernel takes 16-bit caches only: under "mosaic" (the Hopper
-  default) an 8-bit one goes to the Triton kernel, same result."""
-  rng = np.random.default_rng(1)
-  paged = helpers.make_paged_quantized(rng, [20], 2, 64, 16, "int8")
-  q = jnp.asarray(rng.standard_normal((20, 4, 64)), jnp.bfloat16)
-  args = (q, helpers.device_cache(paged.kv_cache), jnp.asarray(paged.block_tables),
-          jnp.asarray([0, 20], jnp.int32), jnp.asarray([20], jnp.int32))
-  run = lambda b: np.asarray(pk.paged_prefill_attention(
-      *args, backend=b, interpret=helpers.INTERPRET), np.float32)
-  np.testing.assert_array_equal(run("mosaic"), run("triton"))
-
-
 @pytest.mark.parametrize("over,msg", [
     (dict(scales=jnp.zeros((5, 2, 2, 8))), "scales must have shape"),
     (dict(scales=jnp.zeros((5, 2, 2, 16), jnp.bfloat16)), "scales must be float32"),
