@@ -292,7 +292,7 @@ for t in r["top"][:6]:
   prefill-q8)  # issue 15: the Mosaic prefill over 8-bit caches (its memory warpgroup
     # converting) vs bf16's Mosaic prefill and the Triton kernel 8-bit caches ran before;
     # then the 8B at batch 256 per KV dtype (kv-dtype-8b; SKIP_8B=1: not)
-    run prefill_q8 240 python3 -m benchmarks.mosaic_probe --out "$out" \
+    run prefill_q8 240 python3 -m benchmarks.mosaic_probe --out "$out" --write-table \
       --variants "${PREFILL_VARIANTS:-default,bkv64-st3,triton}" --job_timeout_s 90 \
       --shapes ${PREFILL_SHAPES:-4096,4096+2048,4096@int8,4096+2048@int8,4096@float8_e4m3,4096+2048@float8_e4m3,odd-bs16@int8,odd-bs256@float8_e4m3}
     grep -A30 "^| shape" "$out/prefill_q8.log"

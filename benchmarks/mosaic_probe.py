@@ -2,6 +2,9 @@
 
 Usage: PYTHONPATH=. python3 -m benchmarks.mosaic_probe [--out DIR]
            [--variants a,b] [--shapes x,y[@int8|@float8_e4m3]] [--job_timeout_s 150]
+           [--write-table [--table-dir DIR]]
+       PYTHONPATH=. python3 -m benchmarks.mosaic_probe --from-run JSON
+           --device-kind KIND [--table-dir DIR]
        PYTHONPATH=. python3 -m benchmarks.mosaic_probe --preflight
            (the default tiling on benchmarks/kernels.py's problems; exit
            status 1 if any fails, hangs or is wrong)
@@ -12,8 +15,14 @@ unused cache slots on the odd shapes) or a hang (the child is killed after
 --job_timeout_s) is reported for that job, and a new child takes the rest.
 A shape named NAME@int8 or NAME@float8_e4m3 stores its cache in that 8-bit
 dtype (quantized per token and head): the Mosaic variants then run
-prefill_mosaic_q8, and the variant "triton" runs the Triton kernel (what an
-8-bit cache ran before) on any shape. Prints one table per shape (µs, TFLOP/s, % of cuDNN dense causal attention at
+prefill_mosaic_q8, and the variant "triton" runs the Triton kernel on any
+shape. With --write-table (or --from-run: a recorded run's mosaic_probe.json)
+each 8-bit shape where both the default variant and "triton" were right
+becomes a "prefill_mosaic_q8" entry of the device's tuning table (both
+times): the engine's 8-bit prefill takes the Mosaic kernel only where every
+entry of its dtype and head_dim says it is faster (pallas_kernels/prefill.py).
+
+Prints one table per shape (µs, TFLOP/s, % of cuDNN dense causal attention at
 4096 tokens, relative error) and the fastest correct variant per shape;
 writes mosaic_probe.json / .md under --out.
 """
@@ -272,6 +281,42 @@ def to_markdown(results):
   return "\n".join(lines)
 
 
+def q8_entries(results) -> list[dict]:
+  """The "prefill_mosaic_q8" table entries of a run: per 8-bit shape with a
+  right default and triton result, both times."""
+  ok = {(r["variant"], r["shape"]): r for r in results if r.get("status") == "ok"}
+  entries = []
+  for (variant, shape), r in ok.items():
+    name, _, kv_dtype = shape.partition("@")
+    if variant != "default" or not kv_dtype or ("triton", shape) not in ok:
+      continue
+    bs, _, _, d = SHAPES[name][:4]
+    entries.append(dict(shape=shape, kv_cache_dtype=kv_dtype, head_dim=d,
+                        block_size=bs, us=round(r["us"], 1),
+                        triton_us=round(ok["triton", shape]["us"], 1),
+                        err=r["err"]))
+  return entries
+
+
+def write_table(entries, table_dir=None, device_kind=None, source="") -> str:
+  """Replaces the "prefill_mosaic_q8" entries of the device's table (this
+  process's device unless given) with `entries`; the others kept."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from pallas_kernels import tuning  # pylint: disable=g-import-not-at-top
+  kind = device_kind or jax.devices()[0].device_kind
+  path = (pathlib.Path(table_dir) if table_dir else tuning.TABLE_DIR) / (
+      f"{tuning.device_slug(kind)}.json")
+  table = json.loads(path.read_text()) if path.exists() else {"device_kind": kind}
+  table["prefill_mosaic_q8"] = entries
+  how = f"--from-run {source} --device-kind '{kind}'" if source else "--write-table"
+  table["prefill_mosaic_q8_command"] = (
+      f"python3 -m benchmarks.mosaic_probe {how} ({time.strftime('%Y-%m-%d')}, "
+      f"jax {jax.__version__})")
+  path.write_text(json.dumps(table, indent=1) + "\n")
+  return str(path)
+
+
 def _kernel_cell(r, cudnn):
   """'µs | TFLOP/s (% of cuDNN)' of the kernel alone, '- | -' if not timed."""
   if not r.get("kernel_us"):
@@ -291,15 +336,35 @@ def main():
   parser.add_argument("--preflight", action="store_true")
   parser.add_argument("--interpret", action="store_true",
                       help="Mosaic GPU interpret mode (a CPU smoke run)")
+  parser.add_argument("--write-table", action="store_true",
+                      help="write the 8-bit shapes' prefill_mosaic_q8 entries into "
+                           "pallas_kernels/tuning/<device>.json (default: off)")
+  parser.add_argument("--from-run", default=None, metavar="JSON",
+                      help="no measuring: the entries of a recorded run's "
+                           "mosaic_probe.json into --device-kind's table (default: off)")
+  parser.add_argument("--device-kind", default=None,
+                      help="with --from-run: the device the run measured, as JAX names "
+                           "it (e.g. 'NVIDIA H200'; default: none)")
+  parser.add_argument("--table-dir", default=None,
+                      help="folder of the tuning tables (default: pallas_kernels/tuning)")
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child is not None:
     child([tuple(j) for j in json.loads(args.child)], args.interpret)
     return 0
+  if args.from_run:
+    if not args.device_kind:
+      parser.error("--from-run needs --device-kind")
+    with open(args.from_run) as f:
+      entries = q8_entries(json.load(f))
+    print(write_table(entries, args.table_dir, args.device_kind, args.from_run))
+    return 0
   results = parent(_jobs(args), args.job_timeout_s, args.startup_s,
                    args.interpret)
   md = to_markdown(results)
   print(md, flush=True)
+  if args.write_table:
+    print("table:", write_table(q8_entries(results), args.table_dir), flush=True)
   if args.out:
     name = "mosaic_preflight" if args.preflight else "mosaic_probe"
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:

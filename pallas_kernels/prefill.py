@@ -10,6 +10,7 @@ from pallas_kernels import heuristics
 from pallas_kernels import prefill_mosaic
 from pallas_kernels import prefill_mosaic_q8
 from pallas_kernels import quantization
+from pallas_kernels import tuning
 from pallas_kernels import validation
 from pallas_kernels.prefill_reference import paged_prefill_attention_reference
 from pallas_kernels.prefill_triton import prefill_triton
@@ -56,19 +57,31 @@ def paged_prefill_attention(
         q, kv_cache, block_tables, cu_q_lens, kv_lens, scale=scale)
   # NOTE: "mosaic" runs the Mosaic GPU kernel where prefill_mosaic.supports()
   # (16-bit caches, head_dim % 64 == 0, groups <= 16, shared memory fits) or,
-  # for 8-bit caches and a bf16 q, prefill_mosaic_q8.supports() (its memory
-  # warpgroup converts the 8-bit tiles); float32 and other shapes fall back
-  # to the Triton kernel.
+  # for 8-bit caches and a bf16 q, where _mosaic_q8 says so (its memory
+  # warpgroup converts the 8-bit tiles); float32 caches, other shapes and
+  # unmeasured 8-bit ones fall back to the Triton kernel.
   config = heuristics.prefill_mosaic_config(q.shape[-1])
-  kernel = (prefill_mosaic_q8.prefill_mosaic_q8
-            if prefill_mosaic_q8.supports(q, kv_cache, config) else
-            prefill_mosaic.prefill_mosaic
+  kernel = (prefill_mosaic_q8.prefill_mosaic_q8 if _mosaic_q8(q, kv_cache, config)
+            else prefill_mosaic.prefill_mosaic
             if prefill_mosaic.supports(q, kv_cache, config) else None)
   if backend == "mosaic" and kernel is not None:
     return kernel(q, kv_cache, block_tables, cu_q_lens, kv_lens,
                   scale=float(scale), config=config, interpret=interpret)
   return _prefill_triton(q, kv_cache, block_tables, cu_q_lens, kv_lens,
                          float(scale), interpret)
+
+
+def _mosaic_q8(q, kv_cache, config) -> bool:
+  """Whether an 8-bit cache takes the Mosaic prefill: supported, and the
+  device's tuning table timed it faster than Triton for this KV dtype.
+
+  NOTE: as for the 8-bit decode (decode.py): no table, no measurement, no
+  dispatch; until a GPU run writes the entries the Triton kernel runs.
+  """
+  if not prefill_mosaic_q8.supports(q, kv_cache, config):
+    return False
+  return tuning.prefill_mosaic_q8_measured_faster(
+      jax.devices()[0].device_kind, q.shape[-1], quantization.name_of(kv_cache))
 
 
 def _prefill_triton(q, kv_cache, block_tables, cu_q_lens, kv_lens, scale,

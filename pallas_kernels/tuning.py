@@ -114,6 +114,17 @@ def decode_mosaic_entry(device_kind: str, batch: int, num_kv_heads: int,
   return min(entries, key=lambda e: _distance(e, programs, max_blocks * block_size))
 
 
+def prefill_mosaic_q8_measured_faster(device_kind: str, head_dim: int,
+                                      kv_cache_dtype: str) -> bool:
+  """Whether the device table's "prefill_mosaic_q8" entries of this head_dim
+  and KV-cache dtype exist and each timed the Mosaic prefill over the 8-bit
+  cache faster than the Triton kernel in the same run
+  (benchmarks/mosaic_probe.py --write-table)."""
+  entries = [e for e in load_table(device_kind).get("prefill_mosaic_q8", ())
+             if e["head_dim"] == head_dim and e["kv_cache_dtype"] == kv_cache_dtype]
+  return bool(entries) and all(e["us"] < e["triton_us"] for e in entries)
+
+
 def heuristic_decode_config(batch: int, num_kv_heads: int, max_blocks: int, block_size: int,
                             head_dim: int, itemsize: int) -> DecodeConfig:
   """The shape-only choice (`heuristics`), for devices without a table."""

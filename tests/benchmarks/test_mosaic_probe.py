@@ -72,11 +72,39 @@ def test_8_bit_shapes_run_the_8_bit_kernel_and_triton(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "benchmarks.mosaic_probe", "--interpret",
        "--shapes", "tiny@int8", "--variants", "default,triton", "--out",
-       str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600,
-      check=False)
+       str(tmp_path), "--write-table", "--table-dir", str(tmp_path)], cwd=ROOT,
+      capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stdout[-3000:]
   results = json.loads((tmp_path / "mosaic_probe.json").read_text())
   assert [(r["variant"], r["shape"], r["status"]) for r in results] == [
       ("default", "tiny@int8", "ok"), ("triton", "tiny@int8", "ok")]
   assert all(r["err"] < mosaic_probe.TOLERANCE and r["kernel_us"] is None
              for r in results)
+  table = json.loads((tmp_path / "cpu.json").read_text())
+  [entry] = table["prefill_mosaic_q8"]
+  assert (entry["kv_cache_dtype"], entry["head_dim"], entry["block_size"]) == ("int8", 64, 16)
+  assert entry["us"] == round(results[0]["us"], 1)
+  assert entry["triton_us"] == round(results[1]["us"], 1)
+
+
+def test_a_recorded_run_writes_the_8_bit_entries_of_another_device(tmp_path):
+  """--from-run: entries only where both the default variant and triton
+  were right; the table's other keys kept."""
+  run = [dict(variant="default", shape="4096@int8", status="ok", us=900.04, err=3e-3),
+         dict(variant="triton", shape="4096@int8", status="ok", us=1000.0, err=3e-3),
+         dict(variant="default", shape="4096@float8_e4m3", status="wrong", us=1.0,
+              err=0.5),
+         dict(variant="triton", shape="4096@float8_e4m3", status="ok", us=1.0, err=3e-3),
+         dict(variant="default", shape="4096", status="ok", us=800.0, err=2e-3)]
+  (tmp_path / "run.json").write_text(json.dumps(run))
+  (tmp_path / "nvidia-h200.json").write_text(json.dumps({"decode_mosaic": [1]}))
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.mosaic_probe", "--from-run",
+       str(tmp_path / "run.json"), "--device-kind", "NVIDIA H200", "--table-dir",
+       str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  table = json.loads((tmp_path / "nvidia-h200.json").read_text())
+  assert table["decode_mosaic"] == [1]
+  assert table["prefill_mosaic_q8"] == [dict(
+      shape="4096@int8", kv_cache_dtype="int8", head_dim=128, block_size=16, us=900.0,
+      triton_us=1000.0, err=3e-3)]

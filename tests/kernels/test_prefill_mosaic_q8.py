@@ -20,6 +20,7 @@ from pallas_kernels import heuristics
 from pallas_kernels import prefill_mosaic
 from pallas_kernels import prefill_mosaic_q8 as q8
 from pallas_kernels import quantization
+from pallas_kernels import tuning
 from tests.kernels import helpers
 
 BF16 = ml_dtypes.bfloat16
@@ -145,18 +146,35 @@ def test_lowers_for_hopper(shape, config, name):
   assert "paged_prefill_mosaic_q8" in exported.mlir_module()
 
 
-def test_backend_mosaic_runs_an_8_bit_cache_here(monkeypatch):
+def _table(us, triton_us, name="int8", head_dim=64):
+  """A tuning table whose one prefill_mosaic_q8 entry timed these."""
+  return {"prefill_mosaic_q8": [dict(shape=f"4096@{name}", kv_cache_dtype=name,
+                                     head_dim=head_dim, block_size=16, us=us,
+                                     triton_us=triton_us, err=2e-3)]}
+
+
+@pytest.mark.parametrize("table,mosaic", [
+    (_table(90.0, 100.0), True),
+    (_table(110.0, 100.0), False),  # measured slower
+    (_table(90.0, 100.0, name="float8_e4m3"), False),  # another dtype's
+    (_table(90.0, 100.0, head_dim=128), False),  # another head_dim's
+    ({}, False),  # no table, no measurement, no dispatch
+], ids=["faster", "slower", "other-dtype", "other-head-dim", "no-table"])
+def test_backend_mosaic_takes_it_where_the_table_timed_it_faster(monkeypatch, table,
+                                                                 mosaic):
   """paged_prefill_attention sends an 8-bit cache to this kernel under
-  "mosaic"; a float32 q still goes to Triton."""
+  "mosaic" only where the device's table says it beat Triton; else (and for
+  a float32 q) the Triton kernel runs, with the same result."""
   calls = []
   real = q8.prefill_mosaic_q8
   monkeypatch.setattr(q8, "prefill_mosaic_q8",
                       lambda *a, **k: calls.append(k["config"]) or real(*a, **k))
+  monkeypatch.setattr(tuning, "load_table", lambda kind: table)
   args, want = _problem("int8", seed=2)
   _check(pk.paged_prefill_attention(*args, backend="mosaic",
                                     interpret=helpers.INTERPRET), want)
-  assert calls == [heuristics.prefill_mosaic_config(64)]
+  assert calls == ([heuristics.prefill_mosaic_config(64)] if mosaic else [])
   out = pk.paged_prefill_attention(args[0].astype(jnp.float32), *args[1:],
                                    backend="mosaic", interpret=helpers.INTERPRET)
-  assert len(calls) == 1  # Triton ran it
+  assert len(calls) == int(mosaic)  # Triton ran it
   assert helpers.rel_err(np.asarray(out, np.float64), want) < helpers.tolerance(BF16)
