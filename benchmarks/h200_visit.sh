@@ -296,6 +296,7 @@ for t in r["top"][:6]:
       --variants "${PREFILL_VARIANTS:-default,bkv64-st3,triton}" --job_timeout_s 90 \
       --shapes ${PREFILL_SHAPES:-4096,4096+2048,4096@int8,4096+2048@int8,4096@float8_e4m3,4096+2048@float8_e4m3,odd-bs16@int8,odd-bs256@float8_e4m3}
     grep -A30 "^| shape" "$out/prefill_q8.log"
+    cp pallas_kernels/tuning/*.json "$out/"  # with the prefill_mosaic_q8 entries
     [ "${SKIP_8B:-0}" = 1 ] && exit 0
     mkdir -p "$out/kv"
     run throughput_kv 300 python3 -m benchmarks.throughput --out "$out/kv" --skip-check \
