@@ -122,11 +122,23 @@ class Tile:
     self.first_kv = 0  # the tile's cache walk starts at position 0
 
 
+def register_pool(warpgroups: int) -> int:
+  """Registers a thread summed over a CTA's warpgroups: the SM's 64K over its
+  threads, rounded down to 8 a thread as at launch (3 x 168 = 504 for three)."""
+  return 65536 // (128 * warpgroups) // 8 * 8 * warpgroups
+
+
 def compute_registers(compute_wgs: int, memory: int = MEMORY_REGISTERS) -> int:
-  """Registers per compute thread: the SM's 64K minus the memory warpgroup's
-  share (`memory` a thread), split over the compute warpgroups (<= 256, a
-  multiple of 8)."""
-  return min(256, (512 - memory) // compute_wgs) // 8 * 8
+  """Registers per compute thread: the CTA's pool minus the memory
+  warpgroup's share (`memory` a thread), split over the compute warpgroups
+  (<= 256, a multiple of 8).
+
+  NOTE: setmaxnreg.inc waits until the registers it asks for are free, so
+  asking for more than the pool hangs the kernel: 2 x 208 + 96 over 504 did
+  (the 8-bit prefill, H100, 2026-12-08, docs/benchmarks.md).
+  """
+  pool = register_pool(compute_wgs + 1)
+  return min(256, (pool - memory) // compute_wgs) // 8 * 8
 
 
 def consumer(tile: Tile, q_ref, o_ref, bufs, bars, cfg: Static):

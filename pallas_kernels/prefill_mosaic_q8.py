@@ -50,9 +50,9 @@ from pallas_kernels.prefill_mosaic_memory import copies_per_stage
 from pallas_kernels.prefill_mosaic_memory import issue_copies
 
 # NOTE: the memory warpgroup holds a 64-row chunk of 8-bit values and its
-# 16-bit conversion (64 + 64 registers at head_dim 128, LAYOUT's 2-byte
-# vectors); the two compute warpgroups keep (512 - 96) / 2 = 208.
-MEMORY_REGISTERS = 96
+# 16-bit conversion (32 + 32 registers a thread at head_dim 128); the two
+# compute warpgroups keep (504 - 88) / 2 = 208 (compute_registers).
+MEMORY_REGISTERS = 88
 CHUNK = q8_compute.CHUNK_ROWS  # rows converted at a time (a WGMMA layout tile)
 LAYOUT, KEYS = q8_compute.LAYOUT, q8_compute.KEYS
 SCALES = jnp.float16  # decode_mosaic_q8.gather_scales's

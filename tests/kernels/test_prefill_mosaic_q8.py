@@ -178,3 +178,18 @@ def test_backend_mosaic_takes_it_where_the_table_timed_it_faster(monkeypatch, ta
                                    backend="mosaic", interpret=helpers.INTERPRET)
   assert len(calls) == int(mosaic)  # Triton ran it
   assert helpers.rel_err(np.asarray(out, np.float64), want) < helpers.tolerance(BF16)
+
+
+@pytest.mark.parametrize("wgs", [1, 2])
+def test_registers_asked_for_fit_the_ctas_pool(wgs):
+  """setmaxnreg.inc waits for free registers: the warpgroups' asks must sum
+  to at most the launch's pool, or the kernel hangs (2 x 208 + 96 over 504
+  hung on the H100)."""
+  from pallas_kernels import prefill_mosaic_kernel as kernel  # pylint: disable=g-import-not-at-top
+  assert kernel.register_pool(3) == 3 * 168 and kernel.register_pool(2) == 2 * 256
+  for memory in (kernel.MEMORY_REGISTERS, q8.MEMORY_REGISTERS):
+    compute = kernel.compute_registers(wgs, memory)
+    assert compute % 8 == 0 and compute <= 256
+    assert wgs * compute + memory <= kernel.register_pool(wgs + 1)
+  assert kernel.compute_registers(2) == 232  # the 16-bit kernel's, unchanged
+  assert kernel.compute_registers(2, q8.MEMORY_REGISTERS) == 208
