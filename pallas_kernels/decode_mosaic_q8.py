@@ -36,7 +36,9 @@ the memory warpgroup's warps issue shares of its copies
 (decode_mosaic_q8_stages.producer).
 
 int8 -> bf16 is Mosaic GPU's prmt/sub.bf16x2 sequence (no integer-to-float
-instruction); e4m3 goes through f16 and f32. NOTE (H200, 2026-12-03,
+instruction); e4m3 becomes f16 (one cvt.f16x2.e4m3x2 per two values; q and
+P then f16 too: decode_mosaic_q8_compute.wide_dtype; through f32 to bf16 it
+was 1-2 % slower and twice the error, H100 2026-12-08). NOTE (H200, 2026-12-03,
 docs/benchmarks.md): with a K converter warpgroup and 16-bit K stages this
 kernel took 0.95-1.11x the bf16 kernel's time where the bytes say 0.44x;
 with K in registers 0.85-1.06x. 2, 3 or 4 8-bit stages time the same, and

@@ -20,16 +20,17 @@ that shape took 224.5 µs, not 236.2 (e4m3, H100, 2026-12-07,
 docs/benchmarks.md).
 
 Sᵀ comes one of two ways (DecodeMosaicConfig.qk_8bit):
-  bf16 (default)  K read from the 8-bit ring 64 rows at a time into
-                  registers, converted to bf16 there and given to wgmma as a
-                  register A operand, q a bf16 tile;
+  16-bit (default) K read from the 8-bit ring 64 rows at a time into
+                  registers, converted to its wide_dtype there (bf16 for
+                  int8, f16 for e4m3) and given to wgmma as a register A
+                  operand, q a tile of the same type;
   8-bit (int8)    no conversion: one int8 wgmma (into int32, exact) per
                   term of q straight over the K stage, q given as two int8
                   terms (quantization.quantize_two_terms: q's quantization
                   and its residual's, each with a scale per query head), so
                   Sᵀ = Σ_t (K Q_tᵀ) q_scale_t holds q to about bf16's
                   precision, not int8's. Not for e4m3: decode_mosaic.supports.
-V goes through the V converters' bf16 stages either way (wgmma's A must be in
+V goes through the V converters' 16-bit stages either way (wgmma's A must be in
 the WGMMA layout, and a transposed 8-bit load has no relayout to it; an 8-bit
 A operand must be K-major, and Vᵀ is not).
 
@@ -257,7 +258,7 @@ def _step(step, at, carry, span, bufs: Bufs, bars, cfg, stages16: int, q_scales,
 
 
 def _qk_bf16(bufs: Bufs, ring, cfg):
-  """Sᵀ [block_kv, N] f32 = K Qᵀ, K's chunks converted to bf16 in registers."""
+  """Sᵀ [block_kv, N] f32 = K Qᵀ, K's chunks converted to 16 bits in registers."""
   def qk(acc_ref):  # acc_ref [block_kv, N] f32
     chunks = [pl.ds(r0, CHUNK_ROWS) for r0 in range(0, cfg.block_kv, CHUNK_ROWS)]
     ks = [_k_chunk(bufs, ring, rows) for rows in chunks]  # all before any wgmma
@@ -296,7 +297,7 @@ def _online_softmax(s, carry):
 
 
 def _k_chunk(bufs: Bufs, ring, rows):
-  """K's `rows` of 8-bit ring stage `ring` as bf16 in registers (wgmma's
+  """K's `rows` of 8-bit ring stage `ring` as P's type in registers (wgmma's
   LAYOUT), or, in interpret mode, through bufs.k_tile.
 
   NOTE: Mosaic GPU's interpreter takes wgmma operands from shared memory

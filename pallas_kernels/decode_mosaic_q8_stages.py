@@ -152,7 +152,7 @@ def _stage_copies(span, values_ref, scales_ref, ids, bufs, bars, kinds, cfg, ste
 
 def converter(items, span_of, src, dst, bars, cfg, index: int, tickets=None):
   """V converter `index` of cfg.v_converters: its 64-row chunks (every
-  v_converters-th) of each 8-bit stage of src [stages, block_kv, d] as bf16
+  v_converters-th) of each 8-bit stage of src [stages, block_kv, d] as 16-bit
   into the 16-bit stage dst [STAGES16, block_kv, d] (both SMEM, swizzled),
   over the CTA's items (decode_mosaic_items.Items; span_of(item): its Span;
   tickets: the Ring of dynamic tickets, else None)."""
@@ -186,10 +186,11 @@ def converter(items, span_of, src, dst, bars, cfg, index: int, tickets=None):
 
 
 def _convert_stage(src, dst, starts, valid):
-  """dst = src's numbers as bf16 (exact: int8 and e4m3 are bf16 subsets) in
-  the 64-row chunks at `starts`, zero from row `valid` on (None: all kept).
+  """dst = src's numbers as dst's type (exact: int8 is a bf16 subset, e4m3
+  an f16 one) in the 64-row chunks at `starts`, zero from row `valid` on
+  (None: all kept).
 
-  src [block_kv, d] 8-bit, dst [block_kv, d] bf16 (both SMEM).
+  src [block_kv, d] 8-bit, dst [block_kv, d] bf16 or f16 (both SMEM).
   """
   chunks = [pl.ds(r0, compute.CHUNK_ROWS) for r0 in starts]
   # NOTE: every chunk loaded before any is converted and stored: 1-3 % faster
