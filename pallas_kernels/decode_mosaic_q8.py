@@ -172,8 +172,10 @@ def wide_q(qp, storage):
   wide = compute.wide_dtype(storage)
   if qp.dtype == wide:
     return qp
+  # NOTE: clamped in f32: f16's largest (65504) rounds to 65536 in bf16,
+  # which is inf in f16.
   big = float(jnp.finfo(wide).max)
-  return jnp.clip(qp, -big, big).astype(wide)
+  return jnp.clip(qp.astype(jnp.float32), -big, big).astype(wide)
 
 
 def split_q(qp, storage, cols: int):

@@ -317,3 +317,14 @@ def test_compiler_params_are_made_when_the_kernel_is_traced(monkeypatch):
       spec((4, 8, 64), jnp.bfloat16), cache, spec((4, 8), jnp.int32),
       spec((4,), jnp.int32))
   assert made and all(kw.get("approx_math") for kw in made)
+
+
+def test_q_for_an_e4m3_cache_is_f16_clamped_to_its_range():
+  """e4m3's kernels take q in f16 (wide_dtype): values past f16's range
+  become its largest, not inf (bf16 rounds 65504 up to 65536)."""
+  qp = jnp.asarray([[[[1e6, -1e6, 65504.0, 3.0]]]], jnp.bfloat16)
+  wide = q8.wide_q(qp, jnp.uint8)
+  assert wide.dtype == jnp.float16
+  np.testing.assert_array_equal(np.asarray(wide, np.float32),
+                                [[[[65504.0, -65504.0, 65504.0, 3.0]]]])
+  assert q8.wide_q(qp, jnp.int8) is qp  # int8's kernels take bf16
