@@ -44,6 +44,7 @@ import subprocess
 import sys
 import time
 
+from benchmarks import tables
 from benchmarks.decode_mosaic_report import HEADS
 from benchmarks.decode_mosaic_report import SHAPES
 from benchmarks.decode_mosaic_report import TOLERANCE  # pylint: disable=unused-import
@@ -225,17 +226,7 @@ def parser() -> argparse.ArgumentParser:
                       "counter (1) or in static turn (0), comma-separated (default: 0)")
   p.add_argument("--max-ctas", type=int, default=16 * 132,
                  help="skip split counts giving more CTAs (default: %(default)s)")
-  p.add_argument("--write-table", action="store_true",
-                 help="merge the best tilings into pallas_kernels/tuning/<device>.json "
-                      "(default: off)")
-  p.add_argument("--from-run", default=None, metavar="JSON",
-                 help="no measuring: merge the best tilings of a recorded run (its "
-                      "decode_mosaic_probe.json) into --device-kind's table (default: off)")
-  p.add_argument("--device-kind", default=None,
-                 help="with --from-run: the device the run measured, as JAX names it "
-                      "(e.g. 'NVIDIA H200'; default: none)")
-  p.add_argument("--table-dir", default=None,
-                 help="folder of the tuning tables (default: pallas_kernels/tuning)")
+  tables.add_flags(p, "the best tilings", "decode_mosaic_probe.json")
   p.add_argument("--kv-dtype", type=lambda x: tuple(x.split(",")), default=("bfloat16",),
                  help="KV-cache dtypes, comma-separated: bfloat16, int8, float8_e4m3 "
                       "(default: bfloat16)")

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
+
+from benchmarks import tables
 
 SHAPES = ("64x2048/16", "8x8192/16", "32x4096/16", "256x1024/16",
           "64x2048/64", "64x2048/128")
@@ -89,23 +90,12 @@ def write_table(entries: list[dict], table_dir: str | None = None,
   """Merges `entries` into the table of `device_kind` (default: this
   process's device; "decode" entries kept); source: the recorded run they
   came from, if not this one."""
-  import pathlib  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  from pallas_kernels import tuning  # pylint: disable=g-import-not-at-top
-  kind = device_kind or jax.devices()[0].device_kind
-  path = (pathlib.Path(table_dir) if table_dir else tuning.TABLE_DIR) / (
-      f"{tuning.device_slug(kind)}.json")
-  old = json.loads(path.read_text()) if path.exists() else {"device_kind": kind}
   key = lambda e: (e["batch"], e["context"], e["kv_heads"], e["head_dim"],
                    e["block_size"], e.get("kv_cache_dtype", "bfloat16"))
   new = {key(e) for e in entries}
-  kept = [e for e in old.get("decode_mosaic", []) if key(e) not in new]
-  old["decode_mosaic"] = kept + entries
-  how = f"--from-run {source} --device-kind '{kind}'" if source else "--write-table"
-  old["decode_mosaic_command"] = (f"python3 -m benchmarks.decode_mosaic_probe {how} "
-                                  f"({time.strftime('%Y-%m-%d')}, jax {jax.__version__})")
-  path.write_text(json.dumps(old, indent=1) + "\n")
-  return str(path)
+  return tables.update(
+      "decode_mosaic", lambda old: [e for e in old if key(e) not in new] + entries,
+      "benchmarks.decode_mosaic_probe", table_dir, device_kind, source)
 
 
 def summary_table(summaries: list[dict]) -> list[str]:

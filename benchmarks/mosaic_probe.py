@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 
+from benchmarks import tables
 from pallas_kernels.prefill_mosaic import MosaicConfig
 
 # NOTE: no JAX device work at import: the parent only watches children.
@@ -300,21 +301,9 @@ def q8_entries(results) -> list[dict]:
 
 def write_table(entries, table_dir=None, device_kind=None, source="") -> str:
   """Replaces the "prefill_mosaic_q8" entries of the device's table (this
-  process's device unless given) with `entries`; the others kept."""
-  import pathlib  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  from pallas_kernels import tuning  # pylint: disable=g-import-not-at-top
-  kind = device_kind or jax.devices()[0].device_kind
-  path = (pathlib.Path(table_dir) if table_dir else tuning.TABLE_DIR) / (
-      f"{tuning.device_slug(kind)}.json")
-  table = json.loads(path.read_text()) if path.exists() else {"device_kind": kind}
-  table["prefill_mosaic_q8"] = entries
-  how = f"--from-run {source} --device-kind '{kind}'" if source else "--write-table"
-  table["prefill_mosaic_q8_command"] = (
-      f"python3 -m benchmarks.mosaic_probe {how} ({time.strftime('%Y-%m-%d')}, "
-      f"jax {jax.__version__})")
-  path.write_text(json.dumps(table, indent=1) + "\n")
-  return str(path)
+  process's device unless given) with `entries`; the other keys kept."""
+  return tables.update("prefill_mosaic_q8", lambda old: entries,
+                       "benchmarks.mosaic_probe", table_dir, device_kind, source)
 
 
 def _kernel_cell(r, cudnn):
@@ -336,17 +325,8 @@ def main():
   parser.add_argument("--preflight", action="store_true")
   parser.add_argument("--interpret", action="store_true",
                       help="Mosaic GPU interpret mode (a CPU smoke run)")
-  parser.add_argument("--write-table", action="store_true",
-                      help="write the 8-bit shapes' prefill_mosaic_q8 entries into "
-                           "pallas_kernels/tuning/<device>.json (default: off)")
-  parser.add_argument("--from-run", default=None, metavar="JSON",
-                      help="no measuring: the entries of a recorded run's "
-                           "mosaic_probe.json into --device-kind's table (default: off)")
-  parser.add_argument("--device-kind", default=None,
-                      help="with --from-run: the device the run measured, as JAX names "
-                           "it (e.g. 'NVIDIA H200'; default: none)")
-  parser.add_argument("--table-dir", default=None,
-                      help="folder of the tuning tables (default: pallas_kernels/tuning)")
+  tables.add_flags(parser, "the 8-bit shapes' prefill_mosaic_q8 entries",
+                   "mosaic_probe.json")
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child is not None:

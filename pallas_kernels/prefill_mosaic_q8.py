@@ -177,44 +177,19 @@ def producer(tile: Tile, bt_ref, values_ref, scales_ref, rings, bars, cfg,
   f16, 16-bit stages [stages, block_kv, d]) for K, then V (SMEM).
   """
   plgpu.set_max_registers(MEMORY_REGISTERS, action="decrease")
-  names = ("k", "v")
-
-  def fetch(step, which):  # step's 8-bit K (0) or V (1) and scales
-    values8, scales8, _ = rings[which]
-    at, ready = lax.rem(step, ring), bars[f"{names[which]}8_ready"]
-    ids = block_ids(tile, bt_ref, values_ref.shape[3], cfg, step)
-    issue_copies(tile, values_ref, ids, which, values8.at[at], ready.at[at])
-    plgpu.copy_gmem_to_smem(
-        scales_ref.at[tile.seq, tile.head, which,
-                      pl.ds(step * cfg.block_kv, cfg.block_kv)],
-        scales8.at[at], ready.at[at])
-
-  def first(j):
-    fetch(j, 0)
-    fetch(j, 1)
+  fetch = functools.partial(_fetch, tile, bt_ref, values_ref, scales_ref, rings,
+                            bars, cfg, ring)
+  def first(j):  # one of the first `ring` steps' copies
+    for which in (0, 1):
+      fetch(j, which)
 
   for j in range(ring):
     pl.when(j < tile.num_steps)(functools.partial(first, j))
 
   @pl.loop(0, tile.num_steps)
   def _produce(step):
-    slot, at = lax.rem(step, cfg.stages), lax.rem(step, ring)
-    valid = tile.end - step * cfg.block_kv  # V rows to keep
-    for which, (values8, scales8, wide) in enumerate(rings):
-      name = names[which]
-      plgpu.barrier_wait(bars[f"{name}8_ready"].at[at])
-      pl.when(step >= cfg.stages)(
-          lambda n=name: plgpu.barrier_wait(bars[f"{n}_free"].at[slot]))
-      stage = (values8.at[at], scales8.at[at], wide.at[slot])
-      if which == 0:
-        _convert(*stage, None)
-      else:
-        pl.when(valid >= cfg.block_kv)(lambda s=stage: _convert(*s, None))
-        pl.when(valid < cfg.block_kv)(lambda s=stage: _convert(*s, valid))
-      # NOTE: fences the 16-bit writes for wgmma and ends every thread's
-      # reads of the 8-bit stage before its refill (a warpgroup barrier).
-      plgpu.commit_smem()
-      plgpu.barrier_arrive(bars[f"{name}_ready"].at[slot])
+    for which in (0, 1):
+      _land(tile, rings[which], bars, NAMES[which], cfg, ring, step)
       pl.when(step + ring < tile.num_steps)(
           lambda w=which: fetch(step + ring, w))
 
@@ -225,6 +200,47 @@ def producer(tile: Tile, bt_ref, values_ref, scales_ref, rings, bars, cfg,
     slot = lax.rem(step, cfg.stages)
     plgpu.barrier_wait(bars["k_free"].at[slot])
     plgpu.barrier_wait(bars["v_free"].at[slot])
+
+
+NAMES = ("k", "v")  # the barriers' prefixes of K (0) and V (1)
+
+
+def _fetch(tile: Tile, bt_ref, values_ref, scales_ref, rings, bars, cfg,
+           ring: int, step, which: int):
+  """TMA of `step`'s 8-bit K (which 0) or V (1) blocks and scales into ring
+  stage step % ring, landing on its {k,v}8_ready barrier."""
+  values8, scales8, _ = rings[which]
+  at, ready = lax.rem(step, ring), bars[f"{NAMES[which]}8_ready"]
+  ids = block_ids(tile, bt_ref, values_ref.shape[3], cfg, step)
+  issue_copies(tile, values_ref, ids, which, values8.at[at], ready.at[at])
+  plgpu.copy_gmem_to_smem(
+      scales_ref.at[tile.seq, tile.head, which,
+                    pl.ds(step * cfg.block_kv, cfg.block_kv)],
+      scales8.at[at], ready.at[at])
+
+
+def _land(tile: Tile, stages, bars, name: str, cfg, ring: int, step):
+  """`step`'s 8-bit stage (landed) converted into its 16-bit stage (freed),
+  V's rows past the tile's end zeroed, then fenced and announced.
+
+  stages: (8-bit values, scales, 16-bit stages) of K (name "k") or V ("v").
+  """
+  values8, scales8, wide = stages
+  slot, at = lax.rem(step, cfg.stages), lax.rem(step, ring)
+  plgpu.barrier_wait(bars[f"{name}8_ready"].at[at])
+  pl.when(step >= cfg.stages)(
+      lambda: plgpu.barrier_wait(bars[f"{name}_free"].at[slot]))
+  stage = (values8.at[at], scales8.at[at], wide.at[slot])
+  if name == "k":
+    _convert(*stage, None)
+  else:
+    valid = tile.end - step * cfg.block_kv  # V rows to keep
+    pl.when(valid >= cfg.block_kv)(lambda: _convert(*stage, None))
+    pl.when(valid < cfg.block_kv)(lambda: _convert(*stage, valid))
+  # NOTE: fences the 16-bit writes for wgmma and ends every thread's reads of
+  # the 8-bit stage before its refill (a warpgroup barrier).
+  plgpu.commit_smem()
+  plgpu.barrier_arrive(bars[f"{name}_ready"].at[slot])
 
 
 def _convert(src, scales, dst, valid):

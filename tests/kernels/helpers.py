@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import ml_dtypes
 import numpy as np
 
 import pallas_kernels
@@ -110,6 +111,19 @@ def rel_err(out, ref) -> float:
   if not np.isfinite(out).all():
     return float("inf")
   return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def prefill_problem(rng, paged, q_lens, kv_lens, num_q_heads: int, pad: int):
+  """(paged_prefill_attention's args, the float64 oracle's output) for random
+  bf16 queries (`pad` padding rows after the packed tokens) over `paged`
+  (make_paged or make_paged_quantized)."""
+  d = quantization.values_of(paged.kv_cache).shape[-1]
+  q = rng.standard_normal((sum(q_lens) + pad, num_q_heads, d)).astype(ml_dtypes.bfloat16)
+  cu = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+  args = (jax.numpy.asarray(q), device_cache(paged.kv_cache),
+          jax.numpy.asarray(paged.block_tables), jax.numpy.asarray(cu),
+          jax.numpy.asarray(kv_lens, np.int32))
+  return args, naive_prefill(q.astype(np.float64), paged, q_lens, kv_lens, d ** -0.5)
 
 
 def tolerance(dtype) -> float:

@@ -34,14 +34,7 @@ def _problem(seed=0, pad=5):
   .kernel_inputs)."""
   rng = np.random.default_rng(seed)
   paged = helpers.make_paged(rng, KV_LENS, HKV, D, BLOCK_SIZE, BF16)
-  q = rng.standard_normal((sum(Q_LENS) + pad, HQ, D)).astype(BF16)
-  cu = np.concatenate([[0], np.cumsum(Q_LENS)]).astype(np.int32)
-  args = (jnp.asarray(q), jnp.asarray(paged.kv_cache),
-          jnp.asarray(paged.block_tables), jnp.asarray(cu),
-          jnp.asarray(KV_LENS, jnp.int32))
-  want = helpers.naive_prefill(q.astype(np.float64), paged, Q_LENS, KV_LENS,
-                               D ** -0.5)
-  return args, want
+  return helpers.prefill_problem(rng, paged, Q_LENS, KV_LENS, HQ, pad)
 
 
 def _check(out, want):

@@ -35,14 +35,7 @@ def _problem(name, block_size=16, hq=8, hkv=2, d=64, seed=0, pad=5,
   q_lens, kv_lens = lens
   rng = np.random.default_rng(seed)
   paged = helpers.make_paged_quantized(rng, kv_lens, hkv, d, block_size, name)
-  q = rng.standard_normal((sum(q_lens) + pad, hq, d)).astype(BF16)
-  cu = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
-  args = (jnp.asarray(q), helpers.device_cache(paged.kv_cache),
-          jnp.asarray(paged.block_tables), jnp.asarray(cu),
-          jnp.asarray(kv_lens, jnp.int32))
-  want = helpers.naive_prefill(q.astype(np.float64), paged, q_lens, kv_lens,
-                               d ** -0.5)
-  return args, want
+  return helpers.prefill_problem(rng, paged, q_lens, kv_lens, hq, pad)
 
 
 def _check(out, want, q_lens=Q_LENS):
