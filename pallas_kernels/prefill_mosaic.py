@@ -68,13 +68,18 @@ def supports(q: jax.Array, kv_cache, config: MosaicConfig) -> bool:
   else Triton."""
   if quantization.is_quantized(kv_cache):
     return False
-  hkv, head_dim = kv_cache.shape[1], kv_cache.shape[4]
   itemsize = kv_cache.dtype.itemsize
-  group_pad = pl.next_power_of_2(q.shape[1] // hkv)
-  rows = config.compute_wgs * ROWS_PER_WG
   return (itemsize == 2 and q.dtype == kv_cache.dtype
-          and head_dim % 64 == 0 and group_pad * 8 <= rows
-          and config.smem_bytes(head_dim, itemsize) <= SMEM_BYTES)
+          and shape_supported(q, kv_cache, config)
+          and config.smem_bytes(kv_cache.shape[4], itemsize) <= SMEM_BYTES)
+
+
+def shape_supported(q: jax.Array, kv_cache, config: MosaicConfig) -> bool:
+  """The kernel's shape limits, for a 16- or 8-bit cache: head_dim % 64 ==
+  0 and a padded GQA group of at most 1/8 of a tile's rows."""
+  _, hkv, _, _, head_dim = quantization.values_of(kv_cache).shape
+  group_pad = pl.next_power_of_2(q.shape[1] // hkv)
+  return head_dim % 64 == 0 and group_pad * 8 <= config.compute_wgs * ROWS_PER_WG
 
 
 def smem_buffer(shape, dtype):

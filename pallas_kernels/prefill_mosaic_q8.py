@@ -41,6 +41,7 @@ from pallas_kernels import decode_mosaic_q8_compute as q8_compute
 from pallas_kernels import prefill_mosaic
 from pallas_kernels import prefill_tiles
 from pallas_kernels import quantization
+from pallas_kernels.decode_mosaic_q8_stages import SCALES  # gather_scales's
 from pallas_kernels.prefill_mosaic import smem_buffer
 from pallas_kernels.prefill_mosaic_kernel import ALIGN
 from pallas_kernels.prefill_mosaic_kernel import Tile
@@ -55,7 +56,6 @@ from pallas_kernels.prefill_mosaic_memory import issue_copies
 MEMORY_REGISTERS = 88
 CHUNK = q8_compute.CHUNK_ROWS  # rows converted at a time (a WGMMA layout tile)
 LAYOUT, KEYS = q8_compute.LAYOUT, q8_compute.KEYS
-SCALES = jnp.float16  # decode_mosaic_q8.gather_scales's
 ALIGN_SLACK = 4096  # alignment and barriers (3,176 B at head_dim 128, jax 0.11.2)
 
 
@@ -77,11 +77,9 @@ def supports(q: jax.Array, kv_cache, config) -> bool:
   if not quantization.is_quantized(kv_cache):
     return False
   values = kv_cache.values
-  hkv, head_dim = values.shape[1], values.shape[4]
-  group_pad = pl.next_power_of_2(q.shape[1] // hkv)
   return (q.dtype == jnp.bfloat16 and values.dtype in (jnp.int8, jnp.uint8)
-          and head_dim % 64 == 0 and group_pad * 8 <= config.compute_wgs * 64
-          and smem_bytes(config, head_dim, 1) <= prefill_mosaic.SMEM_BYTES)
+          and prefill_mosaic.shape_supported(q, kv_cache, config)
+          and smem_bytes(config, values.shape[4], 1) <= prefill_mosaic.SMEM_BYTES)
 
 
 @functools.partial(jax.jit, static_argnames=("scale", "config", "interpret"))
